@@ -1,0 +1,3 @@
+from openma.cli import main
+
+main()

@@ -1,0 +1,58 @@
+"""Keyset-paginated ``SELECT`` for the SQL stores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from openma.core.pagination import (
+    Keyset,
+    Order,
+    check_limit,
+    check_order,
+    decode_cursor,
+    encode_cursor,
+    keyset_clause,
+    order_by,
+    scope_of,
+    split_page,
+)
+from openma.models import Page
+from openma.ports.sql import Row, SqlExecutor
+
+T = TypeVar("T")
+
+
+async def list_page(
+    db: SqlExecutor,
+    *,
+    table: str,
+    where: list[str],
+    params: list[Any],
+    scope: tuple[Any, ...],
+    cursor: str | None,
+    order: Order,
+    limit: int,
+    to_model: Callable[[Row], T],
+    key_columns: tuple[str, str] = ("created_at", "id"),
+) -> Page[T]:
+    """Fetch one page of ``table`` ordered by ``key_columns``, ``limit + 1`` rows to know if there is more."""
+    limit = check_limit(limit)
+    order = check_order(order)
+    fingerprint = scope_of(table, order, *scope)
+    where = list(where)
+    params = list(params)
+    first, second = key_columns
+    if cursor is not None:
+        key = decode_cursor(cursor, fingerprint)
+        where.append(keyset_clause(order, first, second))
+        params += [key.created_at, key.created_at, key.id]
+    sql = f"SELECT * FROM {table} WHERE {' AND '.join(where)} {order_by(order, first, second)} LIMIT ?"
+    params.append(limit + 1)
+    rows = await db.fetch_all(sql, params)
+    page, more = split_page(rows, limit)
+    next_cursor = None
+    if more:
+        last = page[-1]
+        next_cursor = encode_cursor(fingerprint, Keyset(int(last[first]), str(last[second])))
+    return Page([to_model(r) for r in page], next_cursor)

@@ -1,0 +1,336 @@
+"""The "cf" engine: SQLite (the engine under Cloudflare D1) through the stdlib ``sqlite3`` driver.
+
+* WAL journal, ``busy_timeout``, and ``BEGIN IMMEDIATE`` for every write, so writers queue on the database
+  lock instead of failing half-way, and readers never wait for writers.
+* One writer connection and a small pool of reader connections, each owned by a dedicated thread
+  (:class:`~openma.adapters.threadworker.ThreadWorker`): the event loop never runs a blocking call.
+* A write unit (:meth:`SqliteClient.run_batch`) is one thread hop: begin, statements, commit.
+* Several processes may write one file: a writer that finds the lock taken waits ``busy_timeout`` inside
+  SQLite, then retries until ``sqlite_lock_timeout`` has passed, and only then fails with
+  :class:`~openma.errors.StorageUnavailable` (never a bare "database is locked").
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import anyio
+
+from openma.adapters.sql.backend import SqlStoreBackend
+from openma.adapters.threadworker import ThreadWorker
+from openma.errors import ConfigError, StorageUnavailable
+from openma.ports.sql import BatchResult, Params, Row, SqlTransaction, Statement
+from openma.settings import Settings
+
+T = TypeVar("T")
+
+_SYNCHRONOUS: Final = "FULL"
+
+
+class SqliteDialect:
+    name: Final = "sqlite"
+
+    def sql(self, text: str) -> str:
+        return text
+
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.IntegrityError) and (
+            "UNIQUE constraint failed" in str(exc) or "PRIMARY KEY" in str(exc)
+        )
+
+    def __repr__(self) -> str:
+        return "SqliteDialect()"
+
+
+def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
+    return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def _retry_busy(fn: Callable[[], T], deadline: float) -> T:
+    """Run ``fn`` (which already waits ``busy_timeout`` inside SQLite) again until ``deadline``."""
+    delay = 0.005
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
+def split_script(script: str) -> list[str]:
+    """Split a SQL script into complete statements (semicolons inside literals and triggers are kept)."""
+    statements: list[str] = []
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                statements.append(buf.strip())
+            buf = ""
+    if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()):
+        statements.append(buf.strip())
+    return statements
+
+
+class _Conn:
+    """A connection and the thread that owns it; the blocking halves of every operation live here."""
+
+    def __init__(self, name: str) -> None:
+        self.worker = ThreadWorker(name)
+        self.conn: sqlite3.Connection | None = None
+
+    def open(self, path: str, busy_ms: int, deadline: float, *, writer: bool) -> None:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_ms / 1000)
+        conn.row_factory = _dict_row
+        conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        if writer:
+            _retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"), deadline)
+        conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS}")
+        conn.execute("PRAGMA foreign_keys=OFF")
+        self.conn = conn
+
+    @property
+    def c(self) -> sqlite3.Connection:
+        assert self.conn is not None
+        return self.conn
+
+    def execute(self, sql: str, params: Params) -> int:
+        return self.c.execute(sql, params).rowcount
+
+    def executemany(self, sql: str, params: Iterable[Params]) -> int:
+        return self.c.executemany(sql, params).rowcount
+
+    def fetch_one(self, sql: str, params: Params) -> Row | None:
+        row: Row | None = self.c.execute(sql, params).fetchone()
+        return row
+
+    def fetch_all(self, sql: str, params: Params) -> list[Row]:
+        return self.c.execute(sql, params).fetchall()
+
+    def script(self, script: str) -> None:
+        for statement in split_script(script):
+            self.c.execute(statement)
+
+    def begin(self, deadline: float, immediate: bool) -> None:
+        sql = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+        _retry_busy(lambda: self.c.execute(sql), deadline)
+
+    def commit(self) -> None:
+        self.c.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.c.in_transaction:
+            self.c.execute("ROLLBACK")
+
+    def batch(self, statements: Sequence[Statement], deadline: float) -> BatchResult:
+        c = self.c
+        self.begin(deadline, immediate=True)
+        rowcounts: list[int] = []
+        rows: list[list[Row]] = []
+        try:
+            for index, st in enumerate(statements):
+                cur = c.execute(st.sql, st.params)
+                if st.fetch:
+                    got = cur.fetchall()
+                    count = len(got)
+                else:
+                    got, count = [], cur.rowcount
+                rowcounts.append(count)
+                rows.append(got)
+                if st.expect_rows and count == 0:
+                    c.execute("ROLLBACK")
+                    return BatchResult(rowcounts, rows, aborted_at=index)
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        return BatchResult(rowcounts, rows)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def _storage_error(exc: sqlite3.Error, path: str) -> StorageUnavailable:
+    return StorageUnavailable(f"SQLite database {path!r} is unavailable: {exc}", engine="sqlite")
+
+
+class SqliteTransaction:
+    """Statements on the writer (or a reader) connection inside one open transaction."""
+
+    def __init__(self, client: SqliteClient, conn: _Conn) -> None:
+        self._client = client
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        return await self._client._call(self._conn, self._conn.execute, sql, params)
+
+    async def executemany(self, sql: str, params: Iterable[Params]) -> int:
+        return await self._client._call(self._conn, self._conn.executemany, sql, list(params))
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
+        return await self._client._call(self._conn, self._conn.fetch_one, sql, params)
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
+        return await self._client._call(self._conn, self._conn.fetch_all, sql, params)
+
+    async def execute_script(self, script: str) -> None:
+        await self._client._call(self._conn, self._conn.script, script)
+
+
+class SqliteClient:
+    """The :class:`~openma.ports.sql.SqlClient` on one SQLite file."""
+
+    dialect: Final = SqliteDialect()
+
+    def __init__(self, path: str, *, busy_timeout_ms: int, lock_timeout: float, readers: int) -> None:
+        self.path = path
+        self._busy_ms = busy_timeout_ms
+        self._lock_timeout = lock_timeout
+        self._writer = _Conn("openma-sqlite-writer")
+        self._readers = [_Conn(f"openma-sqlite-reader-{i}") for i in range(readers)]
+        self._idle_readers = list(self._readers)
+        self._reader_slots = anyio.Semaphore(readers)
+        self._write_lock = anyio.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SqliteClient({self.path!r}, readers={len(self._readers)})"
+
+    @classmethod
+    async def open(
+        cls, path: str, *, busy_timeout_ms: int = 5000, lock_timeout: float = 30.0, readers: int = 4
+    ) -> SqliteClient:
+        """Open (creating the file and its directory if needed) and configure every connection."""
+        target = Path(path)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the directory of sqlite_path {path!r}: {exc}") from None
+        client = cls(str(target), busy_timeout_ms=busy_timeout_ms, lock_timeout=lock_timeout, readers=readers)
+        try:
+            deadline = time.monotonic() + lock_timeout
+            await client._call(client._writer, client._writer.open, client.path, busy_timeout_ms, deadline, writer=True)
+            for reader in client._readers:
+                await client._call(reader, reader.open, client.path, busy_timeout_ms, deadline, writer=False)
+        except BaseException:
+            await client.aclose()
+            raise
+        return client
+
+    async def _call(self, conn: _Conn, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        call = (lambda: fn(*args, **kwargs)) if kwargs else None
+        try:
+            if call is not None:
+                return await conn.worker.call(call)
+            return await conn.worker.call(fn, *args)
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc) or "disk" in str(exc).lower() or "unable to open" in str(exc).lower():
+                raise _storage_error(exc, self.path) from exc
+            raise
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self._lock_timeout
+
+    # -- autocommit calls
+
+    async def run_batch(self, statements: Sequence[Statement]) -> BatchResult:
+        async with self._write_lock:
+            return await self._call(self._writer, self._writer.batch, statements, self._deadline())
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        result = await self.run_batch([Statement(sql, params)])
+        return result.rowcounts[0]
+
+    async def executemany(self, sql: str, params: Iterable[Params]) -> int:
+        async with self.transaction() as tx:
+            return await tx.executemany(sql, params)
+
+    @asynccontextmanager
+    async def _reader(self) -> AsyncIterator[_Conn]:
+        async with self._reader_slots:
+            conn = self._idle_readers.pop()
+            try:
+                yield conn
+            finally:
+                self._idle_readers.append(conn)
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
+        async with self._reader() as conn:
+            return await self._call(conn, conn.fetch_one, sql, params)
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
+        async with self._reader() as conn:
+            return await self._call(conn, conn.fetch_all, sql, params)
+
+    # -- transactions
+
+    @asynccontextmanager
+    async def transaction(self, *, write: bool = True) -> AsyncIterator[SqlTransaction]:
+        if write:
+            async with self._write_lock, self._open_tx(self._writer, immediate=True) as tx:
+                yield tx
+        else:
+            async with self._reader() as conn, self._open_tx(conn, immediate=False) as tx:
+                yield tx
+
+    @asynccontextmanager
+    async def _open_tx(self, conn: _Conn, *, immediate: bool) -> AsyncIterator[SqlTransaction]:
+        await self._call(conn, conn.begin, self._deadline(), immediate)
+        try:
+            yield SqliteTransaction(self, conn)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._call(conn, conn.rollback)
+            raise
+        else:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._call(conn, conn.commit)
+                except BaseException:
+                    await self._call(conn, conn.rollback)
+                    raise
+
+    def migration_lock(self) -> Any:
+        """``BEGIN IMMEDIATE`` holds the database's write lock, which is the migration lock on SQLite."""
+        return self.transaction(write=True)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        async with self._write_lock:
+            for conn in (self._writer, *self._readers):
+                conn.worker.close(final=conn.close)
+        with anyio.CancelScope(shield=True):
+            for conn in (self._writer, *self._readers):
+                await anyio.to_thread.run_sync(conn.worker.join, 5.0)
+
+
+async def open_sqlite_client(settings: Settings) -> SqliteClient:
+    return await SqliteClient.open(
+        settings.sqlite_path,
+        busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+        lock_timeout=settings.sqlite_lock_timeout,
+        readers=settings.sqlite_readers,
+    )
+
+
+async def open_store_backend(settings: Settings) -> SqlStoreBackend:
+    """Entry point of the "cf" store backend."""
+    client = await open_sqlite_client(settings)
+    return SqlStoreBackend("cf", client)

@@ -1,0 +1,82 @@
+"""Prefixed, time-sortable ids.
+
+An id is ``<prefix>_<26 chars>``: 48 bits of Unix milliseconds then 80 random bits, in Crockford base32
+(the ULID layout), so ids sort by creation time as strings and carry no coordination. Within one process
+and one millisecond the random part is incremented, so ids minted by one process are strictly increasing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from typing import Final
+
+from openma.errors import InvalidInput
+
+_ALPHABET: Final = "0123456789abcdefghjkmnpqrstvwxyz"
+_RANDOM_BITS: Final = 80
+
+#: Known prefixes, by the kind of thing they name.
+PREFIXES: Final[dict[str, str]] = {
+    "tenant": "tnt",
+    "agent": "agt",
+    "environment": "env",
+    "session": "ses",
+    "event": "evt",
+    "vault": "vlt",
+    "credential": "crd",
+    "memory_store": "mst",
+    "memory": "mem",
+    "file": "fil",
+    "stream": "stm",
+}
+
+_ID_RE: Final = re.compile(r"^([a-z]{2,8})_([0-9a-hjkmnp-tv-z]{26})$")
+
+_lock = threading.Lock()
+_last_ms = -1
+_last_rand = 0
+
+
+def _encode(value: int, length: int) -> str:
+    out = []
+    for _ in range(length):
+        out.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+def new_id(prefix: str, *, now_ms: int | None = None) -> str:
+    """Mint a new id with ``prefix`` (for example ``"agt"``)."""
+    global _last_ms, _last_rand
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    with _lock:
+        if ms <= _last_ms:
+            ms = _last_ms
+            rand = (_last_rand + 1) & ((1 << _RANDOM_BITS) - 1)
+        else:
+            rand = int.from_bytes(os.urandom(10), "big")
+        _last_ms, _last_rand = ms, rand
+    return f"{prefix}_{_encode(ms, 10)}{_encode(rand, 16)}"
+
+
+def check_id(value: object, prefix: str, *, what: str = "id") -> str:
+    """Return ``value`` if it is a well-formed id with ``prefix``, else raise :class:`InvalidInput`."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string, got {type(value).__name__}", field=what)
+    m = _ID_RE.match(value)
+    if m is None or m.group(1) != prefix:
+        shown = value if len(value) <= 64 else value[:61] + "..."
+        raise InvalidInput(f"{what} {shown!r} is not a valid {prefix}_ id", field=what)
+    return value
+
+
+def id_time_ms(value: str) -> int:
+    """The creation time (Unix ms) encoded in an id."""
+    body = value.split("_", 1)[1][:10]
+    ms = 0
+    for ch in body:
+        ms = (ms << 5) | _ALPHABET.index(ch)
+    return ms

@@ -1,0 +1,97 @@
+"""Keyset pagination on ``(created_at, id)`` with opaque cursors that know where they belong.
+
+A cursor encodes the last row's key plus a *scope*: which list produced it (its kind, tenant, filters and
+order). Handing a cursor to another list, another tenant or another filter is :class:`InvalidInput`, never
+a silent restart from page one; so is anything that does not decode.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any, Final, Literal, TypeVar
+
+import attrs
+
+from openma.errors import InvalidInput
+
+DEFAULT_LIMIT: Final = 50
+MAX_LIMIT: Final = 500
+_VERSION: Final = 1
+
+Order = Literal["asc", "desc"]
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Keyset:
+    """Where a page starts: strictly after ``(created_at, id)`` in the list's order."""
+
+    created_at: int
+    id: str
+
+
+def check_limit(limit: object, *, maximum: int = MAX_LIMIT) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise InvalidInput(f"limit must be an integer, got {type(limit).__name__}", field="limit")
+    if not 1 <= limit <= maximum:
+        raise InvalidInput(f"limit must be between 1 and {maximum}, got {limit}", field="limit")
+    return limit
+
+
+def check_order(order: object) -> Order:
+    if order not in ("asc", "desc"):
+        raise InvalidInput(f"order must be 'asc' or 'desc', got {order!r}", field="order")
+    return order
+
+
+def scope_of(kind: str, *parts: Any) -> str:
+    """A short fingerprint of what a list is: its kind, tenant, filters and order."""
+    raw = json.dumps([kind, *parts], sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.blake2s(raw.encode(), digest_size=8).hexdigest()
+
+
+def encode_cursor(scope: str, key: Keyset) -> str:
+    payload = json.dumps({"v": _VERSION, "s": scope, "t": key.created_at, "i": key.id}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: object, scope: str) -> Keyset:
+    """Decode ``cursor`` for the list whose fingerprint is ``scope``, or raise :class:`InvalidInput`."""
+    if not isinstance(cursor, str) or not cursor or len(cursor) > 512:
+        raise InvalidInput("cursor is malformed", field="cursor")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise InvalidInput("cursor is malformed", field="cursor") from None
+    if (
+        not isinstance(data, dict)
+        or data.get("v") != _VERSION
+        or not isinstance(data.get("t"), int)
+        or not isinstance(data.get("i"), str)
+        or not isinstance(data.get("s"), str)
+    ):
+        raise InvalidInput("cursor is malformed", field="cursor")
+    if data["s"] != scope:
+        raise InvalidInput("cursor belongs to another list (a different kind, tenant, filter or order)", field="cursor")
+    return Keyset(data["t"], data["i"])
+
+
+def keyset_clause(order: Order, column_created: str = "created_at", column_id: str = "id") -> str:
+    """The SQL condition that starts a page after a keyset (two placeholders: created_at, id)."""
+    op = ">" if order == "asc" else "<"
+    return f"({column_created} {op} ? OR ({column_created} = ? AND {column_id} {op} ?))"
+
+
+def order_by(order: Order, column_created: str = "created_at", column_id: str = "id") -> str:
+    direction = "ASC" if order == "asc" else "DESC"
+    return f"ORDER BY {column_created} {direction}, {column_id} {direction}"
+
+
+def split_page(rows: Sequence[T], limit: int) -> tuple[list[T], bool]:
+    """Rows were fetched with ``limit + 1``; return the page and whether there is more."""
+    return list(rows[:limit]), len(rows) > limit

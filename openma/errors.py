@@ -1,0 +1,119 @@
+"""The one error hierarchy of openma.
+
+Every error carries a stable ``code`` (a short snake_case string that never changes once released) so that a
+host can map it to a transport status without matching on messages, and an ``http_status`` hint for hosts
+that speak HTTP. Messages are for people and may change.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class OpenmaError(Exception):
+    """Base class of every error openma raises on purpose."""
+
+    code: ClassVar[str] = "openma_error"
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        #: Structured context (ids, field names, valid choices); never secrets.
+        self.details: dict[str, Any] = details
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+
+class NotFound(OpenmaError):
+    """The addressed row, object or file does not exist for this tenant (or at all)."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(OpenmaError):
+    """The write lost a race or contradicts the current state (duplicate, archived, condition failed)."""
+
+    code = "conflict"
+    http_status = 409
+
+
+class VersionConflict(Conflict):
+    """An optimistic-concurrency check failed: ``expected_version`` is not the stored version."""
+
+    code = "version_conflict"
+
+    def __init__(self, message: str, *, expected: int | None = None, actual: int | None = None, **details: Any) -> None:
+        super().__init__(message, expected=expected, actual=actual, **details)
+        self.expected = expected
+        self.actual = actual
+
+
+class InvalidInput(OpenmaError):
+    """The caller passed something malformed: a bad id, cursor, limit, field, key or payload."""
+
+    code = "invalid_input"
+    http_status = 400
+
+
+class ConfigError(OpenmaError):
+    """The configuration cannot work; the message names the bad part and lists the valid choices."""
+
+    code = "config_error"
+    http_status = 500
+
+
+class StorageUnavailable(OpenmaError):
+    """The storage engine could not be reached or dropped the connection mid-call.
+
+    The call that raised it wrote nothing (its transaction was rolled back or never committed); it is safe
+    to retry.
+    """
+
+    code = "storage_unavailable"
+    http_status = 503
+
+
+class LeaseLost(OpenmaError):
+    """This holder no longer owns the session's lease; the write was refused and nothing was written."""
+
+    code = "lease_lost"
+    http_status = 409
+
+
+class SessionBusy(OpenmaError):
+    """Another actor holds the session and the caller chose not to wait (or waited past its timeout)."""
+
+    code = "session_busy"
+    http_status = 409
+
+
+class SandboxError(OpenmaError):
+    """The sandbox provider failed or refused the operation."""
+
+    code = "sandbox_error"
+    http_status = 502
+
+
+class SandboxTimeout(SandboxError):
+    """A sandbox operation ran past its deadline; the work it started was stopped."""
+
+    code = "sandbox_timeout"
+    http_status = 504
+
+
+__all__ = [
+    "Conflict",
+    "ConfigError",
+    "InvalidInput",
+    "LeaseLost",
+    "NotFound",
+    "OpenmaError",
+    "SandboxError",
+    "SandboxTimeout",
+    "SessionBusy",
+    "StorageUnavailable",
+    "VersionConflict",
+]

@@ -1,0 +1,144 @@
+"""The composition root: open the configured backends and hand out tenant-scoped stores.
+
+``Platform.open(settings)`` resolves, for each store, the backend named in ``STORE_BACKENDS`` through the
+registry (:mod:`openma.registry`), opens every distinct backend once, migrates it (unless
+``auto_migrate`` is off), and closes them all on exit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+
+from openma import registry
+from openma.core.ids import check_id
+from openma.errors import ConfigError, Conflict
+from openma.models import Tenant
+from openma.ports.agents import AgentStore
+from openma.ports.backend import StoreBackend
+from openma.ports.environments import EnvironmentStore
+from openma.ports.tenancy import TenantRef
+from openma.ports.tenants import TenantStore
+from openma.settings import STORE_NAMES, Settings
+
+
+class TenantScope:
+    """Every store of one tenant. Built by :meth:`Platform.tenant`; cheap, so build one per request."""
+
+    def __init__(self, platform: Platform, tenant_id: str) -> None:
+        self._platform = platform
+        self.tenant_id = tenant_id
+        self._ref = TenantRef(tenant_id, self._check)
+        self._agents: AgentStore | None = None
+        self._environments: EnvironmentStore | None = None
+
+    def __repr__(self) -> str:
+        return f"TenantScope({self.tenant_id!r})"
+
+    async def _check(self) -> None:
+        tenant = await self._platform.tenants.get(self.tenant_id)
+        if tenant.archived_at is not None:
+            raise Conflict(f"tenant {self.tenant_id} is archived", tenant_id=self.tenant_id)
+
+    @property
+    def agents(self) -> AgentStore:
+        if self._agents is None:
+            self._agents = self._platform.backend("agents").agents(self._ref)
+        return self._agents
+
+    @property
+    def environments(self) -> EnvironmentStore:
+        if self._environments is None:
+            self._environments = self._platform.backend("environments").environments(self._ref)
+        return self._environments
+
+
+class Platform:
+    """An open openma platform: the backends of every store, and the tenant-scoped facade."""
+
+    def __init__(self, settings: Settings, backends: dict[str, StoreBackend]) -> None:
+        self.settings = settings
+        self._backends = backends
+        self._closed = False
+
+    def __repr__(self) -> str:
+        placement = {s: self.settings.backend_for(s) for s in STORE_NAMES}
+        return f"Platform(backends={sorted(self._backends)}, stores={placement})"
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: Settings | None = None) -> AsyncIterator[Platform]:
+        """Open a platform for the duration of an ``async with`` block."""
+        platform = await cls.connect(settings)
+        try:
+            yield platform
+        finally:
+            with anyio.CancelScope(shield=True):
+                await platform.aclose()
+
+    @classmethod
+    async def connect(cls, settings: Settings | None = None) -> Platform:
+        """Open a platform and return it; call :meth:`aclose` when done (handy in notebooks)."""
+        settings = settings or Settings()
+        names = sorted({settings.backend_for(store) for store in STORE_NAMES})
+        backends: dict[str, StoreBackend] = {}
+        try:
+            for name in names:
+                factory = registry.store_backends.load(name)
+                backend = await factory(settings)
+                backends[name] = backend
+                if settings.auto_migrate:
+                    await backend.migrate()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                for backend in backends.values():
+                    await backend.aclose()
+            raise
+        return cls(settings, backends)
+
+    def backend(self, store: str) -> StoreBackend:
+        """The backend that holds ``store`` (``"agents"``, ``"sessions"``, ...)."""
+        if self._closed:
+            raise ConfigError("this platform is closed")
+        return self._backends[self.settings.backend_for(store)]
+
+    @property
+    def backends(self) -> dict[str, StoreBackend]:
+        return dict(self._backends)
+
+    @property
+    def tenants(self) -> TenantStore:
+        """The tenants store (admin level: not scoped to a tenant)."""
+        return self.backend("tenants").tenants
+
+    def tenant(self, tenant: str | Tenant) -> TenantScope:
+        """The stores of one tenant. The tenant's existence is checked on its first write."""
+        tenant_id = tenant.id if isinstance(tenant, Tenant) else tenant
+        check_id(tenant_id, "tnt", what="tenant_id")
+        return TenantScope(self, tenant_id)
+
+    async def migrate(self) -> dict[str, list[str]]:
+        """Apply pending migrations on every backend; return what each applied."""
+        return {name: await backend.migrate() for name, backend in self._backends.items()}
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        errors: list[BaseException] = []
+        for backend in self._backends.values():
+            try:
+                await backend.aclose()
+            except Exception as exc:  # close the others anyway
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    async def __aenter__(self) -> Platform:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()

@@ -1,0 +1,34 @@
+"""A store backend: one database (or service) that can hold some or all of the stores.
+
+A backend is opened by the factory registered under its name (``openma.store_backends`` entry points, see
+:mod:`openma.registry`): ``await factory(settings) -> StoreBackend``. The platform opens each backend named
+in ``STORE_BACKENDS`` once and asks it for the stores assigned to it. A backend that cannot hold a store
+raises ``ConfigError`` from that store's method.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from openma.ports.agents import AgentStore
+from openma.ports.environments import EnvironmentStore
+from openma.ports.tenancy import TenantRef
+from openma.ports.tenants import TenantStore
+
+
+class StoreBackend(Protocol):
+    #: The registry name this backend was opened as (``"cf"``, ``"pg"``, ...).
+    name: str
+
+    @property
+    def tenants(self) -> TenantStore: ...
+
+    def agents(self, tenant: TenantRef) -> AgentStore: ...
+
+    def environments(self, tenant: TenantRef) -> EnvironmentStore: ...
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations; return the names applied (empty when up to date)."""
+        ...
+
+    async def aclose(self) -> None: ...

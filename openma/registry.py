@@ -1,0 +1,110 @@
+"""Find pluggable parts by name: built-ins, runtime registrations, then entry points.
+
+Like fsspec's ``known_implementations``: a name maps to an import path that is resolved only when the part
+is first used, so an extra that is not installed costs nothing until it is chosen, and then fails with a
+:class:`~openma.errors.ConfigError` that says which extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any, Final
+
+import attrs
+
+from openma.errors import ConfigError
+
+
+@attrs.frozen
+class _Builtin:
+    target: str
+    extra: str | None = None
+
+
+class Registry:
+    """Names → factories for one kind of part (store backends, sandboxes, ...)."""
+
+    def __init__(self, kind: str, group: str, builtins: dict[str, _Builtin]) -> None:
+        self.kind = kind
+        self.group = group
+        self._builtins = dict(builtins)
+        self._registered: dict[str, Callable[..., Any] | str] = {}
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, names={self.names()!r})"
+
+    def register(self, name: str, factory: Callable[..., Any] | str, *, replace: bool = False) -> None:
+        """Register ``factory`` (a callable or a ``"module:attr"`` path) under ``name``."""
+        if not name or not name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"{self.kind} name {name!r} must be alphanumeric (with - or _)")
+        if not replace and name in self.names():
+            raise ConfigError(f"{self.kind} {name!r} is already registered; pass replace=True")
+        self._registered[name] = factory
+
+    def unregister(self, name: str) -> None:
+        self._registered.pop(name, None)
+
+    def _entry_points(self) -> dict[str, str]:
+        return {ep.name: ep.value for ep in entry_points(group=self.group)}
+
+    def names(self) -> list[str]:
+        """Every name that can be chosen, without importing anything."""
+        return sorted({*self._builtins, *self._registered, *self._entry_points()})
+
+    def load(self, name: str) -> Callable[..., Any]:
+        """The factory registered as ``name``, imported now."""
+        if name in self._registered:
+            target: Callable[..., Any] | str = self._registered[name]
+            extra = None
+        elif name in self._builtins:
+            target, extra = self._builtins[name].target, self._builtins[name].extra
+        else:
+            eps = self._entry_points()
+            if name not in eps:
+                raise ConfigError(
+                    f"unknown {self.kind} {name!r}; valid choices: {', '.join(self.names())}",
+                    name=name,
+                    choices=self.names(),
+                )
+            target, extra = eps[name], None
+        if callable(target):
+            return target
+        return _import(target, kind=self.kind, name=name, extra=extra)
+
+
+def _import(path: str, *, kind: str, name: str, extra: str | None) -> Callable[..., Any]:
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = f"; install it with: pip install 'openma[{extra}]'" if extra else ""
+        raise ConfigError(f"{kind} {name!r} cannot be loaded ({exc}){hint}", name=name, extra=extra) from exc
+    try:
+        factory: Callable[..., Any] = getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"{kind} {name!r}: {module_name} has no attribute {attr!r}") from None
+    return factory
+
+
+#: Store backends: ``factory(settings) -> Awaitable[StoreBackend]``.
+store_backends: Final = Registry(
+    "store backend",
+    "openma.store_backends",
+    {
+        "cf": _Builtin("openma.adapters.sqlite:open_store_backend"),
+        "pg": _Builtin("openma.adapters.postgres:open_store_backend", extra="pg"),
+    },
+)
+
+#: Sandboxes: ``factory(settings, **options) -> Sandbox`` (filled in by the sandbox issues).
+sandboxes: Final = Registry(
+    "sandbox",
+    "openma.sandboxes",
+    {
+        "local": _Builtin("openma.adapters.sandboxes.local:open_sandbox_provider"),
+        "e2b": _Builtin("openma.adapters.sandboxes.e2b:open_sandbox_provider", extra="e2b"),
+        "daytona": _Builtin("openma.adapters.sandboxes.daytona:open_sandbox_provider", extra="daytona"),
+    },
+)

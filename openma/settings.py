@@ -1,0 +1,269 @@
+"""Every knob of openma, in one frozen ``attrs`` class, validated once at construction.
+
+``Settings()`` is the embedded default (SQLite and files under ``./.openma``, the local sandbox).
+``Settings.from_env()`` reads the environment variables listed in ``docs/configuration.md``. A bad value is
+a :class:`~openma.errors.ConfigError` that names the variable (or field) and the valid choices; nothing
+is silently replaced by a default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+
+from openma import registry
+from openma.errors import ConfigError
+
+#: The stores whose backend can be chosen one by one in ``STORE_BACKENDS``.
+STORE_NAMES: Final = (
+    "tenants",
+    "agents",
+    "environments",
+    "sessions",
+    "vaults",
+    "memory",
+    "files",
+    "usage",
+    "kv",
+)
+DEFAULT_KEY: Final = "default"
+
+
+def _parse_store_backends(value: object) -> dict[str, str]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"STORE_BACKENDS is not valid JSON ({exc.msg} at position {exc.pos}); "
+                'expected an object such as {"default": "cf", "agents": "pg"}'
+            ) from None
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"STORE_BACKENDS must be a JSON object mapping store names to backends, got {type(value).__name__}"
+        )
+    backends = registry.store_backends.names()
+    valid_keys = (DEFAULT_KEY, *STORE_NAMES)
+    out: dict[str, str] = {}
+    for key, backend in value.items():
+        if key not in valid_keys:
+            raise ConfigError(
+                f"STORE_BACKENDS has unknown store {key!r}; valid stores: {', '.join(valid_keys)}",
+                store=key,
+                choices=list(valid_keys),
+            )
+        if not isinstance(backend, str):
+            raise ConfigError(
+                f"STORE_BACKENDS[{key!r}] must be a backend name string, got {type(backend).__name__}; "
+                f"valid backends: {', '.join(backends)}",
+                store=key,
+                choices=backends,
+            )
+        if backend not in backends:
+            raise ConfigError(
+                f"STORE_BACKENDS[{key!r}] names unknown backend {backend!r}; valid backends: {', '.join(backends)}",
+                store=key,
+                choices=backends,
+            )
+        out[key] = backend
+    out.setdefault(DEFAULT_KEY, "cf")
+    return out
+
+
+def _mask_url(url: str | None) -> str | None:
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{attribute.name} must be a positive number, got {value!r}", field=attribute.name)
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"{attribute.name} must be >= 0, got {value!r}", field=attribute.name)
+
+
+@attrs.frozen(repr=False)
+class Settings:
+    """Configuration of a :class:`~openma.Platform`. Immutable; use :func:`attrs.evolve` to vary it."""
+
+    #: SQLite database file of the "cf" backend (``:memory:`` is refused: the engine needs several connections).
+    sqlite_path: str = "./.openma/openma.db"
+    #: Postgres URL of the "pg" backend (``postgresql://user:pass@host:port/db``).
+    postgres_url: str | None = None
+    #: Which backend holds which store; ``default`` covers the stores not named.
+    store_backends: dict[str, str] = attrs.field(factory=lambda: {DEFAULT_KEY: "cf"}, converter=_parse_store_backends)
+    #: fsspec URL of the blob store (``file://``, ``memory://``, ``s3://bucket/prefix``).
+    blob_url: str = "file://./.openma/blobs"
+    #: Root secret that vault keys are derived from; never printed.
+    root_secret: str | None = attrs.field(default=None, repr=False)
+    per_tenant_db_enabled: bool = False
+    #: Sandbox provider name: ``local``, ``e2b``, ``daytona`` or a registered name.
+    sandbox: str = "local"
+    #: Events whose JSON is larger than this many bytes are spilled to the blob store.
+    event_spill_bytes: int = attrs.field(default=500_000, validator=_positive)
+    #: Apply pending migrations when a platform opens.
+    auto_migrate: bool = True
+
+    # -- SQLite engine
+    sqlite_busy_timeout_ms: int = attrs.field(default=5_000, validator=_non_negative)
+    #: Total time a write waits for the database lock (other processes) before failing.
+    sqlite_lock_timeout: float = attrs.field(default=30.0, validator=_positive)
+    sqlite_readers: int = attrs.field(default=4, validator=_positive)
+    sqlite_poll_interval: float = attrs.field(default=0.2, validator=_positive)
+
+    # -- Postgres engine
+    pg_pool_min_size: int = attrs.field(default=1, validator=_non_negative)
+    pg_pool_max_size: int = attrs.field(default=10, validator=_positive)
+    pg_connect_timeout: float = attrs.field(default=10.0, validator=_positive)
+    pg_statement_timeout_ms: int = attrs.field(default=30_000, validator=_non_negative)
+    pg_application_name: str = "openma"
+    #: Server-side prepared statements; turn off behind a transaction-mode pooler (pgbouncer).
+    pg_prepared_statements: bool = True
+
+    # -- Blob store (S3 / R2 / MinIO)
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = attrs.field(default=None, repr=False)
+    s3_secret_access_key: str | None = attrs.field(default=None, repr=False)
+    #: Extra fsspec storage options for the blob store.
+    blob_options: dict[str, Any] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if self.sqlite_path.strip() in ("", ":memory:"):
+            raise ConfigError("sqlite_path must be a file path (':memory:' cannot be shared by connections)")
+        if self.pg_pool_min_size > self.pg_pool_max_size:
+            raise ConfigError(
+                f"pg_pool_min_size ({self.pg_pool_min_size}) exceeds pg_pool_max_size ({self.pg_pool_max_size})"
+            )
+        if "pg" in self.store_backends.values() and not self.postgres_url:
+            stores = sorted(s for s, b in self.store_backends.items() if b == "pg")
+            raise ConfigError(
+                f"STORE_BACKENDS puts {', '.join(stores)} on 'pg' but no Postgres URL is set; "
+                "set OPENMA_POSTGRES_URL (or DATABASE_URL)",
+                stores=stores,
+            )
+        if self.postgres_url and not self.postgres_url.startswith(("postgres://", "postgresql://")):
+            raise ConfigError("postgres_url must start with postgresql:// or postgres://")
+        sandboxes = registry.sandboxes.names()
+        if self.sandbox not in sandboxes:
+            raise ConfigError(
+                f"unknown sandbox {self.sandbox!r}; valid choices: {', '.join(sandboxes)}",
+                choices=sandboxes,
+            )
+        if "://" not in self.blob_url:
+            raise ConfigError(f"blob_url must be an fsspec URL such as file://./.openma/blobs, got {self.blob_url!r}")
+
+    def backend_for(self, store: str) -> str:
+        """The backend name that holds ``store``."""
+        if store not in STORE_NAMES:
+            raise ConfigError(f"unknown store {store!r}; valid stores: {', '.join(STORE_NAMES)}")
+        return self.store_backends.get(store, self.store_backends[DEFAULT_KEY])
+
+    def __repr__(self) -> str:
+        shown = []
+        for field in attrs.fields(type(self)):
+            value = getattr(self, field.name)
+            default = field.default
+            if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+                default = default.factory()
+            if value == default:
+                continue
+            if not field.repr:
+                value = "***" if value else value
+            elif field.name == "postgres_url":
+                value = _mask_url(value)
+            shown.append(f"{field.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from environment variables (``os.environ`` by default); ``overrides`` win."""
+        env = os.environ if environ is None else environ
+        kwargs: dict[str, Any] = {}
+        for name, (var, kind) in _ENV.items():
+            raw = env.get(var)
+            if raw is None and name == "postgres_url":
+                raw = env.get("DATABASE_URL")
+            if raw is None or raw == "":
+                continue
+            kwargs[name] = _convert(var, raw, kind)
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+
+_ENV: Final[dict[str, tuple[str, str]]] = {
+    "sqlite_path": ("OPENMA_SQLITE_PATH", "str"),
+    "postgres_url": ("OPENMA_POSTGRES_URL", "str"),
+    "store_backends": ("STORE_BACKENDS", "raw"),
+    "blob_url": ("OPENMA_BLOB_URL", "str"),
+    "root_secret": ("OPENMA_ROOT_SECRET", "str"),
+    "per_tenant_db_enabled": ("PER_TENANT_DB_ENABLED", "bool"),
+    "sandbox": ("OPENMA_SANDBOX", "str"),
+    "event_spill_bytes": ("OPENMA_EVENT_SPILL_BYTES", "int"),
+    "auto_migrate": ("OPENMA_AUTO_MIGRATE", "bool"),
+    "sqlite_busy_timeout_ms": ("OPENMA_SQLITE_BUSY_TIMEOUT_MS", "int"),
+    "sqlite_lock_timeout": ("OPENMA_SQLITE_LOCK_TIMEOUT", "float"),
+    "sqlite_readers": ("OPENMA_SQLITE_READERS", "int"),
+    "sqlite_poll_interval": ("OPENMA_SQLITE_POLL_INTERVAL", "float"),
+    "pg_pool_min_size": ("OPENMA_PG_POOL_MIN_SIZE", "int"),
+    "pg_pool_max_size": ("OPENMA_PG_POOL_MAX_SIZE", "int"),
+    "pg_connect_timeout": ("OPENMA_PG_CONNECT_TIMEOUT", "float"),
+    "pg_statement_timeout_ms": ("OPENMA_PG_STATEMENT_TIMEOUT_MS", "int"),
+    "pg_application_name": ("OPENMA_PG_APPLICATION_NAME", "str"),
+    "pg_prepared_statements": ("OPENMA_PG_PREPARED_STATEMENTS", "bool"),
+    "s3_endpoint_url": ("OPENMA_S3_ENDPOINT_URL", "str"),
+    "s3_region": ("OPENMA_S3_REGION", "str"),
+    "s3_access_key_id": ("OPENMA_S3_ACCESS_KEY_ID", "str"),
+    "s3_secret_access_key": ("OPENMA_S3_SECRET_ACCESS_KEY", "str"),
+    "blob_options": ("OPENMA_BLOB_OPTIONS", "json"),
+}
+
+_TRUE: Final = {"1", "true", "yes", "on"}
+_FALSE: Final = {"0", "false", "no", "off"}
+
+
+def _convert(var: str, raw: str, kind: str) -> Any:
+    if kind in ("str", "raw"):
+        return raw
+    if kind == "bool":
+        low = raw.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ConfigError(f"{var} must be one of {sorted(_TRUE | _FALSE)}, got {raw!r}", variable=var)
+    if kind == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{var} must be an integer, got {raw!r}", variable=var) from None
+    if kind == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{var} must be a number, got {raw!r}", variable=var) from None
+    if kind == "json":
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            raise ConfigError(f"{var} must be a JSON object, got {raw!r}", variable=var) from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{var} must be a JSON object", variable=var)
+        return value
+    raise AssertionError(kind)

@@ -1,0 +1,18 @@
+"""The conformance kit: pytest mixins that prove an adapter honours openma's ports.
+
+Combine a contract with a fixture that yields the adapter (see each contract's docstring) and declare the
+adapter's ``capabilities``; tests for undeclared capabilities are skipped with the reason. openma's own
+adapters are tested through these same classes.
+"""
+
+from openma.testing.capabilities import KNOWN as KNOWN_CAPABILITIES
+from openma.testing.capabilities import requires
+from openma.testing.stores import AgentStoreContract, EnvironmentStoreContract, TenantStoreContract
+
+__all__ = [
+    "KNOWN_CAPABILITIES",
+    "AgentStoreContract",
+    "EnvironmentStoreContract",
+    "TenantStoreContract",
+    "requires",
+]
