@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 import click
@@ -15,16 +15,23 @@ from openma.settings import STORE_NAMES, Settings
 T = TypeVar("T")
 
 
+def _fail(exc: OpenmaError) -> NoReturn:
+    click.echo(f"error [{exc.code}]: {exc.message}", err=True)
+    sys.exit(2)
+
+
 def _settings() -> Settings:
-    return Settings.from_env()
+    try:
+        return Settings.from_env()
+    except OpenmaError as exc:
+        _fail(exc)
 
 
 def _run(fn: Callable[[], Awaitable[T]]) -> T:
     try:
         return anyio.run(fn)
     except OpenmaError as exc:
-        click.echo(f"error [{exc.code}]: {exc.message}", err=True)
-        sys.exit(2)
+        _fail(exc)
 
 
 @click.group()

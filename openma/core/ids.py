@@ -33,7 +33,7 @@ PREFIXES: Final[dict[str, str]] = {
     "stream": "stm",
 }
 
-_ID_RE: Final = re.compile(r"^([a-z]{2,8})_([0-9a-hjkmnp-tv-z]{26})$")
+_ID_RE: Final = re.compile(r"([a-z]{2,8})_([0-9a-hjkmnp-tv-z]{26})")
 
 _lock = threading.Lock()
 _last_ms = -1
@@ -53,12 +53,13 @@ def new_id(prefix: str, *, now_ms: int | None = None) -> str:
     global _last_ms, _last_rand
     ms = int(time.time() * 1000) if now_ms is None else now_ms
     with _lock:
-        if ms <= _last_ms:
-            ms = _last_ms
+        if ms == _last_ms:
             rand = (_last_rand + 1) & ((1 << _RANDOM_BITS) - 1)
+            _last_rand = rand
         else:
             rand = int.from_bytes(os.urandom(10), "big")
-        _last_ms, _last_rand = ms, rand
+            if ms > _last_ms:
+                _last_ms, _last_rand = ms, rand
     return f"{prefix}_{_encode(ms, 10)}{_encode(rand, 16)}"
 
 
@@ -66,7 +67,7 @@ def check_id(value: object, prefix: str, *, what: str = "id") -> str:
     """Return ``value`` if it is a well-formed id with ``prefix``, else raise :class:`InvalidInput`."""
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be a string, got {type(value).__name__}", field=what)
-    m = _ID_RE.match(value)
+    m = _ID_RE.fullmatch(value)
     if m is None or m.group(1) != prefix:
         shown = value if len(value) <= 64 else value[:61] + "..."
         raise InvalidInput(f"{what} {shown!r} is not a valid {prefix}_ id", field=what)

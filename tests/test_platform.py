@@ -1,0 +1,180 @@
+"""The composition root and the tenant-scoped facade, end to end on the embedded default."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import openma
+from openma import ConfigError, Conflict, InvalidInput, NotFound, Platform, Settings, registry
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(sqlite_path=str(tmp_path / "p.db"), blob_url=f"file://{tmp_path}/blobs")
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def test_design_example_runs(settings: Settings) -> None:
+    async with openma.Platform.open(settings) as oma:
+        tenant = await oma.tenants.create(name="acme")
+        t = oma.tenant(tenant.id)
+        agent = await t.agents.create(name="coder", model="claude-sonnet-4-6", system="...", tools=[{"type": "x"}])
+        env = await t.environments.create(name="py", config={"image": "python:3.12"})
+        assert (await t.agents.get(agent.id)).tools == [{"type": "x"}]
+        assert (await t.environments.get(env.id)).config == {"image": "python:3.12"}
+        page = await t.agents.list(limit=10)
+        assert [a.id for a in page] == [agent.id] and page.next_cursor is None
+        assert oma.tenant(tenant).tenant_id == tenant.id  # a Tenant works as well as its id
+
+
+async def test_unknown_and_archived_tenants_cannot_write(settings: Settings) -> None:
+    async with Platform.open(settings) as oma:
+        with pytest.raises(InvalidInput):
+            oma.tenant("acme")
+        with pytest.raises(NotFound):
+            await oma.tenant("tnt_01h0000000000000000000000z").agents.create(name="x", model="m")
+        tenant = await oma.tenants.create(name="leaving")
+        await oma.tenants.archive(tenant.id)
+        with pytest.raises(Conflict):
+            await oma.tenant(tenant.id).environments.create(name="x")
+        assert len(await oma.tenant(tenant.id).environments.list(include_archived=True)) == 0
+
+
+async def test_data_survives_reopening(settings: Settings) -> None:
+    async with Platform.open(settings) as oma:
+        tenant = await oma.tenants.create(name="durable")
+        agent = await oma.tenant(tenant.id).agents.create(name="a", model="m")
+    async with Platform.open(settings) as oma:
+        assert (await oma.tenant(tenant.id).agents.get(agent.id)).name == "a"
+
+
+async def test_auto_migrate_off_needs_an_explicit_migrate(settings: Settings) -> None:
+    import attrs
+
+    manual = attrs.evolve(settings, auto_migrate=False)
+    async with Platform.open(manual) as oma:
+        with pytest.raises(Exception, match="no such table"):
+            await oma.tenants.create(name="x")
+        assert await oma.migrate() == {"cf": ["0001_core.sql"]}
+        assert (await oma.tenants.create(name="x")).name == "x"
+
+
+async def test_closed_platform_refuses_calls(settings: Settings) -> None:
+    oma = await Platform.connect(settings)
+    await oma.aclose()
+    await oma.aclose()  # idempotent
+    with pytest.raises(ConfigError, match="closed"):
+        oma.tenants  # noqa: B018
+
+
+async def test_a_registered_backend_is_used_for_its_stores(settings: Settings) -> None:
+    from openma.adapters.sqlite import open_store_backend
+
+    opened: list[str] = []
+
+    async def factory(s: Settings) -> Any:
+        opened.append("custom")
+        backend = await open_store_backend(s)
+        backend.name = "custom"
+        return backend
+
+    registry.store_backends.register("custom", factory)
+    try:
+        custom = Settings(sqlite_path=settings.sqlite_path, store_backends={"default": "cf", "agents": "custom"})
+        async with Platform.open(custom) as oma:
+            assert opened == ["custom"]
+            assert oma.backend("agents").name == "custom" and oma.backend("tenants").name == "cf"
+            tenant = await oma.tenants.create(name="x")
+            await oma.tenant(tenant.id).agents.create(name="a", model="m")
+    finally:
+        registry.store_backends.unregister("custom")
+
+
+async def test_missing_extra_is_a_config_error_with_an_install_hint(settings: Settings) -> None:
+    registry.store_backends.register("broken", "openma_not_installed_anywhere.backend:open")
+    try:
+        s = Settings(sqlite_path=settings.sqlite_path, store_backends={"default": "broken"})
+        with pytest.raises(ConfigError, match="cannot be loaded"):
+            await Platform.connect(s)
+    finally:
+        registry.store_backends.unregister("broken")
+
+
+def test_public_names_are_exported_and_documented() -> None:
+    assert sorted(openma.__all__) == sorted(set(openma.__all__))
+    for name in openma.__all__:
+        assert hasattr(openma, name), name
+    public = {n for n in dir(openma) if not n.startswith("_") and n[0].isupper()}
+    assert public <= set(openma.__all__), public - set(openma.__all__)
+    for name in [
+        "Platform",
+        "Settings",
+        "OpenmaError",
+        "NotFound",
+        "Conflict",
+        "InvalidInput",
+        "ConfigError",
+        "LeaseLost",
+        "SessionBusy",
+        "SandboxError",
+        "SandboxTimeout",
+        "Page",
+        "Tenant",
+        "Agent",
+        "AgentVersion",
+        "Environment",
+    ]:
+        assert name in openma.__all__
+
+
+def test_error_codes_are_stable_and_distinct() -> None:
+    errors = [
+        getattr(openma, n)
+        for n in openma.__all__
+        if isinstance(getattr(openma, n), type) and issubclass(getattr(openma, n), openma.OpenmaError)
+    ]
+    codes = [e.code for e in errors]
+    assert len(codes) == len(set(codes))
+    assert openma.NotFound.code == "not_found" and openma.InvalidInput.code == "invalid_input"
+    assert openma.SandboxTimeout("x").code == "sandbox_timeout" and isinstance(
+        openma.SandboxTimeout("x"), openma.SandboxError
+    )
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_demo_runs_twice_in_a_row(tmp_path: Path, anyio_backend: str) -> None:
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, "-m", "openma", "demo"], cwd=tmp_path, capture_output=True, text=True, check=True
+        )
+        assert "created tenant" in out.stdout and "created agent" in out.stdout
+        assert "agent history       [2, 1]" in out.stdout
+    assert "tenants in the database: 2" in out.stdout
+    assert (tmp_path / ".openma" / "openma.db").exists()
+    doctor = subprocess.run(
+        [sys.executable, "-m", "openma", "doctor"], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert "schema up to date" in doctor.stdout
+
+
+def test_cli_reports_config_errors_cleanly(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "openma", "demo"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"STORE_BACKENDS": "{oops", "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode != 0
+    assert "STORE_BACKENDS is not valid JSON" in out.stderr and "Traceback" not in out.stderr
