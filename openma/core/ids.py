@@ -7,6 +7,7 @@ and one millisecond the random part is incremented, so ids minted by one process
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -81,3 +82,13 @@ def id_time_ms(value: str) -> int:
     for ch in body:
         ms = (ms << 5) | _ALPHABET.index(ch)
     return ms
+
+
+def derived_id(prefix: str, *parts: str) -> str:
+    """A deterministic id for ``parts``: the same inputs always give the same id.
+
+    Used where a retried write must collide with its first attempt (recovery events), so the log's
+    event-id de-duplication turns the retry into a no-op. It has the id format but not the time order.
+    """
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=17).digest()
+    return f"{prefix}_{_encode(int.from_bytes(digest, 'big') >> 6, 26)}"

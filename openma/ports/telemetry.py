@@ -1,0 +1,21 @@
+"""The Telemetry port: structured, fire-and-forget operational events.
+
+Kinds (``kind``) in use: ``session.lifecycle``, ``recovery``, ``tool.call``, ``sandbox.exec``,
+``silent_catch`` (an exception that was caught and not surfaced), ``integration.dispatch``.
+
+Contract for a sink:
+
+* ``emit`` never raises and never blocks the caller on I/O (buffer, or hand off to a thread or a logger).
+* Fields are JSON-compatible scalars, lists and dicts. Callers never pass secret values; sinks also mask
+  any field whose name looks secret (see :func:`openma.adapters.telemetry.redact`), as a second line.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Telemetry(Protocol):
+    def emit(self, kind: str, **fields: Any) -> None:
+        """Record one event of ``kind`` with ``fields``."""
+        ...
