@@ -12,6 +12,7 @@ from typing import Protocol
 
 from openma.ports.agents import AgentStore
 from openma.ports.environments import EnvironmentStore
+from openma.ports.kv import KVStore
 from openma.ports.tenancy import TenantRef
 from openma.ports.tenants import TenantStore
 
@@ -26,6 +27,8 @@ class StoreBackend(Protocol):
     def agents(self, tenant: TenantRef) -> AgentStore: ...
 
     def environments(self, tenant: TenantRef) -> EnvironmentStore: ...
+
+    def kv(self, tenant: TenantRef) -> KVStore: ...
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations; return the names applied (empty when up to date)."""

@@ -7,10 +7,12 @@ adapters are tested through these same classes.
 
 from openma.testing.capabilities import KNOWN as KNOWN_CAPABILITIES
 from openma.testing.capabilities import requires
+from openma.testing.kv import KVContract
 from openma.testing.stores import AgentStoreContract, EnvironmentStoreContract, TenantStoreContract
 
 __all__ = [
     "KNOWN_CAPABILITIES",
+    "KVContract",
     "AgentStoreContract",
     "EnvironmentStoreContract",
     "TenantStoreContract",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from openma.adapters.sql import migrate as migrations
 from openma.adapters.sql.agents import SqlAgentStore
 from openma.adapters.sql.environments import SqlEnvironmentStore
+from openma.adapters.sql.kv import SqlKVStore
 from openma.adapters.sql.tenants import SqlTenantStore
 from openma.core.clock import Clock, SystemClock
 from openma.ports.sql import SqlClient
@@ -32,6 +33,9 @@ class SqlStoreBackend:
 
     def environments(self, tenant: TenantRef) -> SqlEnvironmentStore:
         return SqlEnvironmentStore(self.client, tenant, self.clock)
+
+    def kv(self, tenant: TenantRef) -> SqlKVStore:
+        return SqlKVStore(self.client, tenant, self.clock)
 
     async def migrate(self) -> list[str]:
         return await migrations.migrate(self.client)

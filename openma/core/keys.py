@@ -1,0 +1,179 @@
+"""Checks for blob and KV keys, TTLs and blob metadata: ``InvalidInput`` before any I/O.
+
+Blob keys become file paths on ``file://``, so they are held to the rules that keep a path inside its
+root on every filesystem; KV keys are only ever SQL parameters, so they need fewer rules.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from datetime import timedelta
+from typing import Final
+
+from openma.core.jsonutil import dumps
+from openma.errors import InvalidInput
+
+MAX_KEY_BYTES: Final = 512
+MAX_SEGMENT_BYTES: Final = 255
+MAX_BLOB_METADATA_BYTES: Final = 1024
+MAX_CONTENT_TYPE: Final = 255
+#: Longest accepted TTL (ten years, in seconds).
+MAX_TTL_SECONDS: Final = 10 * 366 * 24 * 3600
+#: The first key segment that blob adapters keep for their own bookkeeping.
+RESERVED_SEGMENT: Final = ".openma"
+
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTENT_TYPE: Final = re.compile(r"^[\x21-\x7e][\x20-\x7e]*$")
+
+
+def _show(value: str) -> str:
+    return repr(value if len(value) <= 80 else value[:77] + "...")
+
+
+def _utf8_len(value: str, what: str) -> int:
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} is not valid Unicode (lone surrogate)", field=what) from None
+
+
+def kv_key(key: object, what: str = "key") -> str:
+    if not isinstance(key, str):
+        raise InvalidInput(f"{what} must be a string, got {type(key).__name__}", field=what)
+    size = _utf8_len(key, what)
+    if size == 0:
+        raise InvalidInput(f"{what} must not be empty", field=what)
+    if size > MAX_KEY_BYTES:
+        raise InvalidInput(f"{what} is too long ({size} > {MAX_KEY_BYTES} bytes)", field=what)
+    if _CONTROL.search(key):
+        raise InvalidInput(f"{what} {_show(key)} contains a control character", field=what)
+    return key
+
+
+def key_prefix(prefix: object, what: str = "prefix") -> str:
+    """A list prefix: like a key, but may be empty."""
+    if prefix == "":
+        return ""
+    return kv_key(prefix, what)
+
+
+def blob_key(key: object, what: str = "key") -> str:
+    """A blob key: a relative ``/``-separated path that cannot escape its root on any filesystem."""
+    key = kv_key(key, what)
+    if "\\" in key:
+        raise InvalidInput(f"{what} {_show(key)} contains a backslash", field=what)
+    if key.startswith("/"):
+        raise InvalidInput(f"{what} {_show(key)} is absolute; keys are relative paths", field=what)
+    segments = key.split("/")
+    for segment in segments:
+        if segment in ("", ".", ".."):
+            raise InvalidInput(f"{what} {_show(key)} has an empty, '.' or '..' segment (or a trailing '/')", field=what)
+        if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
+            raise InvalidInput(f"{what} has a segment over {MAX_SEGMENT_BYTES} bytes", field=what)
+    if segments[0] == RESERVED_SEGMENT:
+        raise InvalidInput(f"{what} {_show(key)} uses the reserved segment {RESERVED_SEGMENT!r}", field=what)
+    return key
+
+
+def blob_prefix(prefix: object, what: str = "prefix") -> str:
+    """A blob list prefix: any string a key could start with (it need not end at a segment boundary)."""
+    prefix = key_prefix(prefix, what)
+    if prefix and ("\\" in prefix or prefix.startswith("/") or "//" in prefix):
+        raise InvalidInput(f"{what} {_show(prefix)} cannot prefix a valid key", field=what)
+    return prefix
+
+
+def ttl_ms(ttl: object, what: str = "ttl") -> int | None:
+    """A TTL in whole milliseconds (rounded up, at least 1), or ``None``."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, timedelta):
+        seconds = ttl.total_seconds()
+    elif isinstance(ttl, int | float) and not isinstance(ttl, bool):
+        seconds = float(ttl)
+    else:
+        raise InvalidInput(f"{what} must be seconds or a timedelta, got {type(ttl).__name__}", field=what)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise InvalidInput(f"{what} must be a positive, finite duration, got {ttl!r}", field=what)
+    if seconds > MAX_TTL_SECONDS:
+        raise InvalidInput(f"{what} is longer than {MAX_TTL_SECONDS} seconds", field=what)
+    return max(1, math.ceil(seconds * 1000))
+
+
+def blob_metadata(value: object, what: str = "metadata") -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a dict of strings, got {type(value).__name__}", field=what)
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, str) or not k:
+            raise InvalidInput(f"{what} must map non-empty strings to strings", field=what)
+        if "\x00" in k or "\x00" in v:
+            raise InvalidInput(f"{what} must not contain NUL characters", field=what)
+        _utf8_len(k, what)
+        _utf8_len(v, what)
+    size = len(dumps(value, what=what).encode("utf-8"))
+    if size > MAX_BLOB_METADATA_BYTES:
+        raise InvalidInput(f"{what} is too large ({size} > {MAX_BLOB_METADATA_BYTES} bytes as JSON)", field=what)
+    return dict(value)
+
+
+def content_type(value: object, default: str, what: str = "content_type") -> str:
+    if value is None:
+        return default
+    if not isinstance(value, str) or len(value) > MAX_CONTENT_TYPE or not _CONTENT_TYPE.match(value):
+        raise InvalidInput(f"{what} must be printable ASCII of at most {MAX_CONTENT_TYPE} characters", field=what)
+    return value
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """The least string greater than every string that starts with ``prefix`` (``None``: no bound).
+
+    Used for prefix scans as ``key >= prefix AND key < bound``: literal (no pattern characters), exact
+    about case, and served by the primary-key index on every engine.
+    """
+    chars = list(prefix)
+    while chars and ord(chars[-1]) == 0x10FFFF:
+        chars.pop()
+    if not chars:
+        return None
+    nxt = ord(chars[-1]) + 1
+    if 0xD800 <= nxt <= 0xDFFF:  # skip the surrogates, which UTF-8 cannot hold
+        nxt = 0xE000
+    chars[-1] = chr(nxt)
+    return "".join(chars)
+
+
+_CURSOR_VERSION: Final = 1
+MAX_CURSOR_CHARS: Final = 4096
+
+
+def encode_key_cursor(scope: str, last_key: str) -> str:
+    """An opaque cursor for a list ordered by key: the last key returned plus the list's fingerprint."""
+    payload = json.dumps({"v": _CURSOR_VERSION, "s": scope, "k": last_key}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def decode_key_cursor(cursor: object, scope: str) -> str:
+    """The last key of the previous page, or ``InvalidInput`` for a malformed or foreign cursor."""
+    if not isinstance(cursor, str) or not cursor or len(cursor) > MAX_CURSOR_CHARS:
+        raise InvalidInput("cursor is malformed", field="cursor")
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise InvalidInput("cursor is malformed", field="cursor") from None
+    if (
+        not isinstance(data, dict)
+        or data.get("v") != _CURSOR_VERSION
+        or not isinstance(data.get("s"), str)
+        or not isinstance(data.get("k"), str)
+    ):
+        raise InvalidInput("cursor is malformed", field="cursor")
+    if data["s"] != scope:
+        raise InvalidInput("cursor belongs to another list (a different prefix, store or tenant)", field="cursor")
+    key: str = data["k"]
+    return key
