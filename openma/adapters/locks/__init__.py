@@ -1,0 +1,1 @@
+"""Lease locks: ``flock`` files next to a SQLite database, Postgres session-level advisory locks."""
