@@ -241,10 +241,19 @@ class PgServer:
                 process.kill()
                 process.wait()
 
-    def restart(self, timeout: float = 30.0) -> None:
-        """Fast shutdown (every connection is dropped), then start again on the same port and data."""
+    def halt(self) -> None:
+        """Fast shutdown (every connection is dropped), keeping the data; :meth:`resume` starts it again."""
         self._shutdown()
-        self._spawn(timeout)
+
+    def resume(self, timeout: float = 30.0) -> None:
+        """Start a halted server again, on the same port and data."""
+        if not self.running:
+            self._spawn(timeout)
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """:meth:`halt` then :meth:`resume`."""
+        self.halt()
+        self.resume(timeout)
 
     def stop(self) -> None:
         """Stop the server (if running) and remove its directory. Idempotent."""
