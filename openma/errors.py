@@ -104,6 +104,20 @@ class SandboxTimeout(SandboxError):
     http_status = 504
 
 
+class SandboxRateLimited(SandboxError):
+    """The sandbox provider refused the call for a rate or concurrency limit; retry later."""
+
+    code = "sandbox_rate_limited"
+    http_status = 429
+
+
+class SandboxGone(SandboxError):
+    """The provider no longer has this sandbox (killed, expired or deleted); create a new one."""
+
+    code = "sandbox_gone"
+    http_status = 410
+
+
 __all__ = [
     "Conflict",
     "ConfigError",
@@ -112,6 +126,8 @@ __all__ = [
     "NotFound",
     "OpenmaError",
     "SandboxError",
+    "SandboxGone",
+    "SandboxRateLimited",
     "SandboxTimeout",
     "SessionBusy",
     "StorageUnavailable",
