@@ -144,6 +144,26 @@ class Settings:
     #: Extra fsspec storage options for the blob store.
     blob_options: dict[str, Any] = attrs.field(factory=dict)
 
+    # -- Sandbox providers
+    #: E2B API key (``pip install 'openma[e2b]'``); never printed.
+    e2b_api_key: str | None = attrs.field(default=None, repr=False)
+    #: E2B domain (default ``e2b.app``; set it for a self-hosted E2B).
+    e2b_domain: str | None = None
+    #: E2B control-plane URL override (the SDK marks it internal; for tests and proxies).
+    e2b_api_url: str | None = None
+    #: E2B envd URL override for every sandbox (the SDK marks it internal; for tests and proxies).
+    e2b_sandbox_url: str | None = None
+    #: E2B template name or id for new sandboxes (default ``base``).
+    e2b_template: str | None = None
+    #: Daytona API key (``pip install 'openma[daytona]'``); never printed.
+    daytona_api_key: str | None = attrs.field(default=None, repr=False)
+    #: Daytona API URL (default ``https://app.daytona.io/api``).
+    daytona_api_url: str | None = None
+    #: Daytona target region.
+    daytona_target: str | None = None
+    #: Daytona image for new sandboxes (default: Daytona's default snapshot).
+    daytona_image: str | None = None
+
     def __attrs_post_init__(self) -> None:
         if self.sqlite_path.strip() in ("", ":memory:"):
             raise ConfigError("sqlite_path must be a file path (':memory:' cannot be shared by connections)")
@@ -232,6 +252,15 @@ _ENV: Final[dict[str, tuple[str, str]]] = {
     "s3_access_key_id": ("OPENMA_S3_ACCESS_KEY_ID", "str"),
     "s3_secret_access_key": ("OPENMA_S3_SECRET_ACCESS_KEY", "str"),
     "blob_options": ("OPENMA_BLOB_OPTIONS", "json"),
+    "e2b_api_key": ("E2B_API_KEY", "str"),
+    "e2b_domain": ("E2B_DOMAIN", "str"),
+    "e2b_api_url": ("E2B_API_URL", "str"),
+    "e2b_sandbox_url": ("E2B_SANDBOX_URL", "str"),
+    "e2b_template": ("E2B_TEMPLATE", "str"),
+    "daytona_api_key": ("DAYTONA_API_KEY", "str"),
+    "daytona_api_url": ("DAYTONA_API_URL", "str"),
+    "daytona_target": ("DAYTONA_TARGET", "str"),
+    "daytona_image": ("DAYTONA_IMAGE", "str"),
 }
 
 _TRUE: Final = {"1", "true", "yes", "on"}

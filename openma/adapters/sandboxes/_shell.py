@@ -1,0 +1,153 @@
+"""The shell side of the remote sandboxes (E2B, Daytona): small bash scripts that make both providers behave
+like the port says, whatever their daemons do.
+
+Neither provider kills a command's process tree: E2B's envd signals only the process it started, and
+Daytona's daemon kills its own child. So every command runs in **its own session** (``setsid``), and the
+scripts kill the whole process group. The command deadline is enforced **inside the sandbox** by a
+watchdog (``wait -n`` on the command and a ``sleep``), so a timeout keeps what was printed so far on both
+providers (Daytona's own exec timeout throws the output away) and works even when the client's deadline
+does not fire (E2B on Python 3.11, see the SDK study). The adapters still pass the provider a deadline a
+little later, and keep an outer deadline of their own, for a wrapper that cannot run at all.
+
+Background processes are detached the same way and keep their state in files under the sandbox's state
+directory (``pid``, ``out``, ``err``, ``exit``, ``killed``), so any client (another process, a reattached
+adapter) can read their status and logs, and a provider call never waits on them.
+
+The scripts report what the caller must know through a marker that carries a random per-call token on the
+original stderr (merged into stdout on Daytona); the adapters strip it.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shlex
+from typing import Final
+
+#: Seconds the provider's own deadline trails the in-sandbox watchdog.
+GRACE: Final = 5.0
+#: Exit status of a command stopped at its deadline (killed by SIGKILL: 128 + 9).
+TIMEOUT_EXIT: Final = 137
+#: Exit status the status/kill scripts use for "no such process".
+MISSING_EXIT: Final = 3
+
+_ID_RE: Final = re.compile(r"^[0-9a-f]{16,32}$")
+
+
+def new_token() -> str:
+    return secrets.token_hex(8)
+
+
+def valid_process_id(process_id: str) -> bool:
+    return bool(_ID_RE.match(process_id))
+
+
+def q(value: str) -> str:
+    return shlex.quote(value)
+
+
+def marker(token: str, what: str) -> str:
+    return f"__openma_{token}_{what}__"
+
+
+def _seconds(value: float) -> str:
+    return f"{max(value, 0.001):.3f}"
+
+
+def exec_script(cmd: str, *, cwd: str, timeout: float, token: str, run_dir: str) -> str:
+    """Run ``cmd`` in its own session under ``cwd``; kill its process group at ``timeout`` (exit 137 and the
+    ``timeout`` marker) or when it ends (nothing it started outlives ``exec``)."""
+    pidfile = f"{run_dir}/{token}"
+    return f"""exec 3>&2 2>/dev/null
+cd -- {q(cwd)} || {{ printf '%s' {q(marker(token, "nocwd"))} >&3; exit 1; }}
+mkdir -p {q(run_dir)}
+S=; command -v setsid >/dev/null && S=setsid
+$S bash -c {q(cmd)} </dev/null 2>&3 3>&- & p=$!
+echo $p > {q(pidfile)}
+sleep {_seconds(timeout)} </dev/null >/dev/null 3>&- & s=$!
+wait -n
+if kill -0 $p; then
+  kill -KILL -- -$p || kill -KILL $p; wait $p; rm -f {q(pidfile)}
+  printf '%s' {q(marker(token, "timeout"))} >&3; exit {TIMEOUT_EXIT}
+fi
+kill $s; wait $p; rc=$?; kill -KILL -- -$p; rm -f {q(pidfile)}; exit $rc
+"""
+
+
+def reap_script(*, token: str, run_dir: str) -> str:
+    """Best effort, after the client's own deadline fired: kill what ``exec_script`` with ``token`` started."""
+    pidfile = q(f"{run_dir}/{token}")
+    return f"""p=$(cat {pidfile} 2>/dev/null) || exit 0
+[ -n "$p" ] && {{ kill -KILL -- -$p 2>/dev/null || kill -KILL $p 2>/dev/null; }}
+rm -f {pidfile}; exit 0
+"""
+
+
+def start_script(cmd: str, *, cwd: str, proc_dir: str, token: str) -> str:
+    """Detach ``cmd`` in its own session, with a monitor that records its pid and exit status in
+    ``proc_dir``; returns once the pid is recorded."""
+    d = q(proc_dir)
+    monitor = (
+        'S=$1; D=$2; $S bash -c "$3" </dev/null >"$D/out" 2>"$D/err" & p=$!; '
+        'echo $p > "$D/pid.tmp"; mv "$D/pid.tmp" "$D/pid"; '
+        'wait $p; echo $? > "$D/exit.tmp"; mv "$D/exit.tmp" "$D/exit"'
+    )
+    return f"""exec 3>&2 2>/dev/null
+cd -- {q(cwd)} || {{ printf '%s' {q(marker(token, "nocwd"))} >&3; exit 1; }}
+mkdir -p {d} || exit 1
+: > {d}/out; : > {d}/err; printf '%s' {q(cmd)} > {d}/cmd
+S=; command -v setsid >/dev/null && S=setsid
+$S bash -c {q(monitor)} _ "$S" {d} {q(cmd)} </dev/null >/dev/null 2>&1 3>&- &
+i=0; while [ ! -e {d}/pid ] && [ $i -lt 2000 ]; do sleep 0.005; i=$((i+1)); done
+[ -e {d}/pid ]
+"""
+
+
+def status_script(proc_dir: str) -> str:
+    """Print ``running`` or ``exited N``, then ``killed`` if it was killed, then ``---`` and the command."""
+    d = q(proc_dir)
+    return f"""[ -d {d} ] || exit {MISSING_EXIT}
+if [ -e {d}/exit ]; then printf 'exited %s\\n' "$(cat {d}/exit)"; else echo running; fi
+[ -e {d}/killed ] && echo killed
+echo ---; cat {d}/cmd 2>/dev/null; exit 0
+"""
+
+
+def kill_script(proc_dir: str) -> str:
+    """Kill the process group of a background process (idempotent) and wait briefly for its exit record."""
+    d = q(proc_dir)
+    return f"""[ -d {d} ] || exit {MISSING_EXIT}
+[ -e {d}/exit ] && exit 0
+touch {d}/killed
+p=$(cat {d}/pid 2>/dev/null)
+[ -n "$p" ] && {{ kill -KILL -- -$p 2>/dev/null || kill -KILL $p 2>/dev/null; }}
+i=0; while [ ! -e {d}/exit ] && [ $i -lt 400 ]; do sleep 0.005; i=$((i+1)); done
+exit 0
+"""
+
+
+def parse_status(stdout: str) -> tuple[str, int | None, bool, str]:
+    """``(state, exit_code, killed, command)`` from :func:`status_script`'s output."""
+    head, _, command = stdout.partition("---\n")
+    lines = head.split()
+    exit_code: int | None = None
+    state = "running"
+    if lines and lines[0] == "exited":
+        state = "exited"
+        try:
+            exit_code = int(lines[1])
+        except (IndexError, ValueError):
+            exit_code = None
+    killed = "killed" in lines
+    return state, exit_code, killed, command
+
+
+def strip_marker(text: str, token: str) -> tuple[str, set[str]]:
+    """Remove this call's markers from ``text``; return the text and which markers were found."""
+    found: set[str] = set()
+    for what in ("timeout", "nocwd"):
+        m = marker(token, what)
+        if m in text:
+            found.add(what)
+            text = text.replace(m, "")
+    return text, found
