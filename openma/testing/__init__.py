@@ -5,6 +5,7 @@ adapter's ``capabilities``; tests for undeclared capabilities are skipped with t
 adapters are tested through these same classes.
 """
 
+from openma.testing.blobs import BlobStoreContract
 from openma.testing.capabilities import KNOWN as KNOWN_CAPABILITIES
 from openma.testing.capabilities import requires
 from openma.testing.kv import KVContract
@@ -14,6 +15,7 @@ __all__ = [
     "KNOWN_CAPABILITIES",
     "KVContract",
     "AgentStoreContract",
+    "BlobStoreContract",
     "EnvironmentStoreContract",
     "TenantStoreContract",
     "requires",

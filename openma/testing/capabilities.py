@@ -19,6 +19,7 @@ KNOWN: Final[dict[str, str]] = {
     "concurrent_writers": "several tasks may write at once and conditional updates stay exact",
     "unicode_casefold_search": "the q filter matches case-insensitively beyond ASCII",
     "multi_process": "several processes may share the backend's storage",
+    "nested_keys": "a blob key and keys below it (such as 'a' and 'a/b') may coexist",
 }
 
 
