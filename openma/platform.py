@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -19,10 +19,15 @@ from openma.errors import ConfigError, Conflict
 from openma.models import Tenant
 from openma.ports.agents import AgentStore
 from openma.ports.backend import StoreBackend
+from openma.ports.blobs import BlobStore
 from openma.ports.environments import EnvironmentStore
+from openma.ports.kv import KVStore
 from openma.ports.tenancy import TenantRef
 from openma.ports.tenants import TenantStore
 from openma.settings import STORE_NAMES, Settings
+
+if TYPE_CHECKING:
+    from openma.adapters.fsspec_blobs import FsspecBlobStore
 
 
 class TenantScope:
@@ -34,6 +39,8 @@ class TenantScope:
         self._ref = TenantRef(tenant_id, self._check)
         self._agents: AgentStore | None = None
         self._environments: EnvironmentStore | None = None
+        self._kv: KVStore | None = None
+        self._blobs: BlobStore | None = None
 
     def __repr__(self) -> str:
         return f"TenantScope({self.tenant_id!r})"
@@ -55,13 +62,29 @@ class TenantScope:
             self._environments = self._platform.backend("environments").environments(self._ref)
         return self._environments
 
+    @property
+    def kv(self) -> KVStore:
+        if self._kv is None:
+            self._kv = self._platform.backend("kv").kv(self._ref)
+        return self._kv
+
+    @property
+    def blobs(self) -> BlobStore:
+        """This tenant's blobs: every key lives under ``t/<tenant_id>/`` of the platform's blob store."""
+        if self._blobs is None:
+            self._blobs = self._platform.blobs.for_tenant(self.tenant_id, ensure=self._ref.ensure)
+        return self._blobs
+
 
 class Platform:
     """An open openma platform: the backends of every store, and the tenant-scoped facade."""
 
-    def __init__(self, settings: Settings, backends: dict[str, StoreBackend]) -> None:
+    def __init__(
+        self, settings: Settings, backends: dict[str, StoreBackend], blobs: FsspecBlobStore | None = None
+    ) -> None:
         self.settings = settings
         self._backends = backends
+        self._blobs = blobs
         self._closed = False
 
     def __repr__(self) -> str:
@@ -92,12 +115,15 @@ class Platform:
                 backends[name] = backend
                 if settings.auto_migrate:
                     await backend.migrate()
+            from openma.adapters.fsspec_blobs import FsspecBlobStore
+
+            blobs = await FsspecBlobStore.from_settings(settings)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 for backend in backends.values():
                     await backend.aclose()
             raise
-        return cls(settings, backends)
+        return cls(settings, backends, blobs)
 
     def backend(self, store: str) -> StoreBackend:
         """The backend that holds ``store`` (``"agents"``, ``"sessions"``, ...)."""
@@ -108,6 +134,15 @@ class Platform:
     @property
     def backends(self) -> dict[str, StoreBackend]:
         return dict(self._backends)
+
+    @property
+    def blobs(self) -> FsspecBlobStore:
+        """The whole blob store (admin level: every tenant's keys, under ``t/<tenant_id>/``)."""
+        if self._closed:
+            raise ConfigError("this platform is closed")
+        if self._blobs is None:
+            raise ConfigError("this platform was built without a blob store")
+        return self._blobs
 
     @property
     def tenants(self) -> TenantStore:
@@ -133,6 +168,11 @@ class Platform:
             try:
                 await backend.aclose()
             except Exception as exc:  # close the others anyway
+                errors.append(exc)
+        if self._blobs is not None:
+            try:
+                await self._blobs.aclose()
+            except Exception as exc:
                 errors.append(exc)
         if errors:
             raise errors[0]

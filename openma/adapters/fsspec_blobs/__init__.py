@@ -20,7 +20,7 @@ can neither see nor name another tenant's keys.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -94,10 +94,18 @@ class BlobReaderImpl:
 class FsspecBlobStore:
     """A :class:`~openma.ports.blobs.BlobStore` on any fsspec URL (see the module docstring)."""
 
-    def __init__(self, engine: Engine, *, clock: Clock | None = None, prefix: str = "") -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: Clock | None = None,
+        prefix: str = "",
+        ensure: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._engine = engine
         self._clock = clock or SystemClock()
         self._prefix = prefix
+        self._ensure = ensure
         #: The conformance-kit capabilities this store has (they depend on the URL's engine).
         self.capabilities: frozenset[str] = engine.capabilities
 
@@ -126,10 +134,15 @@ class FsspecBlobStore:
         """Open ``settings.blob_url`` with the S3 settings and ``blob_options`` as storage options."""
         return await cls.open(settings.blob_url, storage_options=storage_options(settings), clock=clock)
 
-    def for_tenant(self, tenant_id: str) -> FsspecBlobStore:
-        """This store seen by one tenant: every key lives under ``t/<tenant_id>/``."""
+    def for_tenant(self, tenant_id: str, *, ensure: Callable[[], Awaitable[None]] | None = None) -> FsspecBlobStore:
+        """This store seen by one tenant: every key lives under ``t/<tenant_id>/``.
+
+        ``ensure`` (the platform passes its tenant check) runs before each put, so a mistyped tenant id
+        cannot leave orphan objects.
+        """
         check_id(tenant_id, "tnt", what="tenant_id")
-        return FsspecBlobStore(self._engine, clock=self._clock, prefix=f"{self._prefix}{TENANT_ROOT}{tenant_id}/")
+        prefix = f"{self._prefix}{TENANT_ROOT}{tenant_id}/"
+        return FsspecBlobStore(self._engine, clock=self._clock, prefix=prefix, ensure=ensure)
 
     async def aclose(self) -> None:
         if not self._prefix:
@@ -161,6 +174,8 @@ class FsspecBlobStore:
         if if_none_match and etag is not None:
             raise InvalidInput("pass if_none_match or if_match, not both", field="if_match")
         source = as_source(data)
+        if self._ensure is not None:
+            await self._ensure()
         now = self._clock.now_ms()
         expires = None if ttl_ms is None else now + ttl_ms
         if expires is not None:
