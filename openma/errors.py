@@ -118,6 +118,38 @@ class SandboxGone(SandboxError):
     http_status = 410
 
 
+class ResyncRequired(Conflict):
+    """A read or live tail asked for events the log no longer holds: they were pruned by retention.
+
+    ``retained_from`` is the oldest seq still in the log; a reader restarts from a fresh snapshot and reads
+    on from ``after=retained_from - 1``.
+    """
+
+    code = "resync_required"
+    http_status = 410
+
+    def __init__(self, message: str, *, retained_from: int, **details: Any) -> None:
+        super().__init__(message, retained_from=retained_from, **details)
+        self.retained_from = retained_from
+
+
+class SpillIntegrityError(OpenmaError):
+    """A spilled event's blob is missing or does not match the hash stored with its stub.
+
+    Never answered with a silent stub: the event is named (``event_id``) so an operator can restore or
+    prune it.
+    """
+
+    code = "spill_integrity"
+    http_status = 500
+
+    def __init__(self, message: str, *, event_id: str, key: str, reason: str, **details: Any) -> None:
+        super().__init__(message, event_id=event_id, key=key, reason=reason, **details)
+        self.event_id = event_id
+        self.key = key
+        self.reason = reason
+
+
 __all__ = [
     "Conflict",
     "ConfigError",
@@ -125,11 +157,13 @@ __all__ = [
     "LeaseLost",
     "NotFound",
     "OpenmaError",
+    "ResyncRequired",
     "SandboxError",
     "SandboxGone",
     "SandboxRateLimited",
     "SandboxTimeout",
     "SessionBusy",
+    "SpillIntegrityError",
     "StorageUnavailable",
     "VersionConflict",
 ]

@@ -92,3 +92,87 @@ class Environment:
     created_at: datetime
     updated_at: datetime
     archived_at: datetime | None = None
+
+
+@attrs.frozen
+class Session:
+    """One conversation of an agent in an environment, with its event log.
+
+    ``agent`` and ``environment`` are snapshots frozen at creation: later edits of the agent or environment
+    do not change a running session. ``last_seq`` is the seq of the newest event (0 for an empty log) and
+    ``first_seq`` the oldest seq retention kept (1 until something is pruned).
+    """
+
+    id: str
+    tenant_id: str
+    agent_id: str
+    environment_id: str
+    title: str | None
+    metadata: dict[str, Any]
+    status: str
+    agent: dict[str, Any]
+    environment: dict[str, Any]
+    last_seq: int
+    first_seq: int
+    created_at: datetime
+    updated_at: datetime
+    archived_at: datetime | None = None
+
+
+@attrs.frozen
+class Event:
+    """One entry of a session's log. ``data`` is the whole JSON payload (with its ``id`` and ``type``)."""
+
+    id: str
+    type: str
+    seq: int
+    created_at: datetime
+    data: dict[str, Any]
+
+
+@attrs.frozen
+class InboxItem:
+    """An input posted to a session, waiting for (or done with) promotion into its log.
+
+    ``state`` is ``pending``, ``promoted`` (``seq`` is then its place in the log) or ``cancelled``;
+    ``position`` orders the inbox first in, first out.
+    """
+
+    event_id: str
+    type: str
+    position: int
+    state: str
+    data: dict[str, Any]
+    seq: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@attrs.frozen
+class Stream:
+    """One model call's streamed output: ``open`` until finalized ``completed``, ``aborted`` or ``interrupted``.
+
+    ``text`` is every chunk appended so far, joined; ``chunks`` counts them.
+    """
+
+    id: str
+    session_id: str
+    kind: str
+    status: str
+    message_id: str | None
+    text: str
+    chunks: int
+    started_at: datetime
+    finished_at: datetime | None = None
+    error: str | None = None
+
+
+@attrs.frozen
+class GcReport:
+    """What one ``gc`` pass removed."""
+
+    events: int = 0
+    inbox: int = 0
+    streams: int = 0
+    sessions: int = 0
+    blobs: int = 0

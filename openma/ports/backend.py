@@ -8,13 +8,18 @@ raises ``ConfigError`` from that store's method.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from openma.ports.agents import AgentStore
+from openma.ports.blobs import BlobStore
 from openma.ports.environments import EnvironmentStore
 from openma.ports.kv import KVStore
+from openma.ports.sessions import SessionStore
 from openma.ports.tenancy import TenantRef
 from openma.ports.tenants import TenantStore
+
+if TYPE_CHECKING:
+    from openma.settings import Settings
 
 
 class StoreBackend(Protocol):
@@ -29,6 +34,12 @@ class StoreBackend(Protocol):
     def environments(self, tenant: TenantRef) -> EnvironmentStore: ...
 
     def kv(self, tenant: TenantRef) -> KVStore: ...
+
+    def sessions(
+        self, tenant: TenantRef, *, blobs: BlobStore | None = None, settings: Settings | None = None
+    ) -> SessionStore:
+        """Sessions with their event logs, inboxes and streams; events above the spill threshold go to ``blobs``."""
+        ...
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations; return the names applied (empty when up to date)."""

@@ -8,6 +8,7 @@ adapters are tested through these same classes.
 from openma.testing.blobs import BlobStoreContract
 from openma.testing.capabilities import KNOWN as KNOWN_CAPABILITIES
 from openma.testing.capabilities import requires
+from openma.testing.events import EventLogContract
 from openma.testing.kv import KVContract
 from openma.testing.stores import AgentStoreContract, EnvironmentStoreContract, TenantStoreContract
 
@@ -17,6 +18,7 @@ __all__ = [
     "AgentStoreContract",
     "BlobStoreContract",
     "EnvironmentStoreContract",
+    "EventLogContract",
     "TenantStoreContract",
     "requires",
 ]

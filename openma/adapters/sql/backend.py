@@ -6,10 +6,14 @@ from openma.adapters.sql import migrate as migrations
 from openma.adapters.sql.agents import SqlAgentStore
 from openma.adapters.sql.environments import SqlEnvironmentStore
 from openma.adapters.sql.kv import SqlKVStore
+from openma.adapters.sql.sessions import SqlSessionStore
 from openma.adapters.sql.tenants import SqlTenantStore
+from openma.adapters.sql.wakeups import SessionWakeups
 from openma.core.clock import Clock, SystemClock
+from openma.ports.blobs import BlobStore
 from openma.ports.sql import SqlClient
 from openma.ports.tenancy import TenantRef
+from openma.settings import Settings
 
 
 class SqlStoreBackend:
@@ -20,6 +24,7 @@ class SqlStoreBackend:
         self.client = client
         self.clock = clock or SystemClock()
         self._tenants = SqlTenantStore(client, self.clock)
+        self._wakeups: SessionWakeups | None = None
 
     def __repr__(self) -> str:
         return f"SqlStoreBackend({self.name!r}, {self.client!r})"
@@ -37,8 +42,21 @@ class SqlStoreBackend:
     def kv(self, tenant: TenantRef) -> SqlKVStore:
         return SqlKVStore(self.client, tenant, self.clock)
 
+    def sessions(
+        self, tenant: TenantRef, *, blobs: BlobStore | None = None, settings: Settings | None = None
+    ) -> SqlSessionStore:
+        """Sessions and event logs; spilled events go to ``blobs``. Wake-ups are shared by every tenant."""
+        settings = settings or Settings()
+        if self._wakeups is None:
+            self._wakeups = SessionWakeups(self.client, poll_interval=settings.sqlite_poll_interval)
+        return SqlSessionStore(
+            self.client, tenant, self.clock, wakeups=self._wakeups, blobs=blobs, spill_bytes=settings.event_spill_bytes
+        )
+
     async def migrate(self) -> list[str]:
         return await migrations.migrate(self.client)
 
     async def aclose(self) -> None:
+        if self._wakeups is not None:
+            await self._wakeups.aclose()
         await self.client.aclose()

@@ -1,0 +1,329 @@
+"""What every part of the SQL sessions store shares: its state, row mapping, spill and hydration."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+import anyio
+import attrs
+
+from openma.adapters.sql.wakeups import SessionWakeups
+from openma.core import events as ev
+from openma.core import validate
+from openma.core.clock import Clock, SystemClock, ms_to_datetime
+from openma.core.ids import check_id
+from openma.core.jsonutil import dumps, loads
+from openma.errors import (
+    Conflict,
+    InvalidInput,
+    LeaseLost,
+    NotFound,
+    OpenmaError,
+    ResyncRequired,
+    SpillIntegrityError,
+)
+from openma.models import Event, Session, Stream
+from openma.ports.blobs import BlobStore
+from openma.ports.sql import Row, SqlClient, Statement
+from openma.ports.tenancy import TenantRef
+
+MAX_TITLE: Final = 500
+MAX_SNAPSHOT_BYTES: Final = 2_000_000
+MAX_EVENTS_LIMIT: Final = 1000
+MAX_STREAM_ERROR: Final = 10_000
+#: Retries of a write that keeps colliding with concurrent writers of the same ids.
+WRITE_RETRIES: Final = 8
+#: Spilled blobs fetched at once while reading a page.
+BLOB_CONCURRENCY: Final = 8
+DEFAULT_BATCH: Final = 1000
+MAX_BATCH: Final = 10_000
+#: A seq above any real one ("everything").
+_ALL: Final = 2**62
+
+_EVENT_COLUMNS: Final = "seq, event_id, type, data, blob_key, created_at"
+_INSERT_EVENT: Final = (
+    "INSERT INTO session_events (tenant_id, session_id, seq, event_id, type, data, blob_key, created_at) "
+)
+
+
+@attrs.frozen
+class _Item:
+    """An event or input ready for its row: stored text (the JSON, or a spill stub) and the full payload."""
+
+    id: str
+    type: str
+    text: str
+    key: str | None
+    data: dict[str, Any]
+
+
+def _check_fence(fence: object) -> int | None:
+    if fence is None:
+        return None
+    if isinstance(fence, bool) or not isinstance(fence, int) or fence < 0:
+        raise InvalidInput("fence must be a lease epoch (an integer >= 0) or None", field="fence")
+    return fence
+
+
+def _seq_arg(value: object, what: str, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidInput(f"{what} must be an integer >= {minimum}", field=what)
+    return value
+
+
+def _batch_arg(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BATCH:
+        raise InvalidInput(f"batch_size must be an integer between 1 and {MAX_BATCH}", field="batch_size")
+    return value
+
+
+def _title(value: object) -> str | None:
+    if value is None:
+        return None
+    return validate.text(value, "title", max_len=MAX_TITLE)
+
+
+def _snapshot_text(value: object, what: str) -> str:
+    snapshot = validate.json_object(value, what, max_bytes=MAX_SNAPSHOT_BYTES)
+    return dumps(snapshot, what=what)
+
+
+def _placeholders(n: int) -> str:
+    return ", ".join(["?"] * n)
+
+
+def _session(row: Row) -> Session:
+    return Session(
+        id=row["id"],
+        tenant_id=row["tenant_id"],
+        agent_id=row["agent_id"],
+        environment_id=row["environment_id"],
+        title=row["title"],
+        metadata=loads(row["metadata"]),
+        status=row["status"],
+        agent=loads(row["agent_snapshot"]),
+        environment=loads(row["environment_snapshot"]),
+        last_seq=int(row["last_seq"]),
+        first_seq=int(row["retained_from_seq"]),
+        created_at=ms_to_datetime(row["created_at"]),
+        updated_at=ms_to_datetime(row["updated_at"]),
+        archived_at=ms_to_datetime(row["archived_at"]) if row["archived_at"] is not None else None,
+    )
+
+
+def _stream(row: Row, text: str) -> Stream:
+    return Stream(
+        id=row["id"],
+        session_id=row["session_id"],
+        kind=row["kind"],
+        status=row["status"],
+        message_id=row["message_id"],
+        text=text,
+        chunks=int(row["chunks"]),
+        started_at=ms_to_datetime(row["started_at"]),
+        finished_at=ms_to_datetime(row["finished_at"]) if row["finished_at"] is not None else None,
+        error=row["error"],
+    )
+
+
+class SessionStoreBase:
+    """State and helpers shared by the parts of the sessions store."""
+
+    def __init__(
+        self,
+        client: SqlClient,
+        tenant: TenantRef,
+        clock: Clock | None = None,
+        *,
+        wakeups: SessionWakeups | None = None,
+        blobs: BlobStore | None = None,
+        spill_bytes: int = 500_000,
+        max_event_bytes: int = ev.MAX_EVENT_BYTES,
+    ) -> None:
+        self._db = client
+        self._tenant = tenant
+        self.tenant_id = tenant.tenant_id
+        self._clock = clock or SystemClock()
+        self._wakeups = wakeups or SessionWakeups(client)
+        self._blobs = blobs
+        self._spill_bytes = spill_bytes
+        self._max_event_bytes = max(max_event_bytes, spill_bytes)
+        self._postgres = client.dialect.name == "postgres"
+
+    def __repr__(self) -> str:
+        return f"SqlSessionStore(tenant_id={self.tenant_id!r})"
+
+    async def _row(self, session_id: str) -> Row:
+        check_id(session_id, "ses", what="session_id")
+        row = await self._db.fetch_one(
+            "SELECT * FROM sessions WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL",
+            (self.tenant_id, session_id),
+        )
+        if row is None:
+            raise NotFound(f"session {session_id} not found", session_id=session_id)
+        return row
+
+    async def _spill(self, session_id: str, prepared: Sequence[ev.PreparedEvent]) -> tuple[list[_Item], list[str]]:
+        """Write the blobs of the events above the threshold; return the rows to store and the keys written."""
+        big = [p for p in prepared if p.size > self._spill_bytes]
+        if big and self._blobs is None:
+            raise InvalidInput(
+                f"event {big[0].id} is {big[0].size} bytes, over the spill threshold ({self._spill_bytes} bytes), "
+                "and this store has no blob store to spill it to",
+                field="events",
+            )
+        items: list[_Item] = []
+        written: list[str] = []
+        try:
+            for p in prepared:
+                if p.size > self._spill_bytes:
+                    assert self._blobs is not None
+                    spill = ev.spill_key(session_id, p)
+                    await self._blobs.put(spill.key, p.body, content_type=ev.SPILL_CONTENT_TYPE)
+                    written.append(spill.key)
+                    items.append(_Item(p.id, p.type, spill.stub(p.id, p.type), spill.key, p.data))
+                else:
+                    items.append(_Item(p.id, p.type, p.text, None, p.data))
+        except BaseException:
+            await self._drop_blobs(written)
+            raise
+        return items, written
+
+    async def _drop_blobs(self, keys: Iterable[str]) -> int:
+        """Delete blobs, best effort and shielded (used on paths that are already failing or cleaning up)."""
+        keys = list(dict.fromkeys(keys))
+        if not keys or self._blobs is None:
+            return 0
+        done = 0
+        with anyio.CancelScope(shield=True):
+            for key in keys:
+                try:
+                    await self._blobs.delete(key)
+                    done += 1
+                except Exception:  # an orphan blob is swept with its session; never mask the real outcome
+                    pass
+        return done
+
+    def _values(self, items: Sequence[_Item]) -> tuple[str, list[Any]]:
+        values = ", ".join(["(?, ?, ?, ?, ?)"] * len(items))
+        params = [x for k, it in enumerate(items, 1) for x in (k, it.id, it.type, it.text, it.key)]
+        return values, params
+
+    async def _refusal(
+        self, session_id: str, fence: int | None, status: tuple[str, tuple[str, ...]] | None = None
+    ) -> OpenmaError | None:
+        """Why a fenced or conditional unit wrote nothing (``None``: already in the target status)."""
+        row = await self._db.fetch_one(
+            "SELECT status, lease_epoch, archived_at, deleted_at FROM sessions WHERE tenant_id = ? AND id = ?",
+            (self.tenant_id, session_id),
+        )
+        if row is None or row["deleted_at"] is not None:
+            return NotFound(f"session {session_id} not found", session_id=session_id)
+        if fence is not None and int(row["lease_epoch"]) != fence:
+            return LeaseLost(
+                f"session {session_id}: lease epoch {fence} is stale (now {row['lease_epoch']}); nothing was written",
+                session_id=session_id,
+                fence=fence,
+                epoch=int(row["lease_epoch"]),
+            )
+        if status is not None and row["status"] not in status[1]:
+            if row["status"] == status[0]:
+                return None
+            return Conflict(
+                f"session {session_id} is {row['status']!r}; {status[0]!r} is entered from {', '.join(status[1])}",
+                session_id=session_id,
+                status=row["status"],
+                target=status[0],
+            )
+        return Conflict(f"session {session_id} changed during the write; retry", session_id=session_id)
+
+    async def _fetch_blobs(self, keys: Sequence[tuple[str, str]]) -> dict[str, bytes | None]:
+        """The bytes of spilled events' blobs (``None`` where missing), by key; ``keys`` are (event id, key)."""
+        out: dict[str, bytes | None] = {}
+        if not keys:
+            return out
+        if self._blobs is None:
+            event_id, key = keys[0]
+            raise SpillIntegrityError(
+                f"event {event_id} was spilled to {key!r} but this store has no blob store to read it from",
+                event_id=event_id,
+                key=key,
+                reason="no_blob_store",
+            )
+        blobs = self._blobs
+
+        async def one(key: str) -> None:
+            try:
+                out[key] = await blobs.get(key)
+            except NotFound:
+                out[key] = None
+
+        unique = list(dict.fromkeys(k for _, k in keys))
+        if len(unique) == 1:
+            await one(unique[0])
+            return out
+        limiter = anyio.CapacityLimiter(BLOB_CONCURRENCY)
+
+        async def limited(key: str) -> None:
+            async with limiter:
+                await one(key)
+
+        async with anyio.create_task_group() as tg:
+            for key in unique:
+                tg.start_soon(limited, key)
+        return out
+
+    async def _hydrate(self, rows: Sequence[Row]) -> list[tuple[Row, dict[str, Any]]]:
+        """Each row with its payload, spilled ones read back from the blob store and verified."""
+        parsed = [(r, loads(r["data"])) for r in rows]
+        spills = {
+            r["event_id"]: ev.stub_spill(r["event_id"], data, r["blob_key"])
+            for r, data in parsed
+            if r["blob_key"] is not None
+        }
+        fetched = await self._fetch_blobs([(eid, s.key) for eid, s in spills.items()])
+        out = []
+        for r, data in parsed:
+            spill = spills.get(r["event_id"]) if r["blob_key"] is not None else None
+            if spill is not None:
+                data = ev.rehydrate(r["event_id"], r["type"], spill, fetched.get(spill.key))
+            out.append((r, data))
+        return out
+
+    async def _to_events(self, rows: Sequence[Row]) -> list[Event]:
+        return [
+            Event(r["event_id"], r["type"], int(r["seq"]), ms_to_datetime(r["created_at"]), data)
+            for r, data in await self._hydrate(rows)
+        ]
+
+    async def _events_by_id(self, session_id: str, ids: Sequence[str]) -> dict[str, tuple[Event, str | None]]:
+        if not ids:
+            return {}
+        rows = await self._db.fetch_all(
+            f"SELECT {_EVENT_COLUMNS} FROM session_events WHERE tenant_id = ? AND session_id = ?"
+            f" AND event_id IN ({_placeholders(len(ids))})",
+            (self.tenant_id, session_id, *ids),
+        )
+        events = await self._to_events(rows)
+        return {e.id: (e, r["blob_key"]) for e, r in zip(events, rows, strict=True)}
+
+    @staticmethod
+    def _resync(session_id: str, after: int, retained_from: int) -> ResyncRequired:
+        return ResyncRequired(
+            f"session {session_id}: events after seq {after} up to {retained_from - 1} were removed by retention; "
+            f"resync, then read from after={retained_from - 1}",
+            retained_from=retained_from,
+            session_id=session_id,
+            after=after,
+        )
+
+    def _fence_statement(self, session_id: str, fence: int | None) -> Statement:
+        """Lock the session row (and check the epoch): the first statement of a fenced unit."""
+        fence_sql, fence_params = (" AND lease_epoch = ?", [fence]) if fence is not None else ("", [])
+        return Statement(
+            f"UPDATE sessions SET lease_epoch = lease_epoch WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL"
+            f"{fence_sql}",
+            (self.tenant_id, session_id, *fence_params),
+            expect_rows=True,
+        )

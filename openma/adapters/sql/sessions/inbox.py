@@ -1,0 +1,316 @@
+"""The inbox: durable, deduplicated, FIFO inputs, promoted into the log exactly once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from openma.adapters import pg_notify
+from openma.adapters.sql.sessions._base import (
+    _EVENT_COLUMNS,
+    _INSERT_EVENT,
+    MAX_EVENTS_LIMIT,
+    WRITE_RETRIES,
+    SessionStoreBase,
+    _check_fence,
+    _placeholders,
+)
+from openma.core import events as ev
+from openma.core.clock import ms_to_datetime
+from openma.core.ids import check_id
+from openma.core.pagination import (
+    check_limit,
+)
+from openma.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    OpenmaError,
+    StorageUnavailable,
+)
+from openma.models import Event, InboxItem
+from openma.ports.sql import Row, Statement
+
+
+class InboxMixin(SessionStoreBase):
+    """Post, list pending, wait, promote, cancel."""
+
+    def _inbox_item(self, row: Row, data: dict[str, Any]) -> InboxItem:
+        return InboxItem(
+            event_id=row["event_id"],
+            type=row["type"],
+            position=int(row["pos"]),
+            state=row["state"],
+            data=data,
+            seq=int(row["seq"]) if row["seq"] is not None else None,
+            created_at=ms_to_datetime(row["created_at"]),
+            updated_at=ms_to_datetime(row["updated_at"]),
+        )
+
+    async def _inbox_items(self, rows: Sequence[Row]) -> list[InboxItem]:
+        return [self._inbox_item(r, data) for r, data in await self._hydrate(rows)]
+
+    async def _inbox_by_id(self, session_id: str, ids: Sequence[str]) -> dict[str, Row]:
+        if not ids:
+            return {}
+        rows = await self._db.fetch_all(
+            "SELECT * FROM session_inbox WHERE tenant_id = ? AND session_id = ?"
+            f" AND event_id IN ({_placeholders(len(ids))})",
+            (self.tenant_id, session_id, *ids),
+        )
+        return {r["event_id"]: r for r in rows}
+
+    async def post(self, session_id: str, events: Sequence[dict[str, Any]]) -> list[InboxItem]:
+        check_id(session_id, "ses", what="session_id")
+        prepared = ev.prepare_batch(events, max_bytes=self._max_event_bytes)
+        if not prepared:
+            await self._row(session_id)
+            return []
+        items, written = await self._spill(session_id, ev.unique(prepared))
+        stored: dict[str, tuple[InboxItem, str | None]] = {}
+        definite = False
+        try:
+            todo = items
+            for _ in range(WRITE_RETRIES):
+                if not todo:
+                    break
+                now = self._clock.now_ms()
+                n = len(todo)
+                values, value_params = self._values(todo)
+                statements = [
+                    Statement(
+                        "UPDATE sessions SET last_inbox_pos = last_inbox_pos + ? WHERE tenant_id = ? AND id = ?"
+                        " AND deleted_at IS NULL AND archived_at IS NULL AND status <> 'terminated'",
+                        (n, self.tenant_id, session_id),
+                        expect_rows=True,
+                    ),
+                    Statement(
+                        "INSERT INTO session_inbox (tenant_id, session_id, pos, event_id, type, data, blob_key, state,"
+                        " seq, created_at, updated_at) SELECT s.tenant_id, s.id, s.last_inbox_pos - ? + v.column1,"
+                        " v.column2, v.column3, v.column4, v.column5, 'pending', NULL, ?, ?"
+                        f" FROM sessions s, (VALUES {values}) AS v WHERE s.tenant_id = ? AND s.id = ?"
+                        " RETURNING pos, event_id",
+                        [n, now, now, *value_params, self.tenant_id, session_id],
+                        fetch=True,
+                    ),
+                ]
+                notify = self._wakeups.notify_statement(pg_notify.INBOX, self.tenant_id, session_id)
+                if notify is not None:
+                    statements.append(notify)
+                try:
+                    result = await self._db.run_batch(statements)
+                except StorageUnavailable:
+                    raise
+                except Exception as exc:
+                    if not self._db.dialect.is_unique_violation(exc):
+                        definite = True
+                        raise
+                    found = await self._inbox_by_id(session_id, [it.id for it in todo])
+                    if not found:
+                        definite = True
+                        raise
+                    rows = list(found.values())
+                    for item, row in zip(await self._inbox_items(rows), rows, strict=True):
+                        stored[item.event_id] = (item, row["blob_key"])
+                    todo = [it for it in todo if it.id not in found]
+                    continue
+                definite = True
+                if not result.committed:
+                    raise await self._post_refusal(session_id)
+                at = ms_to_datetime(now)
+                by_id = {it.id: it for it in todo}
+                for got in result.rows[1]:
+                    it = by_id[got["event_id"]]
+                    stored[it.id] = (
+                        InboxItem(it.id, it.type, int(got["pos"]), "pending", it.data, None, at, at),
+                        it.key,
+                    )
+                self._wakeups.notify_local(pg_notify.INBOX, self.tenant_id, session_id)
+                todo = []
+                break
+            else:
+                raise Conflict(f"posting to session {session_id} kept colliding; retry", session_id=session_id)
+            definite = True
+        finally:
+            if definite and written:
+                keep = {key for _, key in stored.values() if key is not None}
+                await self._drop_blobs(k for k in written if k not in keep)
+        return [stored[p.id][0] for p in prepared]
+
+    async def _post_refusal(self, session_id: str) -> OpenmaError:
+        row = await self._row(session_id)
+        if row["archived_at"] is not None:
+            return Conflict(f"session {session_id} is archived; it takes no new input", session_id=session_id)
+        if row["status"] == "terminated":
+            return Conflict(f"session {session_id} is terminated; it takes no new input", session_id=session_id)
+        return Conflict(f"session {session_id} changed during the post; retry", session_id=session_id)
+
+    async def pending(self, session_id: str, *, limit: int = 100) -> list[InboxItem]:
+        check_id(session_id, "ses", what="session_id")
+        limit = check_limit(limit, maximum=MAX_EVENTS_LIMIT)
+        rows = await self._db.fetch_all(
+            "SELECT * FROM session_inbox WHERE tenant_id = ? AND session_id = ? AND state = 'pending'"
+            " ORDER BY pos LIMIT ?",
+            (self.tenant_id, session_id, limit),
+        )
+        if not rows:
+            await self._row(session_id)
+            return []
+        return await self._inbox_items(rows)
+
+    async def wait_pending(self, session_id: str, *, timeout: float, limit: int = 100) -> list[InboxItem]:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+            raise InvalidInput("timeout must be a number of seconds >= 0", field="timeout")
+        deadline = anyio.current_time() + timeout
+        self._wakeups.start()
+        while True:
+            woken = self._wakeups.hub.arm((pg_notify.INBOX, self.tenant_id, session_id))
+            items = await self.pending(session_id, limit=limit)
+            remaining = deadline - anyio.current_time()
+            if items or remaining <= 0:
+                return items
+            with anyio.move_on_after(min(remaining, self._wakeups.wait_timeout())):
+                await woken.wait()
+
+    async def promote(self, session_id: str, event_ids: Sequence[str], *, fence: int | None = None) -> list[Event]:
+        check_id(session_id, "ses", what="session_id")
+        fence = _check_fence(fence)
+        ids = list(dict.fromkeys(ev.check_event_ids(event_ids)))
+        if not ids:
+            await self._row(session_id)
+            return []
+        done: dict[str, Event] = {}
+        todo = ids
+        for _ in range(WRITE_RETRIES + len(ids)):
+            if not todo:
+                break
+            now = self._clock.now_ms()
+            n = len(todo)
+            fence_sql, fence_params = (" AND lease_epoch = ?", [fence]) if fence is not None else ("", [])
+            statements = [
+                Statement(
+                    "UPDATE sessions SET last_seq = last_seq + ? WHERE tenant_id = ? AND id = ?"
+                    f" AND deleted_at IS NULL{fence_sql}",
+                    (n, self.tenant_id, session_id, *fence_params),
+                    expect_rows=True,
+                )
+            ]
+            for k, event_id in enumerate(todo, 1):
+                statements.append(
+                    Statement(
+                        "UPDATE session_inbox SET state = 'promoted', updated_at = ?,"
+                        " seq = (SELECT last_seq FROM sessions WHERE tenant_id = ? AND id = ?) - ?"
+                        " WHERE tenant_id = ? AND session_id = ? AND event_id = ? AND state = 'pending'",
+                        (now, self.tenant_id, session_id, n - k, self.tenant_id, session_id, event_id),
+                        expect_rows=True,
+                    )
+                )
+            insert_at = len(statements)
+            statements.append(
+                Statement(
+                    f"{_INSERT_EVENT}SELECT tenant_id, session_id, seq, event_id, type, data, blob_key, ?"
+                    " FROM session_inbox WHERE tenant_id = ? AND session_id = ? AND state = 'promoted'"
+                    f" AND event_id IN ({_placeholders(n)}) RETURNING {_EVENT_COLUMNS}",
+                    (now, self.tenant_id, session_id, *todo),
+                    fetch=True,
+                )
+            )
+            notify = self._wakeups.notify_statement(pg_notify.EVENTS, self.tenant_id, session_id)
+            if notify is not None:
+                statements.append(notify)
+            try:
+                result = await self._db.run_batch(statements)
+            except StorageUnavailable:
+                raise
+            except Exception as exc:
+                if not self._db.dialect.is_unique_violation(exc):
+                    raise
+                # Some ids are in the log already (appended there directly): settle their inbox rows.
+                found = await self._events_by_id(session_id, todo)
+                if not found:
+                    raise
+                await self._settle_promoted(session_id, {eid: e.seq for eid, (e, _) in found.items()}, fence)
+                done.update({eid: e for eid, (e, _) in found.items()})
+                todo = [i for i in todo if i not in found]
+                continue
+            if result.committed:
+                for event in await self._to_events(result.rows[insert_at]):
+                    done[event.id] = event
+                self._wakeups.notify_local(pg_notify.EVENTS, self.tenant_id, session_id)
+                todo = []
+                break
+            if result.aborted_at == 0:
+                raise await self._refusal(session_id, fence) or Conflict("promotion refused")
+            assert result.aborted_at is not None
+            stuck = todo[result.aborted_at - 1]
+            row = (await self._inbox_by_id(session_id, [stuck])).get(stuck)
+            if row is None:
+                raise NotFound(f"session {session_id} has no input {stuck} in its inbox", event_id=stuck)
+            if row["state"] == "cancelled":
+                raise Conflict(f"input {stuck} was cancelled and cannot be promoted", event_id=stuck)
+            if row["state"] == "promoted":  # promoted before: exactly once, so return what the log holds
+                found = await self._events_by_id(session_id, [stuck])
+                if stuck not in found:
+                    raise NotFound(f"input {stuck} was promoted but its event is gone (pruned)", event_id=stuck)
+                done[stuck] = found[stuck][0]
+                todo = [i for i in todo if i != stuck]
+        else:
+            raise Conflict(f"promoting inputs of session {session_id} kept colliding; retry", session_id=session_id)
+        return [done[i] for i in ids]
+
+    async def _settle_promoted(self, session_id: str, seqs: dict[str, int], fence: int | None) -> None:
+        fence_sql, fence_params = (" AND lease_epoch = ?", [fence]) if fence is not None else ("", [])
+        now = self._clock.now_ms()
+        statements = [
+            Statement(
+                f"UPDATE sessions SET lease_epoch = lease_epoch WHERE tenant_id = ? AND id = ?{fence_sql}",
+                (self.tenant_id, session_id, *fence_params),
+                expect_rows=True,
+            )
+        ]
+        for event_id, seq in seqs.items():
+            statements.append(
+                Statement(
+                    "UPDATE session_inbox SET state = 'promoted', seq = ?, updated_at = ? WHERE tenant_id = ?"
+                    " AND session_id = ? AND event_id = ? AND state = 'pending'",
+                    (seq, now, self.tenant_id, session_id, event_id),
+                )
+            )
+        result = await self._db.run_batch(statements)
+        if not result.committed:
+            raise await self._refusal(session_id, fence) or Conflict("promotion refused")
+
+    async def cancel(
+        self, session_id: str, event_ids: Sequence[str] | None = None, *, fence: int | None = None
+    ) -> list[InboxItem]:
+        check_id(session_id, "ses", what="session_id")
+        fence = _check_fence(fence)
+        ids = None if event_ids is None else list(dict.fromkeys(ev.check_event_ids(event_ids)))
+        if ids == []:
+            await self._row(session_id)
+            return []
+        fence_sql, fence_params = (" AND lease_epoch = ?", [fence]) if fence is not None else ("", [])
+        now = self._clock.now_ms()
+        which, which_params = ("", []) if ids is None else (f" AND event_id IN ({_placeholders(len(ids))})", ids)
+        result = await self._db.run_batch(
+            [
+                Statement(
+                    "UPDATE sessions SET lease_epoch = lease_epoch WHERE tenant_id = ? AND id = ?"
+                    f" AND deleted_at IS NULL{fence_sql}",
+                    (self.tenant_id, session_id, *fence_params),
+                    expect_rows=True,
+                ),
+                Statement(
+                    "UPDATE session_inbox SET state = 'cancelled', updated_at = ? WHERE tenant_id = ?"
+                    f" AND session_id = ? AND state = 'pending'{which} RETURNING *",
+                    (now, self.tenant_id, session_id, *which_params),
+                    fetch=True,
+                ),
+            ]
+        )
+        if not result.committed:
+            raise await self._refusal(session_id, fence) or Conflict("cancel refused")
+        rows = sorted(result.rows[1], key=lambda r: int(r["pos"]))
+        return await self._inbox_items(rows)

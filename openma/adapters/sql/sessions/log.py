@@ -1,0 +1,332 @@
+"""The event log: fenced, deduplicated appends with seqs minted in the write unit; reads; the live tail."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from openma.adapters import pg_notify
+from openma.adapters.sql.sessions._base import (
+    _EVENT_COLUMNS,
+    _INSERT_EVENT,
+    MAX_EVENTS_LIMIT,
+    WRITE_RETRIES,
+    SessionStoreBase,
+    _check_fence,
+    _Item,
+    _placeholders,
+    _seq_arg,
+    _session,
+)
+from openma.core import events as ev
+from openma.core.clock import ms_to_datetime
+from openma.core.ids import check_id
+from openma.core.lifecycle import check_status, sources_for
+from openma.core.pagination import (
+    Keyset,
+    Order,
+    check_limit,
+    check_order,
+    decode_cursor,
+    encode_cursor,
+    scope_of,
+    split_page,
+)
+from openma.core.tail import EventTail
+from openma.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    StorageUnavailable,
+)
+from openma.models import Event, Page, Session
+from openma.ports.sql import Row, Statement
+
+
+class EventLogMixin(SessionStoreBase):
+    """Appends, status changes, reads and the live tail."""
+
+    async def set_status(
+        self,
+        session_id: str,
+        status: str,
+        *,
+        from_statuses: Iterable[str] | None = None,
+        events: Sequence[dict[str, Any]] = (),
+        fence: int | None = None,
+    ) -> tuple[Session, list[Event]]:
+        check_id(session_id, "ses", what="session_id")
+        target = check_status(status)
+        sources = tuple(sources_for(target) if from_statuses is None else [check_status(s) for s in from_statuses])
+        if not sources:
+            raise InvalidInput("from_statuses must not be empty", field="from_statuses")
+        fence = _check_fence(fence)
+        prepared = ev.prepare_batch(events, max_bytes=self._max_event_bytes)
+        written, row = await self._write_events(session_id, prepared, fence=fence, status=(target, sources))
+        assert row is not None
+        return _session(row), written
+
+    async def append(
+        self, session_id: str, events: Sequence[dict[str, Any]], *, fence: int | None = None
+    ) -> list[Event]:
+        check_id(session_id, "ses", what="session_id")
+        fence = _check_fence(fence)
+        prepared = ev.prepare_batch(events, max_bytes=self._max_event_bytes)
+        if not prepared:
+            await self._row(session_id)
+            return []
+        written, _ = await self._write_events(session_id, prepared, fence=fence)
+        return written
+
+    def _append_statements(
+        self,
+        session_id: str,
+        items: Sequence[_Item],
+        now: int,
+        fence: int | None,
+        status: tuple[str, tuple[str, ...]] | None,
+    ) -> tuple[list[Statement], int | None]:
+        """The write unit of an append (and of a status change); returns it and the index of the insert."""
+        n = len(items)
+        fence_sql, fence_params = (" AND lease_epoch = ?", [fence]) if fence is not None else ("", [])
+        values, value_params = self._values(items)
+        select = "SELECT s.tenant_id, s.id, s.last_seq - ? + v.column1, v.column2, v.column3, v.column4, v.column5, ?"
+        if self._postgres and status is None:
+            # One statement: the bump (fenced), the notification and the insert; one round trip.
+            sql = (
+                "WITH s AS (UPDATE sessions SET last_seq = last_seq + ? WHERE tenant_id = ? AND id = ?"
+                f" AND deleted_at IS NULL{fence_sql} RETURNING tenant_id, id, last_seq),"
+                " w AS (SELECT pg_notify(?, ?) AS n FROM s) "
+                f"{_INSERT_EVENT}{select} FROM s, w, (VALUES {values}) AS v RETURNING seq, event_id"
+            )
+            params = [
+                n,
+                self.tenant_id,
+                session_id,
+                *fence_params,
+                pg_notify.CHANNEL,
+                pg_notify.payload(pg_notify.EVENTS, self.tenant_id, session_id),
+                n,
+                now,
+                *value_params,
+            ]
+            return [Statement(sql, params, fetch=True)], 0
+        sets = "last_seq = last_seq + ?"
+        set_params: list[Any] = [n]
+        status_sql = ""
+        status_params: list[Any] = []
+        if status is not None:
+            sets += ", status = ?, updated_at = ?"
+            set_params += [status[0], now]
+            status_sql = f" AND status IN ({_placeholders(len(status[1]))})"
+            status_params = list(status[1])
+        statements = [
+            Statement(
+                f"UPDATE sessions SET {sets} WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL{fence_sql}"
+                f"{status_sql} RETURNING *",
+                [*set_params, self.tenant_id, session_id, *fence_params, *status_params],
+                fetch=True,
+                expect_rows=True,
+            )
+        ]
+        insert_at: int | None = None
+        if n:
+            insert_at = len(statements)
+            statements.append(
+                Statement(
+                    f"{_INSERT_EVENT}{select} FROM sessions s, (VALUES {values}) AS v"
+                    " WHERE s.tenant_id = ? AND s.id = ? RETURNING seq, event_id",
+                    [n, now, *value_params, self.tenant_id, session_id],
+                    fetch=True,
+                )
+            )
+            notify = self._wakeups.notify_statement(pg_notify.EVENTS, self.tenant_id, session_id)
+            if notify is not None:
+                statements.append(notify)
+        return statements, insert_at
+
+    async def _write_events(
+        self,
+        session_id: str,
+        prepared: Sequence[ev.PreparedEvent],
+        *,
+        fence: int | None,
+        status: tuple[str, tuple[str, ...]] | None = None,
+    ) -> tuple[list[Event], Row | None]:
+        """Append ``prepared`` (and change the status, if asked) in one unit, deduplicating by event id."""
+        items, written = await self._spill(session_id, ev.unique(prepared))
+        stored: dict[str, tuple[Event, str | None]] = {}
+        session_row: Row | None = None
+        definite = False  # whether the outcome is known (an in-doubt commit keeps its blobs)
+        try:
+            todo = items
+            for _ in range(WRITE_RETRIES):
+                now = self._clock.now_ms()
+                statements, insert_at = self._append_statements(session_id, todo, now, fence, status)
+                try:
+                    result = await self._db.run_batch(statements)
+                except StorageUnavailable:
+                    raise
+                except Exception as exc:
+                    if not self._db.dialect.is_unique_violation(exc):
+                        definite = True
+                        raise
+                    found = await self._events_by_id(session_id, [it.id for it in todo])
+                    if not found:
+                        definite = True
+                        raise
+                    stored.update(found)
+                    todo = [it for it in todo if it.id not in found]
+                    if not todo and status is None:
+                        definite = True
+                        break
+                    continue
+                # The one-statement form (Postgres) has no abort: it inserts nothing when the guard fails.
+                refused = not result.committed or (insert_at is not None and not result.rows[insert_at])
+                if refused:
+                    definite = True
+                    refusal = await self._refusal(session_id, fence, status)
+                    if refusal is None:  # already in the target status: a retried transition
+                        found = await self._events_by_id(session_id, [it.id for it in todo])
+                        if len(found) == len(todo):
+                            stored.update(found)
+                            session_row = await self._row(session_id)
+                            break
+                        refusal = Conflict(f"session {session_id} is already in that status", session_id=session_id)
+                    raise refusal
+                definite = True
+                if status is not None:
+                    session_row = result.rows[0][0]
+                if insert_at is not None:
+                    by_id = {it.id: it for it in todo}
+                    for got in result.rows[insert_at]:
+                        it = by_id[got["event_id"]]
+                        event = Event(it.id, it.type, int(got["seq"]), ms_to_datetime(now), it.data)
+                        stored[it.id] = (event, it.key)
+                    self._wakeups.notify_local(pg_notify.EVENTS, self.tenant_id, session_id)
+                break
+            else:
+                raise Conflict(
+                    f"appending to session {session_id} kept colliding with concurrent writers; retry",
+                    session_id=session_id,
+                )
+        finally:
+            if definite and written:
+                keep = {key for _, key in stored.values() if key is not None}
+                await self._drop_blobs(k for k in written if k not in keep)
+        return [stored[p.id][0] for p in prepared], session_row
+
+    async def _read(
+        self,
+        session_id: str,
+        *,
+        after: int,
+        before: int | None,
+        limit: int,
+        types: Sequence[str] | None,
+        order: Order,
+    ) -> tuple[list[Row], int]:
+        """Up to ``limit`` event rows in ``(after, before)`` and the session's retained-from seq, in one query
+        (one snapshot, so a concurrent prune is seen consistently by both)."""
+        where = "tenant_id = ? AND session_id = ? AND seq > ?"
+        params: list[Any] = [self.tenant_id, session_id, after]
+        if before is not None:
+            where += " AND seq < ?"
+            params.append(before)
+        if types:
+            where += f" AND type IN ({_placeholders(len(types))})"
+            params += list(types)
+        direction = "ASC" if order == "asc" else "DESC"
+        rows = await self._db.fetch_all(
+            "SELECT s.retained_from_seq AS retained_from_seq, e.seq, e.event_id, e.type, e.data, e.blob_key,"
+            f" e.created_at FROM sessions s LEFT JOIN (SELECT {_EVENT_COLUMNS} FROM session_events WHERE {where}"
+            f" ORDER BY seq {direction} LIMIT ?) e ON 1 = 1"
+            f" WHERE s.tenant_id = ? AND s.id = ? AND s.deleted_at IS NULL ORDER BY e.seq {direction}",
+            (*params, limit, self.tenant_id, session_id),
+        )
+        if not rows:
+            raise NotFound(f"session {session_id} not found", session_id=session_id)
+        retained_from = int(rows[0]["retained_from_seq"])
+        return [r for r in rows if r["seq"] is not None], retained_from
+
+    async def events(
+        self,
+        session_id: str,
+        *,
+        after: int = 0,
+        before: int | None = None,
+        limit: int = 100,
+        types: Sequence[str] | None = None,
+        cursor: str | None = None,
+        order: Order = "asc",
+    ) -> Page[Event]:
+        check_id(session_id, "ses", what="session_id")
+        after = _seq_arg(after, "after")
+        if before is not None:
+            before = _seq_arg(before, "before", minimum=1)
+        limit = check_limit(limit, maximum=MAX_EVENTS_LIMIT)
+        order = check_order(order)
+        type_list: list[str] | None = None
+        if types is not None:
+            if isinstance(types, str) or not isinstance(types, Sequence) or not types:
+                raise InvalidInput("types must be a non-empty list of event types", field="types")
+            type_list = sorted({ev.check_type(t, "types[]") for t in types})
+        scope = scope_of("session_events", self.tenant_id, session_id, order, type_list, after, before)
+        lo, hi = after, before
+        if cursor is not None:
+            mark = decode_cursor(cursor, scope).created_at
+            if order == "asc":
+                lo = max(lo, mark)
+            else:
+                hi = mark if hi is None else min(hi, mark)
+        rows, retained_from = await self._read(
+            session_id, after=lo, before=hi, limit=limit + 1, types=type_list, order=order
+        )
+        page, more = split_page(rows, limit)
+        gap = retained_from > lo + 1 and (hi is None or hi > lo + 1)
+        if gap and (order == "asc" or not more):
+            raise self._resync(session_id, lo, retained_from)
+        next_cursor = None
+        if more:
+            last = page[-1]
+            next_cursor = encode_cursor(scope, Keyset(int(last["seq"]), str(last["event_id"])))
+        return Page(await self._to_events(page), next_cursor)
+
+    async def _read_after(self, session_id: str, after: int, limit: int) -> list[Event]:
+        self._wakeups.start()
+        rows, retained_from = await self._read(
+            session_id, after=after, before=None, limit=limit, types=None, order="asc"
+        )
+        if retained_from > after + 1:
+            raise self._resync(session_id, after, retained_from)
+        return await self._to_events(rows)
+
+    async def get_event(self, session_id: str, event_id: str) -> Event:
+        check_id(session_id, "ses", what="session_id")
+        ev.check_event_id(event_id, "event_id")
+        rows = await self._db.fetch_all(
+            "SELECT e.seq, e.event_id, e.type, e.data, e.blob_key, e.created_at FROM session_events e"
+            " JOIN sessions s ON s.tenant_id = e.tenant_id AND s.id = e.session_id"
+            " WHERE e.tenant_id = ? AND e.session_id = ? AND e.event_id = ? AND s.deleted_at IS NULL",
+            (self.tenant_id, session_id, event_id),
+        )
+        if not rows:
+            await self._row(session_id)
+            raise NotFound(f"event {event_id} not found in session {session_id}", event_id=event_id)
+        return (await self._to_events(rows))[0]
+
+    def subscribe(self, session_id: str, *, after: int = 0) -> EventTail:
+        """Every event with ``seq > after``, in order, then new ones as they land (see :mod:`openma.core.tail`)."""
+        check_id(session_id, "ses", what="session_id")
+        after = _seq_arg(after, "after")
+
+        async def read(position: int, limit: int) -> list[Event]:
+            return await self._read_after(session_id, position, limit)
+
+        return EventTail(
+            read,
+            self._wakeups.hub,
+            (pg_notify.EVENTS, self.tenant_id, session_id),
+            after=after,
+            wait_timeout=self._wakeups.wait_timeout,
+        )

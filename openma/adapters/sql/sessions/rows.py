@@ -1,0 +1,210 @@
+"""Session rows: snapshots frozen at creation, keyset lists, metadata merges, batched deletes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from openma.adapters import pg_notify
+from openma.adapters.sql.listing import list_page
+from openma.adapters.sql.sessions._base import (
+    DEFAULT_BATCH,
+    WRITE_RETRIES,
+    _session,
+    _snapshot_text,
+    _title,
+)
+from openma.adapters.sql.sessions.retention import RetentionMixin
+from openma.core import validate
+from openma.core.clock import ms_to_datetime
+from openma.core.ids import check_id, new_id
+from openma.core.jsonutil import dumps, loads
+from openma.core.lifecycle import check_status
+from openma.core.pagination import (
+    Order,
+)
+from openma.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+)
+from openma.models import Page, Session
+from openma.ports.sessions import UNSET
+from openma.ports.sql import Statement
+
+
+class SessionRowsMixin(RetentionMixin):
+    """Create, read, list, update, archive and delete session rows."""
+
+    async def create(
+        self,
+        *,
+        agent_id: str,
+        environment_id: str,
+        agent_snapshot: dict[str, Any],
+        environment_snapshot: dict[str, Any],
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Session:
+        check_id(agent_id, "agt", what="agent_id")
+        check_id(environment_id, "env", what="environment_id")
+        agent_text = _snapshot_text(agent_snapshot, "agent_snapshot")
+        environment_text = _snapshot_text(environment_snapshot, "environment_snapshot")
+        title = _title(title)
+        meta = validate.metadata(metadata)
+        await self._tenant.ensure()
+        now = self._clock.now_ms()
+        session_id = new_id("ses", now_ms=now)
+        await self._db.run_batch(
+            [
+                Statement(
+                    "INSERT INTO sessions (tenant_id, id, agent_id, environment_id, agent_snapshot,"
+                    " environment_snapshot, title, metadata, status, last_seq, retained_from_seq, last_inbox_pos,"
+                    " lease_epoch, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'idle', 0, 1, 0, 0, ?, ?)",
+                    (
+                        self.tenant_id,
+                        session_id,
+                        agent_id,
+                        environment_id,
+                        agent_text,
+                        environment_text,
+                        title,
+                        dumps(meta),
+                        now,
+                        now,
+                    ),
+                )
+            ]
+        )
+        created = ms_to_datetime(now)
+        return Session(
+            id=session_id,
+            tenant_id=self.tenant_id,
+            agent_id=agent_id,
+            environment_id=environment_id,
+            title=title,
+            metadata=meta,
+            status="idle",
+            agent=loads(agent_text),
+            environment=loads(environment_text),
+            last_seq=0,
+            first_seq=1,
+            created_at=created,
+            updated_at=created,
+        )
+
+    async def get(self, session_id: str) -> Session:
+        return _session(await self._row(session_id))
+
+    async def list(
+        self,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        order: Order = "desc",
+        agent_id: str | None = None,
+        environment_id: str | None = None,
+        status: str | None = None,
+        include_archived: bool = False,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> Page[Session]:
+        where: list[str] = ["tenant_id = ?", "deleted_at IS NULL"]
+        params: list[Any] = [self.tenant_id]
+        if not include_archived:
+            where.append("archived_at IS NULL")
+        if agent_id is not None:
+            where.append("agent_id = ?")
+            params.append(check_id(agent_id, "agt", what="agent_id"))
+        if environment_id is not None:
+            where.append("environment_id = ?")
+            params.append(check_id(environment_id, "env", what="environment_id"))
+        if status is not None:
+            where.append("status = ?")
+            params.append(check_status(status))
+        after = validate.time_bound(created_after, "created_after")
+        before = validate.time_bound(created_before, "created_before")
+        if after is not None:
+            where.append("created_at >= ?")
+            params.append(after)
+        if before is not None:
+            where.append("created_at < ?")
+            params.append(before)
+        return await list_page(
+            self._db,
+            table="sessions",
+            where=where,
+            params=params,
+            scope=(self.tenant_id, bool(include_archived), agent_id, environment_id, status, after, before),
+            cursor=cursor,
+            order=order,
+            limit=limit,
+            to_model=_session,
+        )
+
+    async def update(
+        self, session_id: str, *, title: str | None = UNSET, metadata: dict[str, Any] | None = None
+    ) -> Session:
+        new_title = UNSET if title is UNSET else _title(title)
+        if metadata is not None and not isinstance(metadata, dict):
+            raise InvalidInput("metadata must be an object", field="metadata")
+        for _ in range(WRITE_RETRIES):
+            row = await self._row(session_id)
+            if row["archived_at"] is not None:
+                raise Conflict(f"session {session_id} is archived and cannot be updated", session_id=session_id)
+            current_meta = loads(row["metadata"])
+            meta = validate.merge_metadata(current_meta, metadata) if metadata is not None else current_meta
+            final_title = row["title"] if new_title is UNSET else new_title
+            if final_title == row["title"] and meta == current_meta:
+                return _session(row)
+            now = max(self._clock.now_ms(), int(row["updated_at"]))
+            result = await self._db.run_batch(
+                [
+                    Statement(
+                        "UPDATE sessions SET title = ?, metadata = ?, updated_at = ? WHERE tenant_id = ? AND id = ?"
+                        " AND deleted_at IS NULL AND archived_at IS NULL AND metadata = ? RETURNING *",
+                        (final_title, dumps(meta), now, self.tenant_id, session_id, row["metadata"]),
+                        fetch=True,
+                        expect_rows=True,
+                    )
+                ]
+            )
+            if result.committed:
+                return _session(result.rows[0][0])
+        raise Conflict(f"session {session_id} kept changing under this update; retry", session_id=session_id)
+
+    async def archive(self, session_id: str) -> Session:
+        check_id(session_id, "ses", what="session_id")
+        now = self._clock.now_ms()
+        result = await self._db.run_batch(
+            [
+                Statement(
+                    "UPDATE sessions SET archived_at = COALESCE(archived_at, ?), updated_at = ?"
+                    " WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL RETURNING *",
+                    (now, now, self.tenant_id, session_id),
+                    fetch=True,
+                    expect_rows=True,
+                )
+            ]
+        )
+        if not result.committed:
+            raise NotFound(f"session {session_id} not found", session_id=session_id)
+        return _session(result.rows[0][0])
+
+    async def delete(self, session_id: str) -> None:
+        check_id(session_id, "ses", what="session_id")
+        now = self._clock.now_ms()
+        result = await self._db.run_batch(
+            [
+                Statement(
+                    "UPDATE sessions SET deleted_at = ?, updated_at = ? WHERE tenant_id = ? AND id = ?"
+                    " AND deleted_at IS NULL",
+                    (now, now, self.tenant_id, session_id),
+                    expect_rows=True,
+                )
+            ]
+        )
+        if not result.committed:
+            raise NotFound(f"session {session_id} not found", session_id=session_id)
+        self._wakeups.notify_local(pg_notify.EVENTS, self.tenant_id, session_id)
+        await self._purge(session_id, DEFAULT_BATCH)

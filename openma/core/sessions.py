@@ -1,0 +1,252 @@
+"""``t.sessions``: the tenant's sessions, with their agents and environments frozen at creation.
+
+A session is created from an agent and an environment that may live in other backends than the sessions
+store (``STORE_BACKENDS`` places each store on its own). So the snapshot is taken here, through the
+tenant's agents and environments stores, and handed to the sessions store as plain JSON: later edits of
+the agent or environment never change a session that already runs.
+
+Everything else is the sessions store itself (:class:`~openma.ports.sessions.SessionStore`): the public
+calls (``get``, ``list``, ``post``, ``events``, ``subscribe``, ...) and the ones the session's actor makes
+with its lease epoch (``append``, ``promote``, streams, ``set_status``).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from openma.core.pagination import Order
+from openma.core.tail import EventTail
+from openma.errors import Conflict
+from openma.models import Agent, Environment, Event, GcReport, InboxItem, Page, Session, Stream
+from openma.ports.agents import AgentStore
+from openma.ports.environments import EnvironmentStore
+from openma.ports.sessions import UNSET, SessionStore
+
+
+def agent_snapshot(agent: Agent) -> dict[str, Any]:
+    """What a session keeps of its agent: the definition at the version it was created with."""
+    return {
+        "id": agent.id,
+        "version": agent.version,
+        "name": agent.name,
+        "model": agent.model,
+        "system": agent.system,
+        "description": agent.description,
+        "tools": agent.tools,
+        "mcp_servers": agent.mcp_servers,
+        "skills": agent.skills,
+        "metadata": agent.metadata,
+    }
+
+
+def environment_snapshot(environment: Environment) -> dict[str, Any]:
+    """What a session keeps of its environment."""
+    return {
+        "id": environment.id,
+        "name": environment.name,
+        "description": environment.description,
+        "config": environment.config,
+        "metadata": environment.metadata,
+    }
+
+
+class Sessions:
+    """The sessions of one tenant (``t.sessions``)."""
+
+    def __init__(self, store: SessionStore, agents: AgentStore, environments: EnvironmentStore) -> None:
+        self._store = store
+        self._agents = agents
+        self._environments = environments
+        self.tenant_id = store.tenant_id
+
+    def __repr__(self) -> str:
+        return f"Sessions(tenant_id={self.tenant_id!r})"
+
+    @property
+    def store(self) -> SessionStore:
+        """The underlying sessions store."""
+        return self._store
+
+    # -- sessions
+
+    async def create(
+        self,
+        *,
+        agent_id: str,
+        environment_id: str,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Session:
+        """A new ``idle`` session that freezes the agent and the environment as they are now."""
+        agent = await self._agents.get(agent_id)
+        if agent.archived_at is not None:
+            raise Conflict(f"agent {agent_id} is archived; it cannot start sessions", agent_id=agent_id)
+        environment = await self._environments.get(environment_id)
+        if environment.archived_at is not None:
+            raise Conflict(
+                f"environment {environment_id} is archived; it cannot host sessions", environment_id=environment_id
+            )
+        return await self._store.create(
+            agent_id=agent.id,
+            environment_id=environment.id,
+            agent_snapshot=agent_snapshot(agent),
+            environment_snapshot=environment_snapshot(environment),
+            title=title,
+            metadata=metadata,
+        )
+
+    async def get(self, session_id: str) -> Session:
+        return await self._store.get(session_id)
+
+    async def list(
+        self,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        order: Order = "desc",
+        agent_id: str | None = None,
+        environment_id: str | None = None,
+        status: str | None = None,
+        include_archived: bool = False,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> Page[Session]:
+        return await self._store.list(
+            limit=limit,
+            cursor=cursor,
+            order=order,
+            agent_id=agent_id,
+            environment_id=environment_id,
+            status=status,
+            include_archived=include_archived,
+            created_after=created_after,
+            created_before=created_before,
+        )
+
+    async def update(
+        self, session_id: str, *, title: str | None = UNSET, metadata: dict[str, Any] | None = None
+    ) -> Session:
+        return await self._store.update(session_id, title=title, metadata=metadata)
+
+    async def archive(self, session_id: str) -> Session:
+        return await self._store.archive(session_id)
+
+    async def delete(self, session_id: str) -> None:
+        await self._store.delete(session_id)
+
+    async def set_status(
+        self,
+        session_id: str,
+        status: str,
+        *,
+        from_statuses: Iterable[str] | None = None,
+        events: Sequence[dict[str, Any]] = (),
+        fence: int | None = None,
+    ) -> tuple[Session, builtins.list[Event]]:
+        return await self._store.set_status(session_id, status, from_statuses=from_statuses, events=events, fence=fence)
+
+    # -- event log
+
+    async def append(
+        self, session_id: str, events: Sequence[dict[str, Any]], *, fence: int | None = None
+    ) -> builtins.list[Event]:
+        return await self._store.append(session_id, events, fence=fence)
+
+    async def events(
+        self,
+        session_id: str,
+        *,
+        after: int = 0,
+        before: int | None = None,
+        limit: int = 100,
+        types: Sequence[str] | None = None,
+        cursor: str | None = None,
+        order: Order = "asc",
+    ) -> Page[Event]:
+        return await self._store.events(
+            session_id, after=after, before=before, limit=limit, types=types, cursor=cursor, order=order
+        )
+
+    async def get_event(self, session_id: str, event_id: str) -> Event:
+        return await self._store.get_event(session_id, event_id)
+
+    def subscribe(self, session_id: str, *, after: int = 0) -> EventTail:
+        return self._store.subscribe(session_id, after=after)
+
+    # -- inbox
+
+    async def post(self, session_id: str, events: Sequence[dict[str, Any]]) -> builtins.list[InboxItem]:
+        return await self._store.post(session_id, events)
+
+    async def pending(self, session_id: str, *, limit: int = 100) -> builtins.list[InboxItem]:
+        return await self._store.pending(session_id, limit=limit)
+
+    async def wait_pending(self, session_id: str, *, timeout: float, limit: int = 100) -> builtins.list[InboxItem]:
+        return await self._store.wait_pending(session_id, timeout=timeout, limit=limit)
+
+    async def promote(
+        self, session_id: str, event_ids: Sequence[str], *, fence: int | None = None
+    ) -> builtins.list[Event]:
+        return await self._store.promote(session_id, event_ids, fence=fence)
+
+    async def cancel(
+        self, session_id: str, event_ids: Sequence[str] | None = None, *, fence: int | None = None
+    ) -> builtins.list[InboxItem]:
+        return await self._store.cancel(session_id, event_ids, fence=fence)
+
+    # -- model streams
+
+    async def open_stream(
+        self,
+        session_id: str,
+        *,
+        stream_id: str | None = None,
+        message_id: str | None = None,
+        kind: str = "message",
+        fence: int | None = None,
+    ) -> Stream:
+        return await self._store.open_stream(
+            session_id, stream_id=stream_id, message_id=message_id, kind=kind, fence=fence
+        )
+
+    async def append_stream(
+        self, session_id: str, stream_id: str, chunks: Sequence[str], *, fence: int | None = None
+    ) -> int:
+        return await self._store.append_stream(session_id, stream_id, chunks, fence=fence)
+
+    async def finalize_stream(
+        self, session_id: str, stream_id: str, status: str, *, error: str | None = None, fence: int | None = None
+    ) -> Stream:
+        return await self._store.finalize_stream(session_id, stream_id, status, error=error, fence=fence)
+
+    async def get_stream(self, session_id: str, stream_id: str) -> Stream:
+        return await self._store.get_stream(session_id, stream_id)
+
+    async def streams(self, session_id: str, *, status: str | None = "open", limit: int = 100) -> builtins.list[Stream]:
+        return await self._store.streams(session_id, status=status, limit=limit)
+
+    async def prune_streams(
+        self, session_id: str, *, older_than: datetime | None = None, fence: int | None = None
+    ) -> int:
+        return await self._store.prune_streams(session_id, older_than=older_than, fence=fence)
+
+    # -- retention
+
+    async def prune(
+        self,
+        session_id: str,
+        *,
+        before_seq: int | None = None,
+        older_than: datetime | None = None,
+        keep_last: int | None = None,
+        batch_size: int = 1000,
+    ) -> int:
+        return await self._store.prune(
+            session_id, before_seq=before_seq, older_than=older_than, keep_last=keep_last, batch_size=batch_size
+        )
+
+    async def gc(self, cutoff: datetime, *, batch_size: int = 1000) -> GcReport:
+        return await self._store.gc(cutoff, batch_size=batch_size)

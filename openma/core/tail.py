@@ -1,0 +1,144 @@
+"""Live tail: read the log, then follow it, with no gap and no duplicate.
+
+The follower never trusts a wake-up to carry data. A wake-up only says "the log may have grown"; the
+follower then re-reads the log after the last seq it delivered. So:
+
+* **No gap, no duplicate.** The follower arms its wake-up *before* each read, so an append that commits
+  after the read has started sets the armed event and forces another read; events are delivered in seq
+  order and only when ``seq > last delivered`` (a re-read that overlaps is deduplicated by seq).
+* **Slow consumers cost writers nothing.** Writers only set an event (level-triggered: ten appends while a
+  consumer is busy are one wake-up); the follower holds at most one page in memory and reads the rest from
+  the log when it gets to it. Nothing is buffered per subscriber beyond that page.
+* **Cross-process.** Wake-ups are in-process; another process's appends arrive through Postgres
+  LISTEN/NOTIFY (which sets the same events) or, on SQLite, by re-reading every poll interval. Either way a
+  wait is bounded by a timeout, so a lost notification delays an event, never loses it.
+* **Retention.** A follower whose position falls below what retention kept gets
+  :class:`~openma.errors.ResyncRequired` from the read, and the tail raises it.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from types import TracebackType
+from typing import Final
+
+import anyio
+
+from openma.models import Event
+
+DEFAULT_PAGE: Final = 100
+
+
+class WakeHub:
+    """In-process wake-ups keyed by anything hashable (a session), level-triggered.
+
+    ``arm(key)`` returns the event the next ``notify(key)`` will set; every waiter of a key shares it, and
+    ``notify`` replaces it with a fresh one for later arms. Keys nobody waits on cost nothing (the events are
+    held weakly).
+    """
+
+    def __init__(self) -> None:
+        self._events: weakref.WeakValueDictionary[Hashable, anyio.Event] = weakref.WeakValueDictionary()
+
+    def __repr__(self) -> str:
+        return f"WakeHub(keys={len(self._events)})"
+
+    def arm(self, key: Hashable) -> anyio.Event:
+        event = self._events.get(key)
+        if event is None or event.is_set():
+            event = anyio.Event()
+            self._events[key] = event
+        return event
+
+    def notify(self, key: Hashable) -> None:
+        event = self._events.pop(key, None)
+        if event is not None:
+            event.set()
+
+    def notify_all(self) -> None:
+        """Wake every waiter (after a reconnect, when notifications may have been missed)."""
+        events = list(self._events.values())
+        self._events.clear()
+        for event in events:
+            event.set()
+
+
+#: Read up to ``limit`` events with ``seq > after``, in order (raises ``ResyncRequired`` below the retained range).
+ReadAfter = Callable[[int, int], Awaitable[list[Event]]]
+
+
+class EventTail:
+    """An async iterator over a session's events after ``after``, following new ones as they land.
+
+    Cancellation-safe: cancelling ``__anext__`` (say, to send a heartbeat) loses nothing; the next call picks
+    up where the last delivered event left off. ``after`` is always the seq of the last event delivered.
+    """
+
+    def __init__(
+        self,
+        read: ReadAfter,
+        hub: WakeHub,
+        key: Hashable,
+        *,
+        after: int = 0,
+        wait_timeout: Callable[[], float],
+        page_size: int = DEFAULT_PAGE,
+    ) -> None:
+        self._read = read
+        self._hub = hub
+        self._key = key
+        self._after = after
+        self._wait_timeout = wait_timeout
+        self._page_size = page_size
+        self._buffer: deque[Event] = deque()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"EventTail({self._key!r}, after={self._after})"
+
+    @property
+    def after(self) -> int:
+        """The seq of the last event delivered (where a reconnect resumes)."""
+        return self._after
+
+    def __aiter__(self) -> EventTail:
+        return self
+
+    async def __anext__(self) -> Event:
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._buffer:
+                event = self._buffer.popleft()
+                self._after = event.seq
+                return event
+            woken = self._hub.arm(self._key)  # before the read: an append racing it re-arms the loop
+            page = await self._read(self._after, self._page_size)
+            fresh = [e for e in page if e.seq > self._after]
+            if fresh:
+                self._buffer.extend(fresh)
+                continue
+            with anyio.move_on_after(self._wait_timeout()):
+                await woken.wait()
+
+    async def next(self, timeout: float | None = None) -> Event | None:
+        """The next event, or ``None`` if none came within ``timeout`` seconds (``None``: wait)."""
+        if timeout is None:
+            return await self.__anext__()
+        with anyio.move_on_after(timeout):
+            return await self.__anext__()
+        return None
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._buffer.clear()
+
+    async def __aenter__(self) -> EventTail:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
