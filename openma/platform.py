@@ -15,6 +15,7 @@ import anyio
 
 from openma import registry
 from openma.core.ids import check_id
+from openma.core.sessions import Sessions
 from openma.errors import ConfigError, Conflict
 from openma.models import Tenant
 from openma.ports.agents import AgentStore
@@ -41,6 +42,7 @@ class TenantScope:
         self._environments: EnvironmentStore | None = None
         self._kv: KVStore | None = None
         self._blobs: BlobStore | None = None
+        self._sessions: Sessions | None = None
 
     def __repr__(self) -> str:
         return f"TenantScope({self.tenant_id!r})"
@@ -74,6 +76,20 @@ class TenantScope:
         if self._blobs is None:
             self._blobs = self._platform.blobs.for_tenant(self.tenant_id, ensure=self._ref.ensure)
         return self._blobs
+
+    @property
+    def sessions(self) -> Sessions:
+        """This tenant's sessions and their event logs; spilled events go to :attr:`blobs`."""
+        if self._sessions is None:
+            try:
+                blobs: BlobStore | None = self.blobs
+            except ConfigError:  # a platform built without a blob store: events cannot spill
+                blobs = None
+            store = self._platform.backend("sessions").sessions(
+                self._ref, blobs=blobs, settings=self._platform.settings
+            )
+            self._sessions = Sessions(store, self.agents, self.environments)
+        return self._sessions
 
 
 class Platform:
