@@ -10,6 +10,7 @@ from openma.testing.capabilities import KNOWN as KNOWN_CAPABILITIES
 from openma.testing.capabilities import requires
 from openma.testing.events import EventLogContract
 from openma.testing.kv import KVContract
+from openma.testing.sandbox import SandboxContract
 from openma.testing.stores import AgentStoreContract, EnvironmentStoreContract, TenantStoreContract
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "BlobStoreContract",
     "EnvironmentStoreContract",
     "EventLogContract",
+    "SandboxContract",
     "TenantStoreContract",
     "requires",
 ]

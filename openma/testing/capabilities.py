@@ -11,6 +11,8 @@ from typing import Any, Final, TypeVar
 
 import pytest
 
+from openma.ports.sandbox import CAPABILITIES as SANDBOX_CAPABILITIES
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Every capability a contract may ask for, with what it means.
@@ -20,6 +22,7 @@ KNOWN: Final[dict[str, str]] = {
     "unicode_casefold_search": "the q filter matches case-insensitively beyond ASCII",
     "multi_process": "several processes may share the backend's storage",
     "nested_keys": "a blob key and keys below it (such as 'a' and 'a/b') may coexist",
+    **SANDBOX_CAPABILITIES,
 }
 
 
