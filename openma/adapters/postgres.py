@@ -105,9 +105,6 @@ class PostgresDialect:
         return "PostgresDialect()"
 
 
-_sql = translate
-
-
 def load_driver() -> tuple[ModuleType, ModuleType]:
     """``(psycopg, psycopg_pool)``, or a ``ConfigError`` naming the extra to install."""
     try:
@@ -180,9 +177,10 @@ class PostgresTransaction:
 
     async def _cursor(self, sql: str, params: Params) -> AsyncCursor[Row]:
         try:
-            return await self._conn.execute(_sql(sql), params)
+            return await self._conn.execute(translate(sql), params)
         except Exception as exc:
-            raise self._client._unavailable(exc, self._conn) from exc
+            self._client._raise_if_down(exc, self._conn)
+            raise
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         return (await self._cursor(sql, params)).rowcount
@@ -190,9 +188,10 @@ class PostgresTransaction:
     async def executemany(self, sql: str, params: Iterable[Params]) -> int:
         cur = self._conn.cursor()
         try:
-            await cur.executemany(_sql(sql), list(params))
+            await cur.executemany(translate(sql), list(params))
         except Exception as exc:
-            raise self._client._unavailable(exc, self._conn) from exc
+            self._client._raise_if_down(exc, self._conn)
+            raise
         return cur.rowcount
 
     async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
@@ -208,7 +207,8 @@ class PostgresTransaction:
         try:
             await self._conn.execute(script.encode())
         except Exception as exc:
-            raise self._client._unavailable(exc, self._conn) from exc
+            self._client._raise_if_down(exc, self._conn)
+            raise
 
 
 class PostgresClient:
@@ -278,18 +278,18 @@ class PostgresClient:
 
     # -- connections and errors
 
-    def _unavailable(self, exc: BaseException, conn: Conn | None) -> BaseException:
-        """``exc`` as :class:`StorageUnavailable` when it means the database could not do the call, else as is."""
+    def _raise_if_down(self, exc: BaseException, conn: Conn | None) -> None:
+        """Raise :class:`StorageUnavailable` from ``exc`` when it means the database could not do the call."""
         down = isinstance(exc, self._down) or (isinstance(exc, self._interface_error) and (conn is None or conn.closed))
         if not down:
-            return exc
+            return
         sqlstate = getattr(exc, "sqlstate", None)
         reason = str(exc).strip() or type(exc).__name__
         if sqlstate == "57014":
             reason = f"statement timed out or was cancelled ({reason})"
-        return StorageUnavailable(
+        raise StorageUnavailable(
             f"Postgres at {self._url} is unavailable: {reason}", engine="postgres", sqlstate=sqlstate
-        )
+        ) from exc
 
     async def _get(self) -> Conn:
         """A pooled connection that has not heard from the server while idle (see the module docstring)."""
@@ -300,7 +300,8 @@ class PostgresClient:
             try:
                 conn = await pool.getconn()
             except Exception as exc:
-                raise self._unavailable(exc, None) from exc
+                self._raise_if_down(exc, None)
+                raise
             if not _idle_socket_has_news(conn):
                 return conn
             with anyio.CancelScope(shield=True):
@@ -309,9 +310,12 @@ class PostgresClient:
         return conn  # every check failed: let the call itself report what is wrong
 
     async def _put(self, conn: Conn) -> None:
-        status = conn.pgconn.transaction_status
+        """Give ``conn`` back, first ending whatever it was left doing (an open transaction, a cut-off command)."""
         with anyio.CancelScope(shield=True):
-            if status not in (_IDLE, _ACTIVE, _UNKNOWN):  # left in a transaction: end it here, quietly
+            status = conn.pgconn.transaction_status
+            if status == _ACTIVE:
+                await conn.close()
+            elif status not in (_IDLE, _UNKNOWN):
                 try:
                     await conn.execute(b"ROLLBACK")
                 except Exception:
@@ -331,10 +335,11 @@ class PostgresClient:
     async def execute(self, sql: str, params: Params = ()) -> int:
         conn = await self._get()
         try:
-            cur = await conn.execute(_sql(sql), params)
+            cur = await conn.execute(translate(sql), params)
             return cur.rowcount
         except Exception as exc:
-            raise self._unavailable(exc, conn) from exc
+            self._raise_if_down(exc, conn)
+            raise
         finally:
             await self._put(conn)
 
@@ -345,20 +350,22 @@ class PostgresClient:
     async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
         conn = await self._get()
         try:
-            cur = await conn.execute(_sql(sql), params)
+            cur = await conn.execute(translate(sql), params)
             return await cur.fetchone()
         except Exception as exc:
-            raise self._unavailable(exc, conn) from exc
+            self._raise_if_down(exc, conn)
+            raise
         finally:
             await self._put(conn)
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
         conn = await self._get()
         try:
-            cur = await conn.execute(_sql(sql), params)
+            cur = await conn.execute(translate(sql), params)
             return await cur.fetchall()
         except Exception as exc:
-            raise self._unavailable(exc, conn) from exc
+            self._raise_if_down(exc, conn)
+            raise
         finally:
             await self._put(conn)
 
@@ -373,13 +380,14 @@ class PostgresClient:
                 return await self._single(conn, statements[0])
             return await self._pipelined(conn, statements)
         except Exception as exc:
-            raise self._unavailable(exc, conn) from exc
+            self._raise_if_down(exc, conn)
+            raise
         finally:
             await self._put(conn)
 
     async def _single(self, conn: Conn, st: Statement) -> BatchResult:
         """One statement in autocommit is its own transaction; one that changed nothing wrote nothing."""
-        cur = await conn.execute(_sql(st.sql), st.params)
+        cur = await conn.execute(translate(st.sql), st.params)
         got = await cur.fetchall() if st.fetch else []
         count = len(got) if st.fetch else cur.rowcount
         aborted = 0 if st.expect_rows and count == 0 else None
@@ -391,40 +399,32 @@ class PostgresClient:
         rows: list[list[Row]] = []
         begun = committed = False
         start = 0
-        try:
-            while start < len(statements):
-                end = start
-                while end < len(statements) - 1 and not statements[end].expect_rows:
-                    end += 1
-                segment = statements[start : end + 1]
-                commit = end == len(statements) - 1 and not statements[end].expect_rows
-                async with conn.pipeline():
-                    if not begun:
-                        await conn.execute(b"BEGIN", ())
-                        begun = True
-                    cursors = [await conn.execute(_sql(st.sql), st.params) for st in segment]
-                    if commit:
-                        await conn.execute(b"COMMIT", ())
-                for st, cur in zip(segment, cursors, strict=True):
-                    got = await cur.fetchall() if st.fetch else []
-                    rowcounts.append(len(got) if st.fetch else cur.rowcount)
-                    rows.append(got)
+        # On any error the connection is left in its transaction; _put rolls it back.
+        while start < len(statements):
+            end = start
+            while end < len(statements) - 1 and not statements[end].expect_rows:
+                end += 1
+            segment = statements[start : end + 1]
+            commit = end == len(statements) - 1 and not statements[end].expect_rows
+            async with conn.pipeline():
+                if not begun:
+                    await conn.execute(b"BEGIN", ())
+                    begun = True
+                cursors = [await conn.execute(translate(st.sql), st.params) for st in segment]
                 if commit:
-                    committed = True
-                elif statements[end].expect_rows and rowcounts[-1] == 0:
-                    await conn.execute(b"ROLLBACK")
-                    return BatchResult(rowcounts, rows, aborted_at=end)
-                start = end + 1
-            if not committed:
-                await conn.execute(b"COMMIT")
-        except BaseException:
-            if conn.pgconn.transaction_status not in (_IDLE, _UNKNOWN):
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await conn.execute(b"ROLLBACK")
-                    except Exception:
-                        await conn.close()
-            raise
+                    await conn.execute(b"COMMIT", ())
+            for st, cur in zip(segment, cursors, strict=True):
+                got = await cur.fetchall() if st.fetch else []
+                rowcounts.append(len(got) if st.fetch else cur.rowcount)
+                rows.append(got)
+            if commit:
+                committed = True
+            elif statements[end].expect_rows and rowcounts[-1] == 0:
+                await conn.execute(b"ROLLBACK")
+                return BatchResult(rowcounts, rows, aborted_at=end)
+            start = end + 1
+        if not committed:
+            await conn.execute(b"COMMIT")
         return BatchResult(rowcounts, rows)
 
     # -- transactions
@@ -443,22 +443,15 @@ class PostgresClient:
                 for sql in then:
                     await conn.execute(sql)
             except Exception as exc:
-                raise self._unavailable(exc, conn) from exc
-            try:
-                yield PostgresTransaction(self, conn)
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    if conn.pgconn.transaction_status not in (_IDLE, _UNKNOWN):
-                        try:
-                            await conn.execute(b"ROLLBACK")
-                        except Exception:
-                            await conn.close()
+                self._raise_if_down(exc, conn)
                 raise
+            yield PostgresTransaction(self, conn)  # on an exception, _put rolls the transaction back
             with anyio.CancelScope(shield=True):
                 try:
                     await conn.execute(b"COMMIT")
                 except Exception as exc:
-                    raise self._unavailable(exc, conn) from exc
+                    self._raise_if_down(exc, conn)
+                    raise
 
     def migration_lock(self) -> Any:
         """A transaction holding the migration advisory lock; no statement timeout while migrations run."""
