@@ -60,7 +60,9 @@ class PgListener:
         self._task: asyncio.Task[None] | None = None
         self._conn: Any = None
         self._listening = asyncio.Event()
+        self._changed = asyncio.Condition()
         self._closed = False
+        #: How many times the LISTEN connection was established (reconnects included).
         self.connects = 0
 
     def __repr__(self) -> str:
@@ -78,12 +80,25 @@ class PgListener:
 
     async def wait_listening(self, timeout: float) -> bool:
         """Wait until ``LISTEN`` is in place (tests and benchmarks use it); False on timeout."""
+        return await self.wait_connects(1, timeout)
+
+    async def wait_connects(self, count: int, timeout: float) -> bool:
+        """Wait until the listener has connected ``count`` times and is listening; False on timeout."""
         self.start()
+
+        def reached() -> bool:
+            return self.connects >= count and self.healthy
+
         try:
-            await asyncio.wait_for(self._listening.wait(), timeout)
+            async with self._changed:
+                await asyncio.wait_for(self._changed.wait_for(reached), timeout)
         except TimeoutError:
             return False
         return True
+
+    async def _announce(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     async def _run(self) -> None:
         import psycopg
@@ -102,6 +117,7 @@ class PgListener:
                 await conn.execute(f"LISTEN {self._channel}")
                 self.connects += 1
                 self._listening.set()
+                await self._announce()
                 delay = 0.05
                 self._hub.notify_all()  # notifications may have been missed while down: everyone re-reads
                 async for note in conn.notifies():
