@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -73,6 +74,32 @@ def _parse_store_backends(value: object) -> dict[str, str]:
         out[key] = backend
     out.setdefault(DEFAULT_KEY, "cf")
     return out
+
+
+#: Host variables a local sandbox passes to its commands by default.
+LOCAL_SANDBOX_PASS_ENV: Final = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+
+
+def _parse_pass_env(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list | tuple):
+        raise ConfigError("local_sandbox_pass_env must be a list of variable names", field="local_sandbox_pass_env")
+    out = []
+    for name in value:
+        name = name.strip() if isinstance(name, str) else name
+        if name == "":
+            continue
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigError(
+                f"local_sandbox_pass_env has an invalid variable name {name!r}", field="local_sandbox_pass_env"
+            )
+        if name == "OPENMA_ROOT_SECRET":
+            raise ConfigError(
+                "OPENMA_ROOT_SECRET can never be passed to sandboxed commands", field="local_sandbox_pass_env"
+            )
+        out.append(name)
+    return tuple(out)
 
 
 def _mask_url(url: str | None) -> str | None:
@@ -163,6 +190,24 @@ class Settings:
     daytona_target: str | None = None
     #: Daytona image for new sandboxes (default: Daytona's default snapshot).
     daytona_image: str | None = None
+
+    # -- Local sandboxes (LocalSubprocess; 0 turns a limit off)
+    #: Directory holding one directory per local sandbox.
+    local_sandbox_root: str = "./.openma/sandboxes"
+    #: Bytes kept of each of stdout and stderr of a command (and of a background process's logs).
+    local_sandbox_output_bytes: int = attrs.field(default=1 << 20, validator=_positive)
+    #: Resident memory of one command's processes together; past it they are killed (exit 137, oom_killed).
+    local_sandbox_memory_bytes: int = attrs.field(default=2 << 30, validator=_non_negative)
+    #: CPU seconds per process.
+    local_sandbox_cpu_seconds: int = attrs.field(default=3600, validator=_non_negative)
+    #: Open file descriptors per process.
+    local_sandbox_open_files: int = attrs.field(default=1024, validator=_non_negative)
+    #: Processes of the host user (RLIMIT_NPROC counts all of that user's processes; root is exempt).
+    local_sandbox_processes: int = attrs.field(default=4096, validator=_non_negative)
+    #: Seconds between SIGTERM and SIGKILL when a command is stopped.
+    local_sandbox_kill_grace: float = attrs.field(default=2.0, validator=_non_negative)
+    #: Host variables that commands may see; everything else of the host's environment stays out.
+    local_sandbox_pass_env: tuple[str, ...] = attrs.field(default=LOCAL_SANDBOX_PASS_ENV, converter=_parse_pass_env)
 
     def __attrs_post_init__(self) -> None:
         if self.sqlite_path.strip() in ("", ":memory:"):
@@ -261,6 +306,14 @@ _ENV: Final[dict[str, tuple[str, str]]] = {
     "daytona_api_url": ("DAYTONA_API_URL", "str"),
     "daytona_target": ("DAYTONA_TARGET", "str"),
     "daytona_image": ("DAYTONA_IMAGE", "str"),
+    "local_sandbox_root": ("OPENMA_LOCAL_SANDBOX_ROOT", "str"),
+    "local_sandbox_output_bytes": ("OPENMA_LOCAL_SANDBOX_OUTPUT_BYTES", "int"),
+    "local_sandbox_memory_bytes": ("OPENMA_LOCAL_SANDBOX_MEMORY_BYTES", "int"),
+    "local_sandbox_cpu_seconds": ("OPENMA_LOCAL_SANDBOX_CPU_SECONDS", "int"),
+    "local_sandbox_open_files": ("OPENMA_LOCAL_SANDBOX_OPEN_FILES", "int"),
+    "local_sandbox_processes": ("OPENMA_LOCAL_SANDBOX_PROCESSES", "int"),
+    "local_sandbox_kill_grace": ("OPENMA_LOCAL_SANDBOX_KILL_GRACE", "float"),
+    "local_sandbox_pass_env": ("OPENMA_LOCAL_SANDBOX_PASS_ENV", "raw"),
 }
 
 _TRUE: Final = {"1", "true", "yes", "on"}

@@ -13,13 +13,12 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import anyio
 import pytest
 
-from openma import registry
+from openma import Settings, registry
 from openma.adapters.sandboxes.local import (
     LocalLimits,
     LocalSandbox,
@@ -398,19 +397,44 @@ class TestLocalOnly:
     async def test_registry_and_settings(self, tmp_path: Path) -> None:
         factory = registry.sandboxes.load("local")
         assert factory is open_sandbox_provider
-        settings = SimpleNamespace(local_sandbox_root=str(tmp_path / "viaregistry"), local_sandbox_output_bytes=123)
+        settings = Settings.from_env(
+            {
+                "OPENMA_LOCAL_SANDBOX_ROOT": str(tmp_path / "viaregistry"),
+                "OPENMA_LOCAL_SANDBOX_OUTPUT_BYTES": "123",
+                "OPENMA_LOCAL_SANDBOX_OPEN_FILES": "77",
+                "OPENMA_LOCAL_SANDBOX_KILL_GRACE": "0.5",
+                "OPENMA_LOCAL_SANDBOX_PASS_ENV": "PATH,LANG",
+            }
+        )
         provider = await factory(settings, blobs=MemoryBlobs())
         assert provider.name == "local"
         assert provider.config.output_bytes == 123
+        assert provider.config.limits.open_files == 77
+        assert provider.config.kill_grace == 0.5
+        assert provider.config.pass_env == ("PATH", "LANG")
         sb = await provider.create(spec())
         assert sb.workspace.startswith(str((tmp_path / "viaregistry").resolve()))
         assert "snapshot" in sb.capabilities
+        assert (await sb.exec("ulimit -n")).stdout == "77\n"
         await sb.destroy()
         bare = await (await factory(settings)).create(spec())
         assert "snapshot" not in bare.capabilities
         with pytest.raises(SandboxError):
             await bare.snapshot()
         await bare.destroy()
+        off = await factory(
+            Settings(
+                local_sandbox_root=str(tmp_path / "off"),
+                local_sandbox_memory_bytes=0,
+                local_sandbox_cpu_seconds=0,
+                local_sandbox_open_files=0,
+                local_sandbox_processes=0,
+            )
+        )
+        unlimited = await off.create(spec())
+        assert not {"resource_limits", "oom_detection"} & unlimited.capabilities
+        assert (await unlimited.exec("echo plain")).stdout == "plain\n"
+        await unlimited.destroy()
 
 
 # -- snapshots: integrity and hostile tarballs ------------------------------------------------------------

@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 import anyio
 import attrs
@@ -51,6 +51,7 @@ from openma.core.workspace import SNAPSHOT_TTL, mask_secrets, restore_workspace,
 from openma.errors import ConfigError, InvalidInput, NotFound, SandboxError
 from openma.ports.blobs import BlobStore
 from openma.ports.sandbox import ExecResult, FileInfo, ProcessInfo, ProcessStatus, SandboxSpec, SnapshotRef
+from openma.settings import Settings
 
 SHELL: Final = "/bin/sh"
 DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -988,25 +989,23 @@ class LocalSandboxProvider:
             await sb.close()
 
 
-def config_from_settings(settings: Any) -> LocalSandboxConfig:
-    """The local sandbox's configuration from :class:`~openma.Settings` (its ``local_sandbox_*`` fields)."""
-    d = LocalSandboxConfig(root="./.openma/sandboxes")
-    limits = LocalLimits(
-        memory_bytes=getattr(settings, "local_sandbox_memory_bytes", d.limits.memory_bytes),
-        cpu_seconds=getattr(settings, "local_sandbox_cpu_seconds", d.limits.cpu_seconds),
-        open_files=getattr(settings, "local_sandbox_open_files", d.limits.open_files),
-        processes=getattr(settings, "local_sandbox_processes", d.limits.processes),
-    )
+def config_from_settings(settings: Settings) -> LocalSandboxConfig:
+    """The local sandbox's configuration from its ``local_sandbox_*`` settings."""
     return LocalSandboxConfig(
-        root=getattr(settings, "local_sandbox_root", d.root),
-        output_bytes=getattr(settings, "local_sandbox_output_bytes", d.output_bytes),
-        limits=limits,
-        kill_grace=getattr(settings, "local_sandbox_kill_grace", d.kill_grace),
-        pass_env=tuple(getattr(settings, "local_sandbox_pass_env", d.pass_env)),
+        root=settings.local_sandbox_root,
+        output_bytes=settings.local_sandbox_output_bytes,
+        limits=LocalLimits(
+            memory_bytes=settings.local_sandbox_memory_bytes,
+            cpu_seconds=settings.local_sandbox_cpu_seconds,
+            open_files=settings.local_sandbox_open_files,
+            processes=settings.local_sandbox_processes,
+        ),
+        kill_grace=settings.local_sandbox_kill_grace,
+        pass_env=tuple(settings.local_sandbox_pass_env),
     )
 
 
-async def open_sandbox_provider(settings: Any, *, blobs: BlobStore | None = None) -> LocalSandboxProvider:
+async def open_sandbox_provider(settings: Settings, *, blobs: BlobStore | None = None) -> LocalSandboxProvider:
     """The ``local`` entry of :data:`openma.registry.sandboxes`."""
     return LocalSandboxProvider(config_from_settings(settings), blobs=blobs)
 
