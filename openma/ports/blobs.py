@@ -11,7 +11,8 @@ Contract:
   Any other Unicode is fine and round-trips exactly.
 * **put** takes ``bytes`` (or ``bytearray``/``memoryview``) or an async iterable of ``bytes`` chunks, which is
   consumed as it arrives: an adapter never holds a whole streamed object in memory. A put is atomic: readers
-  see the old object or the new one, never a mix, and a put that fails (or is cancelled) leaves the old one.
+  see the old object or the new one, never a mix; a put that fails leaves the old one, and one cancelled
+  mid-way either took effect whole or not at all.
   ``if_none_match="*"`` succeeds only if no live object has the key; ``if_match=etag`` only if the live
   object has that etag. A failed condition is ``Conflict`` and writes nothing; of two writers racing a
   conditional put on the same key, exactly one wins (across processes where the adapter declares

@@ -64,7 +64,7 @@ def _etag(value: object) -> str:
     return value.strip('"')
 
 
-class BlobReaderImpl:
+class FsspecBlobReader:
     """What ``open_read`` yields: ``info``, ``async for chunk in reader``, and ``await reader.read(n)``."""
 
     def __init__(self, reader: Reader, strip: int, chunk_size: int) -> None:
@@ -208,7 +208,7 @@ class FsspecBlobStore:
     @asynccontextmanager
     async def open_read(
         self, key: str, *, offset: int = 0, length: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
-    ) -> AsyncIterator[BlobReaderImpl]:
+    ) -> AsyncIterator[FsspecBlobReader]:
         full = self._full(key)
         offset = _offset(offset, "offset")
         length = _length(length)
@@ -217,7 +217,7 @@ class FsspecBlobStore:
         async with self._engine.open(full, offset, length) as reader:
             self._live(None if reader is None else reader.meta, key)
             assert reader is not None
-            yield BlobReaderImpl(reader, len(self._prefix), chunk_size)
+            yield FsspecBlobReader(reader, len(self._prefix), chunk_size)
 
     async def delete(self, key: str) -> None:
         await self._engine.remove(self._full(key))
@@ -330,4 +330,4 @@ def _engine(url: str, options: dict[str, Any], engine_options: dict[str, Any]) -
     return GenericEngine(fs, root)
 
 
-__all__ = ["BlobReaderImpl", "FsspecBlobStore", "storage_options"]
+__all__ = ["FsspecBlobReader", "FsspecBlobStore", "storage_options"]

@@ -84,11 +84,7 @@ class GenericEngine:
     async def _run(self, fn: Any, *args: Any) -> Any:
         try:
             return await anyio.to_thread.run_sync(fn, *args)
-        except _COLLISION:
-            raise
         except (OSError, ValueError) as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
             raise StorageUnavailable(f"blob store at {self.identity!r} failed: {exc}") from exc
 
     def _lock(self, key: str) -> threading.Lock:
@@ -327,9 +323,12 @@ class GenericEngine:
         result: list[tuple[str, str]] = await self._run(self._due_markers, upto_ms)
         return result
 
-    async def remove_marker(self, name: str) -> None:
+    def _remove_marker(self, name: str) -> None:
         with suppress(FileNotFoundError):
-            await self._run(self.fs.rm_file, self._path(name))
+            self.fs.rm_file(self._path(name))
+
+    async def remove_marker(self, name: str) -> None:
+        await self._run(self._remove_marker, name)
 
     def _clean_uploads(self, older_than_ms: int) -> int:
         removed = 0

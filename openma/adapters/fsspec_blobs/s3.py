@@ -53,16 +53,16 @@ MAX_KEYS: Final = 1000
 _AFTER_INTERNAL: Final = INTERNAL + "\x7f"
 
 
-class _Precondition(Exception):
-    pass
+class _Precondition(StorageUnavailable):
+    """S3 refused a precondition (412). Handled inside the engine; the base class only matters if one leaks."""
 
 
-class _Missing(Exception):
-    pass
+class _Missing(StorageUnavailable):
+    """No such key or upload (404)."""
 
 
-class _BadRange(Exception):
-    pass
+class _BadRange(StorageUnavailable):
+    """The range starts past the end of the object (416)."""
 
 
 def _code(exc: BaseException) -> str | None:
@@ -162,11 +162,11 @@ class S3Engine:
         if code == "NoSuchBucket":
             return ConfigError(f"S3 bucket {self.bucket!r} does not exist", bucket=self.bucket)
         if code in ("PreconditionFailed", "412") or isinstance(exc, FileExistsError):
-            return _Precondition()
+            return _Precondition(f"S3 {method}: precondition failed", code=code)
         if code in ("InvalidRange", "416"):
-            return _BadRange()
+            return _BadRange(f"S3 {method}: range not satisfiable", code=code)
         if code in ("NoSuchKey", "404", "NotFound", "NoSuchUpload") or isinstance(exc, FileNotFoundError):
-            return _Missing()
+            return _Missing(f"S3 {method}: not found", code=code)
         return StorageUnavailable(f"S3 {method} on {self.identity!r} failed: {exc}", code=code)
 
     async def _bridge(self, awaitable: Awaitable[T]) -> T:
@@ -216,7 +216,10 @@ class S3Engine:
             try:
                 response: dict[str, Any] = await send(condition)
                 return response
-            except _Precondition:
+            except (_Precondition, _Missing) as exc:
+                if isinstance(exc, _Missing) and "IfMatch" not in condition:
+                    raise StorageUnavailable(f"S3 write of {spec.key!r} failed: {exc}") from exc
+                # refused, or (with If-Match) the object vanished: look again
                 if spec.if_match is not None:
                     raise self._conflict(spec) from None
                 condition = await self._condition(spec, now_ms, optimistic=False)
