@@ -123,9 +123,9 @@ class EventLogMixin(SessionStoreBase):
         statements = [
             Statement(
                 f"UPDATE sessions SET {sets} WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL{fence_sql}"
-                f"{status_sql} RETURNING *",
+                f"{status_sql}{' RETURNING *' if status is not None else ''}",
                 [*set_params, self.tenant_id, session_id, *fence_params, *status_params],
-                fetch=True,
+                fetch=status is not None,
                 expect_rows=True,
             )
         ]
@@ -226,8 +226,12 @@ class EventLogMixin(SessionStoreBase):
         types: Sequence[str] | None,
         order: Order,
     ) -> tuple[list[Row], int]:
-        """Up to ``limit`` event rows in ``(after, before)`` and the session's retained-from seq, in one query
-        (one snapshot, so a concurrent prune is seen consistently by both)."""
+        """Up to ``limit`` event rows in ``(after, before)`` and the session's retained-from seq.
+
+        Both come from one statement (one snapshot), so a concurrent prune is seen consistently by both; only
+        when no event matches does a second, point read fetch the mark (it can only have grown since, so a
+        gap it reveals is real). The session's row is read as a scalar subquery: no join, no extra sort.
+        """
         where = "tenant_id = ? AND session_id = ? AND seq > ?"
         params: list[Any] = [self.tenant_id, session_id, after]
         if before is not None:
@@ -238,16 +242,22 @@ class EventLogMixin(SessionStoreBase):
             params += list(types)
         direction = "ASC" if order == "asc" else "DESC"
         rows = await self._db.fetch_all(
-            "SELECT s.retained_from_seq AS retained_from_seq, e.seq, e.event_id, e.type, e.data, e.blob_key,"
-            f" e.created_at FROM sessions s LEFT JOIN (SELECT {_EVENT_COLUMNS} FROM session_events WHERE {where}"
-            f" ORDER BY seq {direction} LIMIT ?) e ON 1 = 1"
-            f" WHERE s.tenant_id = ? AND s.id = ? AND s.deleted_at IS NULL ORDER BY e.seq {direction}",
-            (*params, limit, self.tenant_id, session_id),
+            f"SELECT {_EVENT_COLUMNS}, (SELECT retained_from_seq FROM sessions WHERE tenant_id = ? AND id = ?"
+            f" AND deleted_at IS NULL) AS retained_from_seq FROM session_events WHERE {where}"
+            f" ORDER BY seq {direction} LIMIT ?",
+            (self.tenant_id, session_id, *params, limit),
         )
-        if not rows:
+        mark = rows[0]["retained_from_seq"] if rows else await self._retained_from(session_id)
+        if mark is None:
             raise NotFound(f"session {session_id} not found", session_id=session_id)
-        retained_from = int(rows[0]["retained_from_seq"])
-        return [r for r in rows if r["seq"] is not None], retained_from
+        return rows, int(mark)
+
+    async def _retained_from(self, session_id: str) -> int | None:
+        row = await self._db.fetch_one(
+            "SELECT retained_from_seq FROM sessions WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL",
+            (self.tenant_id, session_id),
+        )
+        return None if row is None else int(row["retained_from_seq"])
 
     async def events(
         self,
