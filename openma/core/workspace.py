@@ -24,6 +24,8 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Final
 
+import anyio
+
 from openma.errors import InvalidInput, NotFound, SandboxError, SandboxTimeout
 from openma.ports.blobs import BlobStore
 from openma.ports.sandbox import Sandbox, SnapshotRef
@@ -77,7 +79,7 @@ async def snapshot_workspace(
         data = await sandbox.read_file(name)
     finally:
         await _discard(sandbox, name)
-    digest = hashlib.sha256(data).hexdigest()
+    digest = await anyio.to_thread.run_sync(_sha256, data)
     info = await blobs.put(key, data, content_type="application/gzip", metadata={"sha256": digest}, ttl=ttl)
     return SnapshotRef(key=key, size=len(data), sha256=digest, created_at=info.created_at, expires_at=info.expires_at)
 
@@ -131,11 +133,25 @@ async def restore_workspace(sandbox: Sandbox, blobs: BlobStore, ref: SnapshotRef
     :class:`NotFound`.
     """
     data = await blobs.get(ref.key)
-    if hashlib.sha256(data).hexdigest() != ref.sha256:
-        raise SandboxError(f"snapshot {ref.key!r} does not match its sha256; refusing to restore it", key=ref.key)
-    check_tarball(data)
     name = _staging_name()
-    await sandbox.write_file(name, data)
+
+    mismatch = SandboxError(f"snapshot {ref.key!r} does not match its sha256; refusing to restore it", key=ref.key)
+
+    async def verify() -> None:
+        if await anyio.to_thread.run_sync(_sha256, data) != ref.sha256:
+            raise mismatch
+
+    try:
+        # The hash, the member check and the upload overlap; nothing is extracted until all three are done.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(verify)
+            tg.start_soon(anyio.to_thread.run_sync, check_tarball, data)
+            tg.start_soon(sandbox.write_file, name, data)
+    except BaseExceptionGroup as group:
+        with anyio.CancelScope(shield=True):
+            await _discard(sandbox, name)
+        errors = _flatten(group)
+        raise (mismatch if mismatch in errors else errors[0]) from None
     cmd = (
         f"find . -mindepth 1 -maxdepth 1 ! -name {name} -exec rm -rf -- {{}} + && tar -xzof {name}; "
         f"rc=$?; rm -f {name}; exit $rc"
@@ -151,6 +167,17 @@ async def restore_workspace(sandbox: Sandbox, blobs: BlobStore, ref: SnapshotRef
             f"workspace restore failed (exit {result.exit_code}): {result.stderr.strip()[:500]}",
             sandbox_id=sandbox.id,
         )
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _flatten(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_flatten(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 @functools.lru_cache(maxsize=64)

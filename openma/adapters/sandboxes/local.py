@@ -586,21 +586,23 @@ class LocalSandbox:
         try:
             async with anyio.create_task_group() as tg:
                 pumped = anyio.Event()
+                open_streams = [2]
 
-                async def pumps() -> None:
-                    async with anyio.create_task_group() as ptg:
-                        ptg.start_soon(_pump, proc.stdout, out)
-                        ptg.start_soon(_pump, proc.stderr, err)
-                    pumped.set()
+                async def pump(stream: ByteReceiveStream | None, into: _Capture) -> None:
+                    await _pump(stream, into)
+                    open_streams[0] -= 1
+                    if not open_streams[0]:
+                        pumped.set()
 
-                tg.start_soon(pumps)
-                with anyio.move_on_after(timeout) as deadline:
-                    oom = await self._wait(proc, marker)
-                if deadline.cancelled_caught:
-                    timed_out = True
+                tg.start_soon(pump, proc.stdout, out)
+                tg.start_soon(pump, proc.stderr, err)
+                status = await self._wait(proc, marker, timeout)
+                timed_out, oom = status == "timed_out", status == "oom"
+                if timed_out:
                     await _stop([proc.pid], marker, grace)
-                with anyio.move_on_after(self._cfg.linger):
-                    await pumped.wait()
+                if not pumped.is_set():
+                    with anyio.move_on_after(self._cfg.linger):
+                        await pumped.wait()
                 if not pumped.is_set():
                     # Processes it left behind still hold its output: they go with it.
                     await _stop([proc.pid], marker, grace)
@@ -627,28 +629,23 @@ class LocalSandbox:
             oom_killed=oom,
         )
 
-    async def _wait(self, proc: Process, marker: bytes) -> bool:
-        """Wait for the command's shell to exit; ``True`` when the memory watchdog killed it."""
+    async def _wait(self, proc: Process, marker: bytes, timeout: float) -> str:
+        """Wait for the command's shell to exit: ``"exited"``, ``"timed_out"`` (still running at ``timeout``)
+        or ``"oom"`` (the memory watchdog, sampling every ``WATCH_INTERVAL``, killed its group)."""
+        watching = "oom_detection" in self._caps
         limit = self._cfg.limits.memory_bytes
-        if "oom_detection" not in self._caps:
-            await proc.wait()
-            return False
-        oom = False
-
-        async def watch() -> None:
-            nonlocal oom
-            while proc.returncode is None:
-                await anyio.sleep(WATCH_INTERVAL)
-                if await anyio.to_thread.run_sync(_group_rss, proc.pid) > limit:
-                    oom = True
-                    await _stop([proc.pid], marker, 0.0, first=signal.SIGKILL)
-                    return
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watch)
-            await proc.wait()
-            tg.cancel_scope.cancel()
-        return oom
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "timed_out"
+            with anyio.move_on_after(min(remaining, WATCH_INTERVAL) if watching else remaining):
+                await proc.wait()
+                return "exited"
+            if watching and await anyio.to_thread.run_sync(_group_rss, proc.pid) > limit:
+                await _stop([proc.pid], marker, 0.0, first=signal.SIGKILL)
+                await proc.wait()
+                return "oom"
 
     # -- background processes
 
