@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from openma import registry
+from openma.adapters.telemetry import LoggingTelemetry
 from openma.core.ids import check_id
 from openma.core.sessions import Sessions
 from openma.errors import ConfigError, Conflict
@@ -23,6 +24,7 @@ from openma.ports.backend import StoreBackend
 from openma.ports.blobs import BlobStore
 from openma.ports.environments import EnvironmentStore
 from openma.ports.kv import KVStore
+from openma.ports.telemetry import Telemetry
 from openma.ports.tenancy import TenantRef
 from openma.ports.tenants import TenantStore
 from openma.settings import STORE_NAMES, Settings
@@ -85,10 +87,12 @@ class TenantScope:
                 blobs: BlobStore | None = self.blobs
             except ConfigError:  # a platform built without a blob store: events cannot spill
                 blobs = None
-            store = self._platform.backend("sessions").sessions(
-                self._ref, blobs=blobs, settings=self._platform.settings
+            backend = self._platform.backend("sessions")
+            store = backend.sessions(self._ref, blobs=blobs, settings=self._platform.settings)
+            lease_lock = backend.lease_lock() if hasattr(backend, "lease_lock") else None
+            self._sessions = Sessions(
+                store, self.agents, self.environments, lease_lock=lease_lock, telemetry=self._platform.telemetry
             )
-            self._sessions = Sessions(store, self.agents, self.environments)
         return self._sessions
 
 
@@ -96,11 +100,18 @@ class Platform:
     """An open openma platform: the backends of every store, and the tenant-scoped facade."""
 
     def __init__(
-        self, settings: Settings, backends: dict[str, StoreBackend], blobs: FsspecBlobStore | None = None
+        self,
+        settings: Settings,
+        backends: dict[str, StoreBackend],
+        blobs: FsspecBlobStore | None = None,
+        *,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings
         self._backends = backends
         self._blobs = blobs
+        #: Where structured operational events go (JSON lines on the ``openma.telemetry`` logger by default).
+        self.telemetry: Telemetry = telemetry or LoggingTelemetry()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -109,9 +120,11 @@ class Platform:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, settings: Settings | None = None) -> AsyncIterator[Platform]:
+    async def open(
+        cls, settings: Settings | None = None, *, telemetry: Telemetry | None = None
+    ) -> AsyncIterator[Platform]:
         """Open a platform for the duration of an ``async with`` block."""
-        platform = await cls.connect(settings)
+        platform = await cls.connect(settings, telemetry=telemetry)
         try:
             yield platform
         finally:
@@ -119,7 +132,7 @@ class Platform:
                 await platform.aclose()
 
     @classmethod
-    async def connect(cls, settings: Settings | None = None) -> Platform:
+    async def connect(cls, settings: Settings | None = None, *, telemetry: Telemetry | None = None) -> Platform:
         """Open a platform and return it; call :meth:`aclose` when done (handy in notebooks)."""
         settings = settings or Settings()
         names = sorted({settings.backend_for(store) for store in STORE_NAMES})
@@ -139,7 +152,7 @@ class Platform:
                 for backend in backends.values():
                     await backend.aclose()
             raise
-        return cls(settings, backends, blobs)
+        return cls(settings, backends, blobs, telemetry=telemetry)
 
     def backend(self, store: str) -> StoreBackend:
         """The backend that holds ``store`` (``"agents"``, ``"sessions"``, ...)."""

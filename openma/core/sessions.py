@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
+from openma.core.actor import SessionActor, acquire_actor
 from openma.core.pagination import Order
 from openma.core.tail import EventTail
-from openma.errors import Conflict
+from openma.errors import ConfigError, Conflict
 from openma.models import Agent, Environment, Event, GcReport, InboxItem, Page, Session, Stream
 from openma.ports.agents import AgentStore
 from openma.ports.environments import EnvironmentStore
+from openma.ports.lease import LeaseLock
 from openma.ports.sessions import UNSET, SessionStore
+from openma.ports.telemetry import Telemetry
 
 
 def agent_snapshot(agent: Agent) -> dict[str, Any]:
@@ -56,10 +60,24 @@ def environment_snapshot(environment: Environment) -> dict[str, Any]:
 class Sessions:
     """The sessions of one tenant (``t.sessions``)."""
 
-    def __init__(self, store: SessionStore, agents: AgentStore, environments: EnvironmentStore) -> None:
+    def __init__(
+        self,
+        store: SessionStore,
+        agents: AgentStore,
+        environments: EnvironmentStore,
+        *,
+        lease_lock: LeaseLock | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self._store = store
         self._agents = agents
         self._environments = environments
+        self._lease_lock = lease_lock
+        if telemetry is None:
+            from openma.adapters.telemetry import NullTelemetry
+
+            telemetry = NullTelemetry()
+        self._telemetry = telemetry
         self.tenant_id = store.tenant_id
 
     def __repr__(self) -> str:
@@ -172,6 +190,17 @@ class Sessions:
 
     async def get_event(self, session_id: str, event_id: str) -> Event:
         return await self._store.get_event(session_id, event_id)
+
+    def actor(self, session_id: str, *, wait: float = 0.0) -> AbstractAsyncContextManager[SessionActor]:
+        """Become the session's only writer for an ``async with`` block (see :mod:`openma.core.actor`).
+
+        Waits up to ``wait`` seconds for the current holder (``0``: fail at once) and raises ``SessionBusy``
+        if it does not let go. If the previous holder died mid-turn, recovery runs before the block starts
+        (``actor.recovery`` says what it did).
+        """
+        if self._lease_lock is None:
+            raise ConfigError("this sessions store has no lease lock; actors need a backend that provides one")
+        return acquire_actor(self._store, self._lease_lock, session_id, wait=wait, telemetry=self._telemetry)
 
     def subscribe(self, session_id: str, *, after: int = 0) -> EventTail:
         return self._store.subscribe(session_id, after=after)

@@ -53,6 +53,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Final, Protocol
 
+import attrs
+
 from openma.core.pagination import Order
 from openma.core.tail import EventTail
 from openma.models import Event, GcReport, InboxItem, Page, Session, Stream
@@ -62,6 +64,18 @@ INBOX_STATES: Final = ("pending", "promoted", "cancelled")
 #: States of a model stream; every state but ``open`` is final.
 STREAM_STATUSES: Final = ("open", "completed", "aborted", "interrupted")
 FINAL_STREAM_STATUSES: Final = ("completed", "aborted", "interrupted")
+
+
+@attrs.frozen
+class LeaseGrant:
+    """What taking a session's lease found and did."""
+
+    #: The new epoch: every write of this holder passes it as ``fence``.
+    epoch: int
+    #: Who held the lease before and did not release it cleanly (``None`` after a clean release).
+    previous_holder: str | None
+    #: The session's status when the lease was taken.
+    status: str
 
 
 class _Unset:
@@ -214,3 +228,13 @@ class SessionStore(Protocol):
     ) -> int: ...
 
     async def gc(self, cutoff: datetime, *, batch_size: int = 1000) -> GcReport: ...
+
+    # -- lease (used by the session's actor, under its lease lock)
+
+    async def take_lease(self, session_id: str, holder: str) -> LeaseGrant:
+        """Bump the session's lease epoch and record ``holder``, in one transaction."""
+        ...
+
+    async def drop_lease(self, session_id: str, epoch: int) -> bool:
+        """Clear the holder if ``epoch`` is still current (a clean release); ``False`` if it was not."""
+        ...

@@ -11,6 +11,7 @@ from openma.adapters.sql.tenants import SqlTenantStore
 from openma.adapters.sql.wakeups import SessionWakeups
 from openma.core.clock import Clock, SystemClock
 from openma.ports.blobs import BlobStore
+from openma.ports.lease import LeaseLock
 from openma.ports.sql import SqlClient
 from openma.ports.tenancy import TenantRef
 from openma.settings import Settings
@@ -25,6 +26,7 @@ class SqlStoreBackend:
         self.clock = clock or SystemClock()
         self._tenants = SqlTenantStore(client, self.clock)
         self._wakeups: SessionWakeups | None = None
+        self._lease_lock: LeaseLock | None = None
 
     def __repr__(self) -> str:
         return f"SqlStoreBackend({self.name!r}, {self.client!r})"
@@ -52,6 +54,21 @@ class SqlStoreBackend:
         return SqlSessionStore(
             self.client, tenant, self.clock, wakeups=self._wakeups, blobs=blobs, spill_bytes=settings.event_spill_bytes
         )
+
+    def lease_lock(self) -> LeaseLock:
+        """The lock under session actors: ``flock`` files beside a SQLite file, advisory locks on Postgres."""
+        if self._lease_lock is None:
+            if self.client.dialect.name == "sqlite":
+                from openma.adapters.locks.flock import FlockLeaseLock
+
+                self._lease_lock = FlockLeaseLock(f"{self.client.path}.leases")  # type: ignore[attr-defined]
+            else:
+                from openma.adapters.locks.pg_advisory import PgAdvisoryLeaseLock
+                from openma.adapters.postgres import load_driver
+
+                psycopg, _ = load_driver()
+                self._lease_lock = PgAdvisoryLeaseLock(self.client.pool.conninfo, psycopg)  # type: ignore[attr-defined]
+        return self._lease_lock
 
     async def migrate(self) -> list[str]:
         return await migrations.migrate(self.client)

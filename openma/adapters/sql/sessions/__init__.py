@@ -25,11 +25,12 @@ How the contract of :mod:`openma.ports.sessions` is kept, in SQL that both engin
 from __future__ import annotations
 
 from openma.adapters.sql.sessions.inbox import InboxMixin
+from openma.adapters.sql.sessions.lease import LeaseMixin
 from openma.adapters.sql.sessions.log import EventLogMixin
 from openma.adapters.sql.sessions.rows import SessionRowsMixin
 
 __all__ = ["SqlSessionStore"]
 
 
-class SqlSessionStore(SessionRowsMixin, EventLogMixin, InboxMixin):
+class SqlSessionStore(SessionRowsMixin, EventLogMixin, InboxMixin, LeaseMixin):
     """The :class:`~openma.ports.sessions.SessionStore` of one tenant over a :class:`~openma.ports.sql.SqlClient`."""

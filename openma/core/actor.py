@@ -1,0 +1,289 @@
+"""The SessionActor: the one writer of a session, across tasks, processes and hosts.
+
+Holding a session is a lease with an epoch:
+
+1. take the session's lease lock (:mod:`openma.ports.lease`: a ``flock`` on SQLite, an advisory lock on a
+   dedicated Postgres connection), waiting up to ``wait`` seconds or failing with ``SessionBusy``;
+2. bump the session's ``lease_epoch`` and record this holder, in one transaction;
+3. if the previous holder did not release cleanly, run :func:`~openma.core.recovery.recover_interrupted_state`
+   and write its plan, fenced;
+4. every write (append, inbox promotion, status change, stream open/chunk/finalize) passes the epoch as
+   ``fence``, checked in the same transaction as the write: a holder that lost its lease (paused,
+   partitioned, its lock connection dropped) is refused with ``LeaseLost`` and writes nothing;
+5. on a clean exit, clear the holder and free the lock; on an exit by exception, free the lock but leave the
+   holder recorded, so the next holder recovers whatever the failed turn left open.
+
+Recovery keys off the lease, never off ``status='running'``: a turn that is live on another host holds the
+lock, so nobody can acquire the session, let alone "recover" it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from openma.core.lifecycle import STATUS_EVENT, Status, check_status, sources_for
+from openma.core.recovery import OpenStream, RecoveryPlan, recover_interrupted_state
+from openma.errors import LeaseLost
+from openma.models import Event, Page, Session, Stream
+from openma.ports.lease import LeaseHandle, LeaseLock
+from openma.ports.sessions import SessionStore
+from openma.ports.telemetry import Telemetry
+
+#: The event types recovery needs to see (uses, their results, and the user's answers).
+RECOVERY_TYPES = (
+    "agent.tool_use",
+    "agent.tool_result",
+    "agent.mcp_tool_use",
+    "agent.mcp_tool_result",
+    "agent.custom_tool_use",
+    "user.custom_tool_result",
+    "user.tool_confirmation",
+)
+
+
+def holder_name() -> str:
+    """Who this holder is, for people reading the session row: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class SessionActor:
+    """The lease holder of one session; every write it makes is fenced by its epoch."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        session_id: str,
+        *,
+        epoch: int,
+        holder: str,
+        handle: LeaseHandle,
+        telemetry: Telemetry,
+        recovery: RecoveryPlan | None = None,
+    ) -> None:
+        self._store = store
+        self.session_id = session_id
+        self.epoch = epoch
+        self.holder = holder
+        self._handle = handle
+        self._telemetry = telemetry
+        #: What acquiring recovered (``None`` when the previous holder released cleanly).
+        self.recovery = recovery
+        self._lost = False
+        self._released = False
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "lost" if self._lost else "held"
+        return f"SessionActor({self.session_id!r}, epoch={self.epoch}, {state})"
+
+    @property
+    def held(self) -> bool:
+        """True while this actor may still write (it may still be refused if it lost the lease unseen)."""
+        return not (self._lost or self._released) and self._handle.alive()
+
+    def _check(self) -> int:
+        if self._released:
+            raise LeaseLost(f"the actor of session {self.session_id} was released", session_id=self.session_id)
+        if self._lost or not self._handle.alive():
+            self._lost = True
+            raise LeaseLost(
+                f"the actor of session {self.session_id} lost its lease (epoch {self.epoch})",
+                session_id=self.session_id,
+                epoch=self.epoch,
+            )
+        return self.epoch
+
+    async def _fenced(self, call: Any) -> Any:
+        try:
+            return await call
+        except LeaseLost:
+            self._lost = True
+            raise
+
+    # -- writes (fenced)
+
+    async def append(self, events: Sequence[dict[str, Any]]) -> list[Event]:
+        """Append events to the log (ids already logged are returned as stored, not written again)."""
+        return await self._fenced(self._store.append(self.session_id, events, fence=self._check()))  # type: ignore[no-any-return]
+
+    async def promote(self, *, limit: int = 100) -> list[Event]:
+        """Move queued inputs into the log, first in first out, exactly once.
+
+        A ``user.interrupt`` cancels every input queued before it (they are stale once the user interrupted)
+        and is itself logged; inputs posted after it are promoted after it.
+        """
+        fence = self._check()
+        pending = await self._store.pending(self.session_id, limit=limit)
+        if not pending:
+            return []
+        interrupts = [i for i, item in enumerate(pending) if item.type == "user.interrupt"]
+        promote = [item.event_id for item in pending]
+        if interrupts:
+            last = interrupts[-1]
+            stale = [item.event_id for item in pending[:last] if item.type != "user.interrupt"]
+            if stale:
+                await self._fenced(self._store.cancel(self.session_id, stale, fence=fence))
+            promote = [item.event_id for item in pending if item.event_id not in set(stale)]
+        events: list[Event] = await self._fenced(self._store.promote(self.session_id, promote, fence=fence))
+        return events
+
+    async def set_status(self, status: Status, **fields: Any) -> Session:
+        """Move the session to ``status`` (a validated transition) and log its ``session.status_*`` event."""
+        target = check_status(status)
+        fence = self._check()
+        event = {"type": STATUS_EVENT[target], **fields}
+        before = time.perf_counter()
+        session, _ = await self._fenced(
+            self._store.set_status(
+                self.session_id, target, from_statuses=sources_for(target), events=[event], fence=fence
+            )
+        )
+        self._telemetry.emit(
+            "session.lifecycle",
+            tenant_id=self._store.tenant_id,
+            session_id=self.session_id,
+            status=target,
+            epoch=self.epoch,
+            duration_ms=round((time.perf_counter() - before) * 1000, 3),
+        )
+        return session  # type: ignore[no-any-return]
+
+    async def open_stream(self, *, message_id: str | None = None, kind: str = "message") -> Stream:
+        return await self._fenced(  # type: ignore[no-any-return]
+            self._store.open_stream(self.session_id, message_id=message_id, kind=kind, fence=self._check())
+        )
+
+    async def append_stream(self, stream_id: str, chunks: Sequence[str]) -> int:
+        return await self._fenced(  # type: ignore[no-any-return]
+            self._store.append_stream(self.session_id, stream_id, chunks, fence=self._check())
+        )
+
+    async def finalize_stream(self, stream_id: str, status: str, *, error: str | None = None) -> Stream:
+        return await self._fenced(  # type: ignore[no-any-return]
+            self._store.finalize_stream(self.session_id, stream_id, status, error=error, fence=self._check())
+        )
+
+    # -- reads (no fence needed)
+
+    async def session(self) -> Session:
+        return await self._store.get(self.session_id)
+
+    async def events(self, *, after: int = 0, limit: int = 100, types: Sequence[str] | None = None) -> Page[Event]:
+        return await self._store.events(self.session_id, after=after, limit=limit, types=types)
+
+    # -- lifetime
+
+    async def release(self, *, clean: bool = True) -> None:
+        """Free the lease. ``clean=False`` leaves the holder recorded, so the next holder runs recovery."""
+        if self._released:
+            return
+        self._released = True
+        try:
+            if clean and not self._lost and self._handle.alive():
+                await self._store.drop_lease(self.session_id, self.epoch)
+        finally:
+            await self._handle.release()
+            self._telemetry.emit(
+                "session.lifecycle",
+                tenant_id=self._store.tenant_id,
+                session_id=self.session_id,
+                action="released",
+                clean=clean,
+                epoch=self.epoch,
+            )
+
+
+async def _read_all(store: SessionStore, session: Session) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    after = max(0, session.first_seq - 1)
+    while True:
+        page = await store.events(session.id, after=after, limit=500, types=RECOVERY_TYPES)
+        out.extend(e.data for e in page)
+        if len(page) < 500:
+            return out
+        after = page.items[-1].seq
+
+
+async def _recover(actor: SessionActor, store: SessionStore, status: str) -> RecoveryPlan:
+    session = await store.get(actor.session_id)
+    streams = await store.streams(actor.session_id, status="open", limit=1000)
+    plan = recover_interrupted_state(
+        actor.session_id,
+        await _read_all(store, session),
+        [OpenStream(s.id, s.text, int(s.started_at.timestamp() * 1000), s.message_id) for s in streams],
+        status=status,
+    )
+    if plan.empty:
+        return plan
+    status_events = [e for e in plan.events if e["type"] == STATUS_EVENT["idle"]]
+    body = [e for e in plan.events if e["type"] != STATUS_EVENT["idle"]]
+    if body:
+        await actor.append(body)
+    for stream_id in plan.finalize_streams:
+        await actor.finalize_stream(stream_id, "interrupted")
+    if plan.new_status is not None:
+        fence = actor._check()
+        await actor._fenced(
+            store.set_status(
+                actor.session_id, "idle", from_statuses=("running", "rescheduling"), events=status_events, fence=fence
+            )
+        )
+    return plan
+
+
+@asynccontextmanager
+async def acquire_actor(
+    store: SessionStore,
+    lock: LeaseLock,
+    session_id: str,
+    *,
+    wait: float = 0.0,
+    telemetry: Telemetry,
+    holder: str | None = None,
+) -> AsyncIterator[SessionActor]:
+    """Hold ``session_id``'s lease for the ``async with`` block (see the module docstring)."""
+    await store.get(session_id)  # NotFound / InvalidInput before touching any lock
+    started = time.perf_counter()
+    handle = await lock.acquire(f"{store.tenant_id}/{session_id}", wait=wait)
+    holder = holder or holder_name()
+    try:
+        grant = await store.take_lease(session_id, holder)
+    except BaseException:
+        await handle.release()
+        raise
+    actor = SessionActor(store, session_id, epoch=grant.epoch, holder=holder, handle=handle, telemetry=telemetry)
+    clean = False
+    try:
+        telemetry.emit(
+            "session.lifecycle",
+            tenant_id=store.tenant_id,
+            session_id=session_id,
+            action="acquired",
+            epoch=grant.epoch,
+            waited_ms=round((time.perf_counter() - started) * 1000, 3),
+            previous_holder=grant.previous_holder,
+        )
+        if grant.previous_holder is not None:
+            plan = await _recover(actor, store, grant.status)
+            actor.recovery = plan
+            telemetry.emit(
+                "recovery",
+                tenant_id=store.tenant_id,
+                session_id=session_id,
+                previous_holder=grant.previous_holder,
+                epoch=grant.epoch,
+                finalized_streams=plan.finalized_streams,
+                injected_tool_results=plan.injected_tool_results,
+                injected_mcp_tool_results=plan.injected_mcp_tool_results,
+                waiting_on_user=len(plan.waiting_on_user),
+                new_status=plan.new_status,
+            )
+        yield actor
+        clean = True
+    finally:
+        await actor.release(clean=clean)
