@@ -96,11 +96,8 @@ async def test_spilled_events_live_in_the_tenants_blob_store(settings: Settings)
 
 
 @pytest.mark.postgres
-async def test_sessions_on_postgres_agents_on_sqlite(
-    tmp_path: Path, pg_server: PgServer, pg_empty_url: str, anyio_backend: str
-) -> None:
-    if anyio_backend != "asyncio":
-        pytest.skip("the Postgres engine runs on asyncio only")
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the Postgres engine runs on asyncio only
+async def test_sessions_on_postgres_agents_on_sqlite(tmp_path: Path, pg_server: PgServer, pg_empty_url: str) -> None:
     settings = Settings(
         sqlite_path=str(tmp_path / "openma.db"),
         postgres_url=pg_empty_url,

@@ -25,6 +25,7 @@ hanging; nothing asserts how fast anything is.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -92,6 +93,12 @@ class LogEnv:
             cursor = page.next_cursor
             if cursor is None:
                 return out
+
+
+def _forge_cursor_seq(seq: int) -> str:
+    """A well-formed cursor whose position is absurd (the scope check would refuse it anyway)."""
+    raw = json.dumps({"v": 1, "s": "0" * 16, "t": seq, "i": "x"})
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
 def _msg(text: str, **extra: Any) -> dict[str, Any]:
@@ -366,6 +373,7 @@ class EventLogContract(_StoreContractBase):
         "kwargs",
         [
             {"after": -1},
+            {"after": 10**30},
             {"after": "3"},
             {"before": 0},
             {"limit": 0},
@@ -376,6 +384,7 @@ class EventLogContract(_StoreContractBase):
             {"types": "user.message"},
             {"types": [""]},
             {"cursor": "!!!"},
+            {"cursor": _forge_cursor_seq(10**30)},
         ],
     )
     async def test_bad_read_arguments(self, env: LogEnv, kwargs: dict[str, Any]) -> None:

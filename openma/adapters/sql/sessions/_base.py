@@ -67,8 +67,8 @@ def _check_fence(fence: object) -> int | None:
 
 
 def _seq_arg(value: object, what: str, *, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidInput(f"{what} must be an integer >= {minimum}", field=what)
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= _ALL:
+        raise InvalidInput(f"{what} must be an integer between {minimum} and {_ALL}", field=what)
     return value
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from openma.adapters import pg_notify
 from openma.adapters.sql.sessions._base import (
+    _ALL,
     _EVENT_COLUMNS,
     _INSERT_EVENT,
     MAX_EVENTS_LIMIT,
@@ -285,6 +286,8 @@ class EventLogMixin(SessionStoreBase):
         lo, hi = after, before
         if cursor is not None:
             mark = decode_cursor(cursor, scope).created_at
+            if not 0 <= mark <= _ALL:
+                raise InvalidInput("cursor is malformed", field="cursor")
             if order == "asc":
                 lo = max(lo, mark)
             else:
