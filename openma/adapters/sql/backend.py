@@ -74,6 +74,8 @@ class SqlStoreBackend:
         return await migrations.migrate(self.client)
 
     async def aclose(self) -> None:
+        if self._lease_lock is not None:
+            await self._lease_lock.aclose()
         if self._wakeups is not None:
             await self._wakeups.aclose()
         await self.client.aclose()
