@@ -15,7 +15,9 @@
 * A lost connection, an unreachable server, a statement timeout or no free connection within
   ``pg_connect_timeout`` is :class:`~openma.errors.StorageUnavailable`. The transaction of the failing call
   is rolled back by the server (a dead connection never commits), so nothing partial is written. As with any
-  client-server database, a connection lost while ``COMMIT`` itself is in flight leaves that one unit in doubt.
+  client-server database, a connection lost while ``COMMIT`` itself is in flight leaves that one unit in doubt;
+  so does a caller cancelled after its unit went out (it commits whole or not at all, as a cancelled unit on
+  SQLite finishes in its thread).
 * ``transaction(write=True)`` is a READ COMMITTED transaction: unlike SQLite's ``BEGIN IMMEDIATE`` it does not
   serialize writers, so a read-then-write inside it must fold its check into the write (a conditional
   ``UPDATE``), as every store of the family does. ``write=False`` is a ``REPEATABLE READ READ ONLY``
@@ -219,7 +221,6 @@ class PostgresClient:
     def __init__(self, pool: AsyncConnectionPool[Conn], *, url: str, psycopg: ModuleType, pool_module: ModuleType):
         self._pool = pool
         self._url = _mask_url(url) or ""
-        self._psycopg = psycopg
         self._down: tuple[type[BaseException], ...] = (psycopg.OperationalError, pool_module.PoolTimeout)
         self._interface_error: type[BaseException] = psycopg.InterfaceError
         self._max_checks = (pool.max_size or 1) + 1
