@@ -21,6 +21,8 @@ from openma.errors import ConfigError
 class _Builtin:
     target: str
     extra: str | None = None
+    #: Top-level modules the extra installs: only their absence means "install the extra".
+    needs: tuple[str, ...] = ()
 
 
 class Registry:
@@ -55,11 +57,13 @@ class Registry:
 
     def load(self, name: str) -> Callable[..., Any]:
         """The factory registered as ``name``, imported now."""
+        needs: tuple[str, ...] = ()
         if name in self._registered:
             target: Callable[..., Any] | str = self._registered[name]
             extra = None
         elif name in self._builtins:
-            target, extra = self._builtins[name].target, self._builtins[name].extra
+            builtin = self._builtins[name]
+            target, extra, needs = builtin.target, builtin.extra, builtin.needs
         else:
             eps = self._entry_points()
             if name not in eps:
@@ -71,15 +75,16 @@ class Registry:
             target, extra = eps[name], None
         if callable(target):
             return target
-        return _import(target, kind=self.kind, name=name, extra=extra)
+        return _import(target, kind=self.kind, name=name, extra=extra, needs=needs)
 
 
-def _import(path: str, *, kind: str, name: str, extra: str | None) -> Callable[..., Any]:
+def _import(path: str, *, kind: str, name: str, extra: str | None, needs: tuple[str, ...] = ()) -> Callable[..., Any]:
     module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        hint = f"; install it with: pip install 'openma[{extra}]'" if extra else ""
+        missing = (exc.name or "").split(".")[0]
+        hint = f"; install it with: pip install 'openma[{extra}]'" if extra and missing in needs else ""
         raise ConfigError(f"{kind} {name!r} cannot be loaded ({exc}){hint}", name=name, extra=extra) from exc
     try:
         factory: Callable[..., Any] = getattr(module, attr)
@@ -94,7 +99,7 @@ store_backends: Final = Registry(
     "openma.store_backends",
     {
         "cf": _Builtin("openma.adapters.sqlite:open_store_backend"),
-        "pg": _Builtin("openma.adapters.postgres:open_store_backend", extra="pg"),
+        "pg": _Builtin("openma.adapters.postgres:open_store_backend", extra="pg", needs=("psycopg", "psycopg_pool")),
     },
 )
 
@@ -104,7 +109,9 @@ sandboxes: Final = Registry(
     "openma.sandboxes",
     {
         "local": _Builtin("openma.adapters.sandboxes.local:open_sandbox_provider"),
-        "e2b": _Builtin("openma.adapters.sandboxes.e2b:open_sandbox_provider", extra="e2b"),
-        "daytona": _Builtin("openma.adapters.sandboxes.daytona:open_sandbox_provider", extra="daytona"),
+        "e2b": _Builtin("openma.adapters.sandboxes.e2b:open_sandbox_provider", extra="e2b", needs=("e2b",)),
+        "daytona": _Builtin(
+            "openma.adapters.sandboxes.daytona:open_sandbox_provider", extra="daytona", needs=("daytona",)
+        ),
     },
 )

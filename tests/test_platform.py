@@ -180,3 +180,14 @@ def test_cli_reports_config_errors_cleanly(tmp_path: Path) -> None:
     )
     assert out.returncode != 0
     assert "STORE_BACKENDS is not valid JSON" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_install_hint_only_when_the_driver_itself_is_missing() -> None:
+    from openma.registry import _import
+
+    with pytest.raises(ConfigError) as info:
+        _import("psycopg_not_here.x:y", kind="store backend", name="pg", extra="pg", needs=("psycopg_not_here",))
+    assert "pip install 'openma[pg]'" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        _import("a_broken_module_of_ours:y", kind="store backend", name="pg", extra="pg", needs=("psycopg",))
+    assert "pip install" not in str(info.value)
