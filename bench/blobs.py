@@ -15,7 +15,9 @@
   the moto server of this process, so the server's copy of the bytes is not counted. ``get`` (the whole
   object as one ``bytes``) is shown for contrast.
 * **KV** operations per second through the ``KVStore`` port on SQLite, and on Postgres when its server
-  binaries are installed (a throwaway server is started, as in ``bench/stores.py``).
+  binaries are installed (a throwaway server is started, as in ``bench/stores.py``); ``put``, ``get`` and
+  ``incr`` also next to the same statements sent by hand (one thread hop per statement on SQLite with the
+  same pragmas, one round trip on Postgres), in alternating slices.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import logging
 import os
 import platform
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -257,22 +260,70 @@ def peak_rss(url: str, options: dict[str, Any], size: int, mode: str) -> dict[st
 # -- KV
 
 
-async def kv_ops(series: Series, engine: str, kv: KVStore, n: int) -> None:
-    async def timed(op: str, fn: Callable[[int], Awaitable[Any]], count: int, tasks: int = 1) -> None:
-        began = time.perf_counter()
-        if tasks == 1:
-            for i in range(count):
-                await fn(i)
-        else:
+KV_PUT = (
+    "INSERT INTO kv_entries (tenant_id, key, value, counter, expires_at, updated_at) VALUES (?, ?, ?, NULL, NULL, ?)"
+    " ON CONFLICT (tenant_id, key) DO UPDATE SET value = excluded.value, counter = NULL, expires_at = NULL,"
+    " updated_at = excluded.updated_at"
+)
+KV_GET = (
+    "SELECT key, value, counter, expires_at, updated_at FROM kv_entries"
+    " WHERE tenant_id = ? AND key = ? AND (expires_at IS NULL OR expires_at > ?)"
+)
+KV_INCR = (
+    "INSERT INTO kv_entries (tenant_id, key, value, counter, expires_at, updated_at) VALUES (?, ?, NULL, 1, NULL, ?)"
+    " ON CONFLICT (tenant_id, key) DO UPDATE SET counter = kv_entries.counter + 1, updated_at = excluded.updated_at"
+    " RETURNING counter"
+)
+RAW_TENANT = "tnt_00000000000000000000000000"
+SLICES = 5
 
-            async def worker(w: int) -> None:
-                for i in range(w, count, tasks):
+
+class RawKV:
+    """The same statements sent by hand: one ``to_thread`` hop per statement on SQLite, one round trip on
+    Postgres; no validation, no TTL or overflow checks."""
+
+    def __init__(self, run: Callable[[str, tuple[Any, ...]], Awaitable[Any]]) -> None:
+        self._run = run
+
+    async def put(self, i: int) -> None:
+        await self._run(KV_PUT, (RAW_TENANT, f"cfg:{i}", f"value {i}", int(time.time() * 1000)))
+
+    async def get(self, i: int) -> None:
+        await self._run(KV_GET, (RAW_TENANT, f"cfg:{i}", int(time.time() * 1000)))
+
+    async def incr(self, i: int) -> None:
+        await self._run(KV_INCR, (RAW_TENANT, "counter", int(time.time() * 1000)))
+
+
+async def sliced(contenders: dict[str, Callable[[int], Awaitable[Any]]], n: int, tasks: int = 1) -> dict[str, float]:
+    """Operations per second of each contender, run in alternating slices of ``n / SLICES`` calls."""
+    spent = dict.fromkeys(contenders, 0.0)
+    per = max(1, n // SLICES)
+    names = list(contenders)
+    for sl in range(SLICES):
+        for name in names if sl % 2 == 0 else reversed(names):
+            fn = contenders[name]
+            began = time.perf_counter()
+            if tasks == 1:
+                for i in range(sl * per, (sl + 1) * per):
                     await fn(i)
+            else:
 
-            async with anyio.create_task_group() as tg:
-                for w in range(tasks):
-                    tg.start_soon(worker, w)
-        series.add("kv", op, engine, count / (time.perf_counter() - began))
+                async def worker(w: int, fn: Callable[[int], Awaitable[Any]] = fn, base: int = sl * per) -> None:
+                    for i in range(base + w, base + per, tasks):
+                        await fn(i)
+
+                async with anyio.create_task_group() as tg:
+                    for w in range(tasks):
+                        tg.start_soon(worker, w)
+            spent[name] += time.perf_counter() - began
+    return {name: per * SLICES / t for name, t in spent.items()}
+
+
+async def kv_ops(series: Series, engine: str, kv: KVStore, raw: RawKV, n: int) -> None:
+    def record(op: str, figures: dict[str, float]) -> None:
+        for who, value in figures.items():
+            series.add("kv", op, f"{engine} {who}", value)
 
     async def put(i: int) -> None:
         await kv.put(f"cfg:{i}", f"value {i}")
@@ -289,14 +340,14 @@ async def kv_ops(series: Series, engine: str, kv: KVStore, n: int) -> None:
     async def cas(i: int) -> None:
         await kv.compare_and_set("state", i, i + 1)
 
-    await timed("put", put, n)
-    await timed("get", get, 2 * n)
-    await timed("get x32", get, 2 * n, tasks=32)
-    await timed("incr", incr, n)
-    await timed("incr x32 (one key)", incr, n, tasks=32)
-    await timed("put_if_absent", put_if_absent, n)
+    record("put", await sliced({"openma": put, "raw": raw.put}, n))
+    record("get", await sliced({"openma": get, "raw": raw.get}, 2 * n))
+    record("get x32", await sliced({"openma": get}, 2 * n, tasks=32))
+    record("incr", await sliced({"openma": incr, "raw": raw.incr}, n))
+    record("incr x32 (one key)", await sliced({"openma": incr}, n, tasks=32))
+    record("put_if_absent", await sliced({"openma": put_if_absent}, n))
     await kv.put("state", 0)
-    await timed("compare_and_set", cas, n)
+    record("compare_and_set", await sliced({"openma": cas}, n))
     listed = 0
     began = time.perf_counter()
     cursor = None
@@ -306,9 +357,9 @@ async def kv_ops(series: Series, engine: str, kv: KVStore, n: int) -> None:
         cursor = page.next_cursor
         if cursor is None:
             break
-    series.add("kv", "list (entries/s)", engine, listed / (time.perf_counter() - began))
+    record("list (entries/s)", {"openma": listed / (time.perf_counter() - began)})
     entry = await kv.get("counter")
-    assert entry is not None and entry.value == 2 * n
+    assert entry is not None and entry.value == 2 * (n // SLICES) * SLICES
 
 
 async def kv_backend_sqlite(path: Path) -> SqlStoreBackend:
@@ -318,9 +369,25 @@ async def kv_backend_sqlite(path: Path) -> SqlStoreBackend:
     return backend
 
 
-async def kv_run(series: Series, backend: SqlStoreBackend, engine: str, n: int) -> None:
+async def kv_run(series: Series, backend: SqlStoreBackend, engine: str, raw: RawKV, n: int) -> None:
     tenant = await backend.tenants.create(name="bench")
-    await kv_ops(series, engine, backend.kv(TenantRef(tenant.id)), n)
+    await kv_ops(series, engine, backend.kv(TenantRef(tenant.id)), raw, n)
+
+
+async def sqlite_kv(series: Series, path: Path, n: int) -> None:
+    backend = await kv_backend_sqlite(path)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+
+    async def run(sql: str, params: tuple[Any, ...]) -> Any:
+        return await anyio.to_thread.run_sync(lambda: conn.execute(sql, params).fetchall())
+
+    try:
+        await kv_run(series, backend, "sqlite", RawKV(run), n)
+    finally:
+        conn.close()
+        await backend.aclose()
 
 
 # -- report
@@ -362,12 +429,16 @@ def report(series: Series, runs: int, sizes: dict[str, int], rss: dict[str, dict
     lines += ["", "| store | 200 MiB object | peak RSS rise after put | after read |", "|---|---|---:|---:|"]
     for name, figures in rss.items():
         lines.append(f"| {name} | | {figures['put']:.0f} MiB | {figures['get']:.0f} MiB |")
-    lines += ["", "| KV operation | engine | ops/s |", "|---|---|---:|"]
+    lines += ["", "| KV operation | engine | openma ops/s | raw ops/s | openma / raw |", "|---|---|---:|---:|---:|"]
     for (section, op, who), _ in series.runs.items():
-        if section == "kv":
-            value = series.median(section, op, who)
-            assert value is not None
-            lines.append(f"| {op} | {who} | {value:,.0f} |")
+        if section != "kv" or not who.endswith(" openma"):
+            continue
+        engine = who.removesuffix(" openma")
+        mine = series.median(section, op, who)
+        theirs = series.median(section, op, f"{engine} raw")
+        assert mine is not None
+        raw = f"{theirs:,.0f} | {mine / theirs:.2f}" if theirs else "- | -"
+        lines.append(f"| {op} | {engine} | {mine:,.0f} | {raw} |")
     if notes:
         lines += ["", *notes]
     return "\n".join(lines)
@@ -401,11 +472,7 @@ async def main(args: argparse.Namespace) -> None:
             }
             print(f"peak RSS done ({time.monotonic() - started:.1f} s)", file=sys.stderr)
             for run in range(runs):
-                backend = await kv_backend_sqlite(Path(tmp) / f"kv{run}.db")
-                try:
-                    await kv_run(series, backend, "sqlite", kv_n)
-                finally:
-                    await backend.aclose()
+                await sqlite_kv(series, Path(tmp) / f"kv{run}.db", kv_n)
             await postgres_kv(series, runs, kv_n, notes, args.no_postgres)
             print(f"KV done ({time.monotonic() - started:.1f} s)", file=sys.stderr)
     finally:
@@ -434,10 +501,19 @@ async def postgres_kv(series: Series, runs: int, n: int, notes: list[str], skip:
             server.create_database(f"kv{run}")
             settings = Settings(postgres_url=server.url(f"kv{run}"), store_backends={"default": "pg"})
             backend = await open_store_backend(settings)
+            import psycopg
+
+            conn = await psycopg.AsyncConnection.connect(server.url(f"kv{run}"), autocommit=True)
+
+            async def raw(sql: str, params: tuple[Any, ...], conn: Any = conn) -> Any:
+                cur = await conn.execute(sql.replace("?", "%s"), params)
+                return await cur.fetchall() if cur.description else None
+
             try:
                 await backend.migrate()
-                await kv_run(series, backend, "postgres", n)
+                await kv_run(series, backend, "postgres", RawKV(raw), n)
             finally:
+                await conn.close()
                 await backend.aclose()
     finally:
         server.stop()
