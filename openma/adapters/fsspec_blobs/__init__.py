@@ -295,7 +295,10 @@ def _engine(url: str, options: dict[str, Any], engine_options: dict[str, Any]) -
         raise ConfigError(f"blob_url must be an fsspec URL such as file://./.openma/blobs, got {url!r}")
     protocol = url.split("://", 1)[0].lower()
     if protocol in ("file", "local"):
-        from openma.adapters.fsspec_blobs.local import LocalEngine
+        try:
+            from openma.adapters.fsspec_blobs.local import LocalEngine
+        except ImportError as exc:  # no fcntl: not a POSIX system
+            raise ConfigError(f"file:// blob stores need POSIX file locks (fcntl.flock): {exc}") from exc
 
         if options or engine_options:
             raise ConfigError(f"file:// blob stores take no options, got {sorted({**options, **engine_options})}")

@@ -181,6 +181,8 @@ class S3Engine:
         except (FileNotFoundError, OSError, ValueError) as exc:
             if isinstance(exc, FileNotFoundError) or _code(exc) in ("404", "NoSuchBucket"):
                 raise ConfigError(f"S3 bucket {self.bucket!r} does not exist", bucket=self.bucket) from exc
+            if isinstance(exc, PermissionError) or _code(exc) in ("403", "AccessDenied"):
+                return  # a key scoped to objects may not be allowed to look at the bucket itself
             raise StorageUnavailable(f"S3 bucket {self.bucket!r} is unreachable: {exc}") from exc
 
     # -- writes
