@@ -122,5 +122,37 @@ def doctor() -> None:
     _run(go)
 
 
+@main.group()
+def sandboxes() -> None:
+    """Sandbox provider maintenance."""
+
+
+@sandboxes.command("sweep")
+@click.option("--older-than", required=True, help="Destroy sandboxes created longer ago than this (90m, 2h, 1d).")
+@click.option("--provider", default=None, help="Sandbox provider (default: OPENMA_SANDBOX).")
+@click.option("--dry-run", is_flag=True, help="Only list what would be destroyed.")
+def sandboxes_sweep(older_than: str, provider: str | None, dry_run: bool) -> None:
+    """Destroy leaked sandboxes: those labelled openma=1 and older than --older-than."""
+    from openma import registry
+    from openma.core.sweeper import parse_duration, sweep_sandboxes
+
+    settings = _settings()
+    name = provider or settings.sandbox
+
+    async def go() -> None:
+        limit = parse_duration(older_than)
+        opened: Any = await registry.sandboxes.load(name)(settings, blobs=None)
+        try:
+            ids = await sweep_sandboxes(opened, older_than=limit, dry_run=dry_run)
+        finally:
+            await opened.aclose()
+        verb = "would destroy" if dry_run else "destroyed"
+        for sandbox_id in ids:
+            click.echo(f"{name}: {verb} {sandbox_id}")
+        click.echo(f"{name}: {verb} {len(ids)} sandbox(es) older than {older_than}")
+
+    _run(go)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
