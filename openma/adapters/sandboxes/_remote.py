@@ -23,13 +23,13 @@ import anyio
 import attrs
 
 from openma.adapters.sandboxes import _shell
+from openma.core.sweeper import LABEL
 from openma.core.workspace import mask_secrets, restore_workspace, snapshot_workspace
 from openma.errors import InvalidInput, NotFound, SandboxError, SandboxGone
 from openma.ports.blobs import BlobStore
 from openma.ports.sandbox import ExecResult, FileInfo, ProcessInfo, SandboxSpec, SnapshotRef
 
-#: Label every openma sandbox carries, so leaks can be found and swept.
-LABEL: Final = "openma"
+#: Labels naming the tenant and the session (next to the sweeper's ``openma=1``).
 LABEL_TENANT: Final = "openma-tenant"
 LABEL_SESSION: Final = "openma-session"
 
@@ -85,6 +85,8 @@ class RemoteSandbox(abc.ABC):
 
     provider: ClassVar[str]
     capabilities: frozenset[str]
+    #: The provider merges a command's stderr into its stdout: the script sends stderr back separately.
+    merged_output: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -126,15 +128,7 @@ class RemoteSandbox(abc.ABC):
         """Bytes of an absolute path; ``NotFound`` when missing."""
 
     async def _read_many(self, paths: Sequence[str]) -> list[bytes]:
-        out: list[bytes] = [b""] * len(paths)
-
-        async def one(i: int, p: str) -> None:
-            out[i] = await self._read(p)
-
-        async with anyio.create_task_group() as tg:
-            for i, p in enumerate(paths):
-                tg.start_soon(one, i, p)
-        return out
+        return [await self._read(p) for p in paths]
 
     @abc.abstractmethod
     async def _write(self, path: str, data: bytes) -> None:
@@ -230,12 +224,19 @@ class RemoteSandbox(abc.ABC):
         workdir = self._path(cwd) if cwd is not None else self.workdir
         token = _shell.new_token()
         run_dir = f"{self._state_dir}/run"
-        script = _shell.exec_script(cmd, cwd=workdir, timeout=timeout, token=token, run_dir=run_dir)
+        stderr_limit = self._max_output + 1 if self.merged_output else None
+        script = _shell.exec_script(
+            cmd, cwd=workdir, timeout=timeout, token=token, run_dir=run_dir, stderr_limit=stderr_limit
+        )
         started = time.monotonic()
         raw = await self._shell(script, timeout=timeout, env=command_env)
         duration = time.monotonic() - started
-        stdout, found_out = _shell.strip_marker(raw.stdout, token)
-        stderr, found_err = _shell.strip_marker(raw.stderr, token)
+        out, err = raw.stdout, raw.stderr
+        if self.merged_output:
+            out, split = _shell.split_stderr(out, token)
+            err = split + err
+        stdout, found_out = _shell.strip_marker(out, token)
+        stderr, found_err = _shell.strip_marker(err, token)
         found = found_out | found_err
         if "nocwd" in found:
             raise NotFound(f"working directory {cwd!r} does not exist", path=cwd)

@@ -4,10 +4,11 @@ like the port says, whatever their daemons do.
 Neither provider kills a command's process tree: E2B's envd signals only the process it started, and
 Daytona's daemon kills its own child. So every command runs in **its own session** (``setsid``), and the
 scripts kill the whole process group. The command deadline is enforced **inside the sandbox** by a
-watchdog (``wait -n`` on the command and a ``sleep``), so a timeout keeps what was printed so far on both
-providers (Daytona's own exec timeout throws the output away) and works even when the client's deadline
-does not fire (E2B on Python 3.11, see the SDK study). The adapters still pass the provider a deadline a
-little later, and keep an outer deadline of their own, for a wrapper that cannot run at all.
+watchdog (a ``sleep`` in a session of its own that kills the command's group), so a timeout keeps what was
+printed so far on both providers (Daytona's own exec timeout throws the output away) and works even when
+the client's deadline does not fire (E2B on Python 3.11: the SDK's own deadline never fires there). The
+adapters still pass the provider a deadline a little later, and keep an outer deadline of their own, for a
+wrapper that cannot run at all.
 
 Background processes are detached the same way and keep their state in files under the sandbox's state
 directory (``pid``, ``out``, ``err``, ``exit``, ``killed``), so any client (another process, a reattached
@@ -54,23 +55,43 @@ def _seconds(value: float) -> str:
     return f"{max(value, 0.001):.3f}"
 
 
-def exec_script(cmd: str, *, cwd: str, timeout: float, token: str, run_dir: str) -> str:
+def exec_script(
+    cmd: str, *, cwd: str, timeout: float, token: str, run_dir: str, stderr_limit: int | None = None
+) -> str:
     """Run ``cmd`` in its own session under ``cwd``; kill its process group at ``timeout`` (exit 137 and the
-    ``timeout`` marker) or when it ends (nothing it started outlives ``exec``)."""
-    pidfile = f"{run_dir}/{token}"
+    ``timeout`` marker) or when it ends (nothing it started outlives ``exec``).
+
+    The deadline is a watchdog in a session of its own (``sleep``, then kill the command's group), so the
+    script can ``wait`` on the command alone: ``wait -n`` on both would race with a command that ends
+    before it is called.
+
+    With ``stderr_limit`` (for a provider that merges the two streams), the command's stderr goes to a file
+    that is printed after stdout, behind the ``stderr`` marker, cut at ``stderr_limit`` bytes; see
+    :func:`split_stderr`.
+    """
+    pidfile = q(f"{run_dir}/{token}")
+    flag = q(f"{run_dir}/{token}.timeout")
+    # The flag is set before the kill: the script's ``wait`` returns as soon as the group dies.
+    watchdog = 'sleep "$1"; : > "$3"; kill -KILL -- -"$2" 2>/dev/null || rm -f "$3"'
+    errfile = q(f"{run_dir}/{token}.err")
+    to_stderr = "2>&3" if stderr_limit is None else f"2>{errfile}"
+    show_stderr = (
+        ""
+        if stderr_limit is None
+        else f"printf '%s' {q(marker(token, 'stderr'))}; head -c {stderr_limit} {errfile}; rm -f {errfile}\n"
+    )
     return f"""exec 3>&2 2>/dev/null
 cd -- {q(cwd)} || {{ printf '%s' {q(marker(token, "nocwd"))} >&3; exit 1; }}
 mkdir -p {q(run_dir)}
 S=; command -v setsid >/dev/null && S=setsid
-$S bash -c {q(cmd)} </dev/null 2>&3 3>&- & p=$!
-echo $p > {q(pidfile)}
-sleep {_seconds(timeout)} </dev/null >/dev/null 3>&- & s=$!
-wait -n
-if kill -0 $p; then
-  kill -KILL -- -$p || kill -KILL $p; wait $p; rm -f {q(pidfile)}
-  printf '%s' {q(marker(token, "timeout"))} >&3; exit {TIMEOUT_EXIT}
-fi
-kill $s; wait $p; rc=$?; kill -KILL -- -$p; rm -f {q(pidfile)}; exit $rc
+$S bash -c {q(cmd)} </dev/null {to_stderr} 3>&- & p=$!
+echo $p > {pidfile}
+$S bash -c {q(watchdog)} _ {_seconds(timeout)} $p {flag} </dev/null >/dev/null 3>&- & w=$!
+wait $p; rc=$?
+kill -KILL -- -$w || kill -KILL $w; kill -KILL -- -$p
+rm -f {pidfile}
+{show_stderr}if [ -e {flag} ]; then rm -f {flag}; printf '%s' {q(marker(token, "timeout"))} >&3; exit {TIMEOUT_EXIT}; fi
+exit $rc
 """
 
 
@@ -140,6 +161,12 @@ def parse_status(stdout: str) -> tuple[str, int | None, bool, str]:
             exit_code = None
     killed = "killed" in lines
     return state, exit_code, killed, command
+
+
+def split_stderr(stdout: str, token: str) -> tuple[str, str]:
+    """``(stdout, stderr)`` from the output of an :func:`exec_script` run with ``stderr_limit``."""
+    head, sep, tail = stdout.rpartition(marker(token, "stderr"))
+    return (head, tail) if sep else (stdout, "")
 
 
 def strip_marker(text: str, token: str) -> tuple[str, set[str]]:
