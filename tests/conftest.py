@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.engines", "tests.fixtures.postgres", "tests.fixtures.s3", "tests.fixtures.sandbox_fakes"]
+pytest_plugins = [
+    "tests.fixtures.engines",
+    "tests.fixtures.postgres",
+    "tests.fixtures.s3",
+    "tests.fixtures.sandbox_fakes",
+]
 
 
 @pytest.fixture
