@@ -583,17 +583,17 @@ class LocalSandbox:
         self._runs[run] = proc.pid
         out, err = _Capture(self._cfg.output_bytes), _Capture(self._cfg.output_bytes)
         timed_out = oom = False
+        pumped = anyio.Event()
+        open_streams = [2]
+
+        async def pump(stream: ByteReceiveStream | None, into: _Capture) -> None:
+            await _pump(stream, into)
+            open_streams[0] -= 1
+            if not open_streams[0]:
+                pumped.set()
+
         try:
             async with anyio.create_task_group() as tg:
-                pumped = anyio.Event()
-                open_streams = [2]
-
-                async def pump(stream: ByteReceiveStream | None, into: _Capture) -> None:
-                    await _pump(stream, into)
-                    open_streams[0] -= 1
-                    if not open_streams[0]:
-                        pumped.set()
-
                 tg.start_soon(pump, proc.stdout, out)
                 tg.start_soon(pump, proc.stderr, err)
                 status = await self._wait(proc, marker, timeout)
@@ -608,13 +608,15 @@ class LocalSandbox:
                     await _stop([proc.pid], marker, grace)
                     with anyio.move_on_after(1.0):
                         await pumped.wait()
-                tg.cancel_scope.cancel()
+                    tg.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True):
-                if proc.returncode is None:  # cancelled from outside: never leave it running
-                    await _stop([proc.pid], marker, grace)
-                await proc.aclose()
-                self._runs.pop(run, None)
+            # Both pipes at EOF and the shell reaped: asyncio has closed everything already.
+            if proc.returncode is None or not pumped.is_set():
+                with anyio.CancelScope(shield=True):
+                    if proc.returncode is None:  # cancelled from outside: never leave it running
+                        await _stop([proc.pid], marker, grace)
+                    await proc.aclose()
+            self._runs.pop(run, None)
         if self._closed:
             raise SandboxError(f"sandbox {self._id} was destroyed while the command ran", sandbox_id=self._id)
         assert proc.returncode is not None
