@@ -10,6 +10,9 @@
 The public API is flat and re-exported here; everything else is internal unless documented.
 """
 
+from openma.core.actor import SessionActor
+from openma.core.sessions import Sessions
+from openma.core.tail import EventTail
 from openma.errors import (
     ConfigError,
     Conflict,
@@ -17,14 +20,33 @@ from openma.errors import (
     LeaseLost,
     NotFound,
     OpenmaError,
+    ResyncRequired,
     SandboxError,
+    SandboxGone,
+    SandboxRateLimited,
     SandboxTimeout,
     SessionBusy,
+    SpillIntegrityError,
     StorageUnavailable,
     VersionConflict,
 )
-from openma.models import Agent, AgentVersion, Environment, Page, Tenant
+from openma.models import (
+    Agent,
+    AgentVersion,
+    Environment,
+    Event,
+    GcReport,
+    InboxItem,
+    Page,
+    Session,
+    Stream,
+    Tenant,
+)
 from openma.platform import Platform, TenantScope
+from openma.ports.blobs import BlobInfo, BlobReader, BlobStore
+from openma.ports.kv import KVEntry, KVStore
+from openma.ports.sandbox import ExecResult, FileInfo, ProcessInfo, Sandbox, SandboxProvider, SandboxSpec, SnapshotRef
+from openma.ports.telemetry import Telemetry
 from openma.settings import Settings
 
 __version__ = "0.1.0.dev0"
@@ -32,20 +54,45 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "Agent",
     "AgentVersion",
+    "BlobInfo",
+    "BlobReader",
+    "BlobStore",
     "ConfigError",
     "Conflict",
     "Environment",
+    "Event",
+    "EventTail",
+    "ExecResult",
+    "FileInfo",
+    "GcReport",
+    "InboxItem",
     "InvalidInput",
+    "KVEntry",
+    "KVStore",
     "LeaseLost",
     "NotFound",
     "OpenmaError",
     "Page",
     "Platform",
+    "ProcessInfo",
+    "ResyncRequired",
+    "Sandbox",
     "SandboxError",
+    "SandboxGone",
+    "SandboxProvider",
+    "SandboxRateLimited",
+    "SandboxSpec",
     "SandboxTimeout",
+    "Session",
+    "SessionActor",
     "SessionBusy",
+    "Sessions",
     "Settings",
+    "SnapshotRef",
+    "SpillIntegrityError",
     "StorageUnavailable",
+    "Stream",
+    "Telemetry",
     "Tenant",
     "TenantScope",
     "VersionConflict",
