@@ -154,5 +154,116 @@ def sandboxes_sweep(older_than: str, provider: str | None, dry_run: bool) -> Non
     _run(go)
 
 
+@main.group()
+def sessions() -> None:
+    """Session operations: tail a log, prune it, collect garbage."""
+
+
+@sessions.command("tail")
+@click.argument("tenant_id")
+@click.argument("session_id")
+@click.option("--after", default=0, show_default=True, help="Start after this seq.")
+@click.option("--follow/--no-follow", default=True, show_default=True, help="Keep following new events.")
+def sessions_tail(tenant_id: str, session_id: str, after: int, follow: bool) -> None:
+    """Print a session's events as JSON lines (seq, type, data), then follow new ones."""
+    import json
+
+    from openma.platform import Platform
+
+    settings = _settings()
+
+    async def go() -> None:
+        async with Platform.open(settings) as oma:
+            t = oma.tenant(tenant_id)
+            if not follow:
+                cursor_after = after
+                while True:
+                    page = await t.sessions.events(session_id, after=cursor_after, limit=500)
+                    for event in page:
+                        click.echo(json.dumps({"seq": event.seq, "type": event.type, "data": event.data}))
+                    if len(page) < 500:
+                        return
+                    cursor_after = page.items[-1].seq
+            async with t.sessions.subscribe(session_id, after=after) as tail:
+                async for event in tail:
+                    click.echo(json.dumps({"seq": event.seq, "type": event.type, "data": event.data}))
+
+    try:
+        _run(go)
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        pass
+
+
+@sessions.command("prune")
+@click.argument("tenant_id")
+@click.argument("session_id")
+@click.option("--before-seq", type=int, default=None, help="Remove events with a seq below this.")
+@click.option("--older-than", default=None, help="Remove events older than this (90m, 2h, 7d).")
+@click.option("--keep-last", type=int, default=None, help="Keep only this many newest events.")
+@click.option("--batch-size", type=int, default=1000, show_default=True)
+def sessions_prune(
+    tenant_id: str,
+    session_id: str,
+    before_seq: int | None,
+    older_than: str | None,
+    keep_last: int | None,
+    batch_size: int,
+) -> None:
+    """Remove a session's oldest events (and their spilled blobs), in bounded batches."""
+    from datetime import UTC, datetime
+
+    from openma.core.sweeper import parse_duration
+    from openma.platform import Platform
+
+    settings = _settings()
+
+    async def go() -> None:
+        cutoff = datetime.now(UTC) - parse_duration(older_than) if older_than else None
+        async with Platform.open(settings) as oma:
+            removed = await oma.tenant(tenant_id).sessions.prune(
+                session_id, before_seq=before_seq, older_than=cutoff, keep_last=keep_last, batch_size=batch_size
+            )
+            click.echo(f"{session_id}: removed {removed} event(s)")
+
+    _run(go)
+
+
+@main.command("gc")
+@click.option("--older-than", required=True, help="Remove what is older than this (30d, 12h, ...).")
+@click.option("--tenant", "tenant_ids", multiple=True, help="Only these tenants (default: every tenant).")
+@click.option("--batch-size", type=int, default=1000, show_default=True)
+def gc(older_than: str, tenant_ids: tuple[str, ...], batch_size: int) -> None:
+    """Collect garbage: old events, finalized streams, settled inbox rows, unfinished deletes, expired KV."""
+    from datetime import UTC, datetime
+
+    from openma.core.sweeper import parse_duration
+    from openma.platform import Platform
+
+    settings = _settings()
+
+    async def go() -> None:
+        cutoff = datetime.now(UTC) - parse_duration(older_than)
+        async with Platform.open(settings) as oma:
+            targets = list(tenant_ids)
+            if not targets:
+                cursor = None
+                while True:
+                    page = await oma.tenants.list(limit=500, cursor=cursor, include_archived=True)
+                    targets += [tenant.id for tenant in page]
+                    cursor = page.next_cursor
+                    if cursor is None:
+                        break
+            for tenant_id in targets:
+                t = oma.tenant(tenant_id)
+                report = await t.sessions.gc(cutoff, batch_size=batch_size)
+                expired = await t.kv.sweep_expired()
+                click.echo(
+                    f"{tenant_id}: events {report.events}, inbox {report.inbox}, streams {report.streams},"
+                    f" sessions {report.sessions}, blobs {report.blobs}, kv {expired}"
+                )
+
+    _run(go)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
