@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 
 from openma.core.sweeper import sweep_sandboxes
@@ -59,35 +60,11 @@ async def box(provider: Any, remote_spec: Callable[..., SandboxSpec]) -> AsyncIt
 # -- commands ------------------------------------------------------------------------------------------------
 
 
-async def test_exec_env_cwd_exit_code(box: Any) -> None:
-    await box.write_file("sub/marker", b"x")
-    result = await box.exec("echo $GREETING; pwd; ls; exit 7", env={"GREETING": "hello"}, cwd="sub")
-    assert result.exit_code == 7
-    assert not result.ok and not result.timed_out
-    lines = result.stdout.splitlines()
-    assert lines[0] == "hello"
-    assert lines[1] == f"{box.workdir}/sub"
-    assert lines[2] == "marker"
-    assert result.duration > 0
-
-
-async def test_stderr_comes_back_separately(box: Any) -> None:
-    # Daytona's exec merges the streams; the adapter splits them again in the same round trip.
-    assert "separate_stderr" in box.capabilities
-    result = await box.exec("echo out; echo err >&2; echo out2")
-    assert (result.stdout, result.stderr) == ("out\nout2\n", "err\n")
+async def test_stderr_stays_apart_when_the_command_times_out(box: Any) -> None:
+    # Daytona's exec merges the streams and drops them on its own timeout; the adapter keeps both apart.
     timed = await box.exec("echo out; echo err >&2; sleep 5", timeout=0.3)
-    assert timed.timed_out and (timed.stdout, timed.stderr) == ("out\n", "err\n")
-
-
-async def test_timeout_kills_the_whole_process_tree_and_keeps_output(box: Any) -> None:
-    cmd = "echo started; (sleep 1; echo late > late.txt) & sleep 30"
-    result = await box.exec(cmd, timeout=0.3)
-    assert result.timed_out and result.exit_code == 137
-    assert result.stdout.startswith("started")
-    assert result.duration < 5
-    await anyio.sleep(1.1)
-    assert not await box.exists("late.txt"), "a child of the timed-out command survived"
+    assert timed.timed_out and timed.exit_code == 137
+    assert (timed.stdout, timed.stderr) == ("out\n", "err\n")
 
 
 async def test_exec_does_not_leave_children_behind(box: Any) -> None:
@@ -97,9 +74,7 @@ async def test_exec_does_not_leave_children_behind(box: Any) -> None:
     assert not await box.exists("late.txt")
 
 
-async def test_missing_cwd_is_not_found(box: Any) -> None:
-    with pytest.raises(NotFound):
-        await box.exec("pwd", cwd="no/such/dir")
+async def test_missing_cwd_for_a_background_process_is_not_found(box: Any) -> None:
     with pytest.raises(NotFound):
         await box.start("sleep 1", cwd="no/such/dir")
 
@@ -114,17 +89,6 @@ async def test_bad_arguments_are_invalid_input(box: Any) -> None:
         await box.exec("true", secrets=["NEVER_REGISTERED"])
 
 
-async def test_secrets_reach_only_commands_that_name_them_and_are_masked(box: Any) -> None:
-    box.set_secrets({"API_TOKEN": "tok-123456", "OTHER": "zzz-999"})
-    named = await box.exec('echo "[$API_TOKEN] [$OTHER]"', secrets=["API_TOKEN"])
-    assert named.stdout == "[***] []\n"
-    unnamed = await box.exec('echo "[$API_TOKEN]"')
-    assert unnamed.stdout == "[]\n"
-    # Masked whatever printed it, even a command that was not given the secret.
-    leaked = await box.exec("echo tok-123456 >&2; echo tok-123456")
-    assert "tok-123456" not in leaked.stdout + leaked.stderr
-
-
 async def test_output_is_capped(provider: Any, remote_spec: Callable[..., SandboxSpec]) -> None:
     sandbox = await provider.create(remote_spec(options={"max_output_bytes": 1000}))
     try:
@@ -137,46 +101,8 @@ async def test_output_is_capped(provider: Any, remote_spec: Callable[..., Sandbo
 # -- background processes ------------------------------------------------------------------------------------
 
 
-async def test_background_process_lifecycle(box: Any) -> None:
-    info = await box.start("for i in $(seq 1 200); do echo $i; echo e$i >&2; sleep 0.05; done")
-    assert info.status == "running"
-    await anyio.sleep(0.4)
-    running = await box.process(info.id)
-    assert running.status == "running" and running.exit_code is None
-    stdout, stderr = await box.logs(info.id)
-    assert stdout.startswith("1\n2\n") and stderr.startswith("e1\n")
-    await box.kill(info.id)
-    killed = await box.process(info.id)
-    assert killed.status == "killed"
-    before = (await box.logs(info.id))[0]
-    await anyio.sleep(0.3)
-    assert (await box.logs(info.id))[0] == before, "the killed process kept writing"
-    await box.kill(info.id)  # idempotent
-
-
-async def test_background_kill_stops_children(box: Any) -> None:
-    info = await box.start("(while true; do date >> tick.txt; sleep 0.05; done) & wait")
-    await anyio.sleep(0.3)
-    await box.kill(info.id)
-    size = len(await box.read_file("tick.txt"))
-    await anyio.sleep(0.3)
-    assert len(await box.read_file("tick.txt")) == size
-
-
-async def test_background_exit_code_env_and_secrets(box: Any) -> None:
-    box.set_secrets({"TOKEN": "s3cret-value"})
-    info = await box.start("echo $MODE $TOKEN; exit 3", env={"MODE": "bg"}, secrets=["TOKEN"])
-    for _ in range(100):
-        done = await box.process(info.id)
-        if done.status != "running":
-            break
-        await anyio.sleep(0.05)
-    assert (done.status, done.exit_code) == ("exited", 3)
-    assert (await box.logs(info.id))[0] == "bg ***\n"
-
-
-async def test_unknown_process_is_not_found(box: Any) -> None:
-    for process_id in ("0123456789abcdef", "../../etc", ""):
+async def test_process_ids_cannot_name_paths(box: Any) -> None:
+    for process_id in ("0123456789abcdef", "../../etc", "..", ""):
         with pytest.raises(NotFound):
             await box.process(process_id)
         with pytest.raises(NotFound):
@@ -188,55 +114,38 @@ async def test_unknown_process_is_not_found(box: Any) -> None:
 # -- files ---------------------------------------------------------------------------------------------------
 
 
-async def test_binary_files_round_trip_as_bytes(box: Any) -> None:
-    data = os.urandom(64 * 1024) + bytes(range(256))
-    await box.write_file("deep/er/blob.bin", bytearray(data))
-    back = await box.read_file("deep/er/blob.bin")
+async def test_files_are_bytes_and_absolute_paths_work(box: Any) -> None:
+    data = os.urandom(4096)
+    await box.write_file("deep/blob.bin", bytearray(data))
+    back = await box.read_file(f"{box.workdir}/deep/blob.bin")
     assert type(back) is bytes and back == data
-    assert await box.read_file(f"{box.workdir}/deep/er/blob.bin") == data  # absolute paths work too
-    result = await box.exec("wc -c < deep/er/blob.bin")
-    assert int(result.stdout) == len(data)
-
-
-async def test_list_exists_remove(box: Any) -> None:
-    await box.write_file("a.txt", b"aa")
-    await box.write_file("dir/b.txt", b"b")
-    listing = {f.path: f for f in await box.list_files(".")}
-    assert set(listing) == {"a.txt", "dir"}
-    assert listing["dir"].is_dir and not listing["a.txt"].is_dir and listing["a.txt"].size == 2
-    assert [f.path for f in await box.list_files("dir")] == ["dir/b.txt"]
-    assert await box.exists("dir/b.txt") and not await box.exists("nope")
-    with pytest.raises(InvalidInput):
-        await box.remove("dir")
-    await box.remove("dir", recursive=True)
-    await box.remove("a.txt")
-    assert not await box.exists("dir") and not await box.exists("a.txt")
-    with pytest.raises(NotFound):
-        await box.remove("a.txt")
-    with pytest.raises(NotFound):
-        await box.read_file("a.txt")
-    with pytest.raises(NotFound):
-        await box.list_files("dir")
     with pytest.raises(InvalidInput):
         await box.write_file("x.txt", "not bytes")  # type: ignore[arg-type]
+
+
+async def test_remove_semantics(box: Any) -> None:
+    await box.write_file("dir/b.txt", b"b")
+    with pytest.raises(InvalidInput):
+        await box.remove("dir")  # a directory needs recursive=True
+    with pytest.raises(NotFound):
+        await box.remove("missing.txt")
+    with pytest.raises(InvalidInput):
+        await box.remove(".", recursive=True)  # never the workspace itself
+    await box.remove("dir", recursive=True)
+    assert not await box.exists("dir")
 
 
 # -- snapshots, keepalive, lifecycle ---------------------------------------------------------------------
 
 
-async def test_snapshot_and_restore_in_place(box: Any, sandbox_blobs: Any) -> None:
+async def test_snapshots_stay_with_their_tenant(box: Any, sandbox_blobs: Any) -> None:
     await box.write_file("keep.txt", b"v1")
-    await box.write_file("nested/data.bin", bytes(range(256)))
     ref = await box.snapshot(ttl=300)
-    assert ref.size > 0 and ref.expires_at is not None
+    assert ref.key.startswith(f"sandbox-snapshots/{box.spec.tenant_id}/{box.spec.session_id}/")
     assert (await sandbox_blobs.head(ref.key)).size == ref.size
-    await box.write_file("keep.txt", b"v2")
-    await box.write_file("added.txt", b"new")
-    await box.remove("nested", recursive=True)
-    await box.restore(ref)
-    assert await box.read_file("keep.txt") == b"v1"
-    assert await box.read_file("nested/data.bin") == bytes(range(256))
-    assert not await box.exists("added.txt")
+    foreign = attrs.evolve(ref, key=ref.key.replace(box.spec.tenant_id, "ten_other", 1))
+    with pytest.raises(InvalidInput):
+        await box.restore(foreign)
 
 
 async def test_e2b_keepalive_never_shortens_the_lifetime(
@@ -303,14 +212,13 @@ async def test_labels_on_every_sandbox(
         await sandbox.destroy()
 
 
-async def test_destroy_is_idempotent_and_final(provider: Any, remote_spec: Callable[..., SandboxSpec]) -> None:
+async def test_destroy_by_id_is_idempotent(provider: Any, remote_spec: Callable[..., SandboxSpec]) -> None:
     sandbox = await provider.create(remote_spec())
     await sandbox.destroy()
-    await sandbox.destroy()
     await provider.destroy_id(sandbox.id)
-    for call in (sandbox.exec("true"), sandbox.read_file("x"), sandbox.keepalive(10)):
-        with pytest.raises(SandboxError):
-            await call
+    await provider.destroy_id(sandbox.id)
+    with pytest.raises(SandboxError):
+        await sandbox.keepalive(10)
     assert await provider.list_labeled({"openma-session": sandbox.spec.session_id}) == []
 
 

@@ -16,15 +16,16 @@ import re
 import secrets as _secrets
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import ClassVar, Final
 
 import anyio
 import attrs
 
 from openma.adapters.sandboxes import _shell
+from openma.core.ids import new_id
 from openma.core.sweeper import LABEL
-from openma.core.workspace import mask_secrets, restore_workspace, snapshot_workspace
+from openma.core.workspace import SNAPSHOT_TTL, mask_secrets, restore_workspace, snapshot_workspace
 from openma.errors import InvalidInput, NotFound, SandboxError, SandboxGone
 from openma.ports.blobs import BlobStore
 from openma.ports.sandbox import ExecResult, FileInfo, ProcessInfo, SandboxSpec, SnapshotRef
@@ -376,22 +377,25 @@ class RemoteSandbox(abc.ABC):
 
     # -- snapshots, lifetime --------------------------------------------------------------------------------
 
-    def _snapshot_key(self) -> str:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        return f"snapshots/{self._spec.tenant_id}/{self._spec.session_id}/{stamp}-{_secrets.token_hex(4)}.tar.gz"
+    @property
+    def snapshot_prefix(self) -> str:
+        """Where this sandbox's snapshots go in the BlobStore (the same layout as the local sandbox)."""
+        return f"sandbox-snapshots/{self._spec.tenant_id}/{self._spec.session_id}/"
 
     def _need_blobs(self) -> BlobStore:
         if self._blobs is None:
             raise SandboxError(f"{self.provider} sandbox {self._id} has no BlobStore for snapshots")
         return self._blobs
 
-    async def snapshot(self, *, ttl: float | None = 7 * 24 * 3600) -> SnapshotRef:
+    async def snapshot(self, *, ttl: float | None = SNAPSHOT_TTL) -> SnapshotRef:
         self._alive()
-        ref: SnapshotRef = await snapshot_workspace(self, self._need_blobs(), key=self._snapshot_key(), ttl=ttl)
-        return ref
+        key = f"{self.snapshot_prefix}{new_id('snp')}.tar.gz"
+        return await snapshot_workspace(self, self._need_blobs(), key=key, ttl=ttl)
 
     async def restore(self, ref: SnapshotRef) -> None:
         self._alive()
+        if not ref.key.startswith(f"sandbox-snapshots/{self._spec.tenant_id}/"):
+            raise InvalidInput("snapshot belongs to another tenant", key=ref.key)
         await restore_workspace(self, self._need_blobs(), ref)
 
     async def keepalive(self, seconds: float) -> None:

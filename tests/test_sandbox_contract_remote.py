@@ -1,0 +1,45 @@
+"""``SandboxContract`` on the E2B and Daytona adapters, through their real SDKs and the local fakes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from openma.ports.sandbox import Sandbox, SandboxSpec
+from openma.testing.sandbox import SandboxContract
+
+#: The same for both: Daytona's merged output is split again by the adapter (see docs/sandboxes.md).
+REMOTE = frozenset({"background", "separate_stderr", "secrets", "snapshot", "keepalive", "absolute_paths", "isolation"})
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"  # both SDKs are asyncio-native
+
+
+class TestE2BSandboxContract(SandboxContract):
+    capabilities = REMOTE
+    output_limit = 1 << 20
+
+    @pytest.fixture
+    async def sandbox(self, e2b_provider: Any, remote_spec: Callable[..., SandboxSpec]) -> AsyncIterator[Sandbox]:
+        sandbox = await e2b_provider.create(remote_spec())
+        try:
+            yield sandbox
+        finally:
+            await sandbox.destroy()
+
+
+class TestDaytonaSandboxContract(SandboxContract):
+    capabilities = REMOTE
+    output_limit = 1 << 20
+
+    @pytest.fixture
+    async def sandbox(self, daytona_provider: Any, remote_spec: Callable[..., SandboxSpec]) -> AsyncIterator[Sandbox]:
+        sandbox = await daytona_provider.create(remote_spec())
+        try:
+            yield sandbox
+        finally:
+            await sandbox.destroy()
