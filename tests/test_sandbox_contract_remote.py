@@ -7,11 +7,9 @@ from typing import Any
 
 import pytest
 
+from openma.adapters.sandboxes import daytona, e2b
 from openma.ports.sandbox import Sandbox, SandboxSpec
 from openma.testing.sandbox import SandboxContract
-
-#: The same for both: Daytona's merged output is split again by the adapter (see docs/sandboxes.md).
-REMOTE = frozenset({"background", "separate_stderr", "secrets", "snapshot", "keepalive", "absolute_paths", "isolation"})
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +18,7 @@ def anyio_backend() -> str:
 
 
 class TestE2BSandboxContract(SandboxContract):
-    capabilities = REMOTE
+    capabilities = e2b.CAPABILITIES
     output_limit = 1 << 20
 
     @pytest.fixture
@@ -33,7 +31,7 @@ class TestE2BSandboxContract(SandboxContract):
 
 
 class TestDaytonaSandboxContract(SandboxContract):
-    capabilities = REMOTE
+    capabilities = daytona.CAPABILITIES
     output_limit = 1 << 20
 
     @pytest.fixture
