@@ -162,7 +162,7 @@ async def test_oom_snapshots_stops_and_the_next_call_restores(
     sb = await o.get(T1, S1)
     before = sb.id
     await sb.write_file("work.txt", b"written before the OOM")
-    grow = f"{sys.executable} -c \"import time\nb=[]\nwhile True:\n b.append(b'x'*(2<<20))\n time.sleep(0.01)\""
+    grow = f"{sys.executable} -c \"import time\nb=[]\nwhile True:\n b.append(b'x'*(1<<20))\n time.sleep(0.01)\""
     result = await sb.exec(grow, timeout=60, tool="bash")
     assert result.oom_killed
     assert result.exit_code == 137
