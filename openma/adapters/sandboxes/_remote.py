@@ -243,7 +243,7 @@ class RemoteSandbox(abc.ABC):
             raise NotFound(f"working directory {cwd!r} does not exist", path=cwd)
         timed_out = "timeout" in found or raw.expired
         if raw.expired:
-            await self._reap(token, run_dir)
+            await self._reap(token)
         stdout, cut_out = self._output(stdout)
         stderr, cut_err = self._output(stderr)
         return ExecResult(
@@ -255,11 +255,11 @@ class RemoteSandbox(abc.ABC):
             duration=duration,
         )
 
-    async def _reap(self, token: str, run_dir: str) -> None:
+    async def _reap(self, token: str) -> None:
         """The deadline fired outside the sandbox: kill what the command started, as far as we still can."""
         try:
             with anyio.move_on_after(_shell.GRACE * 2):
-                await self._shell(_shell.reap_script(token=token, run_dir=run_dir), timeout=_shell.GRACE, env={})
+                await self._shell(_shell.reap_script(token=token), timeout=_shell.GRACE, env={})
         except SandboxError:
             pass
 

@@ -55,6 +55,10 @@ def _seconds(value: float) -> str:
     return f"{max(value, 0.001):.3f}"
 
 
+#: Set in every command's environment to its run token, so a stray run can be found and killed.
+RUN_VAR: Final = "OPENMA_SANDBOX_RUN"
+
+
 def exec_script(
     cmd: str, *, cwd: str, timeout: float, token: str, run_dir: str, stderr_limit: int | None = None
 ) -> str:
@@ -63,13 +67,12 @@ def exec_script(
 
     The deadline is a watchdog in a session of its own (``sleep``, then kill the command's group), so the
     script can ``wait`` on the command alone: ``wait -n`` on both would race with a command that ends
-    before it is called.
+    before it is called. Only shell builtins run on the way, apart from ``setsid``, ``bash`` and ``sleep``.
 
     With ``stderr_limit`` (for a provider that merges the two streams), the command's stderr goes to a file
     that is printed after stdout, behind the ``stderr`` marker, cut at ``stderr_limit`` bytes; see
     :func:`split_stderr`.
     """
-    pidfile = q(f"{run_dir}/{token}")
     flag = q(f"{run_dir}/{token}.timeout")
     # The flag is set before the kill: the script's ``wait`` returns as soon as the group dies.
     watchdog = 'sleep "$1"; : > "$3"; kill -KILL -- -"$2" 2>/dev/null || rm -f "$3"'
@@ -78,29 +81,27 @@ def exec_script(
     show_stderr = (
         ""
         if stderr_limit is None
-        else f"printf '%s' {q(marker(token, 'stderr'))}; head -c {stderr_limit} {errfile}; rm -f {errfile}\n"
+        else f"printf '%s' {q(marker(token, 'stderr'))}; [ -s {errfile} ] && head -c {stderr_limit} {errfile}; "
+        f"rm -f {errfile}\n"
     )
     return f"""exec 3>&2 2>/dev/null
 cd -- {q(cwd)} || {{ printf '%s' {q(marker(token, "nocwd"))} >&3; exit 1; }}
-mkdir -p {q(run_dir)}
+[ -d {q(run_dir)} ] || mkdir -p {q(run_dir)}
 S=; command -v setsid >/dev/null && S=setsid
-$S bash -c {q(cmd)} </dev/null {to_stderr} 3>&- & p=$!
-echo $p > {pidfile}
+{RUN_VAR}={token} $S bash -c {q(cmd)} </dev/null {to_stderr} 3>&- & p=$!
 $S bash -c {q(watchdog)} _ {_seconds(timeout)} $p {flag} </dev/null >/dev/null 3>&- & w=$!
 wait $p; rc=$?
 kill -KILL -- -$w || kill -KILL $w; kill -KILL -- -$p
-rm -f {pidfile}
 {show_stderr}if [ -e {flag} ]; then rm -f {flag}; printf '%s' {q(marker(token, "timeout"))} >&3; exit {TIMEOUT_EXIT}; fi
 exit $rc
 """
 
 
-def reap_script(*, token: str, run_dir: str) -> str:
-    """Best effort, after the client's own deadline fired: kill what ``exec_script`` with ``token`` started."""
-    pidfile = q(f"{run_dir}/{token}")
-    return f"""p=$(cat {pidfile} 2>/dev/null) || exit 0
-[ -n "$p" ] && {{ kill -KILL -- -$p 2>/dev/null || kill -KILL $p 2>/dev/null; }}
-rm -f {pidfile}; exit 0
+def reap_script(*, token: str) -> str:
+    """Best effort, after the client's own deadline fired: kill every process of the run ``token``."""
+    return f"""for d in /proc/[0-9]*; do
+  tr '\\000' '\\n' < "$d/environ" 2>/dev/null | grep -qx {q(f"{RUN_VAR}={token}")} && kill -KILL "${{d#/proc/}}"
+done 2>/dev/null; exit 0
 """
 
 
