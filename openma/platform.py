@@ -31,6 +31,7 @@ from openma.settings import STORE_NAMES, Settings
 
 if TYPE_CHECKING:
     from openma.adapters.fsspec_blobs import FsspecBlobStore
+    from openma.core.orchestrator import SandboxOrchestrator
 
 
 class TenantScope:
@@ -91,7 +92,13 @@ class TenantScope:
             store = backend.sessions(self._ref, blobs=blobs, settings=self._platform.settings)
             lease_lock = backend.lease_lock() if hasattr(backend, "lease_lock") else None
             self._sessions = Sessions(
-                store, self.agents, self.environments, lease_lock=lease_lock, telemetry=self._platform.telemetry
+                store,
+                self.agents,
+                self.environments,
+                lease_lock=lease_lock,
+                telemetry=self._platform.telemetry,
+                sandboxes=self._platform.sandboxes,
+                opened_sandboxes=lambda: self._platform._orchestrator,
             )
         return self._sessions
 
@@ -112,6 +119,8 @@ class Platform:
         self._blobs = blobs
         #: Where structured operational events go (JSON lines on the ``openma.telemetry`` logger by default).
         self.telemetry: Telemetry = telemetry or LoggingTelemetry()
+        self._orchestrator: SandboxOrchestrator | None = None
+        self._orchestrator_lock = anyio.Lock()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -184,6 +193,22 @@ class Platform:
         check_id(tenant_id, "tnt", what="tenant_id")
         return TenantScope(self, tenant_id)
 
+    async def sandboxes(self) -> SandboxOrchestrator:
+        """The sandbox orchestrator (one sandbox per session), opened on first use from ``settings.sandbox``.
+
+        Snapshots go to the platform's blob store under ``sandbox-snapshots/<tenant>/<session>/``.
+        """
+        if self._closed:
+            raise ConfigError("this platform is closed")
+        async with self._orchestrator_lock:
+            if self._orchestrator is None:
+                from openma.core.orchestrator import SandboxOrchestrator
+
+                factory = registry.sandboxes.load(self.settings.sandbox)
+                provider = await factory(self.settings, blobs=self._blobs)
+                self._orchestrator = SandboxOrchestrator(provider, self._blobs, self.telemetry)
+            return self._orchestrator
+
     async def migrate(self) -> dict[str, list[str]]:
         """Apply pending migrations on every backend; return what each applied."""
         return {name: await backend.migrate() for name, backend in self._backends.items()}
@@ -193,6 +218,12 @@ class Platform:
             return
         self._closed = True
         errors: list[BaseException] = []
+        if self._orchestrator is not None:
+            try:
+                await self._orchestrator.aclose()
+                await self._orchestrator.provider.aclose()
+            except Exception as exc:
+                errors.append(exc)
         for backend in self._backends.values():
             try:
                 await backend.aclose()

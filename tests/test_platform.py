@@ -162,6 +162,8 @@ async def test_demo_runs_twice_in_a_row(tmp_path: Path, anyio_backend: str) -> N
         )
         assert "created tenant" in out.stdout and "created agent" in out.stdout
         assert "agent history       [2, 1]" in out.stdout
+        assert "sandbox exec        exit=0" in out.stdout
+        assert "session.status_idle" in out.stdout and "agent.tool_result" in out.stdout
     assert "tenants in the database: 2" in out.stdout
     assert (tmp_path / ".openma" / "openma.db").exists()
     doctor = subprocess.run(

@@ -23,17 +23,21 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from openma.core.lifecycle import STATUS_EVENT, Status, check_status, sources_for
 from openma.core.recovery import OpenStream, RecoveryPlan, recover_interrupted_state
-from openma.errors import LeaseLost
+from openma.errors import ConfigError, InvalidInput, LeaseLost
 from openma.models import Event, Page, Session, Stream
 from openma.ports.lease import LeaseHandle, LeaseLock
+from openma.ports.sandbox import SandboxSpec
 from openma.ports.sessions import SessionStore
 from openma.ports.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from openma.core.orchestrator import OrchestratedSandbox, SandboxOrchestrator
 
 #: The event types recovery needs to see (uses, their results, and the user's answers).
 RECOVERY_TYPES = (
@@ -65,6 +69,7 @@ class SessionActor:
         handle: LeaseHandle,
         telemetry: Telemetry,
         recovery: RecoveryPlan | None = None,
+        sandboxes: Callable[[], Awaitable[SandboxOrchestrator]] | None = None,
     ) -> None:
         self._store = store
         self.session_id = session_id
@@ -76,6 +81,8 @@ class SessionActor:
         self.recovery = recovery
         self._lost = False
         self._released = False
+        self._sandboxes = sandboxes
+        self._sandbox: OrchestratedSandbox | None = None
 
     def __repr__(self) -> str:
         state = "released" if self._released else "lost" if self._lost else "held"
@@ -168,6 +175,41 @@ class SessionActor:
             self._store.finalize_stream(self.session_id, stream_id, status, error=error, fence=self._check())
         )
 
+    # -- the session's sandbox
+
+    async def sandbox(self) -> OrchestratedSandbox:
+        """This session's sandbox, warmed on first use (restoring its latest workspace snapshot).
+
+        It is built from the session's environment as frozen at creation: ``config["image"]``,
+        ``config["env"]`` and ``config["sandbox"]`` (provider options). When the actor is released, the
+        workspace is snapshotted (the orchestrator's ``idle_snapshot``) and the sandbox kept for the next turn.
+        """
+        self._check()
+        if self._sandbox is not None:
+            return self._sandbox
+        if self._sandboxes is None:
+            raise ConfigError("this actor has no sandbox orchestrator (open it through a Platform)")
+        session = await self._store.get(self.session_id)
+        config = session.environment.get("config") or {}
+        env = config.get("env") or {}
+        options = config.get("sandbox") or {}
+        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise InvalidInput("environment config 'env' must map names to strings", field="env")
+        if not isinstance(options, dict):
+            raise InvalidInput("environment config 'sandbox' must be an object", field="sandbox")
+        image = config.get("image")
+        spec = SandboxSpec(
+            tenant_id=self._store.tenant_id,
+            session_id=self.session_id,
+            image=image if isinstance(image, str) else None,
+            env=env,
+            labels={"openma_environment": str(session.environment_id)},
+            options=options,
+        )
+        orchestrator = await self._sandboxes()
+        self._sandbox = await orchestrator.get(self._store.tenant_id, self.session_id, spec)
+        return self._sandbox
+
     # -- reads (no fence needed)
 
     async def session(self) -> Session:
@@ -183,6 +225,17 @@ class SessionActor:
         if self._released:
             return
         self._released = True
+        if self._sandbox is not None and self._sandboxes is not None:
+            try:
+                await (await self._sandboxes()).idle(self.session_id)
+            except Exception as exc:  # a failed idle snapshot must not keep the lease held
+                self._telemetry.emit(
+                    "silent_catch",
+                    where="actor.release.idle_snapshot",
+                    error=type(exc).__name__,
+                    message=str(exc)[:300],
+                    session_id=self.session_id,
+                )
         try:
             if clean and not self._lost and self._handle.alive():
                 await self._store.drop_lease(self.session_id, self.epoch)
@@ -245,6 +298,7 @@ async def acquire_actor(
     wait: float = 0.0,
     telemetry: Telemetry,
     holder: str | None = None,
+    sandboxes: Callable[[], Awaitable[SandboxOrchestrator]] | None = None,
 ) -> AsyncIterator[SessionActor]:
     """Hold ``session_id``'s lease for the ``async with`` block (see the module docstring)."""
     await store.get(session_id)  # NotFound / InvalidInput before touching any lock
@@ -256,7 +310,9 @@ async def acquire_actor(
     except BaseException:
         await handle.release()
         raise
-    actor = SessionActor(store, session_id, epoch=grant.epoch, holder=holder, handle=handle, telemetry=telemetry)
+    actor = SessionActor(
+        store, session_id, epoch=grant.epoch, holder=holder, handle=handle, telemetry=telemetry, sandboxes=sandboxes
+    )
     clean = False
     try:
         telemetry.emit(

@@ -13,12 +13,13 @@ with its lease epoch (``append``, ``promote``, streams, ``set_status``).
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
 from openma.core.actor import SessionActor, acquire_actor
+from openma.core.orchestrator import SandboxOrchestrator
 from openma.core.pagination import Order
 from openma.core.tail import EventTail
 from openma.errors import ConfigError, Conflict
@@ -68,11 +69,15 @@ class Sessions:
         *,
         lease_lock: LeaseLock | None = None,
         telemetry: Telemetry | None = None,
+        sandboxes: Callable[[], Awaitable[SandboxOrchestrator]] | None = None,
+        opened_sandboxes: Callable[[], SandboxOrchestrator | None] | None = None,
     ) -> None:
         self._store = store
         self._agents = agents
         self._environments = environments
         self._lease_lock = lease_lock
+        self._sandboxes = sandboxes
+        self._opened_sandboxes = opened_sandboxes
         if telemetry is None:
             from openma.adapters.telemetry import NullTelemetry
 
@@ -153,7 +158,11 @@ class Sessions:
         return await self._store.archive(session_id)
 
     async def delete(self, session_id: str) -> None:
+        """Delete the session with its log, inbox, streams and blobs; its sandbox, if any, is destroyed."""
         await self._store.delete(session_id)
+        orchestrator = self._opened_sandboxes() if self._opened_sandboxes is not None else None
+        if orchestrator is not None:
+            await orchestrator.release(session_id, snapshot=False)
 
     async def set_status(
         self,
@@ -200,7 +209,9 @@ class Sessions:
         """
         if self._lease_lock is None:
             raise ConfigError("this sessions store has no lease lock; actors need a backend that provides one")
-        return acquire_actor(self._store, self._lease_lock, session_id, wait=wait, telemetry=self._telemetry)
+        return acquire_actor(
+            self._store, self._lease_lock, session_id, wait=wait, telemetry=self._telemetry, sandboxes=self._sandboxes
+        )
 
     def subscribe(self, session_id: str, *, after: int = 0) -> EventTail:
         return self._store.subscribe(session_id, after=after)
