@@ -1,7 +1,8 @@
 """The Telemetry port: structured, fire-and-forget operational events.
 
 Kinds (``kind``) in use: ``session.lifecycle``, ``recovery``, ``tool.call``, ``sandbox.exec``,
-``silent_catch`` (an exception that was caught and not surfaced), ``integration.dispatch``.
+``sandbox.lifecycle``, ``silent_catch`` (an exception that was caught and not surfaced),
+``integration.dispatch``.
 
 Contract for a sink:
 
