@@ -27,6 +27,12 @@ from openma.testing.sandbox import SandboxContract
 
 pytestmark = pytest.mark.live
 
+if not (os.environ.get("E2B_API_KEY") or os.environ.get("DAYTONA_API_KEY")):
+    pytest.skip(
+        "live sandbox tests: set E2B_API_KEY and/or DAYTONA_API_KEY to run them (they create real sandboxes)",
+        allow_module_level=True,
+    )
+
 RUN = secrets.token_hex(4)
 LIFETIME = 300.0
 

@@ -95,3 +95,31 @@ def test_sweep_command(e2b_fake: Any) -> None:
     assert "e2b: would destroy 0 sandbox(es) older than 30d" in result.output
     bad = CliRunner().invoke(main, ["sandboxes", "sweep", "--older-than", "soon"], env=env)
     assert bad.exit_code == 2 and "invalid duration" in bad.output
+
+
+def test_provider_settings_from_env_and_hidden_keys() -> None:
+    from openma.settings import Settings
+
+    env = {
+        "E2B_API_KEY": "e2b-secret-key",
+        "E2B_DOMAIN": "e2b.example",
+        "E2B_API_URL": "http://127.0.0.1:1",
+        "E2B_SANDBOX_URL": "http://127.0.0.1:2",
+        "E2B_TEMPLATE": "tpl",
+        "DAYTONA_API_KEY": "daytona-secret-key",
+        "DAYTONA_API_URL": "http://127.0.0.1:3/api",
+        "DAYTONA_TARGET": "eu",
+        "DAYTONA_IMAGE": "python:3.12-slim",
+    }
+    settings = Settings.from_env(env)
+    assert (settings.e2b_api_key, settings.e2b_domain, settings.e2b_template) == (
+        "e2b-secret-key",
+        "e2b.example",
+        "tpl",
+    )
+    assert (settings.e2b_api_url, settings.e2b_sandbox_url) == ("http://127.0.0.1:1", "http://127.0.0.1:2")
+    assert (settings.daytona_api_key, settings.daytona_api_url) == ("daytona-secret-key", "http://127.0.0.1:3/api")
+    assert (settings.daytona_target, settings.daytona_image) == ("eu", "python:3.12-slim")
+    shown = repr(settings)
+    assert "e2b-secret-key" not in shown and "daytona-secret-key" not in shown
+    assert "e2b_api_key='***'" in shown and "e2b.example" in shown
