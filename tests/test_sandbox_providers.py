@@ -166,11 +166,11 @@ async def test_e2b_keepalive_never_shortens_the_lifetime(
 async def test_e2b_sandbox_expires_without_keepalive(
     e2b_provider: Any, remote_spec: Callable[..., SandboxSpec]
 ) -> None:
+    kept = await e2b_provider.create(remote_spec(lifetime=2))
+    await kept.keepalive(60)
     short = await e2b_provider.create(remote_spec(lifetime=1))
-    kept = await e2b_provider.create(remote_spec(lifetime=1))
     try:
-        await kept.keepalive(60)
-        await anyio.sleep(1.2)
+        await anyio.sleep(1.3)
         assert (await kept.exec("echo alive")).stdout == "alive\n"
         with pytest.raises(SandboxGone):  # SandboxNotRunningException is not a command timeout
             await short.exec("echo alive")
