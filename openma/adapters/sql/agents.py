@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Final
 
+from openma.adapters.sql.archive import archive_row
 from openma.adapters.sql.listing import list_page
 from openma.core import validate
 from openma.core.clock import Clock, SystemClock, ms_to_datetime
@@ -347,21 +348,10 @@ class SqlAgentStore:
 
     async def archive(self, agent_id: str) -> Agent:
         check_id(agent_id, "agt", what="agent_id")
-        now = self._clock.now_ms()
-        result = await self._db.run_batch(
-            [
-                Statement(
-                    "UPDATE agents SET archived_at = COALESCE(archived_at, ?), updated_at = ?"
-                    " WHERE tenant_id = ? AND id = ? RETURNING *",
-                    (now, now, self.tenant_id, agent_id),
-                    fetch=True,
-                    expect_rows=True,
-                )
-            ]
-        )
-        if not result.committed:
+        row = await archive_row(self._db, "agents", tenant_id=self.tenant_id, row_id=agent_id, now=self._clock.now_ms())
+        if row is None:
             raise NotFound(f"agent {agent_id} not found", agent_id=agent_id)
-        return _agent(result.rows[0][0])
+        return _agent(row)
 
     async def delete(self, agent_id: str) -> None:
         check_id(agent_id, "agt", what="agent_id")

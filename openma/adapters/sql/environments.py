@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Final
 
+from openma.adapters.sql.archive import archive_row
 from openma.adapters.sql.listing import list_page
 from openma.core import validate
 from openma.core.clock import Clock, SystemClock, ms_to_datetime
@@ -197,21 +198,12 @@ class SqlEnvironmentStore:
 
     async def archive(self, environment_id: str) -> Environment:
         check_id(environment_id, "env", what="environment_id")
-        now = self._clock.now_ms()
-        result = await self._db.run_batch(
-            [
-                Statement(
-                    "UPDATE environments SET archived_at = COALESCE(archived_at, ?), updated_at = ?"
-                    " WHERE tenant_id = ? AND id = ? RETURNING *",
-                    (now, now, self.tenant_id, environment_id),
-                    fetch=True,
-                    expect_rows=True,
-                )
-            ]
+        row = await archive_row(
+            self._db, "environments", tenant_id=self.tenant_id, row_id=environment_id, now=self._clock.now_ms()
         )
-        if not result.committed:
+        if row is None:
             raise NotFound(f"environment {environment_id} not found", environment_id=environment_id)
-        return _environment(result.rows[0][0])
+        return _environment(row)
 
     async def delete(self, environment_id: str) -> None:
         check_id(environment_id, "env", what="environment_id")

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from openma.adapters import pg_notify
+from openma.adapters.sql.archive import archive_row
 from openma.adapters.sql.listing import list_page
 from openma.adapters.sql.sessions._base import (
     DEFAULT_BATCH,
@@ -175,21 +176,17 @@ class SessionRowsMixin(RetentionMixin):
 
     async def archive(self, session_id: str) -> Session:
         check_id(session_id, "ses", what="session_id")
-        now = self._clock.now_ms()
-        result = await self._db.run_batch(
-            [
-                Statement(
-                    "UPDATE sessions SET archived_at = COALESCE(archived_at, ?), updated_at = ?"
-                    " WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL RETURNING *",
-                    (now, now, self.tenant_id, session_id),
-                    fetch=True,
-                    expect_rows=True,
-                )
-            ]
+        row = await archive_row(
+            self._db,
+            "sessions",
+            tenant_id=self.tenant_id,
+            row_id=session_id,
+            now=self._clock.now_ms(),
+            extra_where=" AND deleted_at IS NULL",
         )
-        if not result.committed:
+        if row is None:
             raise NotFound(f"session {session_id} not found", session_id=session_id)
-        return _session(result.rows[0][0])
+        return _session(row)
 
     async def delete(self, session_id: str) -> None:
         check_id(session_id, "ses", what="session_id")
