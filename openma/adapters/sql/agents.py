@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from openma.adapters.sql.archive import archive_row
-from openma.adapters.sql.listing import list_page
+from openma.adapters.sql.listing import created_between, list_page
 from openma.core import validate
 from openma.core.clock import Clock, SystemClock, ms_to_datetime
 from openma.core.ids import check_id, new_id
@@ -213,14 +213,7 @@ class SqlAgentStore:
         if model is not None:
             where.append("model_id = ?")
             params.append(validate.text(model, "model", max_len=200, min_len=1))
-        after = validate.time_bound(created_after, "created_after")
-        before = validate.time_bound(created_before, "created_before")
-        if after is not None:
-            where.append("created_at >= ?")
-            params.append(after)
-        if before is not None:
-            where.append("created_at < ?")
-            params.append(before)
+        after, before = created_between(where, params, created_after, created_before)
         return await list_page(
             self._db,
             table="agents",

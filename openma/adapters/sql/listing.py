@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from openma.core import validate
 from openma.core.pagination import (
     Keyset,
     Order,
@@ -21,6 +22,21 @@ from openma.models import Page
 from openma.ports.sql import Row, SqlExecutor
 
 T = TypeVar("T")
+
+
+def created_between(
+    where: list[str], params: list[Any], created_after: object, created_before: object
+) -> tuple[int | None, int | None]:
+    """Add ``created_after`` (inclusive) and ``created_before`` (exclusive) filters; return them in ms."""
+    after = validate.time_bound(created_after, "created_after")
+    before = validate.time_bound(created_before, "created_before")
+    if after is not None:
+        where.append("created_at >= ?")
+        params.append(after)
+    if before is not None:
+        where.append("created_at < ?")
+        params.append(before)
+    return after, before
 
 
 async def list_page(

@@ -7,7 +7,7 @@ from typing import Any
 
 from openma.adapters import pg_notify
 from openma.adapters.sql.archive import archive_row
-from openma.adapters.sql.listing import list_page
+from openma.adapters.sql.listing import created_between, list_page
 from openma.adapters.sql.sessions._base import (
     DEFAULT_BATCH,
     WRITE_RETRIES,
@@ -123,14 +123,7 @@ class SessionRowsMixin(RetentionMixin):
         if status is not None:
             where.append("status = ?")
             params.append(check_status(status))
-        after = validate.time_bound(created_after, "created_after")
-        before = validate.time_bound(created_before, "created_before")
-        if after is not None:
-            where.append("created_at >= ?")
-            params.append(after)
-        if before is not None:
-            where.append("created_at < ?")
-            params.append(before)
+        after, before = created_between(where, params, created_after, created_before)
         return await list_page(
             self._db,
             table="sessions",
