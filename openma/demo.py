@@ -3,14 +3,14 @@
 Opens SQLite, local files and the local sandbox under ``./.openma`` (or what the environment says) and runs
 one whole session turn the way a host would:
 
-1. a tenant, an agent (updated once, to show versioning) and an environment;
-2. a session, and a user message posted to its inbox;
-3. the session's actor: promotes the message, goes ``running``, streams a model reply in chunks, calls a
-   ``bash`` tool that really runs in the session's sandbox, logs the result and the final message, and goes
-   back to ``idle``;
-4. prints the session's event log, as a live tail would have delivered it.
-
-Safe to run repeatedly: each run adds a new tenant and leaves the others alone.
+1. the demo tenant with an agent (updated once, to show versioning), an environment and a session, made on
+   the first run and found again (through the tenant's KV store) on the next ones;
+2. a user message posted to the session's inbox, while a subscriber tails the log and prints each event as
+   it lands;
+3. the session's actor promotes the message, goes ``running``, streams a model reply in chunks, runs a
+   ``bash`` tool in the session's sandbox, logs the result and the final message, and goes back to ``idle``;
+4. releasing the actor snapshots the workspace; the next run warms a new sandbox from that snapshot, so the
+   workspace's run counter keeps counting.
 """
 
 from __future__ import annotations
@@ -18,94 +18,126 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from openma.platform import Platform
+import anyio
+
+from openma.adapters.telemetry import FanoutTelemetry, LoggingTelemetry, MemoryTelemetry
+from openma.core.sessions import Sessions
+from openma.models import Event, Tenant
+from openma.platform import Platform, TenantScope
 from openma.settings import Settings
 
+DEMO_SOURCE = "openma demo"
+COMMAND = (
+    'n=$(( $(cat runs.txt 2>/dev/null || echo 0) + 1 )); echo "$n" > runs.txt; '
+    'echo "this workspace has seen $n run(s)"; echo "project=$PROJECT on $(uname -sm)"'
+)
 
-def _text(event_data: dict[str, Any]) -> str:
-    content = event_data.get("content")
+
+def _detail(data: dict[str, Any]) -> str:
+    content = data.get("content")
     if isinstance(content, str):
-        return content
-    for block in content or []:
-        if isinstance(block, dict) and block.get("type") == "text":
-            return str(block.get("text", ""))
-    return ""
+        text = content
+    else:
+        text = next((str(b.get("text", "")) for b in content or [] if isinstance(b, dict) and "text" in b), "")
+    text = text or str(data.get("name") or data.get("stop_reason") or "")
+    return " | ".join(text.strip().splitlines())[:70]
+
+
+async def _demo_tenant(oma: Platform) -> Tenant | None:
+    cursor = None
+    while True:
+        page = await oma.tenants.list(limit=200, cursor=cursor, order="asc")
+        for tenant in page:
+            if tenant.name == "demo" and tenant.metadata.get("source") == DEMO_SOURCE:
+                return tenant
+        cursor = page.next_cursor
+        if cursor is None:
+            return None
+
+
+async def _first_run(oma: Platform, echo: Callable[[str], None]) -> tuple[TenantScope, str]:
+    tenant = await oma.tenants.create(name="demo", metadata={"source": DEMO_SOURCE})
+    echo(f"created tenant      {tenant.id}")
+    t = oma.tenant(tenant.id)
+    agent = await t.agents.create(
+        name="coder",
+        model="claude-sonnet-4-6",
+        system="You are a careful coding agent.",
+        tools=[{"type": "agent_toolset_20260401"}],
+    )
+    agent = await t.agents.update(agent.id, expected_version=1, system="You are a careful, terse coding agent.")
+    echo(f"created agent       {agent.id}  model={agent.model_id}, now at version {agent.version}")
+    env = await t.environments.create(name="python", config={"env": {"PROJECT": "openma-demo"}})
+    echo(f"created environment {env.id}")
+    session = await t.sessions.create(agent_id=agent.id, environment_id=env.id, title="demo")
+    await t.kv.put("demo/session", session.id)
+    echo(f"created session     {session.id}")
+    return t, session.id
+
+
+async def _tail(sessions: Sessions, session_id: str, after: int, echo: Callable[[str], None]) -> None:
+    """Print each event as the live tail delivers it, until the turn's idle status."""
+    async with sessions.subscribe(session_id, after=after) as tail:
+        async for event in tail:
+            echo(f"  live #{event.seq:<3} {event.type:<26} {_detail(event.data)}")
+            if event.type == "session.status_idle":
+                return
+
+
+async def _turn(sessions: Sessions, session_id: str, echo: Callable[[str], None]) -> Event | None:
+    async with sessions.actor(session_id, wait=10) as actor:
+        promoted = await actor.promote()
+        await actor.set_status("running")
+        stream = await actor.open_stream()
+        reply = ["Let me ", "look at ", "the workspace."]
+        await actor.append_stream(stream.id, reply)
+        await actor.finalize_stream(stream.id, "completed")
+        await actor.append([{"type": "agent.message", "content": [{"type": "text", "text": "".join(reply)}]}])
+        tool_use = {"type": "agent.tool_use", "id": f"tu_{actor.epoch}", "name": "bash", "input": {"command": COMMAND}}
+        await actor.append([tool_use])
+        sandbox = await actor.sandbox()
+        result = await sandbox.exec(COMMAND, timeout=30)
+        await actor.append(
+            [
+                {
+                    "type": "agent.tool_result",
+                    "tool_use_id": tool_use["id"],
+                    "content": result.stdout,
+                    "is_error": not result.ok,
+                },
+                {"type": "agent.message", "content": [{"type": "text", "text": result.stdout.strip()}]},
+            ]
+        )
+        await actor.set_status("idle", stop_reason={"type": "end_turn"})
+        return promoted[0] if promoted else None
 
 
 async def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[str, str]:
-    async with Platform.open(settings) as oma:
+    memory = MemoryTelemetry()
+    async with Platform.open(settings, telemetry=FanoutTelemetry([LoggingTelemetry(), memory])) as oma:
         echo(f"opened {oma!r}")
-        tenant = await oma.tenants.create(name="demo", metadata={"source": "openma demo"})
-        echo(f"created tenant      {tenant.id}  name={tenant.name!r}")
-        t = oma.tenant(tenant.id)
-        agent = await t.agents.create(
-            name="coder",
-            model="claude-sonnet-4-6",
-            system="You are a careful coding agent.",
-            tools=[{"type": "agent_toolset_20260401"}],
-            metadata={"team": "platform"},
-        )
-        echo(f"created agent       {agent.id}  model={agent.model_id} version={agent.version}")
-        agent = await t.agents.update(agent.id, expected_version=1, system="You are a careful, terse coding agent.")
-        echo(f"updated agent       {agent.id}  version={agent.version}")
-        env = await t.environments.create(name="python", config={"env": {"PROJECT": "openma-demo"}})
-        echo(f"created environment {env.id}  name={env.name!r}")
-        versions = await t.agents.versions(agent.id)
-        echo(f"agent history       {[v.version for v in versions]}")
-
-        session = await t.sessions.create(agent_id=agent.id, environment_id=env.id, title="demo")
-        echo(f"created session     {session.id}  status={session.status}")
+        tenant = await _demo_tenant(oma)
+        if tenant is None:
+            t, session_id = await _first_run(oma, echo)
+        else:
+            t = oma.tenant(tenant.id)
+            entry = await t.kv.get("demo/session")
+            assert entry is not None, "the demo tenant lost its session"
+            session_id = str(entry.value)
+            echo(f"found tenant        {tenant.id}, session {session_id} (from an earlier run)")
+        session = await t.sessions.get(session_id)
         await t.sessions.post(
-            session.id, [{"type": "user.message", "content": [{"type": "text", "text": "What machine is this?"}]}]
+            session_id,
+            [{"type": "user.message", "content": [{"type": "text", "text": "What is in the workspace?"}]}],
         )
-        echo("posted              user.message to the inbox")
-
-        async with t.sessions.actor(session.id) as actor:
-            echo(f"acquired actor      epoch={actor.epoch}")
-            promoted = await actor.promote()
-            await actor.set_status("running")
-            stream = await actor.open_stream(message_id="msg_demo_1")
-            reply = ["Let me ", "check ", "the machine."]
-            await actor.append_stream(stream.id, reply)
-            await actor.finalize_stream(stream.id, "completed")
-            await actor.append(
-                [
-                    {
-                        "type": "agent.message",
-                        "message_id": "msg_demo_1",
-                        "content": [{"type": "text", "text": "".join(reply)}],
-                    }
-                ]
-            )
-            command = 'uname -sm && echo "project=$PROJECT" > note.txt && cat note.txt'
-            tool_use = {"type": "agent.tool_use", "id": "tu_demo_1", "name": "bash", "input": {"command": command}}
-            await actor.append([tool_use])
-            sandbox = await actor.sandbox()
-            result = await sandbox.exec(command, timeout=30)
-            echo(
-                f"sandbox exec        exit={result.exit_code} in {result.duration * 1000:.0f} ms: "
-                f"{result.stdout.strip().replace(chr(10), ' | ')}"
-            )
-            await actor.append(
-                [
-                    {
-                        "type": "agent.tool_result",
-                        "tool_use_id": "tu_demo_1",
-                        "content": result.stdout,
-                        "is_error": not result.ok,
-                    },
-                    {"type": "agent.message", "content": [{"type": "text", "text": f"It is: {result.stdout.strip()}"}]},
-                ]
-            )
-            await actor.set_status("idle", stop_reason={"type": "end_turn"})
-            echo(f"turn done           promoted {len(promoted)} input(s), session is idle")
-
-        page = await t.sessions.events(session.id, after=0, limit=100)
-        echo(f"event log           {len(page)} events")
-        for event in page:
-            detail = _text(event.data) or event.data.get("name") or event.data.get("stop_reason", "") or ""
-            echo(f"  #{event.seq:<3} {event.type:<26} {' | '.join(str(detail).split(chr(10)))[:60]}")
-        tenants = await oma.tenants.list(limit=500)
-        more = "+" if tenants.next_cursor else ""
-        echo(f"tenants in the database: {len(tenants)}{more}")
-        return {"tenant": tenant.id, "agent": agent.id, "environment": env.id, "session": session.id}
+        echo(f"posted              a user.message; the log has {session.last_seq} events so far")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_tail, t.sessions, session_id, session.last_seq, echo)
+            await _turn(t.sessions, session_id, echo)
+        actions = [f["action"] for f in memory.of("sandbox.lifecycle")]
+        echo(f"sandbox             {' -> '.join(actions)}")
+        if "restored" in actions:
+            echo("                    (the workspace came back from the previous run's snapshot)")
+        final = await t.sessions.get(session_id)
+        echo(f"session             status={final.status}, {final.last_seq} events in the log")
+        return {"tenant": t.tenant_id, "session": session_id}

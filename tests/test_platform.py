@@ -156,15 +156,21 @@ def test_error_codes_are_stable_and_distinct() -> None:
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_demo_runs_twice_in_a_row(tmp_path: Path, anyio_backend: str) -> None:
-    for _ in range(2):
-        out = subprocess.run(
+    def demo() -> str:
+        return subprocess.run(
             [sys.executable, "-m", "openma", "demo"], cwd=tmp_path, capture_output=True, text=True, check=True
-        )
-        assert "created tenant" in out.stdout and "created agent" in out.stdout
-        assert "agent history       [2, 1]" in out.stdout
-        assert "sandbox exec        exit=0" in out.stdout
-        assert "session.status_idle" in out.stdout and "agent.tool_result" in out.stdout
-    assert "tenants in the database: 2" in out.stdout
+        ).stdout
+
+    first = demo()
+    assert "created tenant" in first and "now at version 2" in first
+    assert "live #1   user.message" in first and "live #7   session.status_idle" in first
+    assert "this workspace has seen 1 run(s)" in first
+    assert "sandbox             created -> snapshot" in first
+    second = demo()
+    assert "found tenant" in second and "created tenant" not in second
+    assert "live #8   user.message" in second and "live #14  session.status_idle" in second
+    assert "this workspace has seen 2 run(s)" in second  # restored from the first run's snapshot
+    assert "created -> restored -> snapshot" in second
     assert (tmp_path / ".openma" / "openma.db").exists()
     doctor = subprocess.run(
         [sys.executable, "-m", "openma", "doctor"], cwd=tmp_path, capture_output=True, text=True, check=True
