@@ -13,13 +13,22 @@ async def main() -> None:
         t = oma.tenant(tenant.id)
         agent = await t.agents.create(name="coder", model="claude-sonnet-4-6", system="Be careful.")
         agent = await t.agents.update(agent.id, expected_version=1, system="Be careful and brief.")
-        await t.environments.create(name="py", config={"packages": {"pip": ["pytest"]}})
         try:
             await t.agents.update(agent.id, expected_version=1, system="a lost update")
         except openma.VersionConflict as exc:
             print(f"refused a stale update: {exc.code} (expected {exc.expected}, actual {exc.actual})")
-        page = await t.agents.list(limit=50)
-        print(f"agent {agent.id} is at version {agent.version}; agents: {[a.name for a in page]}")
+        env = await t.environments.create(name="py", config={"env": {"PROJECT": "demo"}})
+        session = await t.sessions.create(agent_id=agent.id, environment_id=env.id, title="demo")
+        await t.sessions.post(session.id, [{"type": "user.message", "content": [{"type": "text", "text": "hi"}]}])
+        async with t.sessions.actor(session.id) as actor:
+            await actor.promote()
+            await actor.set_status("running")
+            sandbox = await actor.sandbox()
+            result = await sandbox.exec('echo "$PROJECT on $(uname -s)"', timeout=30)
+            await actor.append([{"type": "agent.message", "content": [{"type": "text", "text": result.stdout}]}])
+            await actor.set_status("idle", stop_reason={"type": "end_turn"})
+        page = await t.sessions.events(session.id, after=0, limit=100)
+        print([(e.seq, e.type) for e in page])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ from typing import Any, Final
 
 import attrs
 
-from openma.ports.telemetry import Telemetry
+from openma.ports.telemetry import NullTelemetry, Telemetry
+
+__all__ = ["FanoutTelemetry", "LoggingTelemetry", "MemoryTelemetry", "NullTelemetry", "TelemetryRecord", "redact"]
 
 _SECRETISH: Final = re.compile(r"(secret|token|password|passwd|authorization|api_key|apikey|credential)", re.I)
 MASK: Final = "***"
@@ -90,11 +92,3 @@ class FanoutTelemetry:
                 sink.emit(kind, **fields)
             except Exception:
                 continue
-
-
-class NullTelemetry:
-    def emit(self, kind: str, **fields: Any) -> None:
-        return None
-
-    def __repr__(self) -> str:
-        return "NullTelemetry()"

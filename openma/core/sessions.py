@@ -28,7 +28,7 @@ from openma.ports.agents import AgentStore
 from openma.ports.environments import EnvironmentStore
 from openma.ports.lease import LeaseLock
 from openma.ports.sessions import UNSET, SessionStore
-from openma.ports.telemetry import Telemetry
+from openma.ports.telemetry import NullTelemetry, Telemetry
 
 
 def agent_snapshot(agent: Agent) -> dict[str, Any]:
@@ -78,11 +78,7 @@ class Sessions:
         self._lease_lock = lease_lock
         self._sandboxes = sandboxes
         self._opened_sandboxes = opened_sandboxes
-        if telemetry is None:
-            from openma.adapters.telemetry import NullTelemetry
-
-            telemetry = NullTelemetry()
-        self._telemetry = telemetry
+        self._telemetry = telemetry or NullTelemetry()
         self.tenant_id = store.tenant_id
 
     def __repr__(self) -> str:

@@ -20,3 +20,13 @@ class Telemetry(Protocol):
     def emit(self, kind: str, **fields: Any) -> None:
         """Record one event of ``kind`` with ``fields``."""
         ...
+
+
+class NullTelemetry:
+    """Drops every event: the default where no sink was given."""
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "NullTelemetry()"
