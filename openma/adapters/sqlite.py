@@ -248,9 +248,33 @@ class SqliteClient:
 
     # -- autocommit calls
 
+    # The fast paths below take the writer lock or a reader without yielding to the event loop when one is free
+    # (``acquire_nowait``): an ``async with`` on an anyio lock or semaphore always passes through the loop, and
+    # on a point read those extra loop turns cost more than the read itself.
+
+    async def _lock_writer(self) -> None:
+        try:
+            self._write_lock.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._write_lock.acquire()
+
+    async def _take_reader(self) -> _Conn:
+        try:
+            self._reader_slots.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._reader_slots.acquire()
+        return self._idle_readers.pop()
+
+    def _give_reader(self, conn: _Conn) -> None:
+        self._idle_readers.append(conn)
+        self._reader_slots.release()
+
     async def run_batch(self, statements: Sequence[Statement]) -> BatchResult:
-        async with self._write_lock:
+        await self._lock_writer()
+        try:
             return await self._call(self._writer, self._writer.batch, statements, self._deadline())
+        finally:
+            self._write_lock.release()
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         result = await self.run_batch([Statement(sql, params)])
@@ -262,20 +286,25 @@ class SqliteClient:
 
     @asynccontextmanager
     async def _reader(self) -> AsyncIterator[_Conn]:
-        async with self._reader_slots:
-            conn = self._idle_readers.pop()
-            try:
-                yield conn
-            finally:
-                self._idle_readers.append(conn)
+        conn = await self._take_reader()
+        try:
+            yield conn
+        finally:
+            self._give_reader(conn)
 
     async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
-        async with self._reader() as conn:
+        conn = await self._take_reader()
+        try:
             return await self._call(conn, conn.fetch_one, sql, params)
+        finally:
+            self._give_reader(conn)
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
-        async with self._reader() as conn:
+        conn = await self._take_reader()
+        try:
             return await self._call(conn, conn.fetch_all, sql, params)
+        finally:
+            self._give_reader(conn)
 
     # -- transactions
 
