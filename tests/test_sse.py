@@ -257,7 +257,8 @@ async def test_a_missing_session_fails_before_the_first_frame(tenant: TenantScop
     assert frames == [b'event: resync\ndata: {"retained_from":3}\n\n']
 
 
-async def test_stop_ends_an_idle_stream_and_closes_the_tail(tenant: TenantScope) -> None:
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_stop_ends_an_idle_stream_and_closes_the_tail(tenant: TenantScope, anyio_backend: str) -> None:
     from openma import sse
 
     session_id = await _session(tenant)
