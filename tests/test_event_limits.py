@@ -93,6 +93,9 @@ async def test_an_archived_tenant_refuses_every_session_write_alike(oma: Platfor
         "open_stream": lambda: s.open_stream(session_id),
         "append_stream": lambda: s.append_stream(session_id, stream.id, ["more"]),
         "finalize_stream": lambda: s.finalize_stream(session_id, stream.id, "completed"),
+        "session update": lambda: s.update(session_id, metadata={"k": "v"}),
+        "agent update": lambda: t.agents.update(agent.id, system="changed"),
+        "environment update": lambda: t.environments.update(env.id, config={"changed": True}),
     }
     refusals: dict[str, tuple[type[OpenmaError], str, str]] = {}
     for name, write in writes.items():
@@ -107,6 +110,8 @@ async def test_an_archived_tenant_refuses_every_session_write_alike(oma: Platfor
     assert [i.event_id for i in await s.pending(session_id)] == ["queued"]
     assert [(x.id, x.status, x.text) for x in await s.streams(session_id)] == [(stream.id, "open", "hello")]
     assert [b.key for b in await t.blobs.list("sessions/")] == blobs_before
+    assert session.metadata == {} and (await t.agents.get(agent.id)).version == 1
+    assert (await t.environments.get(env.id)).config == {}
 
     # An unknown tenant is refused before any I/O the same way on every path too (NotFound).
     ghost = oma.tenant("tnt_01h0000000000000000000000z")

@@ -236,6 +236,7 @@ class SqlAgentStore:
             if field not in UPDATABLE_AGENT_FIELDS:
                 _check_field(field, changes[field])  # raises with the list of valid fields
         attempts = 1 if expected_version is not None else UPDATE_RETRIES
+        await self._tenant.ensure()
         for _ in range(attempts):
             row = await self._row(agent_id)
             current = _agent(row)
