@@ -10,6 +10,7 @@
 The public API is flat and re-exported here; everything else is internal unless documented.
 """
 
+from openma import sse
 from openma.core.actor import SessionActor
 from openma.core.sessions import Sessions
 from openma.core.tail import EventTail
@@ -97,4 +98,5 @@ __all__ = [
     "TenantScope",
     "VersionConflict",
     "__version__",
+    "sse",
 ]

@@ -1,28 +1,47 @@
 """Server-Sent Events for a session's live tail, for any ASGI framework.
 
-Every event frame carries ``id: <seq>``, so a browser's ``EventSource`` (or any client) that reconnects
-sends ``Last-Event-ID: <seq>`` and :func:`session_events` resumes right after it: no gap, no duplicate.
-Frames are ``event: <type>`` and ``data: <the event as one line of JSON>`` (its payload plus ``id``,
-``type``, ``seq`` and ``created_at``). While nothing happens, a comment line goes out every ``heartbeat``
-seconds so proxies and load balancers keep the connection open. A client that asks to resume below what
-retention kept gets one ``event: resync`` frame (``data: {"retained_from": N}``, and no ``id:``, so its
-position is unchanged) and the stream ends: it should reload its view, then read from ``N - 1``.
+**Frames.** Every event frame carries ``id: <seq>``, so a browser's ``EventSource`` (or any client) that
+reconnects sends ``Last-Event-ID: <seq>`` and :func:`session_events` resumes right after it: no gap, no
+duplicate. A frame is ``event: <type>`` and one ``data:`` line holding the event as JSON, an envelope with
+the payload kept whole under ``data``::
 
-A slow client costs the server one page of events: the tail re-reads the log when the client catches up
-(see :mod:`openma.core.tail`), it never queues frames without bound.
+    id: 42
+    event: agent.message
+    data: {"id":"evt_…","type":"agent.message","seq":42,"created_at":"2026-…Z","data":{…the payload…}}
+
+The envelope's keys are exactly ``id``, ``type``, ``seq``, ``created_at`` and ``data`` (the fields of
+:class:`~openma.models.Event`), and the payload is never merged into it, so a payload key named ``id``,
+``seq``, ``created_at`` or anything else comes back unchanged under ``data``.
+
+While nothing happens, a comment line goes out every ``heartbeat`` seconds so proxies and load balancers keep
+the connection open. A client that asks to resume below what retention kept gets one ``event: resync`` frame
+(``data: {"retained_from": N}``, and no ``id:``, so its position is unchanged) and the stream ends: it should
+reload its view, then read from ``N - 1``.
+
+**Before the response starts.** :func:`session_events` is awaited: it checks the resume position and reads
+the first page, so a bad position (``InvalidInput``) or a missing session (``NotFound``) is raised before the
+host sends a status line, never as a broken stream after a ``200``.
+
+**Stopping.** Pass ``stop=`` an event the host sets when it shuts down: every stream then ends cleanly (the
+body iterator finishes, the response completes) instead of holding the server open. A slow client costs the
+server one page of events: the tail re-reads the log when the client catches up (see
+:mod:`openma.core.tail`), it never queues frames without bound.
 
 With Starlette::
 
     from starlette.responses import StreamingResponse
-    from openma import sse
+    import openma
 
     async def events(request):
         t = oma.tenant(request.path_params["tenant_id"])
-        body = sse.session_events(
+        body = await openma.sse.session_events(
             t.sessions, request.path_params["session_id"],
             last_event_id=request.headers.get("last-event-id"), after=request.query_params.get("after"),
+            stop=request.app.state.stopping,          # an anyio.Event the host sets on shutdown
         )
-        return StreamingResponse(body, headers=sse.HEADERS)
+        return StreamingResponse(body, headers=openma.sse.HEADERS)
+
+(``examples/sse_server.py`` shows how to set ``stopping`` when uvicorn begins to shut down.)
 """
 
 from __future__ import annotations
@@ -30,17 +49,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Final, Protocol
 
-from openma.core.jsonutil import dumps
-from openma.core.tail import EventTail
+from openma.core.jsonutil import MAX_JSON_DEPTH, dumps
+from openma.core.tail import EventTail, StopSignal
 from openma.errors import InvalidInput, ResyncRequired
 from openma.models import Event
 
-#: Response headers for an event stream (no caching, no proxy buffering).
+#: Response headers for an event stream (no caching, no proxy buffering). Hop-by-hop headers such as
+#: ``connection`` are left to the server (HTTP/2 and HTTP/3 forbid them).
 HEADERS: Final[dict[str, str]] = {
     "content-type": "text/event-stream; charset=utf-8",
     "cache-control": "no-cache, no-transform",
     "x-accel-buffering": "no",
-    "connection": "keep-alive",
 }
 DEFAULT_HEARTBEAT: Final = 15.0
 DEFAULT_RETRY_MS: Final = 1000
@@ -54,20 +73,25 @@ class Subscribable(Protocol):
 
 
 def event_json(event: Event) -> str:
-    """The event as one line of JSON: its payload plus ``id``, ``type``, ``seq`` and ``created_at``."""
+    """The event as one line of JSON: ``{"id", "type", "seq", "created_at", "data": <payload>}``."""
     return dumps(
         {
-            **event.data,
             "id": event.id,
             "type": event.type,
             "seq": event.seq,
             "created_at": event.created_at.isoformat().replace("+00:00", "Z"),
-        }
+            "data": event.data,
+        },
+        what="event",
+        max_depth=MAX_JSON_DEPTH + 1,  # the payload, one level down
     )
 
 
 def encode_event(event: Event) -> bytes:
-    """One SSE frame; the type was checked on append to hold no line breaks, and JSON escapes its own."""
+    """One SSE frame. JSON escapes its own line breaks; the type cannot hold any (checked on append, and
+    here again, since a line break in ``event:`` would end the frame early)."""
+    if "\n" in event.type or "\r" in event.type:
+        raise InvalidInput("an event type must not contain line breaks", field="type")
     return f"id: {event.seq}\nevent: {event.type}\ndata: {event_json(event)}\n\n".encode()
 
 
@@ -97,24 +121,36 @@ def parse_position(value: object, what: str = "Last-Event-ID") -> int | None:
 
 
 async def stream(
-    tail: EventTail, *, heartbeat: float = DEFAULT_HEARTBEAT, retry_ms: int | None = DEFAULT_RETRY_MS
+    tail: EventTail,
+    *,
+    heartbeat: float = DEFAULT_HEARTBEAT,
+    retry_ms: int | None = DEFAULT_RETRY_MS,
+    stop: StopSignal | None = None,
 ) -> AsyncIterator[bytes]:
-    """Frames for ``tail``: events as they come, a heartbeat comment when idle, ``resync`` below retention."""
+    """Frames for ``tail``: events as they come, a heartbeat comment when idle, ``resync`` below retention.
+
+    Ends (and closes the tail) when ``stop`` is set, after the resync frame, or when the consumer closes it.
+    """
     try:
         if retry_ms is not None:
             yield f"retry: {int(retry_ms)}\n\n".encode()
         while True:
             try:
-                event = await tail.next(timeout=heartbeat)
+                event = await tail.next(timeout=heartbeat, stop=stop)
             except ResyncRequired as exc:
                 yield resync_frame(exc)
                 return
-            yield comment() if event is None else encode_event(event)
+            if event is not None:
+                yield encode_event(event)
+            elif stop is not None and stop.is_set():
+                return
+            else:
+                yield comment()
     finally:
         await tail.aclose()
 
 
-def session_events(
+async def session_events(
     sessions: Subscribable,
     session_id: str,
     *,
@@ -122,11 +158,24 @@ def session_events(
     after: object = None,
     heartbeat: float = DEFAULT_HEARTBEAT,
     retry_ms: int | None = DEFAULT_RETRY_MS,
+    stop: StopSignal | None = None,
 ) -> AsyncIterator[bytes]:
-    """The SSE body for one session: resume after ``Last-Event-ID`` if the client sent one, else after
-    ``after`` (a query parameter, say), else from the start. Bad positions are ``InvalidInput`` at once."""
+    """The SSE body for one session, ready to hand to a streaming response.
+
+    Resumes after ``Last-Event-ID`` if the client sent one, else after ``after`` (a query parameter, say),
+    else from the start. Awaiting it checks everything that can fail before the first frame: a bad position
+    is ``InvalidInput``, a missing session ``NotFound`` (a position below retention is not an error: the
+    stream reports it with a ``resync`` frame). The body ends cleanly once ``stop`` is set.
+    """
     resume = parse_position(last_event_id)
     if resume is None:
         resume = parse_position(after, "after")
     tail = sessions.subscribe(session_id, after=resume or 0)
-    return stream(tail, heartbeat=heartbeat, retry_ms=retry_ms)
+    try:
+        await tail.start()
+    except ResyncRequired:
+        pass  # the stream's first read raises it again and sends the resync frame
+    except BaseException:
+        await tail.aclose()
+        raise
+    return stream(tail, heartbeat=heartbeat, retry_ms=retry_ms, stop=stop)

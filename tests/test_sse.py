@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,8 @@ import anyio
 import httpx
 import pytest
 
-from openma import InvalidInput, Platform, Settings, TenantScope
+from openma import InvalidInput, NotFound, Platform, Settings, TenantScope
+from openma import sse as sse_module
 from openma.models import Event
 from openma.sse import encode_event, parse_position
 
@@ -31,21 +35,27 @@ WAIT = 30.0
 
 
 def test_event_frames_carry_seq_type_and_one_line_of_json() -> None:
-    event = Event(
-        "evt-1", "agent.message", 42, datetime(2026, 1, 2, tzinfo=UTC), {"type": "agent.message", "t": "a\nb\u2028"}
-    )
+    payload = {"type": "agent.message", "id": "evt-1", "t": "a\nb\u2028", "seq": "mine", "created_at": 7}
+    event = Event("evt-1", "agent.message", 42, datetime(2026, 1, 2, tzinfo=UTC), payload)
     frame = encode_event(event).decode()
     lines = frame.split("\n")
     assert lines[:2] == ["id: 42", "event: agent.message"] and frame.endswith("\n\n")
     assert lines[2].startswith("data: ") and len(lines) == 5
     data = json.loads(lines[2][len("data: ") :])
     assert data == {
-        "type": "agent.message",
-        "t": "a\nb\u2028",
         "id": "evt-1",
+        "type": "agent.message",
         "seq": 42,
         "created_at": "2026-01-02T00:00:00Z",
+        "data": payload,  # the payload's own "seq" and "created_at" are not overwritten by the envelope
     }
+
+
+def test_headers_hold_no_hop_by_hop_field() -> None:
+    import openma
+
+    assert openma.sse is sse_module and "sse" in openma.__all__
+    assert {k.lower() for k in sse_module.HEADERS} & {"connection", "keep-alive", "transfer-encoding"} == set()
 
 
 def test_resume_positions() -> None:
@@ -63,9 +73,10 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
-@pytest.fixture
-def server(settings: Settings) -> Iterator[str]:
-    """The example app under uvicorn in a child process, on a loopback socket the test bound (no port race)."""
+@contextmanager
+def _example_server(settings: Settings) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The example app (``python examples/sse_server.py``) in a child process, on a loopback socket the test
+    bound (no port race)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
@@ -77,20 +88,27 @@ def server(settings: Settings) -> Iterator[str]:
         "OPENMA_SQLITE_POLL_INTERVAL": "0.05",
         "SSE_HEARTBEAT": "0.2",
     }
-    cmd = [sys.executable, "-m", "uvicorn", "--app-dir", "examples", "sse_server:app"]
+    cmd = [sys.executable, str(ROOT / "examples" / "sse_server.py")]
     proc = subprocess.Popen(
         [*cmd, "--fd", str(sock.fileno()), "--log-level", "warning"], cwd=ROOT, env=env, pass_fds=(sock.fileno(),)
     )
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         sock.close()
+
+
+@pytest.fixture
+def server(settings: Settings) -> Iterator[str]:
+    with _example_server(settings) as (url, _):
+        yield url
 
 
 @pytest.fixture
@@ -178,6 +196,7 @@ async def test_disconnect_and_resume_with_no_gap(server: str, tenant: TenantScop
     assert [f["event"] for f in resumed if "id" in f][-2:] == ["agent.message", "x.custom"]
     data = json.loads(resumed[-1]["data"])
     assert data["seq"] == 10 and data["type"] == "x.custom" and data["id"].startswith("evt_")
+    assert data["data"] == {"type": "x.custom", "id": data["id"]}
     assert idle[-1]["comment"] == "keepalive"
     assert _seqs(live) == [11]
 
@@ -209,7 +228,7 @@ async def test_stream_helper_heartbeats_and_closes_the_tail(tenant: TenantScope)
 
     session_id = await _session(tenant)
     await tenant.sessions.append(session_id, [{"type": "a"}])
-    body = sse.session_events(tenant.sessions, session_id, heartbeat=0.01, retry_ms=None)
+    body = await sse.session_events(tenant.sessions, session_id, heartbeat=0.01, retry_ms=None)
     got: list[bytes] = []
     with anyio.fail_after(WAIT):
         async for chunk in body:
@@ -220,4 +239,73 @@ async def test_stream_helper_heartbeats_and_closes_the_tail(tenant: TenantScope)
     assert got[0].startswith(b"id: 1\nevent: a\n") and got[-1] == b": keepalive\n\n"
     args: dict[str, Any] = {"last_event_id": "x"}
     with pytest.raises(InvalidInput):
-        sse.session_events(tenant.sessions, session_id, **args)
+        await sse.session_events(tenant.sessions, session_id, **args)
+
+
+async def test_a_missing_session_fails_before_the_first_frame(tenant: TenantScope) -> None:
+    from openma import sse
+
+    with pytest.raises(NotFound):
+        await sse.session_events(tenant.sessions, "ses_01h0000000000000000000000z")
+    # A position below retention is not an error of the request: the stream says so with a resync frame.
+    session_id = await _session(tenant)
+    await tenant.sessions.append(session_id, [{"type": "a"}, {"type": "b"}, {"type": "c"}])
+    await tenant.sessions.prune(session_id, before_seq=3)
+    body = await sse.session_events(tenant.sessions, session_id, after=1, retry_ms=None)
+    with anyio.fail_after(WAIT):
+        frames = [chunk async for chunk in body]
+    assert frames == [b'event: resync\ndata: {"retained_from":3}\n\n']
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_stop_ends_an_idle_stream_and_closes_the_tail(tenant: TenantScope, anyio_backend: str) -> None:
+    from openma import sse
+
+    session_id = await _session(tenant)
+    await tenant.sessions.append(session_id, [{"type": "a"}])
+    stop = anyio.Event()
+    body = await sse.session_events(tenant.sessions, session_id, heartbeat=3600, retry_ms=None, stop=stop)
+    got: list[bytes] = []
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as tg:
+
+            async def read() -> None:
+                async for chunk in body:
+                    got.append(chunk)
+                    if len(got) == 1:
+                        tg.start_soon(set_stop)
+
+            async def set_stop() -> None:
+                stop.set()  # the reader is now waiting for a second event that never comes
+
+            tg.start_soon(read)
+    assert len(got) == 1 and got[0].startswith(b"id: 1\n")
+    # Already set: the next body ends at once, without a frame.
+    body = await sse.session_events(tenant.sessions, session_id, retry_ms=None, stop=stop)
+    assert [chunk async for chunk in body] == []
+
+
+@pytest.mark.slow
+async def test_server_shutdown_ends_open_streams_cleanly(settings: Settings, tenant: TenantScope) -> None:
+    """uvicorn waits for open responses before it exits: the example's server tells the streams to end."""
+    session_id = await _session(tenant)
+    await tenant.sessions.append(session_id, [{"type": "user.message", "n": 1}])
+    path = f"/tenants/{tenant.tenant_id}/sessions/{session_id}/events"
+    with _example_server(settings) as (url, proc):
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT) as client:
+            await _ready(client)
+            with anyio.fail_after(WAIT):
+                async with client.stream("GET", path) as response:
+                    assert response.status_code == 200
+                    lines = response.aiter_lines()
+                    first = await _frames(lines, lambda f: f.get("id") == "1")
+                    asked = time.monotonic()
+                    proc.send_signal(signal.SIGTERM)
+                    rest = await _frames(lines, lambda f: False)  # returns when the body ends; raises if cut
+                    ended = time.monotonic() - asked
+        code = await anyio.to_thread.run_sync(proc.wait, WAIT)
+        exited = time.monotonic() - asked
+    assert _seqs(first) == [1]
+    assert all("id" not in f for f in rest)  # nothing but heartbeats after the last event
+    assert ended < 5 and exited < 10, (ended, exited)
+    assert code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled once it has shut down

@@ -3,6 +3,9 @@
 * An event is a JSON object with a non-empty string ``type``; unknown types are fine. Its ``id`` is kept if
   the caller gave one (``[A-Za-z0-9][A-Za-z0-9_.:-]*``, at most 128 characters, so provider tool-call ids
   fit) and minted (``evt_…``) otherwise. The stored payload is the object itself with its ``id`` set.
+* Limits, checked before any I/O: at most :data:`~openma.core.jsonutil.MAX_JSON_DEPTH` levels of nesting
+  (the event object counts as one), and at most :data:`MAX_EVENT_BYTES` of JSON, a fixed cap that holds
+  whatever the spill threshold is.
 * Size is the UTF-8 byte length of the compact JSON. Above the spill threshold the JSON goes to the blob
   store under a key derived from the session, the event id and the content hash, and the row keeps a stub:
   ``{"id", "type", "_spilled": {"key", "bytes", "sha256"}}``. The key names the content, so a retried
@@ -30,7 +33,8 @@ EVENT_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
 MAX_TYPE_LEN: Final = 128
 #: Most events one append (or post) may carry; one append is one transaction.
 MAX_BATCH: Final = 1000
-#: Largest event accepted at all (spilled or not).
+#: Largest event accepted at all, spilled or not: a fixed cap that no setting (not even a larger spill
+#: threshold) lifts.
 MAX_EVENT_BYTES: Final = 64 * 1024 * 1024
 SPILL_CONTENT_TYPE: Final = "application/json"
 
@@ -105,7 +109,11 @@ def check_type(value: object, what: str = "type") -> str:
 
 
 def prepare(raw: object, *, index: int = 0, max_bytes: int = MAX_EVENT_BYTES) -> PreparedEvent:
-    """Check one event and serialize it; raise :class:`InvalidInput` (naming its index) before any I/O."""
+    """Check one event and serialize it; raise :class:`InvalidInput` (naming its index) before any I/O.
+
+    ``max_bytes`` may lower the size cap, never raise it past :data:`MAX_EVENT_BYTES` (whatever the spill
+    threshold); the nesting limit is :data:`~openma.core.jsonutil.MAX_JSON_DEPTH`, counting the event object.
+    """
     where = f"events[{index}]"
     if not isinstance(raw, dict):
         raise InvalidInput(f"{where} must be a JSON object, got {type(raw).__name__}", field="events", index=index)
@@ -115,18 +123,14 @@ def prepare(raw: object, *, index: int = 0, max_bytes: int = MAX_EVENT_BYTES) ->
     event_id = check_event_id(raw["id"], f"{where}.id") if raw.get("id") is not None else new_id("evt")
     data = dict(raw)
     data["id"] = event_id
-    try:
-        text = dumps(data, what=where)
-    except RecursionError:
-        raise InvalidInput(f"{where} is nested too deeply", field="events", index=index) from None
+    text = dumps(data, what=where, field="events", index=index)
     try:
         body = text.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidInput(f"{where} is not valid Unicode (lone surrogate)", field="events", index=index) from None
-    if len(body) > max_bytes:
-        raise InvalidInput(
-            f"{where} is too large ({len(body)} > {max_bytes} bytes of JSON)", field="events", index=index
-        )
+    limit = min(max_bytes, MAX_EVENT_BYTES)
+    if len(body) > limit:
+        raise InvalidInput(f"{where} is too large ({len(body)} > {limit} bytes of JSON)", field="events", index=index)
     return PreparedEvent(event_id, event_type, data, text, body)
 
 

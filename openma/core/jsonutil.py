@@ -1,25 +1,91 @@
-"""JSON in and out of storage: compact, UTF-8, and strict about what it accepts."""
+"""JSON in and out of storage: compact, UTF-8, and strict about what it accepts.
+
+**Nesting limit.** Every JSON value a caller hands to openma (an event, an input, an agent's ``tools``, an
+environment's ``config``, any ``metadata``, a ``stop_reason`` inside a status event, ...) may nest at most
+:data:`MAX_JSON_DEPTH` containers deep: ``{}`` and ``[]`` count one level each, scalars none, so
+``{"a": [1]}`` is 2 deep. Deeper values are :class:`~openma.errors.InvalidInput` naming the field, and nothing
+is written. Documents openma composes from checked values (an agent's stored definition, a session's
+snapshot of its agent and environment) embed them one level down, so they are written with
+``max_depth=MAX_JSON_DEPTH + 1``. The limit sits far below the interpreter's recursion limit, so whatever is
+stored reads back on every path.
+
+The depth check is an iterative walk (no recursion, so a 100 000-deep value cannot overflow the stack of the
+checker), it stops at the first level past the limit (so a self-referencing value is refused too, not walked
+forever), and it runs before the encoder sees the value: :func:`dumps` never lets a ``RecursionError`` out.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Final
 
-from openma.errors import InvalidInput
+from openma.errors import InvalidInput, OpenmaError
+
+#: The deepest nesting of any JSON value openma stores (``{}`` / ``[]`` count one level each).
+MAX_JSON_DEPTH: Final = 64
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_CONTAINERS: Final = (dict, list, tuple)
 
 
-def dumps(value: Any, *, what: str = "value") -> str:
-    """Serialize to compact JSON; non-JSON values (sets, NaN, objects) are :class:`InvalidInput`."""
+def json_depth(value: Any, *, limit: int = MAX_JSON_DEPTH) -> int:
+    """How many containers deep ``value`` nests (a scalar is 0), without recursion, up to ``limit + 1``.
+
+    The walk stops as soon as it goes past ``limit`` and returns ``limit + 1``: that bounds the work on a
+    self-referencing value, which has no finite depth.
+    """
+    if not isinstance(value, _CONTAINERS):
+        return 0
+    deepest = 1
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        inner = depth + 1
+        for child in children:
+            if isinstance(child, _CONTAINERS):
+                if inner > limit:
+                    return inner
+                if inner > deepest:
+                    deepest = inner
+                stack.append((child, inner))
+    return deepest
+
+
+def check_depth(value: Any, *, what: str = "value", max_depth: int = MAX_JSON_DEPTH, **details: Any) -> None:
+    """Raise :class:`InvalidInput` (``field=what``) if ``value`` nests deeper than ``max_depth``."""
+    if json_depth(value, limit=max_depth) > max_depth:
+        raise InvalidInput(
+            f"{what} is nested too deeply (more than {max_depth} levels of objects and arrays)",
+            **{"field": what, "max_depth": max_depth, **details},
+        )
+
+
+def dumps(value: Any, *, what: str = "value", max_depth: int = MAX_JSON_DEPTH, **details: Any) -> str:
+    """Serialize to compact JSON.
+
+    Non-JSON values (sets, NaN, non-string keys, objects) and values nested deeper than ``max_depth`` are
+    :class:`InvalidInput` naming ``what`` (``details`` go into the error, ``field=`` overrides the name).
+    """
+    check_depth(value, what=what, max_depth=max_depth, **details)
     try:
         return _encoder.encode(value)
     except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"{what} is not JSON-serializable: {exc}", field=what) from None
+        raise InvalidInput(f"{what} is not JSON-serializable: {exc}", **{"field": what, **details}) from None
+    except RecursionError:  # pragma: no cover - the depth check runs first; kept so it can never escape
+        raise InvalidInput(f"{what} is nested too deeply", **{"field": what, **details}) from None
 
 
 def loads(text: str | bytes) -> Any:
-    return json.loads(text)
+    """Parse stored JSON. A document too deep for the parser (only a row written without the nesting limit
+    can be) is an :class:`~openma.errors.OpenmaError`, never a raw ``RecursionError``."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise OpenmaError(
+            "stored JSON is nested too deeply to read back; it predates the nesting limit "
+            f"({MAX_JSON_DEPTH} levels): remove it (prune the event, or rewrite the row)"
+        ) from None
 
 
 def check_json_object(value: Any, *, what: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from types import TracebackType
-from typing import Final
+from typing import Any, Final, Protocol
 
 import anyio
 
@@ -69,6 +69,14 @@ class WakeHub:
 ReadAfter = Callable[[int, int], Awaitable[list[Event]]]
 
 
+class StopSignal(Protocol):
+    """Anything that says "stop now": an ``anyio.Event``, ``asyncio.Event`` or ``trio.Event``."""
+
+    def is_set(self) -> bool: ...
+
+    async def wait(self) -> Any: ...
+
+
 class EventTail:
     """An async iterator over a session's events after ``after``, following new ones as they land.
 
@@ -106,6 +114,20 @@ class EventTail:
     def __aiter__(self) -> EventTail:
         return self
 
+    async def _fill(self) -> anyio.Event:
+        """Read the page after the last delivered seq into the buffer; return the wake-up armed before it."""
+        woken = self._hub.arm(self._key)  # before the read: an append racing it re-arms the loop
+        page = await self._read(self._after, self._page_size)
+        self._buffer.extend(e for e in page if e.seq > self._after)
+        return woken
+
+    async def start(self) -> None:
+        """Read the first page now, so a missing session (``NotFound``) or a position below retention
+        (``ResyncRequired``) is raised here, before a caller commits to streaming (say, sends HTTP headers).
+        What it read is delivered by the next calls; calling it again (or never) is fine."""
+        if not self._closed and not self._buffer:
+            await self._fill()
+
     async def __anext__(self) -> Event:
         while True:
             if self._closed:
@@ -114,17 +136,44 @@ class EventTail:
                 event = self._buffer.popleft()
                 self._after = event.seq
                 return event
-            woken = self._hub.arm(self._key)  # before the read: an append racing it re-arms the loop
-            page = await self._read(self._after, self._page_size)
-            fresh = [e for e in page if e.seq > self._after]
-            if fresh:
-                self._buffer.extend(fresh)
+            woken = await self._fill()
+            if self._buffer:
                 continue
             with anyio.move_on_after(self._wait_timeout()):
                 await woken.wait()
 
-    async def next(self, timeout: float | None = None) -> Event | None:
-        """The next event, or ``None`` if none came within ``timeout`` seconds (``None``: wait)."""
+    async def next(self, timeout: float | None = None, *, stop: StopSignal | None = None) -> Event | None:
+        """The next event, or ``None`` if none came within ``timeout`` seconds (``None``: wait).
+
+        ``stop`` (an ``anyio``/``asyncio``/``trio`` event, say a host's shutdown event) ends the wait early:
+        once it is set, ``next`` returns ``None`` at once, without reading. An event already taken from the
+        log is returned, never dropped.
+        """
+        if stop is None:
+            return await self._next(timeout)
+        if stop.is_set():
+            return None
+        if self._buffer:
+            return await self.__anext__()
+        got: Event | None = None
+        failed: Exception | None = None
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                await stop.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            try:
+                got = await self._next(timeout)  # cancellation-safe: a stop in mid-read loses nothing
+            except Exception as exc:  # raised below as itself, not wrapped in an exception group
+                failed = exc
+            tg.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
+        return got
+
+    async def _next(self, timeout: float | None) -> Event | None:
         if timeout is None:
             return await self.__anext__()
         with anyio.move_on_after(timeout):

@@ -36,6 +36,7 @@ import anyio
 import attrs
 import pytest
 
+from openma.core.jsonutil import MAX_JSON_DEPTH
 from openma.errors import (
     Conflict,
     InvalidInput,
@@ -433,6 +434,33 @@ class EventLogContract(_StoreContractBase):
         with pytest.raises(InvalidInput):
             await env.store.append(s.id, [{"type": "t", "v": "x" * (64 * 1024 * 1024 + 1)}])
         assert (await env.store.get(s.id)).last_seq == 0
+
+    async def test_nesting_limit_boundary_on_every_read_path(self, env: LogEnv) -> None:
+        """An event exactly ``MAX_JSON_DEPTH`` deep (inline or spilled) is stored and read back equal by
+        every read; one level more is refused on every write, and nothing is written."""
+        s = await env.session()
+        deep: Any = "leaf"
+        for _ in range(MAX_JSON_DEPTH - 1):
+            deep = [deep]
+        pad = "p" * (self.spill_bytes * 2)
+        sent = [{"type": "t", "id": "d1", "v": deep}, {"type": "t", "id": "d2", "v": deep, "pad": pad}]
+        assert await env.store.append(s.id, sent) == await env.all_events(s.id)
+        assert [e.data for e in await env.all_events(s.id)] == sent
+        assert [(await env.store.get_event(s.id, e["id"])).data for e in sent] == sent
+        tail = env.store.subscribe(s.id)
+        with anyio.fail_after(WAIT):
+            assert [(await tail.__anext__()).data for _ in sent] == sent
+        await tail.aclose()
+        queued = [{**e, "id": f"q{e['id']}"} for e in sent]
+        assert [i.data for i in await env.store.post(s.id, queued)] == queued
+        assert [i.data for i in await env.store.pending(s.id)] == queued
+        assert [e.data for e in await env.store.promote(s.id, ["qd1", "qd2"])] == queued
+        too_deep = [{"type": "t", "v": [deep]}, {"type": "t", "v": [deep], "pad": pad}]
+        for call in (env.store.append, env.store.post):
+            for event in too_deep:
+                with pytest.raises(InvalidInput):
+                    await call(s.id, [event])
+        assert (await env.store.get(s.id)).last_seq == 4 and await env.store.pending(s.id) == []
 
     async def test_unicode_and_sql_metacharacters_round_trip(self, env: LogEnv) -> None:
         s = await env.session()

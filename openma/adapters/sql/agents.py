@@ -15,7 +15,7 @@ from openma.adapters.sql.listing import created_between, list_page
 from openma.core import validate
 from openma.core.clock import Clock, SystemClock, ms_to_datetime
 from openma.core.ids import check_id, new_id
-from openma.core.jsonutil import dumps, loads
+from openma.core.jsonutil import MAX_JSON_DEPTH, dumps, loads
 from openma.core.pagination import Order
 from openma.errors import Conflict, InvalidInput, NotFound, VersionConflict
 from openma.models import Agent, AgentVersion, Page
@@ -69,7 +69,7 @@ def _check_field(field: str, value: Any, current: dict[str, Any] | None = None) 
 
 
 def _config_text(config: dict[str, Any]) -> str:
-    text = dumps(config, what="agent")
+    text = dumps(config, what="agent", max_depth=MAX_JSON_DEPTH + 1)  # the checked fields, one level down
     if len(text.encode()) > MAX_CONFIG_BYTES:
         raise InvalidInput(f"agent definition is too large (> {MAX_CONFIG_BYTES} bytes)")
     return text
@@ -106,7 +106,7 @@ def _version(row: Row) -> AgentVersion:
 
 
 def _snapshot(name: str, config: dict[str, Any], version: int) -> str:
-    return dumps({"name": name, **config, "version": version})
+    return dumps({"name": name, **config, "version": version}, what="agent", max_depth=MAX_JSON_DEPTH + 1)
 
 
 class SqlAgentStore:
@@ -236,6 +236,7 @@ class SqlAgentStore:
             if field not in UPDATABLE_AGENT_FIELDS:
                 _check_field(field, changes[field])  # raises with the list of valid fields
         attempts = 1 if expected_version is not None else UPDATE_RETRIES
+        await self._tenant.ensure()
         for _ in range(attempts):
             row = await self._row(agent_id)
             current = _agent(row)

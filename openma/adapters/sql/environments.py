@@ -135,6 +135,7 @@ class SqlEnvironmentStore:
                     f"updatable: {', '.join(UPDATABLE_ENVIRONMENT_FIELDS)}",
                     field=field,
                 )
+        await self._tenant.ensure()
         for _ in range(UPDATE_RETRIES):
             row = await self._row(environment_id)
             current = _environment(row)

@@ -13,7 +13,7 @@ from openma.core import events as ev
 from openma.core import validate
 from openma.core.clock import Clock, SystemClock, ms_to_datetime
 from openma.core.ids import check_id
-from openma.core.jsonutil import dumps, loads
+from openma.core.jsonutil import MAX_JSON_DEPTH, check_json_object, dumps, loads
 from openma.errors import (
     Conflict,
     InvalidInput,
@@ -85,8 +85,16 @@ def _title(value: object) -> str | None:
 
 
 def _snapshot_text(value: object, what: str) -> str:
-    snapshot = validate.json_object(value, what, max_bytes=MAX_SNAPSHOT_BYTES)
-    return dumps(snapshot, what=what)
+    # A snapshot embeds checked values one level down (an agent's tools), so it may nest one level deeper.
+    snapshot = check_json_object(value, what=what)
+    text = dumps(snapshot, what=what, max_depth=MAX_JSON_DEPTH + 1)
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} is not valid Unicode (lone surrogate)", field=what) from None
+    if size > MAX_SNAPSHOT_BYTES:
+        raise InvalidInput(f"{what} is too large ({size} > {MAX_SNAPSHOT_BYTES} bytes)", field=what)
+    return text
 
 
 def _placeholders(n: int) -> str:
@@ -148,7 +156,7 @@ class SessionStoreBase:
         self._wakeups = wakeups or SessionWakeups(client)
         self._blobs = blobs
         self._spill_bytes = spill_bytes
-        self._max_event_bytes = max(max_event_bytes, spill_bytes)
+        self._max_event_bytes = min(max_event_bytes, ev.MAX_EVENT_BYTES)  # a fixed cap, whatever spill_bytes is
         self._postgres = client.dialect.name == "postgres"
 
     def __repr__(self) -> str:
@@ -165,7 +173,12 @@ class SessionStoreBase:
         return row
 
     async def _spill(self, session_id: str, prepared: Sequence[ev.PreparedEvent]) -> tuple[list[_Item], list[str]]:
-        """Write the blobs of the events above the threshold; return the rows to store and the keys written."""
+        """Write the blobs of the events above the threshold; return the rows to store and the keys written.
+
+        The tenant is checked first, so a tenant that may not write (archived, unknown) is refused the same
+        way whether or not an event spills, and before any blob exists.
+        """
+        await self._tenant.ensure()
         big = [p for p in prepared if p.size > self._spill_bytes]
         if big and self._blobs is None:
             raise InvalidInput(

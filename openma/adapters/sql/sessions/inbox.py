@@ -181,6 +181,7 @@ class InboxMixin(SessionStoreBase):
         if not ids:
             await self._row(session_id)
             return []
+        await self._tenant.ensure()
         done: dict[str, Event] = {}
         todo = ids
         for _ in range(WRITE_RETRIES + len(ids)):
@@ -291,6 +292,7 @@ class InboxMixin(SessionStoreBase):
         if ids == []:
             await self._row(session_id)
             return []
+        await self._tenant.ensure()
         fence_sql, fence_params = (" AND lease_epoch = ?", [fence]) if fence is not None else ("", [])
         now = self._clock.now_ms()
         which, which_params = ("", []) if ids is None else (f" AND event_id IN ({_placeholders(len(ids))})", ids)

@@ -142,6 +142,7 @@ class SessionRowsMixin(RetentionMixin):
         new_title = UNSET if title is UNSET else _title(title)
         if metadata is not None and not isinstance(metadata, dict):
             raise InvalidInput("metadata must be an object", field="metadata")
+        await self._tenant.ensure()
         for _ in range(WRITE_RETRIES):
             row = await self._row(session_id)
             if row["archived_at"] is not None:

@@ -76,6 +76,7 @@ class StreamsMixin(SessionStoreBase):
         if message_id is not None:
             ev.check_event_id(message_id, "message_id")
         kind = validate.text(kind, "kind", max_len=64, min_len=1)
+        await self._tenant.ensure()
         now = self._clock.now_ms()
         try:
             result = await self._db.run_batch(
@@ -106,6 +107,7 @@ class StreamsMixin(SessionStoreBase):
         statements = [self._fence_statement(session_id, fence)] if fence is not None else []
         if not parts:
             return (await self.get_stream(session_id, stream_id)).chunks
+        await self._tenant.ensure()
         statements += [
             Statement(
                 "UPDATE session_streams SET batches = batches + 1, chunks = chunks + ? WHERE tenant_id = ?"
@@ -145,6 +147,7 @@ class StreamsMixin(SessionStoreBase):
             )
         if error is not None:
             error = validate.text(error, "error", max_len=MAX_STREAM_ERROR)
+        await self._tenant.ensure()
         now = self._clock.now_ms()
         result = await self._db.run_batch(
             [
