@@ -75,7 +75,11 @@ class TenantScope:
 
     @property
     def blobs(self) -> BlobStore:
-        """This tenant's blobs: every key lives under ``t/<tenant_id>/`` of the platform's blob store."""
+        """This tenant's blobs: every key lives under ``t/<tenant_id>/`` of the platform's blob store.
+
+        openma's own objects of the tenant (spilled events, snapshots) are out of its reach: keys starting
+        with ``.openma/`` or ``sessions/`` are ``InvalidInput`` and never listed.
+        """
         if self._blobs is None:
             self._blobs = self._platform.blobs.for_tenant(self.tenant_id, ensure=self._ref.ensure)
         return self._blobs
@@ -84,8 +88,10 @@ class TenantScope:
     def sessions(self) -> Sessions:
         """This tenant's sessions and their event logs; spilled events go to :attr:`blobs`."""
         if self._sessions is None:
-            try:
-                blobs: BlobStore | None = self.blobs
+            try:  # spills go to the tenant's internal area, which its own blob view cannot name
+                blobs: BlobStore | None = self._platform.blobs.for_tenant(
+                    self.tenant_id, ensure=self._ref.ensure, internal=True
+                )
             except ConfigError:  # a platform built without a blob store: events cannot spill
                 blobs = None
             backend = self._platform.backend("sessions")
@@ -196,7 +202,7 @@ class Platform:
     async def sandboxes(self) -> SandboxOrchestrator:
         """The sandbox orchestrator (one sandbox per session), opened on first use from ``settings.sandbox``.
 
-        Snapshots go to the platform's blob store under ``sandbox-snapshots/<tenant>/<session>/``.
+        Snapshots go to the platform's blob store under ``t/<tenant>/.openma/snapshots/<session>/``.
         """
         if self._closed:
             raise ConfigError("this platform is closed")

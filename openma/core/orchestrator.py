@@ -31,6 +31,7 @@ from typing import Any, Final, Protocol
 
 import anyio
 
+from openma.core import keys
 from openma.core.workspace import SNAPSHOT_TTL, mask_secrets
 from openma.errors import NotFound, OpenmaError, SandboxError
 from openma.ports.blobs import BlobStore
@@ -89,22 +90,27 @@ def _ref_from_json(raw: bytes) -> SnapshotRef:
 
 
 class BlobSnapshotIndex:
-    """The latest ref of a session as a small JSON object at ``sandbox-snapshots/<tenant>/<session>/latest.json``,
-    expiring with the snapshot it names."""
+    """The latest ref of a session as a small JSON object at
+    ``t/<tenant>/.openma/snapshots/<session>/latest.json``, expiring with the snapshot it names. A session
+    snapshotted by an older release still has its ref at ``sandbox-snapshots/<tenant>/<session>/``: it is
+    read from there until the next snapshot records one at the new place."""
 
     def __init__(self, blobs: BlobStore) -> None:
         self.blobs = blobs
 
     @staticmethod
     def key(tenant_id: str, session_id: str) -> str:
-        return f"sandbox-snapshots/{tenant_id}/{session_id}/latest.json"
+        return keys.snapshot_root_prefix(tenant_id, session_id) + "latest.json"
 
     async def latest(self, tenant_id: str, session_id: str) -> SnapshotRef | None:
-        try:
-            raw = await self.blobs.get(self.key(tenant_id, session_id))
-        except NotFound:
-            return None
-        return _ref_from_json(raw)
+        legacy = keys.legacy_snapshot_root_prefix(tenant_id, session_id) + "latest.json"
+        for key in (self.key(tenant_id, session_id), legacy):
+            try:
+                raw = await self.blobs.get(key)
+            except NotFound:
+                continue
+            return _ref_from_json(raw)
+        return None
 
     async def record(self, tenant_id: str, session_id: str, ref: SnapshotRef) -> SnapshotRef | None:
         previous = await self.latest(tenant_id, session_id)

@@ -36,6 +36,7 @@ import anyio
 import attrs
 import pytest
 
+from openma.core import events as ev
 from openma.errors import (
     Conflict,
     InvalidInput,
@@ -81,7 +82,7 @@ class LogEnv:
         )
 
     async def blob_keys(self, session_id: str) -> list[str]:
-        page = await self.blobs.list(f"sessions/{session_id}/", limit=1000)
+        page = await self.blobs.list(ev.session_blob_prefix(session_id), limit=1000)
         return [b.key for b in page.items]
 
     async def all_events(self, session_id: str, after: int = 0) -> list[Event]:
@@ -131,7 +132,7 @@ class EventLogContract(_StoreContractBase):
 
         root = await FsspecBlobStore.open(f"file://{tmp_path}/event-blobs")
         try:
-            yield root.for_tenant
+            yield lambda tenant_id: root.for_tenant(tenant_id, internal=True)
         finally:
             await root.aclose()
 

@@ -23,6 +23,7 @@ import anyio
 import attrs
 
 from openma.adapters.sandboxes import _shell
+from openma.core import keys
 from openma.core.ids import new_id
 from openma.core.sweeper import LABEL
 from openma.core.workspace import SNAPSHOT_TTL, mask_secrets, restore_workspace, snapshot_workspace
@@ -379,8 +380,9 @@ class RemoteSandbox(abc.ABC):
 
     @property
     def snapshot_prefix(self) -> str:
-        """Where this sandbox's snapshots go in the BlobStore (the same layout as the local sandbox)."""
-        return f"sandbox-snapshots/{self._spec.tenant_id}/{self._spec.session_id}/"
+        """Where this sandbox's snapshots go in the BlobStore: the tenant's internal area (the same layout as
+        the local sandbox; see :mod:`openma.core.keys`)."""
+        return keys.snapshot_root_prefix(self._spec.tenant_id, self._spec.session_id)
 
     def _need_blobs(self) -> BlobStore:
         if self._blobs is None:
@@ -394,7 +396,7 @@ class RemoteSandbox(abc.ABC):
 
     async def restore(self, ref: SnapshotRef) -> None:
         self._alive()
-        if not ref.key.startswith(f"sandbox-snapshots/{self._spec.tenant_id}/"):
+        if not keys.tenant_owns_snapshot(self._spec.tenant_id, ref.key):
             raise InvalidInput("snapshot belongs to another tenant", key=ref.key)
         await restore_workspace(self, self._need_blobs(), ref)
 

@@ -46,6 +46,7 @@ import anyio
 import attrs
 from anyio.abc import ByteReceiveStream, Process
 
+from openma.core import keys
 from openma.core.ids import new_id
 from openma.core.workspace import SNAPSHOT_TTL, mask_secrets, restore_workspace, snapshot_workspace
 from openma.errors import ConfigError, InvalidInput, NotFound, SandboxError
@@ -822,7 +823,7 @@ class LocalSandbox:
 
     @property
     def snapshot_prefix(self) -> str:
-        return f"sandbox-snapshots/{self.spec.tenant_id}/{self.spec.session_id}/"
+        return keys.snapshot_root_prefix(self.spec.tenant_id, self.spec.session_id)
 
     async def snapshot(self, *, ttl: float | None = SNAPSHOT_TTL) -> SnapshotRef:
         blobs = self._require_blobs()
@@ -831,7 +832,7 @@ class LocalSandbox:
 
     async def restore(self, ref: SnapshotRef) -> None:
         blobs = self._require_blobs()
-        if not ref.key.startswith(f"sandbox-snapshots/{self.spec.tenant_id}/"):
+        if not keys.tenant_owns_snapshot(self.spec.tenant_id, ref.key):
             raise InvalidInput("snapshot belongs to another tenant", key=ref.key)
         await restore_workspace(self, blobs, ref)
 
