@@ -27,9 +27,10 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
+from anyio.abc import TaskGroup
 
 from openma.core import keys
 from openma.core.workspace import SNAPSHOT_TTL, mask_secrets
@@ -37,6 +38,9 @@ from openma.errors import NotFound, OpenmaError, SandboxError
 from openma.ports.blobs import BlobStore
 from openma.ports.sandbox import ExecResult, FileInfo, ProcessInfo, Sandbox, SandboxProvider, SandboxSpec, SnapshotRef
 from openma.ports.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from openma.core.upkeep import SandboxUpkeep
 
 COMMAND_IN_TELEMETRY: Final = 200
 
@@ -167,6 +171,8 @@ class SandboxOrchestrator:
         self.index: SnapshotIndex = index or (BlobSnapshotIndex(blobs) if blobs is not None else MemorySnapshotIndex())
         self._slots: dict[str, _Slot] = {}
         self._guard = anyio.Lock()
+        #: The keepalive/idle-reap loop, once :meth:`start_upkeep` started it (see :mod:`openma.core.upkeep`).
+        self.upkeep: SandboxUpkeep | None = None
 
     def __repr__(self) -> str:
         live = sum(1 for s in self._slots.values() if s.sandbox is not None)
@@ -332,8 +338,20 @@ class SandboxOrchestrator:
             await self._recycle(slot, "reaped")
         return [s.spec.session_id for s in idle]
 
+    async def start_upkeep(self, task_group: TaskGroup, *, interval: float, idle_reap_after: float = 0.0) -> None:
+        """Keep the live sandboxes alive and reap the idle ones every ``interval`` seconds, in ``task_group``,
+        until :meth:`aclose` (see :mod:`openma.core.upkeep`)."""
+        from openma.core.upkeep import SandboxUpkeep
+
+        if self.upkeep is not None:
+            raise SandboxError("the upkeep loop of this orchestrator is already running")
+        self.upkeep = SandboxUpkeep(self, interval=interval, idle_reap_after=idle_reap_after)
+        await task_group.start(self.upkeep.run)
+
     async def aclose(self) -> None:
-        """Release every session (snapshot, destroy)."""
+        """Stop the upkeep loop, then release every session (snapshot, destroy)."""
+        if self.upkeep is not None:
+            await self.upkeep.stop()
         for session_id in list(self._slots):
             await self.release(session_id)
 
