@@ -137,6 +137,8 @@ class _Slot:
         self.last_used = time.monotonic()
         self.released = False
         self.secrets: dict[str, str] = {}
+        #: Commands running through the orchestrator now: a sandbox in use is never reaped.
+        self.busy = 0
 
     def current(self) -> Sandbox | None:
         return self.sandbox
@@ -333,7 +335,11 @@ class SandboxOrchestrator:
         sandbox and restores the snapshot just taken.
         """
         now = time.monotonic()
-        idle = [s for s in list(self._slots.values()) if s.sandbox is not None and now - s.last_used >= idle_for]
+        idle = [
+            s
+            for s in list(self._slots.values())
+            if s.sandbox is not None and not s.busy and now - s.last_used >= idle_for
+        ]
         for slot in idle:
             await self._recycle(slot, "reaped")
         return [s.spec.session_id for s in idle]
@@ -414,6 +420,7 @@ class OrchestratedSandbox:
         sandbox = await self._sb()
         spec = self._slot.spec
         started = time.perf_counter()
+        self._slot.busy += 1
         try:
             result = await sandbox.exec(cmd, timeout=timeout, env=env, cwd=cwd, secrets=secrets)
         except OpenmaError as exc:
@@ -422,6 +429,9 @@ class OrchestratedSandbox:
             if tool is not None:
                 self._orch._emit("tool.call", **fields, tool=tool, outcome="failed", duration_ms=_ms(started))
             raise
+        finally:
+            self._slot.busy -= 1
+            self._slot.last_used = time.monotonic()
         fields = {"tenant_id": spec.tenant_id, "session_id": spec.session_id, "sandbox_id": sandbox.id}
         outcome = _outcome(result)
         self._orch._emit(

@@ -13,7 +13,7 @@ stops it after an idle interval), and nothing else frees a sandbox a session sto
 
 A failure on one sandbox is reported as ``silent_catch`` (``where="upkeep.keepalive"`` or
 ``"upkeep.reap"``) and never stops the loop. A sandbox whose slot is busy (being created, snapshotted or
-recycled) is skipped for that pass.
+recycled) is skipped for that pass; one running a command is kept alive, never reaped.
 
 The platform opened with ``Platform.open`` runs the loop in its task group from the moment the
 orchestrator opens (``Settings.sandbox_keepalive_interval``, ``Settings.sandbox_idle_reap_after``); the
@@ -105,7 +105,7 @@ class SandboxUpkeep:
             if sandbox is None or slot.released or slot.lock.locked():
                 continue
             session_id = slot.spec.session_id
-            if self.idle_reap_after and now - slot.last_used >= self.idle_reap_after:
+            if self.idle_reap_after and not slot.busy and now - slot.last_used >= self.idle_reap_after:
                 try:
                     await orch._recycle(slot, "reaped")
                 except Exception as exc:  # the loop outlives any one sandbox
