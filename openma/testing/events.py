@@ -3,7 +3,8 @@
 Combine ``EventLogContract`` with the ``store_backend`` fixture of the store contracts (a fresh, migrated
 backend per test); the contract asks it for ``backend.sessions(tenant, blobs=..., settings=...)``. Spilled
 events go to a ``file://`` blob store in the test's temporary directory unless you override the
-``event_blobs`` fixture (a function from tenant id to that tenant's blob store)::
+``event_blobs`` fixture (a function from tenant id to that tenant's *internal* blob view, which accepts the
+keys of openma's area ``.openma/...``, as ``FsspecBlobStore.for_tenant(tenant_id, internal=True)`` does)::
 
     import pytest
     from openma.testing import EventLogContract
