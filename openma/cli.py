@@ -259,7 +259,8 @@ def gc(older_than: str, tenant_ids: tuple[str, ...], batch_size: int) -> None:
                 expired = await t.kv.sweep_expired()
                 click.echo(
                     f"{tenant_id}: events {report.events}, inbox {report.inbox}, streams {report.streams},"
-                    f" sessions {report.sessions}, blobs {report.blobs}, kv {expired}"
+                    f" sessions {report.sessions}, blobs {report.blobs}, expired blobs {report.expired_blobs},"
+                    f" kv {expired}"
                 )
 
     _run(go)

@@ -176,3 +176,5 @@ class GcReport:
     streams: int = 0
     sessions: int = 0
     blobs: int = 0
+    #: Blobs of the tenant whose TTL had run out (snapshots, TTL'd tenant blobs), swept in the same pass.
+    expired_blobs: int = 0

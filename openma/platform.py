@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from openma import registry
 from openma.adapters.telemetry import LoggingTelemetry
@@ -75,7 +76,11 @@ class TenantScope:
 
     @property
     def blobs(self) -> BlobStore:
-        """This tenant's blobs: every key lives under ``t/<tenant_id>/`` of the platform's blob store."""
+        """This tenant's blobs: every key lives under ``t/<tenant_id>/`` of the platform's blob store.
+
+        openma's own objects of the tenant (spilled events, snapshots) are out of its reach: keys starting
+        with ``.openma/`` or ``sessions/`` are ``InvalidInput`` and never listed.
+        """
         if self._blobs is None:
             self._blobs = self._platform.blobs.for_tenant(self.tenant_id, ensure=self._ref.ensure)
         return self._blobs
@@ -84,8 +89,10 @@ class TenantScope:
     def sessions(self) -> Sessions:
         """This tenant's sessions and their event logs; spilled events go to :attr:`blobs`."""
         if self._sessions is None:
-            try:
-                blobs: BlobStore | None = self.blobs
+            try:  # spills go to the tenant's internal area, which its own blob view cannot name
+                blobs: BlobStore | None = self._platform.blobs.for_tenant(
+                    self.tenant_id, ensure=self._ref.ensure, internal=True
+                )
             except ConfigError:  # a platform built without a blob store: events cannot spill
                 blobs = None
             backend = self._platform.backend("sessions")
@@ -121,6 +128,7 @@ class Platform:
         self.telemetry: Telemetry = telemetry or LoggingTelemetry()
         self._orchestrator: SandboxOrchestrator | None = None
         self._orchestrator_lock = anyio.Lock()
+        self._task_group: TaskGroup | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -132,10 +140,25 @@ class Platform:
     async def open(
         cls, settings: Settings | None = None, *, telemetry: Telemetry | None = None
     ) -> AsyncIterator[Platform]:
-        """Open a platform for the duration of an ``async with`` block."""
+        """Open a platform for the duration of an ``async with`` block.
+
+        Background work of the platform (the sandbox upkeep loop) runs in a task group of this block and
+        stops with it; an error of the block comes out as it was raised.
+        """
         platform = await cls.connect(settings, telemetry=telemetry)
+        failure: Exception | None = None
         try:
-            yield platform
+            async with anyio.create_task_group() as task_group:
+                platform._task_group = task_group
+                try:
+                    yield platform
+                except Exception as exc:  # re-raised below, outside the task group (so never wrapped)
+                    failure = exc
+                finally:
+                    platform._task_group = None
+                    task_group.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
         finally:
             with anyio.CancelScope(shield=True):
                 await platform.aclose()
@@ -196,7 +219,9 @@ class Platform:
     async def sandboxes(self) -> SandboxOrchestrator:
         """The sandbox orchestrator (one sandbox per session), opened on first use from ``settings.sandbox``.
 
-        Snapshots go to the platform's blob store under ``sandbox-snapshots/<tenant>/<session>/``.
+        Snapshots go to the platform's blob store under ``t/<tenant>/.openma/snapshots/<session>/``. On a
+        platform opened with :meth:`open`, the orchestrator keeps its sandboxes alive and reaps the idle
+        ones every ``sandbox_keepalive_interval`` seconds (:mod:`openma.core.upkeep`).
         """
         if self._closed:
             raise ConfigError("this platform is closed")
@@ -207,6 +232,12 @@ class Platform:
                 factory = registry.sandboxes.load(self.settings.sandbox)
                 provider = await factory(self.settings, blobs=self._blobs)
                 self._orchestrator = SandboxOrchestrator(provider, self._blobs, self.telemetry)
+                if self._task_group is not None and self.settings.sandbox_keepalive_interval > 0:
+                    await self._orchestrator.start_upkeep(
+                        self._task_group,
+                        interval=self.settings.sandbox_keepalive_interval,
+                        idle_reap_after=self.settings.sandbox_idle_reap_after,
+                    )
             return self._orchestrator
 
     async def migrate(self) -> dict[str, list[str]]:

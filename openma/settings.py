@@ -125,6 +125,16 @@ def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) ->
         raise ConfigError(f"{attribute.name} must be >= 0, got {value!r}", field=attribute.name)
 
 
+def _seconds(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+        raise ConfigError(f"{attribute.name} must be a finite number >= 0, got {value!r}", field=attribute.name)
+
+
+def _optional_positive_int(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ConfigError(f"{attribute.name} must be a positive integer, got {value!r}", field=attribute.name)
+
+
 @attrs.frozen(repr=False)
 class Settings:
     """Configuration of a :class:`~openma.Platform`. Immutable; use :func:`attrs.evolve` to vary it."""
@@ -190,6 +200,16 @@ class Settings:
     daytona_target: str | None = None
     #: Daytona image for new sandboxes (default: Daytona's default snapshot).
     daytona_image: str | None = None
+    #: Daytona resources for new sandboxes built from an image: vCPUs, memory and disk in GiB (None: Daytona's).
+    daytona_cpu: int | None = attrs.field(default=None, validator=_optional_positive_int)
+    daytona_memory: int | None = attrs.field(default=None, validator=_optional_positive_int)
+    daytona_disk: int | None = attrs.field(default=None, validator=_optional_positive_int)
+
+    # -- Sandbox upkeep (run by the orchestrator while the platform is open; 0 turns one off)
+    #: Seconds between upkeep passes: each keeps the live sandboxes alive and reaps the idle ones.
+    sandbox_keepalive_interval: float = attrs.field(default=300.0, validator=_seconds)
+    #: Seconds a sandbox may go unused before it is reaped (snapshotted, then destroyed).
+    sandbox_idle_reap_after: float = attrs.field(default=1800.0, validator=_seconds)
 
     # -- Local sandboxes (LocalSubprocess; 0 turns a limit off)
     #: Directory holding one directory per local sandbox.
@@ -306,6 +326,11 @@ _ENV: Final[dict[str, tuple[str, str]]] = {
     "daytona_api_url": ("DAYTONA_API_URL", "str"),
     "daytona_target": ("DAYTONA_TARGET", "str"),
     "daytona_image": ("DAYTONA_IMAGE", "str"),
+    "daytona_cpu": ("DAYTONA_CPU", "int"),
+    "daytona_memory": ("DAYTONA_MEMORY", "int"),
+    "daytona_disk": ("DAYTONA_DISK", "int"),
+    "sandbox_keepalive_interval": ("OPENMA_SANDBOX_KEEPALIVE_INTERVAL", "float"),
+    "sandbox_idle_reap_after": ("OPENMA_SANDBOX_IDLE_REAP_AFTER", "float"),
     "local_sandbox_root": ("OPENMA_LOCAL_SANDBOX_ROOT", "str"),
     "local_sandbox_output_bytes": ("OPENMA_LOCAL_SANDBOX_OUTPUT_BYTES", "int"),
     "local_sandbox_memory_bytes": ("OPENMA_LOCAL_SANDBOX_MEMORY_BYTES", "int"),

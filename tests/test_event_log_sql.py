@@ -61,7 +61,7 @@ async def test_spill_stub_row_and_counter(store_backend: SqlStoreBackend, tmp_pa
     from openma.adapters.fsspec_blobs import FsspecBlobStore
 
     tenant = await store_backend.tenants.create(name="t")
-    blobs = (await FsspecBlobStore.open(f"file://{tmp_path}/blobs")).for_tenant(tenant.id)
+    blobs = (await FsspecBlobStore.open(f"file://{tmp_path}/blobs")).for_tenant(tenant.id, internal=True)
     store = store_backend.sessions(TenantRef(tenant.id), blobs=blobs, settings=Settings(event_spill_bytes=100))
     s = await store.create(agent_id=AGENT, environment_id=ENVIRONMENT, agent_snapshot={}, environment_snapshot={})
     [big] = await store.append(s.id, [{"type": "user.message", "text": "x" * 500}])

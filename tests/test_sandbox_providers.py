@@ -141,7 +141,7 @@ async def test_remove_semantics(box: Any) -> None:
 async def test_snapshots_stay_with_their_tenant(box: Any, sandbox_blobs: Any) -> None:
     await box.write_file("keep.txt", b"v1")
     ref = await box.snapshot(ttl=300)
-    assert ref.key.startswith(f"sandbox-snapshots/{box.spec.tenant_id}/{box.spec.session_id}/")
+    assert ref.key.startswith(f"t/{box.spec.tenant_id}/.openma/snapshots/{box.spec.session_id}/")
     assert (await sandbox_blobs.head(ref.key)).size == ref.size
     foreign = attrs.evolve(ref, key=ref.key.replace(box.spec.tenant_id, "ten_other", 1))
     with pytest.raises(InvalidInput):

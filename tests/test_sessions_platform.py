@@ -88,11 +88,13 @@ async def test_spilled_events_live_in_the_tenants_blob_store(settings: Settings)
         session = await t.sessions.create(agent_id=agent.id, environment_id=env.id)
         big = {"type": "user.message", "content": [{"type": "text", "text": "ж" * 5_000}]}
         [event] = await t.sessions.append(session.id, [big])
-        [blob] = (await t.blobs.list(f"sessions/{session.id}/")).items
-        assert blob.key.startswith(f"sessions/{session.id}/events/{event.id}.")
+        internal = oma.blobs.for_tenant(t.tenant_id, internal=True)
+        [blob] = (await internal.list(f".openma/sessions/{session.id}/")).items
+        assert blob.key.startswith(f".openma/sessions/{session.id}/events/{event.id}.")
+        assert len(await t.blobs.list()) == 0  # the tenant's own view never shows it
         assert (await t.sessions.get_event(session.id, event.id)).data == {**big, "id": event.id}
         await t.sessions.delete(session.id)
-        assert len(await t.blobs.list(f"sessions/{session.id}/")) == 0
+        assert len(await internal.list(f".openma/sessions/{session.id}/")) == 0
 
 
 @pytest.mark.postgres

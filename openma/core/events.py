@@ -24,6 +24,7 @@ from typing import Any, Final
 
 import attrs
 
+from openma.core import keys
 from openma.core.ids import new_id
 from openma.core.jsonutil import dumps, loads
 from openma.errors import InvalidInput, SpillIntegrityError
@@ -158,12 +159,13 @@ def unique(prepared: Sequence[PreparedEvent]) -> list[PreparedEvent]:
 
 def spill_key(session_id: str, event: PreparedEvent) -> Spill:
     digest = hashlib.sha256(event.body).hexdigest()
-    return Spill(f"sessions/{session_id}/events/{event.id}.{digest[:32]}.json", event.size, digest)
+    return Spill(f"{keys.spill_prefix(session_id)}events/{event.id}.{digest[:32]}.json", event.size, digest)
 
 
 def session_blob_prefix(session_id: str) -> str:
-    """Every blob of one session lives under this prefix (so deleting a session sweeps them all)."""
-    return f"sessions/{session_id}/"
+    """Every blob of one session lives under this prefix of the tenant's internal blob view (so deleting a
+    session sweeps them all); :func:`openma.core.keys.legacy_spill_prefix` is where older releases put them."""
+    return keys.spill_prefix(session_id)
 
 
 def stub_spill(event_id: str, data: dict[str, Any], key: str | None) -> Spill:

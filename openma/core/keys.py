@@ -1,7 +1,19 @@
-"""Checks for blob and KV keys, TTLs and blob metadata: ``InvalidInput`` before any I/O.
+"""Checks for blob and KV keys, TTLs and blob metadata (``InvalidInput`` before any I/O), and the blob layout.
 
 Blob keys become file paths on ``file://``, so they are held to the rules that keep a path inside its
 root on every filesystem; KV keys are only ever SQL parameters, so they need fewer rules.
+
+**Blob layout** (keys of the platform's whole store)::
+
+    .openma/...                              the blob adapter's own bookkeeping (meta, expiry index, tmp)
+    t/<tenant>/<user key>                    what the tenant stores through ``t.blobs``
+    t/<tenant>/.openma/sessions/<session>/   spilled events of a session
+    t/<tenant>/.openma/snapshots/<session>/  workspace snapshots of a session (and ``latest.json``)
+
+Everything openma writes for a tenant lives under the tenant's ``.openma/`` area, which no key of the
+tenant view can name (a first segment ``.openma`` is refused everywhere). Two older locations are still
+read, never written: spills at ``t/<tenant>/sessions/<session>/`` (so ``sessions`` is reserved in the tenant
+view too) and snapshots at ``sandbox-snapshots/<tenant>/<session>/`` (outside every tenant view).
 """
 
 from __future__ import annotations
@@ -11,6 +23,7 @@ import binascii
 import json
 import math
 import re
+import unicodedata
 from datetime import timedelta
 from typing import Final
 
@@ -25,6 +38,12 @@ MAX_CONTENT_TYPE: Final = 255
 MAX_TTL_SECONDS: Final = 10 * 366 * 24 * 3600
 #: The first key segment that blob adapters keep for their own bookkeeping.
 RESERVED_SEGMENT: Final = ".openma"
+#: Where each tenant's keys live in the platform's store: ``t/<tenant_id>/``.
+TENANT_ROOT: Final = "t/"
+#: First segments a tenant's own keys may not use: openma's internal area, and where spills used to go.
+TENANT_RESERVED: Final = frozenset({RESERVED_SEGMENT, "sessions"})
+#: Where snapshots went before they moved under the tenant (read for restores, never written).
+LEGACY_SNAPSHOT_ROOT: Final = "sandbox-snapshots/"
 
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTENT_TYPE: Final = re.compile(r"^[\x21-\x7e][\x20-\x7e]*$")
@@ -74,9 +93,79 @@ def blob_key(key: object, what: str = "key") -> str:
             raise InvalidInput(f"{what} {_show(key)} has an empty, '.' or '..' segment (or a trailing '/')", field=what)
         if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
             raise InvalidInput(f"{what} has a segment over {MAX_SEGMENT_BYTES} bytes", field=what)
-    if segments[0] == RESERVED_SEGMENT:
+    if _fold(segments[0]) == RESERVED_SEGMENT:
         raise InvalidInput(f"{what} {_show(key)} uses the reserved segment {RESERVED_SEGMENT!r}", field=what)
     return key
+
+
+def _fold(segment: str) -> str:
+    """A segment as a case-insensitive, normalization-insensitive filesystem (APFS, NTFS) may see it."""
+    return unicodedata.normalize("NFKC", segment).casefold()
+
+
+def tenant_reserved(key: str) -> bool:
+    """Whether a key of a tenant view names openma's internal area (or the old spill area)."""
+    return _fold(key.split("/", 1)[0]) in TENANT_RESERVED
+
+
+def tenant_blob_key(key: object, what: str = "key") -> str:
+    """A key of a tenant's own blobs: a :func:`blob_key` outside the reserved first segments."""
+    key = blob_key(key, what)
+    if tenant_reserved(key):
+        raise InvalidInput(f"{what} {_show(key)} is in a reserved area of the blob store", field=what)
+    return key
+
+
+def internal_blob_key(key: object, what: str = "key") -> str:
+    """A key of a tenant's internal view: a :func:`blob_key` that may start with ``.openma`` (the tenant's
+    own internal area, which is not the adapter's root bookkeeping)."""
+    if isinstance(key, str) and key.startswith(RESERVED_SEGMENT + "/"):
+        kv_key(key, what)
+        return RESERVED_SEGMENT + "/" + blob_key(key[len(RESERVED_SEGMENT) + 1 :], what)
+    return blob_key(key, what)
+
+
+def tenant_blob_prefix(prefix: object, what: str = "prefix") -> str:
+    """A list prefix of a tenant view: one that names a reserved area is refused (results are filtered too)."""
+    prefix = blob_prefix(prefix, what)
+    if prefix and tenant_reserved(prefix):
+        raise InvalidInput(f"{what} {_show(prefix)} is in a reserved area of the blob store", field=what)
+    return prefix
+
+
+def tenant_root(tenant_id: str) -> str:
+    return f"{TENANT_ROOT}{tenant_id}/"
+
+
+def spill_prefix(session_id: str) -> str:
+    """Spilled events of a session, relative to the tenant's internal view."""
+    return f"{RESERVED_SEGMENT}/sessions/{session_id}/"
+
+
+def legacy_spill_prefix(session_id: str) -> str:
+    """Where a session's spilled events went before they moved under ``.openma`` (tenant-relative)."""
+    return f"sessions/{session_id}/"
+
+
+def snapshot_prefix(session_id: str) -> str:
+    """Snapshots of a session, relative to the tenant's internal view."""
+    return f"{RESERVED_SEGMENT}/snapshots/{session_id}/"
+
+
+def snapshot_root_prefix(tenant_id: str, session_id: str) -> str:
+    """Snapshots of a session as keys of the platform's whole store."""
+    return tenant_root(tenant_id) + snapshot_prefix(session_id)
+
+
+def legacy_snapshot_root_prefix(tenant_id: str, session_id: str | None = None) -> str:
+    """Where snapshots went before they moved under the tenant (keys of the whole store)."""
+    return f"{LEGACY_SNAPSHOT_ROOT}{tenant_id}/" + (f"{session_id}/" if session_id is not None else "")
+
+
+def tenant_owns_snapshot(tenant_id: str, key: str) -> bool:
+    """Whether ``key`` (of the whole store) is a snapshot of one of ``tenant_id``'s sessions."""
+    current = tenant_root(tenant_id) + f"{RESERVED_SEGMENT}/snapshots/"
+    return key.startswith((current, legacy_snapshot_root_prefix(tenant_id))) and ".." not in key.split("/")
 
 
 def blob_prefix(prefix: object, what: str = "prefix") -> str:

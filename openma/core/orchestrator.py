@@ -27,15 +27,20 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
+from anyio.abc import TaskGroup
 
+from openma.core import keys
 from openma.core.workspace import SNAPSHOT_TTL, mask_secrets
 from openma.errors import NotFound, OpenmaError, SandboxError
 from openma.ports.blobs import BlobStore
 from openma.ports.sandbox import ExecResult, FileInfo, ProcessInfo, Sandbox, SandboxProvider, SandboxSpec, SnapshotRef
 from openma.ports.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from openma.core.upkeep import SandboxUpkeep
 
 COMMAND_IN_TELEMETRY: Final = 200
 
@@ -89,22 +94,27 @@ def _ref_from_json(raw: bytes) -> SnapshotRef:
 
 
 class BlobSnapshotIndex:
-    """The latest ref of a session as a small JSON object at ``sandbox-snapshots/<tenant>/<session>/latest.json``,
-    expiring with the snapshot it names."""
+    """The latest ref of a session as a small JSON object at
+    ``t/<tenant>/.openma/snapshots/<session>/latest.json``, expiring with the snapshot it names. A session
+    snapshotted by an older release still has its ref at ``sandbox-snapshots/<tenant>/<session>/``: it is
+    read from there until the next snapshot records one at the new place."""
 
     def __init__(self, blobs: BlobStore) -> None:
         self.blobs = blobs
 
     @staticmethod
     def key(tenant_id: str, session_id: str) -> str:
-        return f"sandbox-snapshots/{tenant_id}/{session_id}/latest.json"
+        return keys.snapshot_root_prefix(tenant_id, session_id) + "latest.json"
 
     async def latest(self, tenant_id: str, session_id: str) -> SnapshotRef | None:
-        try:
-            raw = await self.blobs.get(self.key(tenant_id, session_id))
-        except NotFound:
-            return None
-        return _ref_from_json(raw)
+        legacy = keys.legacy_snapshot_root_prefix(tenant_id, session_id) + "latest.json"
+        for key in (self.key(tenant_id, session_id), legacy):
+            try:
+                raw = await self.blobs.get(key)
+            except NotFound:
+                continue
+            return _ref_from_json(raw)
+        return None
 
     async def record(self, tenant_id: str, session_id: str, ref: SnapshotRef) -> SnapshotRef | None:
         previous = await self.latest(tenant_id, session_id)
@@ -127,6 +137,8 @@ class _Slot:
         self.last_used = time.monotonic()
         self.released = False
         self.secrets: dict[str, str] = {}
+        #: Commands running through the orchestrator now: a sandbox in use is never reaped.
+        self.busy = 0
 
     def current(self) -> Sandbox | None:
         return self.sandbox
@@ -161,6 +173,8 @@ class SandboxOrchestrator:
         self.index: SnapshotIndex = index or (BlobSnapshotIndex(blobs) if blobs is not None else MemorySnapshotIndex())
         self._slots: dict[str, _Slot] = {}
         self._guard = anyio.Lock()
+        #: The keepalive/idle-reap loop, once :meth:`start_upkeep` started it (see :mod:`openma.core.upkeep`).
+        self.upkeep: SandboxUpkeep | None = None
 
     def __repr__(self) -> str:
         live = sum(1 for s in self._slots.values() if s.sandbox is not None)
@@ -321,13 +335,29 @@ class SandboxOrchestrator:
         sandbox and restores the snapshot just taken.
         """
         now = time.monotonic()
-        idle = [s for s in list(self._slots.values()) if s.sandbox is not None and now - s.last_used >= idle_for]
+        idle = [
+            s
+            for s in list(self._slots.values())
+            if s.sandbox is not None and not s.busy and now - s.last_used >= idle_for
+        ]
         for slot in idle:
             await self._recycle(slot, "reaped")
         return [s.spec.session_id for s in idle]
 
+    async def start_upkeep(self, task_group: TaskGroup, *, interval: float, idle_reap_after: float = 0.0) -> None:
+        """Keep the live sandboxes alive and reap the idle ones every ``interval`` seconds, in ``task_group``,
+        until :meth:`aclose` (see :mod:`openma.core.upkeep`)."""
+        from openma.core.upkeep import SandboxUpkeep
+
+        if self.upkeep is not None:
+            raise SandboxError("the upkeep loop of this orchestrator is already running")
+        self.upkeep = SandboxUpkeep(self, interval=interval, idle_reap_after=idle_reap_after)
+        await task_group.start(self.upkeep.run)
+
     async def aclose(self) -> None:
-        """Release every session (snapshot, destroy)."""
+        """Stop the upkeep loop, then release every session (snapshot, destroy)."""
+        if self.upkeep is not None:
+            await self.upkeep.stop()
         for session_id in list(self._slots):
             await self.release(session_id)
 
@@ -390,6 +420,7 @@ class OrchestratedSandbox:
         sandbox = await self._sb()
         spec = self._slot.spec
         started = time.perf_counter()
+        self._slot.busy += 1
         try:
             result = await sandbox.exec(cmd, timeout=timeout, env=env, cwd=cwd, secrets=secrets)
         except OpenmaError as exc:
@@ -398,6 +429,9 @@ class OrchestratedSandbox:
             if tool is not None:
                 self._orch._emit("tool.call", **fields, tool=tool, outcome="failed", duration_ms=_ms(started))
             raise
+        finally:
+            self._slot.busy -= 1
+            self._slot.last_used = time.monotonic()
         fields = {"tenant_id": spec.tenant_id, "session_id": spec.session_id, "sandbox_id": sandbox.id}
         outcome = _outcome(result)
         self._orch._emit(

@@ -56,6 +56,17 @@ CAPABILITIES: Final[dict[str, str]] = {
 
 ProcessStatus = Literal["running", "exited", "killed"]
 
+#: The exit status of a command killed by SIGKILL (128 + 9), which is how an out-of-memory kill ends.
+OOM_EXIT: Final = 137
+
+
+def is_oom_kill(exit_code: int, *, timed_out: bool, memory_kill_seen: bool) -> bool:
+    """The one rule every adapter sets ``ExecResult.oom_killed`` by, so the orchestrator treats a local and a
+    remote out-of-memory kill alike: the command died of SIGKILL (137), not at its deadline, and the adapter
+    saw a memory kill happen while it ran (its own memory watchdog, or the kernel's ``oom_kill`` counter
+    going up). A plain ``kill -9`` is not one."""
+    return exit_code == OOM_EXIT and not timed_out and memory_kill_seen
+
 
 @attrs.frozen
 class ExecResult:

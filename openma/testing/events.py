@@ -3,7 +3,8 @@
 Combine ``EventLogContract`` with the ``store_backend`` fixture of the store contracts (a fresh, migrated
 backend per test); the contract asks it for ``backend.sessions(tenant, blobs=..., settings=...)``. Spilled
 events go to a ``file://`` blob store in the test's temporary directory unless you override the
-``event_blobs`` fixture (a function from tenant id to that tenant's blob store)::
+``event_blobs`` fixture (a function from tenant id to that tenant's *internal* blob view, which accepts the
+keys of openma's area ``.openma/...``, as ``FsspecBlobStore.for_tenant(tenant_id, internal=True)`` does)::
 
     import pytest
     from openma.testing import EventLogContract
@@ -36,6 +37,7 @@ import anyio
 import attrs
 import pytest
 
+from openma.core import events as ev
 from openma.core.jsonutil import MAX_JSON_DEPTH
 from openma.errors import (
     Conflict,
@@ -82,7 +84,7 @@ class LogEnv:
         )
 
     async def blob_keys(self, session_id: str) -> list[str]:
-        page = await self.blobs.list(f"sessions/{session_id}/", limit=1000)
+        page = await self.blobs.list(ev.session_blob_prefix(session_id), limit=1000)
         return [b.key for b in page.items]
 
     async def all_events(self, session_id: str, after: int = 0) -> list[Event]:
@@ -132,7 +134,7 @@ class EventLogContract(_StoreContractBase):
 
         root = await FsspecBlobStore.open(f"file://{tmp_path}/event-blobs")
         try:
-            yield root.for_tenant
+            yield lambda tenant_id: root.for_tenant(tenant_id, internal=True)
         finally:
             await root.aclose()
 

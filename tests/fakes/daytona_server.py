@@ -87,6 +87,8 @@ class FakeDaytona:
         self.base_url = ""  # set by serve(): the toolbox proxy URL is derived from it
         self.sandboxes: dict[str, FakeSandbox] = {}
         self.calls: list[tuple[str, str]] = []
+        #: The JSON body of every create request, in order.
+        self.created: list[dict[str, Any]] = []
         self.faults: dict[tuple[str, str], list[tuple[int, str]]] = {}
         api = Starlette(
             routes=[
@@ -175,6 +177,7 @@ class FakeDaytona:
 
     async def _create(self, request: Request) -> Response:
         body = await request.json()
+        self.created.append(body)
         sid = str(uuid.uuid4())
         root = self.root / sid
         (root / "home").mkdir(parents=True)

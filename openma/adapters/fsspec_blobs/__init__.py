@@ -15,7 +15,11 @@ expiry on every read, so the sweep only reclaims space.
 
 The platform gives each tenant ``store.for_tenant(tenant_id)``: the same store with every key under
 ``t/<tenant_id>/``. The prefix is added after validation and stripped from what is returned, so a tenant
-can neither see nor name another tenant's keys.
+can neither see nor name another tenant's keys. The tenant view also refuses (``InvalidInput``) every key
+and list prefix in openma's internal area of the tenant (``.openma/...``, and the old spill area
+``sessions/...``; see :mod:`openma.core.keys`), and leaves those objects out of its lists, so a tenant
+cannot read, overwrite, list or delete its spilled events or snapshots. openma's own writers use
+``for_tenant(tenant_id, internal=True)``, which may name them.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeAlias
 
 from openma.adapters.fsspec_blobs._common import (
     STALE_UPLOAD_MS,
@@ -45,7 +49,9 @@ from openma.settings import Settings
 
 MAX_LIST_LIMIT: Final = 1000
 MAX_CHUNK_SIZE: Final = 64 << 20
-TENANT_ROOT: Final = "t/"
+TENANT_ROOT: Final = check.TENANT_ROOT
+#: ``root``: the whole store; ``tenant``: a tenant's own keys; ``internal``: a tenant's keys and its ``.openma/``.
+Scope: TypeAlias = Literal["root", "tenant", "internal"]
 
 
 def _offset(value: object, what: str) -> int:
@@ -101,11 +107,15 @@ class FsspecBlobStore:
         clock: Clock | None = None,
         prefix: str = "",
         ensure: Callable[[], Awaitable[None]] | None = None,
+        scope: Scope = "root",
     ) -> None:
         self._engine = engine
         self._clock = clock or SystemClock()
         self._prefix = prefix
         self._ensure = ensure
+        self._scope: Scope = scope
+        #: On an internal view: the tenant's snapshots at their pre-tenant location (read and swept, never written).
+        self.legacy_snapshots: FsspecBlobStore | None = None
         #: The conformance-kit capabilities this store has (they depend on the URL's engine).
         self.capabilities: frozenset[str] = engine.capabilities
 
@@ -134,15 +144,30 @@ class FsspecBlobStore:
         """Open ``settings.blob_url`` with the S3 settings and ``blob_options`` as storage options."""
         return await cls.open(settings.blob_url, storage_options=storage_options(settings), clock=clock)
 
-    def for_tenant(self, tenant_id: str, *, ensure: Callable[[], Awaitable[None]] | None = None) -> FsspecBlobStore:
+    def for_tenant(
+        self,
+        tenant_id: str,
+        *,
+        ensure: Callable[[], Awaitable[None]] | None = None,
+        internal: bool = False,
+    ) -> FsspecBlobStore:
         """This store seen by one tenant: every key lives under ``t/<tenant_id>/``.
 
         ``ensure`` (the platform passes its tenant check) runs before each put, so a mistyped tenant id
-        cannot leave orphan objects.
+        cannot leave orphan objects. The view refuses openma's internal area of the tenant unless
+        ``internal`` (for openma's own writers: the event log's spills, snapshots).
         """
         check_id(tenant_id, "tnt", what="tenant_id")
-        prefix = f"{self._prefix}{TENANT_ROOT}{tenant_id}/"
-        return FsspecBlobStore(self._engine, clock=self._clock, prefix=prefix, ensure=ensure)
+        if self._scope != "root":
+            raise ConfigError("for_tenant is only available on the whole store")
+        prefix = f"{self._prefix}{check.tenant_root(tenant_id)}"
+        view = FsspecBlobStore(
+            self._engine, clock=self._clock, prefix=prefix, ensure=ensure, scope="internal" if internal else "tenant"
+        )
+        if internal:
+            legacy = f"{self._prefix}{check.legacy_snapshot_root_prefix(tenant_id)}"
+            view.legacy_snapshots = FsspecBlobStore(self._engine, clock=self._clock, prefix=legacy)
+        return view
 
     async def aclose(self) -> None:
         if not self._prefix:
@@ -151,7 +176,18 @@ class FsspecBlobStore:
     # -- the port
 
     def _full(self, key: object) -> str:
+        if self._scope == "tenant":
+            return self._prefix + check.tenant_blob_key(key)
+        if self._scope == "internal":
+            return self._prefix + check.internal_blob_key(key)
         return self._prefix + check.blob_key(key)
+
+    def _list_prefix(self, prefix: object) -> str:
+        return check.tenant_blob_prefix(prefix) if self._scope == "tenant" else check.blob_prefix(prefix)
+
+    def _visible(self, meta: Meta) -> bool:
+        """Whether an object found by a scan belongs to this view (a tenant view skips the reserved areas)."""
+        return self._scope != "tenant" or not check.tenant_reserved(meta.key[len(self._prefix) :])
 
     async def put(
         self,
@@ -223,7 +259,7 @@ class FsspecBlobStore:
         await self._engine.remove(self._full(key))
 
     async def list(self, prefix: str = "", *, cursor: str | None = None, limit: int = 100) -> Page[BlobInfo]:
-        prefix = check.blob_prefix(prefix)
+        prefix = self._list_prefix(prefix)
         limit = check_limit(limit, maximum=MAX_LIST_LIMIT)
         scope = scope_of("blobs", self._engine.identity, self._prefix, prefix)
         after = self._prefix + check.decode_key_cursor(cursor, scope) if cursor is not None else ""
@@ -231,7 +267,7 @@ class FsspecBlobStore:
         while len(found) <= limit:
             batch, after, done = await self._engine.scan(self._prefix + prefix, after, limit + 1 - len(found))
             now = self._clock.now_ms()
-            found += [m for m in batch if m.live(now)]
+            found += [m for m in batch if m.live(now) and self._visible(m)]
             if done:
                 break
         strip = len(self._prefix)
@@ -256,7 +292,7 @@ class FsspecBlobStore:
 
     async def expire(self, prefix: str, older_than: datetime) -> int:
         """Delete every object under ``prefix`` created before ``older_than``; return how many."""
-        prefix = check.blob_prefix(prefix)
+        prefix = self._list_prefix(prefix)
         if not isinstance(older_than, datetime) or older_than.tzinfo is None:
             raise InvalidInput("older_than must be a timezone-aware datetime", field="older_than")
         cutoff = int(older_than.timestamp() * 1000)
@@ -265,7 +301,7 @@ class FsspecBlobStore:
         while True:
             batch, after, done = await self._engine.scan(self._prefix + prefix, after, MAX_LIST_LIMIT)
             for meta in batch:
-                if meta.created_ms < cutoff:
+                if meta.created_ms < cutoff and self._visible(meta):
                     removed += await self._engine.remove(meta.key, if_etag=meta.etag)
             if done:
                 return removed

@@ -23,12 +23,13 @@ import anyio
 import attrs
 
 from openma.adapters.sandboxes import _shell
+from openma.core import keys
 from openma.core.ids import new_id
 from openma.core.sweeper import LABEL
 from openma.core.workspace import SNAPSHOT_TTL, mask_secrets, restore_workspace, snapshot_workspace
 from openma.errors import InvalidInput, NotFound, SandboxError, SandboxGone
 from openma.ports.blobs import BlobStore
-from openma.ports.sandbox import ExecResult, FileInfo, ProcessInfo, SandboxSpec, SnapshotRef
+from openma.ports.sandbox import ExecResult, FileInfo, ProcessInfo, SandboxSpec, SnapshotRef, is_oom_kill
 
 #: Labels naming the tenant and the session (next to the sweeper's ``openma=1``).
 LABEL_TENANT: Final = "openma-tenant"
@@ -109,6 +110,13 @@ class RemoteSandbox(abc.ABC):
         self._mask_values: set[str] = set()
         self._commands: dict[str, str] = {}
         self._destroyed = False
+        # Where the sandbox's kernel counts memory kills (``oom_counters`` in the environment's sandbox options).
+        counters = spec.options.get("oom_counters", _shell.OOM_COUNTERS)
+        if not isinstance(counters, list | tuple) or not all(
+            isinstance(c, str) and c.startswith("/") for c in counters
+        ):
+            raise InvalidInput("sandbox option oom_counters must be a list of absolute paths", field="oom_counters")
+        self._oom_counters: tuple[str, ...] = tuple(counters)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self._id!r}, workdir={self.workdir!r})"
@@ -227,7 +235,13 @@ class RemoteSandbox(abc.ABC):
         run_dir = f"{self._state_dir}/run"
         stderr_limit = self._max_output + 1 if self.merged_output else None
         script = _shell.exec_script(
-            cmd, cwd=workdir, timeout=timeout, token=token, run_dir=run_dir, stderr_limit=stderr_limit
+            cmd,
+            cwd=workdir,
+            timeout=timeout,
+            token=token,
+            run_dir=run_dir,
+            stderr_limit=stderr_limit,
+            oom_counters=self._oom_counters,
         )
         started = time.monotonic()
         raw = await self._shell(script, timeout=timeout, env=command_env)
@@ -246,13 +260,15 @@ class RemoteSandbox(abc.ABC):
             await self._reap(token)
         stdout, cut_out = self._output(stdout)
         stderr, cut_err = self._output(stderr)
+        exit_code = _shell.TIMEOUT_EXIT if timed_out else raw.exit_code
         return ExecResult(
-            exit_code=_shell.TIMEOUT_EXIT if timed_out else raw.exit_code,
+            exit_code=exit_code,
             stdout=stdout,
             stderr=stderr,
             timed_out=timed_out,
             truncated=cut_out or cut_err,
             duration=duration,
+            oom_killed=is_oom_kill(exit_code, timed_out=timed_out, memory_kill_seen="oom" in found),
         )
 
     async def _reap(self, token: str) -> None:
@@ -379,8 +395,9 @@ class RemoteSandbox(abc.ABC):
 
     @property
     def snapshot_prefix(self) -> str:
-        """Where this sandbox's snapshots go in the BlobStore (the same layout as the local sandbox)."""
-        return f"sandbox-snapshots/{self._spec.tenant_id}/{self._spec.session_id}/"
+        """Where this sandbox's snapshots go in the BlobStore: the tenant's internal area (the same layout as
+        the local sandbox; see :mod:`openma.core.keys`)."""
+        return keys.snapshot_root_prefix(self._spec.tenant_id, self._spec.session_id)
 
     def _need_blobs(self) -> BlobStore:
         if self._blobs is None:
@@ -394,7 +411,7 @@ class RemoteSandbox(abc.ABC):
 
     async def restore(self, ref: SnapshotRef) -> None:
         self._alive()
-        if not ref.key.startswith(f"sandbox-snapshots/{self._spec.tenant_id}/"):
+        if not keys.tenant_owns_snapshot(self._spec.tenant_id, ref.key):
             raise InvalidInput("snapshot belongs to another tenant", key=ref.key)
         await restore_workspace(self, self._need_blobs(), ref)
 

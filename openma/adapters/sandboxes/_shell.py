@@ -31,6 +31,12 @@ GRACE: Final = 5.0
 TIMEOUT_EXIT: Final = 137
 #: Exit status the status/kill scripts use for "no such process".
 MISSING_EXIT: Final = 3
+#: Where the kernel counts out-of-memory kills (``oom_kill N``): the cgroup (v2, then v1), then the machine.
+OOM_COUNTERS: Final = (
+    "/sys/fs/cgroup/memory.events",
+    "/sys/fs/cgroup/memory/memory.oom_control",
+    "/proc/vmstat",
+)
 
 _ID_RE: Final = re.compile(r"^[0-9a-f]{16,32}$")
 
@@ -60,7 +66,14 @@ RUN_VAR: Final = "OPENMA_SANDBOX_RUN"
 
 
 def exec_script(
-    cmd: str, *, cwd: str, timeout: float, token: str, run_dir: str, stderr_limit: int | None = None
+    cmd: str,
+    *,
+    cwd: str,
+    timeout: float,
+    token: str,
+    run_dir: str,
+    stderr_limit: int | None = None,
+    oom_counters: tuple[str, ...] = OOM_COUNTERS,
 ) -> str:
     """Run ``cmd`` in its own session under ``cwd``; kill its process group at ``timeout`` (exit 137 and the
     ``timeout`` marker) or when it ends (nothing it started outlives ``exec``).
@@ -72,8 +85,17 @@ def exec_script(
     With ``stderr_limit`` (for a provider that merges the two streams), the command's stderr goes to a file
     that is printed after stdout, behind the ``stderr`` marker, cut at ``stderr_limit`` bytes; see
     :func:`split_stderr`.
+
+    A command that ends with 137 while the kernel's ``oom_kill`` counter (the first of ``oom_counters``
+    that has one) went up gets the ``oom`` marker: the provider's or the kernel's memory kill, told apart
+    from a plain ``kill -9``.
     """
     flag = q(f"{run_dir}/{token}.timeout")
+    files = " ".join(q(f) for f in oom_counters)
+    counter = (
+        f'oomc() {{ local f k v; for f in {files}; do [ -r "$f" ] || continue; '
+        'while read -r k v; do [ "$k" = oom_kill ] && { echo "$v"; return; }; done < "$f"; done; echo none; }'
+    )
     # The flag is set before the kill: the script's ``wait`` returns as soon as the group dies.
     watchdog = 'sleep "$1"; : > "$3"; kill -KILL -- -"$2" 2>/dev/null || rm -f "$3"'
     errfile = q(f"{run_dir}/{token}.err")
@@ -88,11 +110,14 @@ def exec_script(
 cd -- {q(cwd)} || {{ printf '%s' {q(marker(token, "nocwd"))} >&3; exit 1; }}
 [ -d {q(run_dir)} ] || mkdir -p {q(run_dir)}
 S=; command -v setsid >/dev/null && S=setsid
+{counter}
+o=$(oomc)
 {RUN_VAR}={token} $S bash -c {q(cmd)} </dev/null {to_stderr} 3>&- & p=$!
 $S bash -c {q(watchdog)} _ {_seconds(timeout)} $p {flag} </dev/null >/dev/null 3>&- & w=$!
 wait $p; rc=$?
 kill -KILL -- -$w || kill -KILL $w; kill -KILL -- -$p
 {show_stderr}if [ -e {flag} ]; then rm -f {flag}; printf '%s' {q(marker(token, "timeout"))} >&3; exit {TIMEOUT_EXIT}; fi
+if [ $rc = 137 ] && [ "$o" != none ] && [ "$(oomc)" != "$o" ]; then printf '%s' {q(marker(token, "oom"))} >&3; fi
 exit $rc
 """
 
@@ -173,7 +198,7 @@ def split_stderr(stdout: str, token: str) -> tuple[str, str]:
 def strip_marker(text: str, token: str) -> tuple[str, set[str]]:
     """Remove this call's markers from ``text``; return the text and which markers were found."""
     found: set[str] = set()
-    for what in ("timeout", "nocwd"):
+    for what in ("timeout", "nocwd", "oom"):
         m = marker(token, what)
         if m in text:
             found.add(what)

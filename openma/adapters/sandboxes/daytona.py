@@ -64,7 +64,16 @@ T = TypeVar("T")
 DEFAULT_API_URL: Final = "https://app.daytona.io/api"
 DEFAULT_WORKDIR: Final = "/home/daytona/workspace"
 CAPABILITIES: Final = frozenset(
-    {"background", "separate_stderr", "secrets", "snapshot", "keepalive", "absolute_paths", "isolation"}
+    {
+        "background",
+        "separate_stderr",
+        "secrets",
+        "snapshot",
+        "keepalive",
+        "oom_detection",
+        "absolute_paths",
+        "isolation",
+    }
 )
 #: Seconds ``create`` may take (it waits for the sandbox to start).
 CREATE_TIMEOUT: Final = 120.0
@@ -302,10 +311,37 @@ class DaytonaProvider:
             "auto_delete_interval": 0,
         }
         image = spec.image or self._settings.daytona_image
+        resources = self.resources(spec)
         if image:
+            if resources is not None:
+                common["resources"] = resources
             return model(CreateSandboxFromImageParams, image=image, **common)
+        if resources is not None:
+            raise ConfigError(
+                "daytona: cpu/memory/disk resources apply to sandboxes built from an image (Daytona sizes a "
+                "snapshot's sandboxes itself): set DAYTONA_IMAGE or the environment's image"
+            )
         snapshot = spec.options.get("snapshot")
         return model(CreateSandboxFromSnapshotParams, snapshot=str(snapshot) if snapshot else None, **common)
+
+    def resources(self, spec: SandboxSpec) -> Any:
+        """The SDK's ``Resources`` for ``spec`` (``None`` when none is set): the environment's
+        ``sandbox.resources`` (``{"cpu", "memory", "disk"}``, memory and disk in GiB) over the settings
+        (``DAYTONA_CPU``, ``DAYTONA_MEMORY``, ``DAYTONA_DISK``)."""
+        from daytona import Resources
+
+        given = spec.options.get("resources", {})
+        if not isinstance(given, Mapping) or set(given) - {"cpu", "memory", "disk"}:
+            raise InvalidInput("sandbox resources must be an object with cpu, memory and disk", field="resources")
+        values: dict[str, Any] = {}
+        for name in ("cpu", "memory", "disk"):
+            value = given.get(name, getattr(self._settings, f"daytona_{name}"))
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise InvalidInput(f"sandbox resources: {name} must be a positive integer", field="resources")
+            values[name] = value
+        return Resources(**values) if values else None
 
     async def create(self, spec: SandboxSpec) -> DaytonaSandbox:
         from daytona import DaytonaTimeoutError

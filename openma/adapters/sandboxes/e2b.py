@@ -54,7 +54,16 @@ if TYPE_CHECKING:
 
 DEFAULT_WORKDIR: Final = "/home/user/workspace"
 CAPABILITIES: Final = frozenset(
-    {"background", "separate_stderr", "secrets", "snapshot", "keepalive", "absolute_paths", "isolation"}
+    {
+        "background",
+        "separate_stderr",
+        "secrets",
+        "snapshot",
+        "keepalive",
+        "oom_detection",
+        "absolute_paths",
+        "isolation",
+    }
 )
 
 

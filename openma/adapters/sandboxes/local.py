@@ -46,11 +46,21 @@ import anyio
 import attrs
 from anyio.abc import ByteReceiveStream, Process
 
+from openma.core import keys
 from openma.core.ids import new_id
 from openma.core.workspace import SNAPSHOT_TTL, mask_secrets, restore_workspace, snapshot_workspace
 from openma.errors import ConfigError, InvalidInput, NotFound, SandboxError
 from openma.ports.blobs import BlobStore
-from openma.ports.sandbox import ExecResult, FileInfo, ProcessInfo, ProcessStatus, SandboxSpec, SnapshotRef
+from openma.ports.sandbox import (
+    OOM_EXIT,
+    ExecResult,
+    FileInfo,
+    ProcessInfo,
+    ProcessStatus,
+    SandboxSpec,
+    SnapshotRef,
+    is_oom_kill,
+)
 from openma.settings import Settings
 
 SHELL: Final = "/bin/sh"
@@ -621,14 +631,15 @@ class LocalSandbox:
             raise SandboxError(f"sandbox {self._id} was destroyed while the command ran", sandbox_id=self._id)
         assert proc.returncode is not None
         secret_values = sorted(self._mask)
+        exit_code = OOM_EXIT if oom else _exit_code(proc.returncode)
         return ExecResult(
-            exit_code=137 if oom else _exit_code(proc.returncode),
+            exit_code=exit_code,
             stdout=out.text(secret_values),
             stderr=err.text(secret_values),
             timed_out=timed_out,
             truncated=out.truncated or err.truncated,
             duration=time.monotonic() - started,
-            oom_killed=oom,
+            oom_killed=is_oom_kill(exit_code, timed_out=timed_out, memory_kill_seen=oom),
         )
 
     async def _wait(self, proc: Process, marker: bytes, timeout: float) -> str:
@@ -822,7 +833,7 @@ class LocalSandbox:
 
     @property
     def snapshot_prefix(self) -> str:
-        return f"sandbox-snapshots/{self.spec.tenant_id}/{self.spec.session_id}/"
+        return keys.snapshot_root_prefix(self.spec.tenant_id, self.spec.session_id)
 
     async def snapshot(self, *, ttl: float | None = SNAPSHOT_TTL) -> SnapshotRef:
         blobs = self._require_blobs()
@@ -831,7 +842,7 @@ class LocalSandbox:
 
     async def restore(self, ref: SnapshotRef) -> None:
         blobs = self._require_blobs()
-        if not ref.key.startswith(f"sandbox-snapshots/{self.spec.tenant_id}/"):
+        if not keys.tenant_owns_snapshot(self.spec.tenant_id, ref.key):
             raise InvalidInput("snapshot belongs to another tenant", key=ref.key)
         await restore_workspace(self, blobs, ref)
 

@@ -1,4 +1,9 @@
-"""Retention: prune a log's prefix, tenant-wide gc, and the batched removal of deleted sessions."""
+"""Retention: prune a log's prefix, tenant-wide gc, and the batched removal of deleted sessions.
+
+A deleted session takes its blobs with it: its spilled events and its workspace snapshots, at their
+current location (the tenant's ``.openma/`` area) and at the ones older releases used. ``gc`` also
+sweeps the tenant's expired blobs (``GcReport.expired_blobs``).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,13 @@ from openma.adapters.sql.sessions._base import (
 )
 from openma.adapters.sql.sessions.streams import StreamsMixin
 from openma.core import events as ev
-from openma.core import validate
+from openma.core import keys, validate
 from openma.core.ids import check_id
 from openma.errors import (
     InvalidInput,
 )
 from openma.models import GcReport
+from openma.ports.blobs import BlobStore
 from openma.ports.sql import Statement
 
 
@@ -141,18 +147,25 @@ class RetentionMixin(StreamsMixin):
             if len(rows) < batch_size:
                 break
         blobs += await self._sweep_blobs(ev.session_blob_prefix(session_id))
+        blobs += await self._sweep_blobs(keys.legacy_spill_prefix(session_id))
+        blobs += await self._sweep_blobs(keys.snapshot_prefix(session_id))
+        # Snapshots taken before they moved under the tenant: the internal view knows where they are.
+        legacy = getattr(self._blobs, "legacy_snapshots", None)
+        if legacy is not None:
+            blobs += await self._sweep_blobs(f"{session_id}/", legacy)
         await self._db.execute("DELETE FROM sessions WHERE tenant_id = ? AND id = ? AND deleted_at IS NOT NULL", key)
         return blobs
 
-    async def _sweep_blobs(self, prefix: str) -> int:
-        if self._blobs is None:
+    async def _sweep_blobs(self, prefix: str, blobs: BlobStore | None = None) -> int:
+        store = blobs if blobs is not None else self._blobs
+        if store is None:
             return 0
         removed = 0
         cursor: str | None = None
         while True:
-            page = await self._blobs.list(prefix, cursor=cursor, limit=1000)
+            page = await store.list(prefix, cursor=cursor, limit=1000)
             for info in page.items:
-                await self._blobs.delete(info.key)
+                await store.delete(info.key)
                 removed += 1
             if page.next_cursor is None:
                 return removed
@@ -228,4 +241,11 @@ class RetentionMixin(StreamsMixin):
                     blobs += await self._drop_blobs([r["blob_key"]])
             if len(rows) < batch_size:
                 break
-        return GcReport(events=events, inbox=inbox, streams=streams, sessions=sessions, blobs=blobs)
+        # 5. Blobs past their TTL (snapshots, anything the tenant stored with a TTL): reclaim the space.
+        expired = await self._blobs.sweep_expired() if self._blobs is not None else 0
+        legacy = getattr(self._blobs, "legacy_snapshots", None)
+        if legacy is not None:
+            expired += await legacy.sweep_expired()
+        return GcReport(
+            events=events, inbox=inbox, streams=streams, sessions=sessions, blobs=blobs, expired_blobs=expired
+        )
