@@ -181,6 +181,8 @@ class _Slot:
         self.secrets: dict[str, str] = {}
         #: Where this session's snapshots and sandbox id are recorded: its latest holder's binding.
         self.index = index
+        #: Provider ids found gone: never reattached to, whatever the record still says.
+        self.gone: set[str] = set()
 
     def current(self) -> Sandbox | None:
         return self.sandbox
@@ -322,7 +324,7 @@ class SandboxOrchestrator:
         except OpenmaError as exc:
             self._silent(slot, "orchestrator.sandbox_record", exc)
             return None
-        if recorded is None:
+        if recorded is None or recorded in slot.gone:
             return None
         started = time.perf_counter()
         try:
@@ -527,6 +529,7 @@ class SandboxOrchestrator:
             if slot.sandbox is dead:
                 self._lifecycle(slot, "gone", sandbox_id=dead.id, op=what, error=exc.code)
                 slot.sandbox = None
+                slot.gone.add(dead.id)
                 replaced = True
                 with anyio.CancelScope(shield=True):
                     try:  # frees what the provider may still hold; a sandbox it cannot find is not an error
