@@ -94,7 +94,20 @@ class OrchestratedSandbox:
         except SandboxGone as exc:
             if self._slot.released:
                 raise
-            await self._orch._replace(self._slot, sandbox, what, exc, self._record)
+            gone = exc
+        except SandboxError as exc:
+            # An adapter may not say "gone" on every path: a plain provider failure is checked with the
+            # provider (is this sandbox still there?) before it is raised.
+            if (
+                type(exc) is not SandboxError
+                or self._slot.released
+                or not await self._orch._vanished(self._slot, sandbox)
+            ):
+                raise
+            gone = SandboxGone(
+                f"{exc.message} (the provider no longer has sandbox {sandbox.id})", sandbox_id=sandbox.id
+            )
+        await self._orch._replace(self._slot, sandbox, what, gone, self._record)
         if self._guard is not None:
             await self._guard()
         return await op(await self._sb())

@@ -521,6 +521,16 @@ class SandboxOrchestrator:
             self._silent(slot, "orchestrator.lease_check", exc)
             return False
 
+    async def _vanished(self, slot: _Slot, sandbox: Sandbox) -> bool:
+        """True when the provider no longer has ``sandbox`` (asked after an operation failed)."""
+        try:
+            await self.provider.attach(sandbox.id, slot.spec)
+        except (NotFound, SandboxGone):
+            return True
+        except OpenmaError as exc:
+            self._silent(slot, "orchestrator.liveness", exc)
+        return False
+
     async def _replace(self, slot: _Slot, dead: Sandbox, what: str, exc: SandboxGone, index: SnapshotIndex) -> None:
         """``dead`` is gone at the provider: forget it and warm a replacement (restoring the latest snapshot)."""
         self._silent(slot, f"orchestrated.{what}.gone", exc)
