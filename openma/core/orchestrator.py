@@ -329,7 +329,8 @@ class SandboxOrchestrator:
         started = time.perf_counter()
         try:
             sandbox = await self.provider.attach(recorded, spec)
-        except (NotFound, SandboxGone):
+        except (NotFound, SandboxGone) as exc:  # gone: nothing to destroy, a new one is created
+            self._silent(slot, "orchestrator.reattach", exc)
             self._lifecycle(slot, "reattach_failed", sandbox_id=recorded, reason="gone")
             return None
         except OpenmaError as exc:  # it may still be alive: the sweeper finds it by its labels
@@ -465,9 +466,7 @@ class SandboxOrchestrator:
             return
         try:
             await self.blobs.delete(key)
-        except NotFound:
-            pass
-        except OpenmaError as exc:  # an orphan snapshot expires with its TTL
+        except OpenmaError as exc:  # gone already, or an orphan that expires with its TTL
             self._silent(slot, where, exc)
 
     async def _destroy(self, slot: _Slot, sandbox: Sandbox, why: str) -> None:
