@@ -239,8 +239,11 @@ class OrchestratedSandbox:
         await self._call("restore", lambda sb: sb.restore(ref))
 
     async def keepalive(self, seconds: float) -> None:
-        self._slot.last_used = time.monotonic()
-        await self._call("keepalive", lambda sb: sb.keepalive(seconds))
+        async def keep(sandbox: Sandbox) -> None:
+            self._slot.last_used = time.monotonic()
+            await sandbox.keepalive(seconds)
+
+        await self._call("keepalive", keep)
 
     async def destroy(self) -> None:
         """Release the session's sandbox (snapshot, then destroy). Idempotent; later calls raise."""
