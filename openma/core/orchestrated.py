@@ -26,7 +26,8 @@ from openma.errors import OpenmaError, SandboxError, SandboxGone
 from openma.ports.sandbox import ExecResult, FileInfo, ProcessInfo, Sandbox, SnapshotRef
 
 if TYPE_CHECKING:
-    from openma.core.orchestrator import Guard, SandboxOrchestrator, SnapshotIndex, _Slot
+    from openma.core.orchestrator import SandboxOrchestrator, SnapshotIndex
+    from openma.core.sandbox_warmup import Guard, Slot
 
 COMMAND_IN_TELEMETRY: Final = 200
 #: What an out-of-memory kill exits with, on every adapter.
@@ -63,7 +64,7 @@ class OrchestratedSandbox:
     def __init__(
         self,
         orchestrator: SandboxOrchestrator,
-        slot: _Slot,
+        slot: Slot,
         *,
         index: SnapshotIndex | None = None,
         guard: Guard | None = None,

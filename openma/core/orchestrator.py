@@ -37,13 +37,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Final, Protocol
 
 import anyio
 
 from openma.core.orchestrated import COMMAND_IN_TELEMETRY, OrchestratedSandbox, ms_since
+from openma.core.sandbox_warmup import Guard, Slot, WarmUp, recorded_sandbox
 from openma.core.workspace import SNAPSHOT_TTL
 from openma.errors import (
     InvalidInput,
@@ -52,7 +53,6 @@ from openma.errors import (
     OpenmaError,
     SandboxError,
     SandboxGone,
-    SandboxRestoreFailed,
 )
 from openma.ports.blobs import BlobStore
 from openma.ports.sandbox import Sandbox, SandboxProvider, SandboxSpec, SnapshotRef
@@ -80,12 +80,6 @@ class SnapshotIndex(Protocol):
     async def record(self, tenant_id: str, session_id: str, ref: SnapshotRef) -> SnapshotRef | None:
         """Remember ``ref`` as the latest; return the one it replaces."""
         ...
-
-
-async def _recorded_sandbox(index: SnapshotIndex, tenant_id: str, session_id: str) -> str | None:
-    """The provider sandbox id ``index`` records for the session (``None`` if it keeps none)."""
-    read = getattr(index, "sandbox_id", None)
-    return await read(tenant_id, session_id) if read is not None else None
 
 
 class MemorySnapshotIndex:
@@ -165,34 +159,7 @@ class BlobSnapshotIndex:
         return previous
 
 
-#: A lease check run before every operation of a handle (raises ``LeaseLost``).
-Guard = Callable[[], Awaitable[None]]
-
-
-class _Slot:
-    """One session's place in the orchestrator: the live sandbox (or none, between recycles)."""
-
-    def __init__(self, spec: SandboxSpec, index: SnapshotIndex) -> None:
-        self.spec = spec
-        self.sandbox: Sandbox | None = None
-        self.lock = anyio.Lock()
-        self.last_used = time.monotonic()
-        self.released = False
-        self.secrets: dict[str, str] = {}
-        #: Where this session's snapshots and sandbox id are recorded: its latest holder's binding.
-        self.index = index
-        #: Provider ids found gone: never reattached to, whatever the record still says.
-        self.gone: set[str] = set()
-
-    def current(self) -> Sandbox | None:
-        return self.sandbox
-
-
-def _expired(ref: SnapshotRef) -> bool:
-    return ref.expires_at is not None and ref.expires_at <= datetime.now(UTC)
-
-
-class SandboxOrchestrator:
+class SandboxOrchestrator(WarmUp):
     """One sandbox per session over a :class:`~openma.ports.sandbox.SandboxProvider` (see the module doc)."""
 
     def __init__(
@@ -217,39 +184,12 @@ class SandboxOrchestrator:
         self.index: SnapshotIndex = index or (BlobSnapshotIndex(blobs) if blobs is not None else MemorySnapshotIndex())
         self.restore_attempts = restore_attempts
         self.restore_backoff = restore_backoff
-        self._slots: dict[str, _Slot] = {}
+        self._slots: dict[str, Slot] = {}
         self._guard = anyio.Lock()
 
     def __repr__(self) -> str:
         live = sum(1 for s in self._slots.values() if s.sandbox is not None)
         return f"SandboxOrchestrator({self.provider.name!r}, sessions={len(self._slots)}, live={live})"
-
-    def _emit(self, kind: str, **fields: Any) -> None:
-        if self.telemetry is not None:
-            self.telemetry.emit(kind, **fields)
-
-    def _lifecycle(self, slot: _Slot, action: str, **fields: Any) -> None:
-        sandbox_id = fields.pop("sandbox_id", None) or (slot.sandbox.id if slot.sandbox is not None else None)
-        self._emit(
-            "sandbox.lifecycle",
-            action=action,
-            tenant_id=slot.spec.tenant_id,
-            session_id=slot.spec.session_id,
-            sandbox_id=sandbox_id,
-            provider=self.provider.name,
-            **fields,
-        )
-
-    def _silent(self, slot: _Slot, where: str, exc: BaseException) -> None:
-        self._emit(
-            "silent_catch",
-            where=where,
-            error=type(exc).__name__,
-            code=getattr(exc, "code", None),
-            message=str(exc)[:300],
-            tenant_id=slot.spec.tenant_id,
-            session_id=slot.spec.session_id,
-        )
 
     # -- the session's sandbox
 
@@ -271,7 +211,7 @@ class SandboxOrchestrator:
         async with self._guard:
             slot = self._slots.get(session_id)
             if slot is None or slot.released:
-                slot = _Slot(spec or SandboxSpec(tenant_id=tenant_id, session_id=session_id), self.index)
+                slot = Slot(spec or SandboxSpec(tenant_id=tenant_id, session_id=session_id), self.index)
                 self._slots[session_id] = slot
             elif slot.spec.tenant_id != tenant_id:
                 raise NotFound(f"no session {session_id!r} for this tenant", session_id=session_id)
@@ -284,136 +224,7 @@ class SandboxOrchestrator:
         await self._warm(slot, slot.index)
         return OrchestratedSandbox(self, slot, index=index, guard=guard)
 
-    async def _drop_superseded(self, slot: _Slot) -> None:
-        sandbox = slot.sandbox
-        if sandbox is None:
-            return
-        try:
-            recorded = await _recorded_sandbox(slot.index, slot.spec.tenant_id, slot.spec.session_id)
-        except OpenmaError as exc:
-            self._silent(slot, "orchestrator.sandbox_record", exc)
-            return
-        if recorded == sandbox.id or getattr(slot.index, "sandbox_id", None) is None:
-            return
-        with anyio.CancelScope(shield=True):
-            async with slot.lock:
-                if slot.sandbox is sandbox:
-                    await self._destroy(slot, sandbox, "superseded")
-
-    async def _warm(self, slot: _Slot, index: SnapshotIndex) -> Sandbox:
-        if slot.released:
-            raise SandboxError(f"the sandbox of session {slot.spec.session_id} was released")
-        slot.last_used = time.monotonic()
-        if slot.sandbox is not None:
-            return slot.sandbox
-        async with slot.lock:
-            current = slot.current()  # another task may have warmed it while this one waited
-            if current is not None:
-                return current
-            sandbox = await self._reattach(slot, index)
-            if sandbox is None:
-                sandbox = await self._create_restored(slot, index)
-            slot.sandbox = sandbox  # only now: nothing snapshots a sandbox whose restore has not succeeded
-            return sandbox
-
-    async def _reattach(self, slot: _Slot, index: SnapshotIndex) -> Sandbox | None:
-        """The sandbox the record names, when the provider still has it (a host that restarted)."""
-        spec = slot.spec
-        try:
-            recorded = await _recorded_sandbox(index, spec.tenant_id, spec.session_id)
-        except OpenmaError as exc:
-            self._silent(slot, "orchestrator.sandbox_record", exc)
-            return None
-        if recorded is None or recorded in slot.gone:
-            return None
-        started = time.perf_counter()
-        try:
-            sandbox = await self.provider.attach(recorded, spec)
-        except (NotFound, SandboxGone) as exc:  # gone: nothing to destroy, a new one is created
-            self._silent(slot, "orchestrator.reattach", exc)
-            self._lifecycle(slot, "reattach_failed", sandbox_id=recorded, reason="gone")
-            return None
-        except OpenmaError as exc:  # it may still be alive: the sweeper finds it by its labels
-            self._silent(slot, "orchestrator.reattach", exc)
-            self._lifecycle(slot, "reattach_failed", sandbox_id=recorded, reason=exc.code)
-            return None
-        if slot.secrets:
-            sandbox.set_secrets(slot.secrets)
-        self._lifecycle(slot, "reattached", sandbox_id=sandbox.id, duration_ms=ms_since(started))
-        return sandbox
-
-    async def _create_restored(self, slot: _Slot, index: SnapshotIndex) -> Sandbox:
-        started = time.perf_counter()
-        sandbox = await self.provider.create(slot.spec)
-        try:
-            if slot.secrets:
-                sandbox.set_secrets(slot.secrets)
-            self._lifecycle(slot, "created", sandbox_id=sandbox.id, duration_ms=ms_since(started))
-            await self._restore_latest(slot, sandbox, index)
-            await self._record_sandbox_id(slot, index, sandbox.id)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._destroy(slot, sandbox, "warm_up_failed")
-            raise
-        return sandbox
-
-    async def _record_sandbox_id(self, slot: _Slot, index: SnapshotIndex, sandbox_id: str | None) -> None:
-        """Name the session's sandbox in the record (fenced: ``LeaseLost`` propagates)."""
-        write = getattr(index, "record_sandbox_id", None)
-        if write is None:
-            return
-        try:
-            await write(slot.spec.tenant_id, slot.spec.session_id, sandbox_id)
-        except LeaseLost:
-            raise
-        except OpenmaError as exc:  # only a restarted host's reattach needs it; it creates a new one instead
-            self._silent(slot, "orchestrator.record_sandbox_id", exc)
-
-    async def _restore_latest(self, slot: _Slot, sandbox: Sandbox, index: SnapshotIndex) -> None:
-        """Restore the latest snapshot, retrying; ``SandboxRestoreFailed`` when it cannot be done."""
-        if "snapshot" not in sandbox.capabilities:
-            return
-        spec = slot.spec
-        ref: SnapshotRef | None = None
-        for attempt in range(1, self.restore_attempts + 1):
-            started = time.perf_counter()
-            try:
-                ref = await index.latest(spec.tenant_id, spec.session_id)
-                if ref is None:
-                    return
-                if _expired(ref):
-                    self._lifecycle(slot, "snapshot_expired", sandbox_id=sandbox.id, key=ref.key)
-                    return
-                await sandbox.restore(ref)
-            except (SandboxGone, LeaseLost):
-                raise
-            except OpenmaError as exc:
-                key = ref.key if ref is not None else None
-                self._lifecycle(slot, "restore_failed", sandbox_id=sandbox.id, key=key, error=exc.code, attempt=attempt)
-                if isinstance(exc, NotFound | InvalidInput) or attempt == self.restore_attempts:
-                    raise SandboxRestoreFailed(
-                        f"session {spec.session_id}: its workspace snapshot could not be restored"
-                        f" ({exc.code} after {attempt} attempt(s)): {exc.message}",
-                        session_id=spec.session_id,
-                        key=key,
-                        cause=exc.code,
-                        attempts=attempt,
-                    ) from exc
-                self._silent(slot, "orchestrator.restore", exc)  # retried
-                await anyio.sleep(self.restore_backoff * 2 ** (attempt - 1))
-                continue
-            self._lifecycle(
-                slot,
-                "restored",
-                sandbox_id=sandbox.id,
-                key=ref.key,
-                size=ref.size,
-                attempt=attempt,
-                duration_ms=ms_since(started),
-            )
-            return
-
-    async def _snapshot(self, slot: _Slot, sandbox: Sandbox, why: str) -> SnapshotRef | None:
+    async def _snapshot(self, slot: Slot, sandbox: Sandbox, why: str) -> SnapshotRef | None:
         """Snapshot and record it; a failure is reported, never raised (the caller is cleaning up)."""
         if "snapshot" not in sandbox.capabilities:
             return None
@@ -432,7 +243,7 @@ class SandboxOrchestrator:
         return ref
 
     async def _take_snapshot(
-        self, slot: _Slot, sandbox: Sandbox, index: SnapshotIndex, *, ttl: float | None
+        self, slot: Slot, sandbox: Sandbox, index: SnapshotIndex, *, ttl: float | None
     ) -> SnapshotRef:
         """Snapshot, verify the blob, record it through ``index``, then delete the blob it replaced.
 
@@ -461,7 +272,7 @@ class SandboxOrchestrator:
                 f"snapshot {ref.key!r} was not stored whole (size {info.size}, expected {ref.size})", key=ref.key
             )
 
-    async def _delete_blob(self, slot: _Slot, key: str, where: str) -> None:
+    async def _delete_blob(self, slot: Slot, key: str, where: str) -> None:
         if self.blobs is None:
             return
         try:
@@ -469,17 +280,7 @@ class SandboxOrchestrator:
         except OpenmaError as exc:  # gone already, or an orphan that expires with its TTL
             self._silent(slot, where, exc)
 
-    async def _destroy(self, slot: _Slot, sandbox: Sandbox, why: str) -> None:
-        """Destroy ``sandbox`` (errors reported) and empty the slot if it held it."""
-        try:
-            await sandbox.destroy()
-        except OpenmaError as exc:
-            self._silent(slot, "orchestrator.destroy", exc)
-        if slot.sandbox is sandbox:
-            slot.sandbox = None
-        self._lifecycle(slot, "destroyed", why=why, sandbox_id=sandbox.id)
-
-    async def _recycle(self, slot: _Slot, why: str, *, snapshot: bool = True) -> SnapshotRef | None:
+    async def _recycle(self, slot: Slot, why: str, *, snapshot: bool = True) -> SnapshotRef | None:
         """Snapshot (unless told not to), destroy the sandbox, leave the slot empty for the next warm-up."""
         ref = None
         with anyio.CancelScope(shield=True):
@@ -487,7 +288,7 @@ class SandboxOrchestrator:
                 ref = await self._recycle_locked(slot, why, snapshot=snapshot)
         return ref
 
-    async def _recycle_locked(self, slot: _Slot, why: str, *, snapshot: bool) -> SnapshotRef | None:
+    async def _recycle_locked(self, slot: Slot, why: str, *, snapshot: bool) -> SnapshotRef | None:
         sandbox, ref = slot.sandbox, None
         if sandbox is None:
             return None
@@ -505,7 +306,7 @@ class SandboxOrchestrator:
             self._silent(slot, "orchestrator.record_sandbox_id", exc)
         return ref
 
-    async def _taken_over(self, slot: _Slot, sandbox: Sandbox) -> bool:
+    async def _taken_over(self, slot: Slot, sandbox: Sandbox) -> bool:
         """True when the slot's holder lost the session and the record names ``sandbox`` for the new one."""
         check = getattr(slot.index, "check", None)
         if check is None:
@@ -514,23 +315,13 @@ class SandboxOrchestrator:
             await check()
             return False
         except LeaseLost:
-            recorded = await _recorded_sandbox(slot.index, slot.spec.tenant_id, slot.spec.session_id)
+            recorded = await recorded_sandbox(slot.index, slot.spec.tenant_id, slot.spec.session_id)
             return recorded == sandbox.id
         except OpenmaError as exc:
             self._silent(slot, "orchestrator.lease_check", exc)
             return False
 
-    async def _vanished(self, slot: _Slot, sandbox: Sandbox) -> bool:
-        """True when the provider no longer has ``sandbox`` (asked after an operation failed)."""
-        try:
-            await self.provider.attach(sandbox.id, slot.spec)
-        except (NotFound, SandboxGone):
-            return True
-        except OpenmaError as exc:
-            self._silent(slot, "orchestrator.liveness", exc)
-        return False
-
-    async def _replace(self, slot: _Slot, dead: Sandbox, what: str, exc: SandboxGone, index: SnapshotIndex) -> None:
+    async def _replace(self, slot: Slot, dead: Sandbox, what: str, exc: SandboxGone, index: SnapshotIndex) -> None:
         """``dead`` is gone at the provider: forget it and warm a replacement (restoring the latest snapshot)."""
         self._silent(slot, f"orchestrated.{what}.gone", exc)
         replaced = False
@@ -563,7 +354,7 @@ class SandboxOrchestrator:
         slot = self._slots.get(session_id)
         return None if slot is None else await self._release(slot, snapshot=snapshot)
 
-    async def _release(self, slot: _Slot, *, snapshot: bool = True) -> SnapshotRef | None:
+    async def _release(self, slot: Slot, *, snapshot: bool = True) -> SnapshotRef | None:
         if self._slots.get(slot.spec.session_id) is slot:
             del self._slots[slot.spec.session_id]
         if slot.released:
@@ -588,7 +379,7 @@ class SandboxOrchestrator:
         for session_id in list(self._slots):
             await self.release(session_id)
 
-    async def _after_exec(self, slot: _Slot, sandbox: Sandbox, oom: bool, exit_code: int) -> None:
+    async def _after_exec(self, slot: Slot, sandbox: Sandbox, oom: bool, exit_code: int) -> None:
         if oom and slot.sandbox is sandbox:
             self._lifecycle(slot, "oom", exit_code=exit_code)
             await self._recycle(slot, "oom")
