@@ -492,3 +492,35 @@ async def test_the_session_row_records_the_sandbox_and_a_restarted_host_reattach
         assert actions(telemetry)[:1] == ["reattached"]
         await second.aclose()
         assert (await t.sessions.store.sandbox_record(sid)).sandbox_id is None
+
+
+async def test_a_failed_restore_through_an_actor_keeps_the_recorded_snapshot(
+    settings: Settings, tmp_path: Path, blobs: FlakyBlobs
+) -> None:
+    async with Platform.open(settings) as oma:
+        t, sid = await _session(oma)
+        store = t.sessions.store
+        orch = orchestrator(tmp_path / "host", blobs, MemoryTelemetry())
+
+        async def sandboxes() -> SandboxOrchestrator:
+            return orch
+
+        def actor() -> Any:
+            return acquire_actor(
+                store, FlockLeaseLock(tmp_path / "l"), sid, telemetry=MemoryTelemetry(), sandboxes=sandboxes
+            )
+
+        async with actor() as a:
+            await (await a.sandbox()).write_file("work.txt", b"precious")
+        await orch.reap(0)  # recycled: the next turn must restore
+        good = (await store.sandbox_record(sid)).snapshot
+        assert good is not None
+        blobs.fail_gets = 1000
+        async with actor() as a:
+            with pytest.raises(SandboxRestoreFailed):
+                await a.sandbox()
+        assert (await store.sandbox_record(sid)).snapshot == good
+        blobs.fail_gets = 0
+        async with actor() as a:
+            assert await (await a.sandbox()).read_file("work.txt") == b"precious"
+        await orch.aclose()
