@@ -118,6 +118,17 @@ class SandboxGone(SandboxError):
     http_status = 410
 
 
+class SandboxRestoreFailed(SandboxError):
+    """The session's latest workspace snapshot could not be restored into its new sandbox (retried first).
+
+    Nothing was started in an empty workspace and the snapshot is still the session's latest; ``key`` names
+    it and ``cause`` is the code of the last failure. Retry later; an operator can inspect or remove the blob.
+    """
+
+    code = "sandbox_restore_failed"
+    http_status = 503
+
+
 class ResyncRequired(Conflict):
     """A read or live tail asked for events the log no longer holds: they were pruned by retention.
 

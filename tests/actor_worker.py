@@ -9,6 +9,9 @@ Modes:
   goes, so a killed worker's output still counts.
 * ``frozen``: acquire, print ``ready <epoch>``, wait for a line on stdin, try one append, print
   ``accepted`` or ``refused``.
+* ``frozen-sandbox``: acquire, write ``owner.txt`` in the session's sandbox and snapshot it, print
+  ``ready <epoch>``, wait for a line on stdin, then try exec, write_file, read_file and snapshot on that
+  sandbox, printing ``accepted <op>`` or ``refused <op>`` for each.
 
 Settings come from the environment (``Settings.from_env()``), plus ``WORKER_TENANT`` and ``WORKER_SESSION``.
 """
@@ -82,6 +85,28 @@ async def frozen(sessions: object, session_id: str) -> None:
             say("accepted")
 
 
+async def frozen_sandbox(sessions: object, session_id: str) -> None:
+    async with sessions.actor(session_id, wait=10) as actor:  # type: ignore[attr-defined]
+        sandbox = await actor.sandbox()
+        await sandbox.write_file("owner.txt", b"frozen")
+        await sandbox.snapshot()
+        say(f"ready {actor.epoch}")
+        await anyio.to_thread.run_sync(sys.stdin.readline)
+        attempts = {
+            "exec": lambda: sandbox.exec("echo stale > owner.txt", timeout=30),
+            "write_file": lambda: sandbox.write_file("owner.txt", b"stale"),
+            "read_file": lambda: sandbox.read_file("owner.txt"),
+            "snapshot": sandbox.snapshot,
+        }
+        for name, attempt in attempts.items():
+            try:
+                await attempt()
+            except LeaseLost:
+                say(f"refused {name}")
+            else:
+                say(f"accepted {name}")
+
+
 async def main() -> None:
     mode = sys.argv[1]
     async with Platform.open(Settings.from_env(auto_migrate=False)) as oma:
@@ -93,6 +118,8 @@ async def main() -> None:
             await fight(sessions, session_id, float(sys.argv[2]), sys.argv[3])
         elif mode == "frozen":
             await frozen(sessions, session_id)
+        elif mode == "frozen-sandbox":
+            await frozen_sandbox(sessions, session_id)
         else:
             raise SystemExit(f"unknown mode {mode}")
 

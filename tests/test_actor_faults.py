@@ -5,7 +5,9 @@
 * processes fighting over one session while their lease connections are terminated at random (Postgres) or
   while they are killed at random (SQLite): no duplicate seq, no gap, and no write accepted from a holder
   after it lost its lease (the epochs in the log never go down);
-* a holder frozen with SIGSTOP while another takes over: after SIGCONT its next write is refused.
+* a holder frozen with SIGSTOP while another takes over: after SIGCONT its next write is refused, and so is
+  every operation on the sandbox it obtained (the successor's snapshot stays the session's latest, and the
+  sandbox the successor reattached to is not destroyed by the stale host on its way out).
 
 The fights print their counts. ``OPENMA_FIGHT_SECONDS`` sets their length (20 s by default).
 """
@@ -250,3 +252,46 @@ async def test_a_frozen_holder_is_refused_after_another_takes_over(
     frozen.wait(timeout=30)
     events = await _log(env, tenant, session)
     assert [e.data.get("from") for e in events] == ["successor"]
+
+
+@pytest.mark.postgres
+async def test_a_frozen_holders_sandbox_is_fenced_after_another_takes_over(
+    pg_url: str, tmp_path: Path, reap: list[subprocess.Popen[str]]
+) -> None:
+    import psycopg
+
+    env = {
+        "OPENMA_BLOB_URL": f"file://{tmp_path}/blobs",
+        "OPENMA_SQLITE_PATH": str(tmp_path / "openma.db"),
+        "OPENMA_POSTGRES_URL": pg_url,
+        "STORE_BACKENDS": '{"default": "cf", "sessions": "pg"}',
+        "OPENMA_LOCAL_SANDBOX_ROOT": str(tmp_path / "sandboxes"),
+    }
+    tenant, session = await _new_session(env)
+    frozen = _spawn(env, tenant, session, "frozen-sandbox", stdin=True)
+    reap.append(frozen)
+    assert _first_line(frozen).startswith("ready")
+    frozen.send_signal(signal.SIGSTOP)
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as admin:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND pid <> pg_backend_pid()"
+        )
+    async with Platform.open(Settings.from_env(env)) as oma:
+        sessions = oma.tenant(tenant).sessions
+        async with sessions.actor(session, wait=5) as actor:
+            sandbox = await actor.sandbox()  # the same host: it reattaches to the sandbox the row names
+            assert await sandbox.read_file("owner.txt") == b"frozen"
+            await sandbox.write_file("owner.txt", b"successor")
+            mine = await sandbox.snapshot()
+            frozen.send_signal(signal.SIGCONT)
+            assert frozen.stdin is not None and frozen.stdout is not None
+            frozen.stdin.write("go\n")
+            frozen.stdin.flush()
+            lines = [frozen.stdout.readline().strip() for _ in range(4)]
+            assert lines == ["refused exec", "refused write_file", "refused read_file", "refused snapshot"]
+            assert await anyio.to_thread.run_sync(frozen.wait, 30) == 0
+            record = await sessions.store.sandbox_record(session)
+            assert record.snapshot is not None and record.snapshot["key"] == mine.key
+            assert record.sandbox_id == sandbox.id
+            assert await sandbox.read_file("owner.txt") == b"successor"

@@ -15,7 +15,7 @@ from openma.adapters.fsspec_blobs import FsspecBlobStore
 from openma.adapters.sandboxes.local import LocalLimits, LocalSandboxConfig, LocalSandboxProvider
 from openma.adapters.telemetry import MemoryTelemetry
 from openma.core.orchestrator import BlobSnapshotIndex, MemorySnapshotIndex, SandboxOrchestrator
-from openma.errors import NotFound, SandboxError
+from openma.errors import NotFound, SandboxError, SandboxRestoreFailed
 from openma.ports.sandbox import SandboxSpec
 
 pytestmark = pytest.mark.anyio
@@ -141,7 +141,7 @@ async def test_idle_snapshot_can_be_turned_off(tmp_path: Path, blobs: FsspecBlob
     await o.aclose()
 
 
-async def test_a_broken_snapshot_starts_the_session_empty(
+async def test_a_missing_snapshot_is_a_typed_error_never_an_empty_workspace(
     orch: SandboxOrchestrator, blobs: FsspecBlobStore, telemetry: MemoryTelemetry
 ) -> None:
     sb = await orch.get(T1, S1)
@@ -149,10 +149,15 @@ async def test_a_broken_snapshot_starts_the_session_empty(
     ref = await orch.release(S1)
     assert ref is not None
     await blobs.delete(ref.key)
-    warm = await orch.get(T1, S1)
-    assert await warm.list_files(".") == []
+    with pytest.raises(SandboxRestoreFailed) as caught:
+        await orch.get(T1, S1)
+    assert caught.value.code == "sandbox_restore_failed"
+    assert caught.value.details["cause"] == "not_found"
     assert "restore_failed" in actions(telemetry)
-    assert telemetry.of("silent_catch")[-1]["where"] == "orchestrator.restore"
+    # The sandbox that could not be restored was destroyed: nothing can snapshot it over the record.
+    assert orch.sessions()[S1] is None
+    assert actions(telemetry)[-1] == "destroyed"
+    assert await orch.index.latest(T1, S1) == ref
 
 
 async def test_oom_snapshots_stops_and_the_next_call_restores(

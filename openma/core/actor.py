@@ -11,7 +11,13 @@ Holding a session is a lease with an epoch:
    ``fence``, checked in the same transaction as the write: a holder that lost its lease (paused,
    partitioned, its lock connection dropped) is refused with ``LeaseLost`` and writes nothing;
 5. on a clean exit, clear the holder and free the lock; on an exit by exception, free the lock but leave the
-   holder recorded, so the next holder recovers whatever the failed turn left open.
+   holder recorded, so the next holder recovers whatever the failed turn left open. The lock is freed
+   whatever happens on the way out (a cancellation, a failed idle snapshot, a failed recovery or write):
+   that part runs shielded from cancellation, in a ``finally``.
+
+The session's sandbox (:meth:`SessionActor.sandbox`) is fenced too: every operation on it checks the lease
+first (``LeaseLost`` for a stale holder, reads included), and its snapshots and the provider's sandbox id are
+recorded on the session row with the epoch checked in the same transaction.
 
 Recovery keys off the lease, never off ``status='running'``: a turn that is live on another host holds the
 lock, so nobody can acquire the session, let alone "recover" it.
@@ -27,8 +33,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from openma.core.lifecycle import STATUS_EVENT, Status, check_status, sources_for
 from openma.core.recovery import OpenStream, RecoveryPlan, recover_interrupted_state
+from openma.core.sandbox_record import SessionSandboxIndex
 from openma.errors import ConfigError, InvalidInput, LeaseLost
 from openma.models import Event, Page, Session, Stream
 from openma.ports.lease import LeaseHandle, LeaseLock
@@ -177,12 +186,20 @@ class SessionActor:
 
     # -- the session's sandbox
 
+    async def check_lease(self) -> None:
+        """``LeaseLost`` unless this actor still holds the session: checked here and in the store (the
+        session's epoch), so a holder that lost its lease unseen is caught too."""
+        fence = self._check()
+        await self._fenced(SessionSandboxIndex(self._store, self.session_id, fence).check())
+
     async def sandbox(self) -> OrchestratedSandbox:
-        """This session's sandbox, warmed on first use (restoring its latest workspace snapshot).
+        """This session's sandbox, warmed on first use (reattached, or created with its latest snapshot).
 
         It is built from the session's environment as frozen at creation: ``config["image"]``,
-        ``config["env"]`` and ``config["sandbox"]`` (provider options). When the actor is released, the
-        workspace is snapshotted (the orchestrator's ``idle_snapshot``) and the sandbox kept for the next turn.
+        ``config["env"]`` and ``config["sandbox"]`` (provider options). Every operation on it checks this
+        actor's lease first, and its snapshots and sandbox id are recorded on the session row, fenced. When
+        the actor is released, the workspace is snapshotted (the orchestrator's ``idle_snapshot``) and the
+        sandbox kept for the next turn.
         """
         self._check()
         if self._sandbox is not None:
@@ -207,7 +224,10 @@ class SessionActor:
             options=options,
         )
         orchestrator = await self._sandboxes()
-        self._sandbox = await orchestrator.get(self._store.tenant_id, self.session_id, spec)
+        index = SessionSandboxIndex(self._store, self.session_id, self.epoch, legacy=orchestrator.index)
+        self._sandbox = await self._fenced(
+            orchestrator.get(self._store.tenant_id, self.session_id, spec, index=index, guard=self.check_lease)
+        )
         return self._sandbox
 
     # -- reads (no fence needed)
@@ -221,34 +241,50 @@ class SessionActor:
     # -- lifetime
 
     async def release(self, *, clean: bool = True) -> None:
-        """Free the lease. ``clean=False`` leaves the holder recorded, so the next holder runs recovery."""
+        """Free the lease. ``clean=False`` leaves the holder recorded, so the next holder runs recovery.
+
+        The idle snapshot comes first and may fail or be cancelled (it is reported, and the previous snapshot
+        stays the latest); freeing the lock runs shielded in a ``finally`` and always happens.
+        """
         if self._released:
             return
         self._released = True
-        if self._sandbox is not None and self._sandboxes is not None:
-            try:
-                await (await self._sandboxes()).idle(self.session_id)
-            except Exception as exc:  # a failed idle snapshot must not keep the lease held
-                self._telemetry.emit(
-                    "silent_catch",
-                    where="actor.release.idle_snapshot",
-                    error=type(exc).__name__,
-                    message=str(exc)[:300],
-                    session_id=self.session_id,
-                )
+        try:
+            if self._sandbox is not None and self._sandboxes is not None and not self._lost:
+                try:
+                    await (await self._sandboxes()).idle(self.session_id)
+                except Exception as exc:  # a failed idle snapshot must not keep the lease held
+                    self._silent("actor.release.idle_snapshot", exc)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._free(clean)
+
+    async def _free(self, clean: bool) -> None:
         try:
             if clean and not self._lost and self._handle.alive():
                 await self._store.drop_lease(self.session_id, self.epoch)
         finally:
-            await self._handle.release()
-            self._telemetry.emit(
-                "session.lifecycle",
-                tenant_id=self._store.tenant_id,
-                session_id=self.session_id,
-                action="released",
-                clean=clean,
-                epoch=self.epoch,
-            )
+            try:
+                await self._handle.release()
+            finally:
+                self._telemetry.emit(
+                    "session.lifecycle",
+                    tenant_id=self._store.tenant_id,
+                    session_id=self.session_id,
+                    action="released",
+                    clean=clean,
+                    epoch=self.epoch,
+                )
+
+    def _silent(self, where: str, exc: BaseException) -> None:
+        self._telemetry.emit(
+            "silent_catch",
+            where=where,
+            error=type(exc).__name__,
+            code=getattr(exc, "code", None),
+            message=str(exc)[:300],
+            session_id=self.session_id,
+        )
 
 
 async def _read_all(store: SessionStore, session: Session) -> list[dict[str, Any]]:
@@ -308,7 +344,8 @@ async def acquire_actor(
     try:
         grant = await store.take_lease(session_id, holder)
     except BaseException:
-        await handle.release()
+        with anyio.CancelScope(shield=True):
+            await handle.release()
         raise
     actor = SessionActor(
         store, session_id, epoch=grant.epoch, holder=holder, handle=handle, telemetry=telemetry, sandboxes=sandboxes

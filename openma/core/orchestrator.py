@@ -1,20 +1,32 @@
 """The sandbox orchestrator: one sandbox per session, warmed with the session's last snapshot.
 
-* ``get(tenant_id, session_id, spec)`` returns the session's sandbox, creating it on first use ("warm-up"):
-  the latest snapshot recorded for the session is restored into it (a snapshot that is gone or refused is
-  reported and the session starts with an empty workspace, as a fresh one would).
+* ``get(tenant_id, session_id, spec, index=, guard=)`` returns the session's sandbox, warming it on first
+  use: it reattaches to the sandbox the index records for the session when the provider still has it
+  (a host that restarted), else creates one and restores the latest snapshot into it. A failed restore is
+  retried (``restore_attempts``, doubling ``restore_backoff``), then raised as ``SandboxRestoreFailed``: a
+  session never silently starts with an empty workspace that its next snapshot would record over the good
+  one. A snapshot past its ``expires_at`` is expected to be gone: the session starts empty (``snapshot_expired``).
+* ``index`` binds the session to its current lease holder's record (an actor passes a fenced
+  :class:`~openma.core.sandbox_record.SessionSandboxIndex`): snapshots and the provider's sandbox id are
+  recorded through it, and ``guard`` runs before every operation of the returned handle (``LeaseLost`` for a
+  holder that lost the session).
 * What ``get`` returns is an :class:`OrchestratedSandbox`, bound to the *session*: when the sandbox behind
-  it is recycled (an out-of-memory kill, the idle reaper), the next call warms a new one and restores, so
-  the caller never holds a dead handle. Background process ids do not survive a recycle.
+  it is recycled (an out-of-memory kill, the idle reaper) or found dead at the provider (``SandboxGone``),
+  the next call (or the same call, retried once) warms a replacement and restores, so the caller never
+  holds a dead handle. Background process ids do not survive a replacement.
 * ``idle(session_id)`` snapshots (when ``idle_snapshot``) and keeps the sandbox; ``release(session_id)``
   snapshots, then destroys, and forgets the session; ``reap(idle_for)`` recycles every sandbox unused for
   ``idle_for`` seconds (snapshot, destroy; the session warms again on its next call).
-* After an ``ExecResult`` with ``oom_killed``: snapshot what can be saved, destroy the sandbox, and let the
-  next call warm a new one from that snapshot.
+* Out of memory: an ``ExecResult`` with ``oom_killed``, or exit 137 (not a timeout) from an adapter that
+  does not declare ``oom_detection`` (E2B, Daytona report the kernel's kill only as 137), is handled the
+  same way: reported ``oom_killed=True``, snapshot what can be saved, destroy, warm a new one on next call.
+* A snapshot is verified (its blob's size and sha256) before it is recorded, and the blob it replaces is
+  deleted only after the record is written; a snapshot that could not be recorded is deleted instead.
 * Telemetry: ``sandbox.exec`` for every command (exit code, outcome, duration, flags; the command masked
   and cut), ``tool.call`` when the caller names the tool (``exec(..., tool="bash")``), and
-  ``sandbox.lifecycle`` (created, restored, restore_failed, snapshot, snapshot_failed, oom, recycled,
-  destroyed). Failures the orchestrator swallows on purpose also go out as ``silent_catch``.
+  ``sandbox.lifecycle`` (created, reattached, restored, restore_failed, snapshot_expired, snapshot,
+  snapshot_failed, oom, gone, replaced, detached, destroyed). Failures the orchestrator swallows on purpose
+  also go out as ``silent_catch``.
 
 Snapshot refs are kept by a :class:`SnapshotIndex`; :class:`BlobSnapshotIndex` (the default when there is
 a blob store) writes each session's latest ref next to its snapshots, so warm-up finds it after a restart.
@@ -25,24 +37,44 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
 
 from openma.core import keys
-from openma.core.workspace import SNAPSHOT_TTL, mask_secrets
-from openma.errors import NotFound, OpenmaError, SandboxError
+from openma.core.orchestrated import COMMAND_IN_TELEMETRY, OrchestratedSandbox, ms_since
+from openma.core.sandbox_warmup import Guard, Slot, WarmUp, recorded_sandbox
+from openma.core.workspace import SNAPSHOT_TTL
+from openma.errors import (
+    InvalidInput,
+    LeaseLost,
+    NotFound,
+    OpenmaError,
+    SandboxError,
+    SandboxGone,
+)
 from openma.ports.blobs import BlobStore
-from openma.ports.sandbox import ExecResult, FileInfo, ProcessInfo, Sandbox, SandboxProvider, SandboxSpec, SnapshotRef
+from openma.ports.sandbox import Sandbox, SandboxProvider, SandboxSpec, SnapshotRef
 from openma.ports.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from openma.core.upkeep import SandboxUpkeep
 
-COMMAND_IN_TELEMETRY: Final = 200
+__all__ = [
+    "COMMAND_IN_TELEMETRY",
+    "BlobSnapshotIndex",
+    "MemorySnapshotIndex",
+    "OrchestratedSandbox",
+    "SandboxOrchestrator",
+    "SnapshotIndex",
+]
+
+#: Restore attempts at warm-up before ``SandboxRestoreFailed``, and the first pause between them.
+RESTORE_ATTEMPTS: Final = 3
+RESTORE_BACKOFF: Final = 0.2
 
 
 class SnapshotIndex(Protocol):
@@ -56,10 +88,20 @@ class SnapshotIndex(Protocol):
 
 
 class MemorySnapshotIndex:
-    """Refs in a dict: for tests, or hosts that keep their own record."""
+    """Refs (and sandbox ids) in dicts: for tests, or hosts that keep their own record."""
 
     def __init__(self) -> None:
         self.refs: dict[tuple[str, str], SnapshotRef] = {}
+        self.sandboxes: dict[tuple[str, str], str] = {}
+
+    async def sandbox_id(self, tenant_id: str, session_id: str) -> str | None:
+        return self.sandboxes.get((tenant_id, session_id))
+
+    async def record_sandbox_id(self, tenant_id: str, session_id: str, sandbox_id: str | None) -> None:
+        if sandbox_id is None:
+            self.sandboxes.pop((tenant_id, session_id), None)
+        else:
+            self.sandboxes[(tenant_id, session_id)] = sandbox_id
 
     async def latest(self, tenant_id: str, session_id: str) -> SnapshotRef | None:
         return self.refs.get((tenant_id, session_id))
@@ -127,32 +169,7 @@ class BlobSnapshotIndex:
         return previous
 
 
-class _Slot:
-    """One session's place in the orchestrator: the live sandbox (or none, between recycles)."""
-
-    def __init__(self, spec: SandboxSpec) -> None:
-        self.spec = spec
-        self.sandbox: Sandbox | None = None
-        self.lock = anyio.Lock()
-        self.last_used = time.monotonic()
-        self.released = False
-        self.secrets: dict[str, str] = {}
-        #: Commands running through the orchestrator now: a sandbox in use is never reaped.
-        self.busy = 0
-
-    def current(self) -> Sandbox | None:
-        return self.sandbox
-
-
-def _outcome(result: ExecResult) -> str:
-    if result.oom_killed:
-        return "oom"
-    if result.timed_out:
-        return "timeout"
-    return "ok" if result.exit_code == 0 else "error"
-
-
-class SandboxOrchestrator:
+class SandboxOrchestrator(WarmUp):
     """One sandbox per session over a :class:`~openma.ports.sandbox.SandboxProvider` (see the module doc)."""
 
     def __init__(
@@ -164,14 +181,20 @@ class SandboxOrchestrator:
         idle_snapshot: bool = True,
         snapshot_ttl: float | None = SNAPSHOT_TTL,
         index: SnapshotIndex | None = None,
+        restore_attempts: int = RESTORE_ATTEMPTS,
+        restore_backoff: float = RESTORE_BACKOFF,
     ) -> None:
+        if isinstance(restore_attempts, bool) or not isinstance(restore_attempts, int) or restore_attempts < 1:
+            raise InvalidInput("restore_attempts must be an integer >= 1", field="restore_attempts")
         self.provider = provider
         self.blobs = blobs
         self.telemetry = telemetry
         self.idle_snapshot = idle_snapshot
         self.snapshot_ttl = snapshot_ttl
         self.index: SnapshotIndex = index or (BlobSnapshotIndex(blobs) if blobs is not None else MemorySnapshotIndex())
-        self._slots: dict[str, _Slot] = {}
+        self.restore_attempts = restore_attempts
+        self.restore_backoff = restore_backoff
+        self._slots: dict[str, Slot] = {}
         self._guard = anyio.Lock()
         #: The keepalive/idle-reap loop, once :meth:`start_upkeep` started it (see :mod:`openma.core.upkeep`).
         self.upkeep: SandboxUpkeep | None = None
@@ -180,111 +203,96 @@ class SandboxOrchestrator:
         live = sum(1 for s in self._slots.values() if s.sandbox is not None)
         return f"SandboxOrchestrator({self.provider.name!r}, sessions={len(self._slots)}, live={live})"
 
-    def _emit(self, kind: str, **fields: Any) -> None:
-        if self.telemetry is not None:
-            self.telemetry.emit(kind, **fields)
-
-    def _lifecycle(self, slot: _Slot, action: str, **fields: Any) -> None:
-        sandbox_id = slot.sandbox.id if slot.sandbox is not None else fields.pop("sandbox_id", None)
-        self._emit(
-            "sandbox.lifecycle",
-            action=action,
-            tenant_id=slot.spec.tenant_id,
-            session_id=slot.spec.session_id,
-            sandbox_id=sandbox_id,
-            provider=self.provider.name,
-            **fields,
-        )
-
-    def _silent(self, slot: _Slot, where: str, exc: BaseException) -> None:
-        self._emit(
-            "silent_catch",
-            where=where,
-            error=type(exc).__name__,
-            code=getattr(exc, "code", None),
-            message=str(exc)[:300],
-            tenant_id=slot.spec.tenant_id,
-            session_id=slot.spec.session_id,
-        )
-
     # -- the session's sandbox
 
-    async def get(self, tenant_id: str, session_id: str, spec: SandboxSpec | None = None) -> OrchestratedSandbox:
-        """The session's sandbox, warmed now if it has none (restoring its latest snapshot)."""
+    async def get(
+        self,
+        tenant_id: str,
+        session_id: str,
+        spec: SandboxSpec | None = None,
+        *,
+        index: SnapshotIndex | None = None,
+        guard: Guard | None = None,
+    ) -> OrchestratedSandbox:
+        """The session's sandbox, warmed now if it has none (reattached, or created and restored).
+
+        With ``index`` (the current lease holder's record), the session is bound to it from now on, and a
+        sandbox this orchestrator kept that the record no longer names (another host has served the session
+        since) is dropped, unsnapshotted, for the recorded one.
+        """
         async with self._guard:
             slot = self._slots.get(session_id)
             if slot is None or slot.released:
-                slot = _Slot(spec or SandboxSpec(tenant_id=tenant_id, session_id=session_id))
+                slot = Slot(spec or SandboxSpec(tenant_id=tenant_id, session_id=session_id), self.index)
                 self._slots[session_id] = slot
             elif slot.spec.tenant_id != tenant_id:
                 raise NotFound(f"no session {session_id!r} for this tenant", session_id=session_id)
-        await self._warm(slot)
-        return OrchestratedSandbox(self, slot)
+            if index is not None:
+                slot.index = index
+        if guard is not None:
+            await guard()
+        if index is not None:
+            await self._drop_superseded(slot)
+        await self._warm(slot, slot.index)
+        return OrchestratedSandbox(self, slot, index=index, guard=guard)
 
-    async def _warm(self, slot: _Slot) -> Sandbox:
-        if slot.released:
-            raise SandboxError(f"the sandbox of session {slot.spec.session_id} was released")
-        slot.last_used = time.monotonic()
-        if slot.sandbox is not None:
-            return slot.sandbox
-        async with slot.lock:
-            current = slot.current()  # another task may have warmed it while this one waited
-            if current is not None:
-                return current
-            started = time.perf_counter()
-            sandbox = await self.provider.create(slot.spec)
-            if slot.secrets:
-                sandbox.set_secrets(slot.secrets)
-            slot.sandbox = sandbox
-            self._lifecycle(slot, "created", duration_ms=_ms(started))
-            await self._restore_latest(slot, sandbox)
-            return sandbox
-
-    async def _restore_latest(self, slot: _Slot, sandbox: Sandbox) -> None:
-        if "snapshot" not in sandbox.capabilities:
-            return
-        try:
-            ref = await self.index.latest(slot.spec.tenant_id, slot.spec.session_id)
-        except Exception as exc:
-            self._silent(slot, "orchestrator.snapshot_index", exc)
-            return
-        if ref is None:
-            return
-        started = time.perf_counter()
-        try:
-            await sandbox.restore(ref)
-        except OpenmaError as exc:
-            # Like a fresh session: the workspace starts empty, and the reason is on record.
-            self._silent(slot, "orchestrator.restore", exc)
-            self._lifecycle(slot, "restore_failed", key=ref.key, error=exc.code, duration_ms=_ms(started))
-            return
-        self._lifecycle(slot, "restored", key=ref.key, size=ref.size, duration_ms=_ms(started))
-
-    async def _snapshot(self, slot: _Slot, sandbox: Sandbox, why: str) -> SnapshotRef | None:
+    async def _snapshot(self, slot: Slot, sandbox: Sandbox, why: str) -> SnapshotRef | None:
         """Snapshot and record it; a failure is reported, never raised (the caller is cleaning up)."""
         if "snapshot" not in sandbox.capabilities:
             return None
         started = time.perf_counter()
         try:
-            ref = await sandbox.snapshot(ttl=self.snapshot_ttl)
-            await self._record(slot, ref)
+            ref = await self._take_snapshot(slot, sandbox, slot.index, ttl=self.snapshot_ttl)
         except OpenmaError as exc:
             self._silent(slot, f"orchestrator.snapshot.{why}", exc)
-            self._lifecycle(slot, "snapshot_failed", why=why, error=exc.code, duration_ms=_ms(started))
+            self._lifecycle(
+                slot, "snapshot_failed", sandbox_id=sandbox.id, why=why, error=exc.code, duration_ms=ms_since(started)
+            )
             return None
-        self._lifecycle(slot, "snapshot", why=why, key=ref.key, size=ref.size, duration_ms=_ms(started))
+        self._lifecycle(
+            slot, "snapshot", sandbox_id=sandbox.id, why=why, key=ref.key, size=ref.size, duration_ms=ms_since(started)
+        )
         return ref
 
-    async def _record(self, slot: _Slot, ref: SnapshotRef) -> None:
-        """Make ``ref`` the session's latest snapshot and delete the one it replaces."""
-        previous = await self.index.record(slot.spec.tenant_id, slot.spec.session_id, ref)
-        if previous is not None and previous.key != ref.key and self.blobs is not None:
-            try:
-                await self.blobs.delete(previous.key)
-            except OpenmaError as exc:
-                self._silent(slot, "orchestrator.snapshot.prune", exc)
+    async def _take_snapshot(
+        self, slot: Slot, sandbox: Sandbox, index: SnapshotIndex, *, ttl: float | None
+    ) -> SnapshotRef:
+        """Snapshot, verify the blob, record it through ``index``, then delete the blob it replaced.
 
-    async def _recycle(self, slot: _Slot, why: str, *, snapshot: bool = True) -> SnapshotRef | None:
+        Until the record is written the previous snapshot stays the latest; a snapshot that fails its
+        check or whose record is refused (``LeaseLost``) is deleted, and the error raised.
+        """
+        ref = await sandbox.snapshot(ttl=ttl)
+        try:
+            await self._verify(ref)
+            previous = await index.record(slot.spec.tenant_id, slot.spec.session_id, ref)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._delete_blob(slot, ref.key, "orchestrator.snapshot.discard")
+            raise
+        if previous is not None and previous.key != ref.key:
+            await self._delete_blob(slot, previous.key, "orchestrator.snapshot.prune")
+        return ref
+
+    async def _verify(self, ref: SnapshotRef) -> None:
+        if self.blobs is None:
+            return
+        info = await self.blobs.head(ref.key)
+        digest = info.metadata.get("sha256")
+        if info.size != ref.size or (digest is not None and digest != ref.sha256):
+            raise SandboxError(
+                f"snapshot {ref.key!r} was not stored whole (size {info.size}, expected {ref.size})", key=ref.key
+            )
+
+    async def _delete_blob(self, slot: Slot, key: str, where: str) -> None:
+        if self.blobs is None:
+            return
+        try:
+            await self.blobs.delete(key)
+        except OpenmaError as exc:  # gone already, or an orphan that expires with its TTL
+            self._silent(slot, where, exc)
+
+    async def _recycle(self, slot: Slot, why: str, *, snapshot: bool = True) -> SnapshotRef | None:
         """Snapshot (unless told not to), destroy the sandbox, leave the slot empty for the next warm-up."""
         ref = None
         with anyio.CancelScope(shield=True):
@@ -292,19 +300,57 @@ class SandboxOrchestrator:
                 ref = await self._recycle_locked(slot, why, snapshot=snapshot)
         return ref
 
-    async def _recycle_locked(self, slot: _Slot, why: str, *, snapshot: bool) -> SnapshotRef | None:
+    async def _recycle_locked(self, slot: Slot, why: str, *, snapshot: bool) -> SnapshotRef | None:
         sandbox, ref = slot.sandbox, None
         if sandbox is None:
             return None
         if snapshot:
             ref = await self._snapshot(slot, sandbox, why)
+        if await self._taken_over(slot, sandbox):
+            # The session's new holder (elsewhere) reattached to this very sandbox: it is theirs now.
+            slot.sandbox = None
+            self._lifecycle(slot, "detached", why=why, sandbox_id=sandbox.id)
+            return ref
+        await self._destroy(slot, sandbox, why)
         try:
-            await sandbox.destroy()
-        except OpenmaError as exc:
-            self._silent(slot, "orchestrator.destroy", exc)
-        slot.sandbox = None
-        self._lifecycle(slot, "destroyed", why=why, sandbox_id=sandbox.id)
+            await self._record_sandbox_id(slot, slot.index, None)
+        except LeaseLost as exc:
+            self._silent(slot, "orchestrator.record_sandbox_id", exc)
         return ref
+
+    async def _taken_over(self, slot: Slot, sandbox: Sandbox) -> bool:
+        """True when the slot's holder lost the session and the record names ``sandbox`` for the new one."""
+        check = getattr(slot.index, "check", None)
+        if check is None:
+            return False
+        try:
+            await check()
+            return False
+        except LeaseLost:
+            recorded = await recorded_sandbox(slot.index, slot.spec.tenant_id, slot.spec.session_id)
+            return recorded == sandbox.id
+        except OpenmaError as exc:
+            self._silent(slot, "orchestrator.lease_check", exc)
+            return False
+
+    async def _replace(self, slot: Slot, dead: Sandbox, what: str, exc: SandboxGone, index: SnapshotIndex) -> None:
+        """``dead`` is gone at the provider: forget it and warm a replacement (restoring the latest snapshot)."""
+        self._silent(slot, f"orchestrated.{what}.gone", exc)
+        replaced = False
+        async with slot.lock:
+            if slot.sandbox is dead:
+                self._lifecycle(slot, "gone", sandbox_id=dead.id, op=what, error=exc.code)
+                slot.sandbox = None
+                slot.gone.add(dead.id)
+                replaced = True
+                with anyio.CancelScope(shield=True):
+                    try:  # frees what the provider may still hold; a sandbox it cannot find is not an error
+                        await dead.destroy()
+                    except OpenmaError as err:
+                        self._silent(slot, "orchestrator.destroy", err)
+        fresh = await self._warm(slot, index)
+        if replaced:
+            self._lifecycle(slot, "replaced", sandbox_id=fresh.id, replaced=dead.id, op=what)
 
     async def idle(self, session_id: str) -> SnapshotRef | None:
         """The session went idle: snapshot it (when ``idle_snapshot``), keep the sandbox."""
@@ -320,7 +366,7 @@ class SandboxOrchestrator:
         slot = self._slots.get(session_id)
         return None if slot is None else await self._release(slot, snapshot=snapshot)
 
-    async def _release(self, slot: _Slot, *, snapshot: bool = True) -> SnapshotRef | None:
+    async def _release(self, slot: Slot, *, snapshot: bool = True) -> SnapshotRef | None:
         if self._slots.get(slot.spec.session_id) is slot:
             del self._slots[slot.spec.session_id]
         if slot.released:
@@ -361,151 +407,11 @@ class SandboxOrchestrator:
         for session_id in list(self._slots):
             await self.release(session_id)
 
-    async def _after_exec(self, slot: _Slot, sandbox: Sandbox, result: ExecResult) -> None:
-        if result.oom_killed and slot.sandbox is sandbox:
-            self._lifecycle(slot, "oom", exit_code=result.exit_code)
+    async def _after_exec(self, slot: Slot, sandbox: Sandbox, oom: bool, exit_code: int) -> None:
+        if oom and slot.sandbox is sandbox:
+            self._lifecycle(slot, "oom", exit_code=exit_code)
             await self._recycle(slot, "oom")
 
     def sessions(self) -> Mapping[str, str | None]:
         """Session id → live sandbox id (``None`` between recycles)."""
         return {sid: (s.sandbox.id if s.sandbox else None) for sid, s in self._slots.items()}
-
-
-def _ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 3)
-
-
-class OrchestratedSandbox:
-    """A session's sandbox as the orchestrator hands it out: the :class:`~openma.ports.sandbox.Sandbox`
-    port, instrumented, and bound to the session rather than to one provider sandbox."""
-
-    def __init__(self, orchestrator: SandboxOrchestrator, slot: _Slot) -> None:
-        self._orch = orchestrator
-        self._slot = slot
-
-    def __repr__(self) -> str:
-        current = self._slot.sandbox.id if self._slot.sandbox else None
-        return f"OrchestratedSandbox(session={self._slot.spec.session_id!r}, sandbox={current!r})"
-
-    async def _sb(self) -> Sandbox:
-        return await self._orch._warm(self._slot)
-
-    @property
-    def id(self) -> str:
-        """The id of the provider sandbox behind it right now."""
-        if self._slot.sandbox is None:
-            raise SandboxError(f"session {self._slot.spec.session_id} has no live sandbox")
-        return self._slot.sandbox.id
-
-    @property
-    def capabilities(self) -> frozenset[str]:
-        sandbox = self._slot.sandbox
-        return sandbox.capabilities if sandbox is not None else frozenset()
-
-    @property
-    def session_id(self) -> str:
-        return self._slot.spec.session_id
-
-    async def exec(
-        self,
-        cmd: str,
-        *,
-        timeout: float = 120.0,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        secrets: Sequence[str] = (),
-        tool: str | None = None,
-    ) -> ExecResult:
-        """``Sandbox.exec``, reported to telemetry; ``tool`` names the tool for a ``tool.call`` event."""
-        sandbox = await self._sb()
-        spec = self._slot.spec
-        started = time.perf_counter()
-        self._slot.busy += 1
-        try:
-            result = await sandbox.exec(cmd, timeout=timeout, env=env, cwd=cwd, secrets=secrets)
-        except OpenmaError as exc:
-            fields = {"tenant_id": spec.tenant_id, "session_id": spec.session_id, "sandbox_id": sandbox.id}
-            self._orch._emit("sandbox.exec", **fields, outcome="failed", error=exc.code, duration_ms=_ms(started))
-            if tool is not None:
-                self._orch._emit("tool.call", **fields, tool=tool, outcome="failed", duration_ms=_ms(started))
-            raise
-        finally:
-            self._slot.busy -= 1
-            self._slot.last_used = time.monotonic()
-        fields = {"tenant_id": spec.tenant_id, "session_id": spec.session_id, "sandbox_id": sandbox.id}
-        outcome = _outcome(result)
-        self._orch._emit(
-            "sandbox.exec",
-            **fields,
-            command=mask_secrets(cmd, self._slot.secrets.values())[:COMMAND_IN_TELEMETRY],
-            exit_code=result.exit_code,
-            outcome=outcome,
-            timed_out=result.timed_out,
-            truncated=result.truncated,
-            oom_killed=result.oom_killed,
-            duration_ms=round(result.duration * 1000, 3),
-        )
-        if tool is not None:
-            self._orch._emit("tool.call", **fields, tool=tool, outcome=outcome, duration_ms=_ms(started))
-        await self._orch._after_exec(self._slot, sandbox, result)
-        return result
-
-    async def start(
-        self,
-        cmd: str,
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        secrets: Sequence[str] = (),
-    ) -> ProcessInfo:
-        return await (await self._sb()).start(cmd, env=env, cwd=cwd, secrets=secrets)
-
-    async def process(self, process_id: str) -> ProcessInfo:
-        return await (await self._sb()).process(process_id)
-
-    async def logs(self, process_id: str) -> tuple[str, str]:
-        return await (await self._sb()).logs(process_id)
-
-    async def kill(self, process_id: str) -> None:
-        await (await self._sb()).kill(process_id)
-
-    def set_secrets(self, secrets: Mapping[str, str]) -> None:
-        """Registered on the live sandbox and remembered for the ones that replace it after a recycle."""
-        if self._slot.released:
-            raise SandboxError(f"the sandbox of session {self._slot.spec.session_id} was released")
-        self._slot.secrets.update(secrets)
-        if self._slot.sandbox is not None:
-            self._slot.sandbox.set_secrets(secrets)
-
-    async def read_file(self, path: str) -> bytes:
-        return await (await self._sb()).read_file(path)
-
-    async def write_file(self, path: str, data: bytes) -> None:
-        await (await self._sb()).write_file(path, data)
-
-    async def list_files(self, path: str = ".") -> list[FileInfo]:
-        return await (await self._sb()).list_files(path)
-
-    async def remove(self, path: str, *, recursive: bool = False) -> None:
-        await (await self._sb()).remove(path, recursive=recursive)
-
-    async def exists(self, path: str) -> bool:
-        return await (await self._sb()).exists(path)
-
-    async def snapshot(self, *, ttl: float | None = SNAPSHOT_TTL) -> SnapshotRef:
-        """Snapshot now and record it as the session's latest."""
-        sandbox = await self._sb()
-        ref = await sandbox.snapshot(ttl=ttl)
-        await self._orch._record(self._slot, ref)
-        return ref
-
-    async def restore(self, ref: SnapshotRef) -> None:
-        await (await self._sb()).restore(ref)
-
-    async def keepalive(self, seconds: float) -> None:
-        self._slot.last_used = time.monotonic()
-        await (await self._sb()).keepalive(seconds)
-
-    async def destroy(self) -> None:
-        """Release the session's sandbox (snapshot, then destroy). Idempotent; later calls raise."""
-        await self._orch._release(self._slot)

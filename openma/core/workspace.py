@@ -9,7 +9,8 @@ workspace emptied and the tarball extracted in place. Only ``exec``, ``read_file
 
 The tarball is staged *inside* the workspace under a reserved name (``.openma-snapshot-*``), because the
 workspace is the one place every adapter's file API can reach; tar excludes that name, and the file is
-removed afterwards whatever happens.
+removed afterwards whatever happens (a removal that fails is reported as ``silent_catch`` to the optional
+``telemetry``; tar never archives the reserved name, so a leftover never reaches a snapshot).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import anyio
 from openma.errors import InvalidInput, NotFound, SandboxError, SandboxTimeout
 from openma.ports.blobs import BlobStore
 from openma.ports.sandbox import Sandbox, SnapshotRef
+from openma.ports.telemetry import Telemetry
 
 #: Snapshots live this long unless the caller says otherwise.
 SNAPSHOT_TTL: Final = 7 * 24 * 3600.0
@@ -43,11 +45,23 @@ def _staging_name() -> str:
     return f"{STAGING_PREFIX}{_secrets.token_hex(8)}.tgz"
 
 
-async def _discard(sandbox: Sandbox, path: str) -> None:
+async def _discard(sandbox: Sandbox, path: str, telemetry: Telemetry | None = None) -> None:
+    """Remove the staged tarball; a failure is reported (``silent_catch``), never raised: tar excludes the
+    reserved name, so a leftover never reaches a snapshot."""
     try:
         await sandbox.remove(path)
-    except (NotFound, SandboxError):
-        pass
+    except NotFound:
+        pass  # already gone: what this wanted
+    except SandboxError as exc:
+        if telemetry is not None:
+            telemetry.emit(
+                "silent_catch",
+                where="workspace.discard_staging",
+                error=type(exc).__name__,
+                code=exc.code,
+                message=str(exc)[:300],
+                sandbox_id=sandbox.id,
+            )
 
 
 async def snapshot_workspace(
@@ -57,6 +71,7 @@ async def snapshot_workspace(
     key: str,
     ttl: float | timedelta | None = SNAPSHOT_TTL,
     timeout: float = 600.0,
+    telemetry: Telemetry | None = None,
 ) -> SnapshotRef:
     """Store the sandbox's workspace as a gzipped tarball at ``key`` in ``blobs``; ``ttl=None`` keeps it.
 
@@ -78,7 +93,8 @@ async def snapshot_workspace(
             )
         data = await sandbox.read_file(name)
     finally:
-        await _discard(sandbox, name)
+        with anyio.CancelScope(shield=True):
+            await _discard(sandbox, name, telemetry)
     digest = await anyio.to_thread.run_sync(_sha256, data)
     info = await blobs.put(key, data, content_type="application/gzip", metadata={"sha256": digest}, ttl=ttl)
     return SnapshotRef(key=key, size=len(data), sha256=digest, created_at=info.created_at, expires_at=info.expires_at)
@@ -125,7 +141,14 @@ def check_tarball(data: bytes) -> None:
                 raise InvalidInput(f"snapshot member {path!r} lies beneath a symlink of the same archive")
 
 
-async def restore_workspace(sandbox: Sandbox, blobs: BlobStore, ref: SnapshotRef, *, timeout: float = 600.0) -> None:
+async def restore_workspace(
+    sandbox: Sandbox,
+    blobs: BlobStore,
+    ref: SnapshotRef,
+    *,
+    timeout: float = 600.0,
+    telemetry: Telemetry | None = None,
+) -> None:
     """Replace the sandbox's workspace with the snapshot ``ref``, in place.
 
     The bytes must match ``ref.sha256`` (else :class:`SandboxError`, nothing touched) and pass
@@ -149,7 +172,7 @@ async def restore_workspace(sandbox: Sandbox, blobs: BlobStore, ref: SnapshotRef
             tg.start_soon(sandbox.write_file, name, data)
     except BaseExceptionGroup as group:
         with anyio.CancelScope(shield=True):
-            await _discard(sandbox, name)
+            await _discard(sandbox, name, telemetry)
         errors = _flatten(group)
         raise (mismatch if mismatch in errors else errors[0]) from None
     cmd = (
@@ -158,9 +181,12 @@ async def restore_workspace(sandbox: Sandbox, blobs: BlobStore, ref: SnapshotRef
     )
     try:
         result = await sandbox.exec(cmd, timeout=timeout)
-    finally:
-        await _discard(sandbox, name)
-    if result.timed_out:
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await _discard(sandbox, name, telemetry)
+        raise
+    if result.timed_out:  # the command removes the tarball itself when it runs to its end
+        await _discard(sandbox, name, telemetry)
         raise SandboxTimeout(f"workspace restore ran past {timeout:g}s", sandbox_id=sandbox.id)
     if result.exit_code != 0:
         raise SandboxError(

@@ -78,6 +78,18 @@ class LeaseGrant:
     status: str
 
 
+@attrs.frozen
+class SandboxRecord:
+    """What a session row remembers of its sandbox (see :meth:`SessionStore.record_sandbox`)."""
+
+    #: The session's current lease epoch (a holder whose fence differs has lost the lease).
+    lease_epoch: int
+    #: The provider's id of the sandbox serving the session, if one is recorded.
+    sandbox_id: str | None
+    #: The latest workspace snapshot ref, as JSON (``key``, ``size``, ``sha256``, ``created_at``, ...).
+    snapshot: dict[str, Any] | None
+
+
 class _Unset:
     def __repr__(self) -> str:
         return "UNSET"
@@ -237,4 +249,22 @@ class SessionStore(Protocol):
 
     async def drop_lease(self, session_id: str, epoch: int) -> bool:
         """Clear the holder if ``epoch`` is still current (a clean release); ``False`` if it was not."""
+        ...
+
+    # -- the session's sandbox (written by its lease holder)
+
+    async def sandbox_record(self, session_id: str) -> SandboxRecord:
+        """The lease epoch, recorded sandbox id and latest snapshot of the session (one read)."""
+        ...
+
+    async def record_sandbox(
+        self,
+        session_id: str,
+        *,
+        sandbox_id: str | _Unset | None = UNSET,
+        snapshot: dict[str, Any] | _Unset | None = UNSET,
+        fence: int | None = None,
+    ) -> SandboxRecord:
+        """Set what is given (``None`` clears it), the epoch checked in the same transaction (``LeaseLost``
+        and nothing written when ``fence`` is stale); return the record as it was before."""
         ...

@@ -49,7 +49,7 @@ from anyio.abc import ByteReceiveStream, Process
 from openma.core import keys
 from openma.core.ids import new_id
 from openma.core.workspace import SNAPSHOT_TTL, mask_secrets, restore_workspace, snapshot_workspace
-from openma.errors import ConfigError, InvalidInput, NotFound, SandboxError
+from openma.errors import ConfigError, InvalidInput, NotFound, SandboxError, SandboxGone
 from openma.ports.blobs import BlobStore
 from openma.ports.sandbox import (
     OOM_EXIT,
@@ -501,7 +501,9 @@ class LocalSandbox:
 
     def _ensure_open(self) -> None:
         if self._closed:
-            raise SandboxError(f"sandbox {self._id} is destroyed", sandbox_id=self._id)
+            raise SandboxGone(f"sandbox {self._id} is destroyed", sandbox_id=self._id)
+        if not os.path.isdir(self._ws):  # removed from outside: as gone as a remote sandbox that was killed
+            raise SandboxGone(f"sandbox {self._id} no longer exists (its workspace was removed)", sandbox_id=self._id)
         self.last_used = time.monotonic()
 
     def _marker(self, run: str | None = None) -> bytes:

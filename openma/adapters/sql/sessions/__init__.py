@@ -28,9 +28,10 @@ from openma.adapters.sql.sessions.inbox import InboxMixin
 from openma.adapters.sql.sessions.lease import LeaseMixin
 from openma.adapters.sql.sessions.log import EventLogMixin
 from openma.adapters.sql.sessions.rows import SessionRowsMixin
+from openma.adapters.sql.sessions.sandbox import SandboxRecordMixin
 
 __all__ = ["SqlSessionStore"]
 
 
-class SqlSessionStore(SessionRowsMixin, EventLogMixin, InboxMixin, LeaseMixin):
+class SqlSessionStore(SessionRowsMixin, EventLogMixin, InboxMixin, LeaseMixin, SandboxRecordMixin):
     """The :class:`~openma.ports.sessions.SessionStore` of one tenant over a :class:`~openma.ports.sql.SqlClient`."""
