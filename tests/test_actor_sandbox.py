@@ -145,18 +145,21 @@ async def test_a_restarted_host_reattaches_to_the_remote_sandbox_or_replaces_it(
         await third.aclose()
 
 
-async def test_exit_137_is_out_of_memory_on_every_adapter(
-    remote: tuple[Any, Any], sandbox_blobs: Any, remote_spec: Callable[..., SandboxSpec]
+async def test_a_memory_kill_is_out_of_memory_on_every_adapter(
+    remote: tuple[Any, Any], sandbox_blobs: Any, remote_spec: Callable[..., SandboxSpec], tmp_path: Path
 ) -> None:
     _, provider = remote
     telemetry = MemoryTelemetry()
     orch = SandboxOrchestrator(provider, sandbox_blobs, telemetry, index=MemorySnapshotIndex())
-    spec = remote_spec()
+    # The fake runs commands on this machine: point the kernel's OOM counter at a file the command bumps.
+    counter = tmp_path / "memory.events"
+    counter.write_text("oom_kill 0\n")
+    spec = remote_spec(options={"oom_counters": [str(counter)]})
     try:
         sb = await orch.get(spec.tenant_id, spec.session_id, spec)
         before = sb.id
         await sb.write_file("work.txt", b"before the kill")
-        result = await sb.exec("exit 137", timeout=30, tool="bash")
+        result = await sb.exec(f"printf 'oom_kill 1\\n' > {counter}; kill -KILL $$", timeout=30, tool="bash")
         assert (result.exit_code, result.oom_killed) == (137, True)
         assert _actions(telemetry)[-3:] == ["oom", "snapshot", "destroyed"]
         assert orch.sessions()[spec.session_id] is None

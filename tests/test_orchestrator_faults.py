@@ -27,6 +27,7 @@ from openma.adapters.fsspec_blobs import FsspecBlobStore
 from openma.adapters.locks.flock import FlockLeaseLock
 from openma.adapters.sandboxes.local import LocalSandboxConfig, LocalSandboxProvider
 from openma.adapters.telemetry import MemoryTelemetry
+from openma.core import keys
 from openma.core.actor import SessionActor, acquire_actor
 from openma.core.orchestrator import MemorySnapshotIndex, SandboxOrchestrator
 from openma.errors import NotFound, StorageUnavailable
@@ -171,7 +172,7 @@ async def test_a_snapshot_that_fails_its_check_never_replaces_the_previous_one(
         assert actions(telemetry)[-1] == "snapshot_failed"
         assert await index.latest(T1, S1) == good
         await blobs.inner.head(good.key)  # the previous blob was not deleted
-        listed = await blobs.inner.list(f"sandbox-snapshots/{T1}/{S1}/")
+        listed = await blobs.inner.list(keys.snapshot_root_prefix(T1, S1))
         assert [b.key for b in listed] == [good.key]  # and the unverified one is gone
         # Through the handle the failure is raised, with the same guarantees.
         blobs.short_heads = 1

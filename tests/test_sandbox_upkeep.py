@@ -4,7 +4,7 @@ Daytona's resources."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -48,10 +48,9 @@ def provider(which: str, request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.fixture
-async def blobs() -> AsyncIterator[FsspecBlobStore]:
-    store = await FsspecBlobStore.open(f"memory://upkeep-{uuid.uuid4().hex}")
-    yield store
-    await store.aclose()
+def blobs(sandbox_blobs: FsspecBlobStore) -> FsspecBlobStore:
+    """The store the provider writes snapshots to: the orchestrator verifies them there."""
+    return sandbox_blobs
 
 
 @pytest.fixture
