@@ -1,8 +1,9 @@
 """Agents and their version history on the SQL family.
 
-The optimistic-concurrency check lives in the UPDATE itself (``WHERE version = ?``), and the new version's
-history row is written in the same write unit, guarded by that UPDATE: if the UPDATE matched nothing, the
-unit rolls back and nothing is written.
+An update reads the current definition, checks ``expected_version`` and writes the next version and its
+history row in one transaction that takes the agent's row lock first: concurrent updates apply one after
+the other (none reverts another's fields), version numbers stay consecutive, and exactly one of several
+updates made against the same ``expected_version`` wins.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from openma.ports.tenancy import TenantRef
 MAX_SYSTEM: Final = 200_000
 MAX_DESCRIPTION: Final = 10_000
 MAX_CONFIG_BYTES: Final = 1_000_000
-#: Updates without ``expected_version`` re-read and retry this many times when they lose a race.
-UPDATE_RETRIES: Final = 5
 
 _CONFIG_FIELDS: Final = ("model", "system", "description", "tools", "mcp_servers", "skills", "metadata")
 
@@ -227,17 +226,32 @@ class SqlAgentStore:
         )
 
     async def update(self, agent_id: str, *, expected_version: int | None = None, **changes: Any) -> Agent:
+        """Apply ``changes`` as the next version, atomically with its history row.
+
+        The read of the current definition, the ``expected_version`` check and both writes happen in one
+        transaction that holds the agent's row lock from its first statement, so concurrent updates queue:
+        each one applies on top of the previous (no field change is lost) and versions are consecutive.
+        """
         check_id(agent_id, "agt", what="agent_id")
         if expected_version is not None and (
             isinstance(expected_version, bool) or not isinstance(expected_version, int) or expected_version < 1
         ):
             raise InvalidInput("expected_version must be a positive integer", field="expected_version")
-        for field in changes:
-            if field not in UPDATABLE_AGENT_FIELDS:
-                _check_field(field, changes[field])  # raises with the list of valid fields
-        attempts = 1 if expected_version is not None else UPDATE_RETRIES
-        for _ in range(attempts):
-            row = await self._row(agent_id)
+        checked: dict[str, Any] = {}
+        for field, value in changes.items():
+            if field == "metadata":
+                if not isinstance(value, dict):
+                    raise InvalidInput("metadata must be an object", field="metadata")
+            else:
+                checked[field] = _check_field(field, value)  # raises on unknown fields with the valid ones
+        async with self._db.transaction() as tx:
+            # A write that changes nothing: it takes the row's lock (the database's write lock on SQLite).
+            await tx.execute(
+                "UPDATE agents SET version = version WHERE tenant_id = ? AND id = ?", (self.tenant_id, agent_id)
+            )
+            row = await tx.fetch_one("SELECT * FROM agents WHERE tenant_id = ? AND id = ?", (self.tenant_id, agent_id))
+            if row is None:
+                raise NotFound(f"agent {agent_id} not found", agent_id=agent_id)
             current = _agent(row)
             if current.archived_at is not None:
                 raise Conflict(f"agent {agent_id} is archived and cannot be updated", agent_id=agent_id)
@@ -249,65 +263,43 @@ class SqlAgentStore:
                     agent_id=agent_id,
                 )
             old_config = loads(row["config"])
-            name = current.name
             config = dict(old_config)
-            for field, value in changes.items():
-                if field == "name":
-                    name = _check_field("name", value)
-                else:
-                    config[field] = _check_field(field, value, old_config)
+            name = checked.pop("name", current.name)
+            config.update(checked)
+            if "metadata" in changes:
+                config["metadata"] = _check_field("metadata", changes["metadata"], old_config)
             if name == current.name and config == old_config:
                 return current
             config_text = _config_text(config)
             version = current.version + 1
             now = max(self._clock.now_ms(), int(row["updated_at"]))
-            result = await self._db.run_batch(
-                [
-                    Statement(
-                        "UPDATE agents SET name = ?, name_search = ?, model_id = ?, config = ?, version = ?,"
-                        " updated_at = ? WHERE tenant_id = ? AND id = ? AND version = ? AND archived_at IS NULL",
-                        (
-                            name,
-                            validate.search_key(name),
-                            _model_id(config["model"]),
-                            config_text,
-                            version,
-                            now,
-                            self.tenant_id,
-                            agent_id,
-                            current.version,
-                        ),
-                        expect_rows=True,
-                    ),
-                    Statement(
-                        "INSERT INTO agent_versions (tenant_id, agent_id, version, snapshot, created_at)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (self.tenant_id, agent_id, version, _snapshot(name, config, version), now),
-                    ),
-                ]
+            await tx.execute(
+                "UPDATE agents SET name = ?, name_search = ?, model_id = ?, config = ?, version = ?,"
+                " updated_at = ? WHERE tenant_id = ? AND id = ?",
+                (
+                    name,
+                    validate.search_key(name),
+                    _model_id(config["model"]),
+                    config_text,
+                    version,
+                    now,
+                    self.tenant_id,
+                    agent_id,
+                ),
             )
-            if result.committed:
-                return Agent(
-                    id=agent_id,
-                    tenant_id=self.tenant_id,
-                    name=name,
-                    version=version,
-                    created_at=current.created_at,
-                    updated_at=ms_to_datetime(now),
-                    **{k: config[k] for k in _CONFIG_FIELDS},
-                )
-            if expected_version is not None:
-                latest = _agent(await self._row(agent_id))
-                if latest.archived_at is not None:
-                    raise Conflict(f"agent {agent_id} is archived and cannot be updated", agent_id=agent_id)
-                raise VersionConflict(
-                    f"agent {agent_id} is at version {latest.version}, not {expected_version}",
-                    expected=expected_version,
-                    actual=latest.version,
-                    agent_id=agent_id,
-                )
-        raise VersionConflict(
-            f"agent {agent_id} kept changing under this update ({attempts} attempts); retry", agent_id=agent_id
+            await tx.execute(
+                "INSERT INTO agent_versions (tenant_id, agent_id, version, snapshot, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (self.tenant_id, agent_id, version, _snapshot(name, config, version), now),
+            )
+        return Agent(
+            id=agent_id,
+            tenant_id=self.tenant_id,
+            name=name,
+            version=version,
+            created_at=current.created_at,
+            updated_at=ms_to_datetime(now),
+            **{k: config[k] for k in _CONFIG_FIELDS},
         )
 
     async def versions(
