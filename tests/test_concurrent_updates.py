@@ -25,7 +25,7 @@ from openma.adapters.sql.backend import SqlStoreBackend
 from openma.adapters.sql.partial import PartialUpdate
 from openma.core import validate
 from openma.core.jsonutil import dumps
-from openma.errors import InvalidInput, VersionConflict
+from openma.errors import Conflict, InvalidInput, VersionConflict
 from openma.ports.tenancy import TenantRef
 
 pytestmark = pytest.mark.anyio
@@ -215,6 +215,8 @@ INTERLEAVINGS = [
     ("environments", {"config": {"v": "stale-side"}}, {"description": "meanwhile"}),
     ("environments", {"metadata": {"b": "stale-side"}}, {"name": "meanwhile"}),
     ("environments", {"description": "stale-side"}, {"metadata": {"a": "meanwhile"}}),
+    ("agents", {"system": "stale-side"}, {"description": "meanwhile"}),
+    ("agents", {"metadata": {"b": "stale-side"}}, {"metadata": {"a": "meanwhile"}}),
 ]
 
 
@@ -246,6 +248,33 @@ async def test_an_update_that_read_first_does_not_revert_one_written_meanwhile(
             got = getattr(row, field)
             assert got == ({**got, **value} if field == "metadata" else value), field
     assert row.metadata.get("keep") == "me"
+    if entity == "agents":
+        await _check_versions(store_backend, tenant_id, row_id, 2)
+
+
+@pytest.mark.parametrize("entity", ENTITIES)
+async def test_an_update_that_read_first_refuses_a_row_archived_meanwhile(
+    store_backend: SqlStoreBackend, entity: str
+) -> None:
+    tenant_id, row_id = await _create(store_backend, entity)
+    gated = _GatedClient(store_backend.client)
+    slow_store = _store(SqlStoreBackend(store_backend.name, gated), entity, tenant_id)  # type: ignore[arg-type]
+    fast_store = _store(store_backend, entity, tenant_id)
+    refused: list[Conflict] = []
+
+    async def slow() -> None:
+        with pytest.raises(Conflict) as caught:
+            await slow_store.update(row_id, metadata={"late": "write"})
+        refused.append(caught.value)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow)
+            await gated.waiting.wait()
+            await fast_store.archive(row_id)
+            gated.gate.set()
+    assert refused and "archived" in str(refused[0])
+    assert "late" not in (await fast_store.get(row_id)).metadata
 
 
 async def _race_same_version(agents: Any, agent_id: str, fields: list[str], round_: int) -> list[str]:
@@ -290,7 +319,13 @@ async def test_metadata_patch_merges_key_by_key_and_keeps_values_exact(
     store = _store(store_backend, entity, tenant_id)
     start = {"keep": {"x": [1, 0.30000000000000004, None, True]}, "gone": 1, "nested": {"a": 1}, "big": 2**62}
     await store.update(row_id, metadata=start)
-    patch = {"gone": None, "nested": {"b": None}, "new": 'é "quoted" \\ \u0001 日本', "absent": None}
+    patch = {
+        "gone": None,
+        "nested": {"b": None},
+        "new": 'é "quoted" \\ \u0001 日本',
+        'k"\u0001é.$[0]': [],
+        "absent": None,
+    }
     row = await store.update(row_id, metadata=patch)
     expected = validate.merge_metadata(start, patch)
     assert row.metadata == expected
