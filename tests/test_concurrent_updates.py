@@ -317,7 +317,12 @@ async def test_metadata_patch_merges_key_by_key_and_keeps_values_exact(
 ) -> None:
     tenant_id, row_id = await _create(store_backend, entity)
     store = _store(store_backend, entity, tenant_id)
-    start = {"keep": {"x": [1, 0.30000000000000004, None, True]}, "gone": 1, "nested": {"a": 1}, "big": 2**62}
+    start = {
+        "keep": {"x": [1, 0.30000000000000004, None, True]},
+        "gone": 1,
+        "nested": {"a": 1},
+        "big": 2**62,
+    }
     await store.update(row_id, metadata=start)
     patch = {
         "gone": None,
@@ -336,6 +341,22 @@ async def test_metadata_patch_merges_key_by_key_and_keeps_values_exact(
     text = stored["m"] if entity != "agents" else dumps(json.loads(stored["m"])["metadata"])
     # Stored compact, so the engine's size check measures what Python measures.
     assert len(text.encode()) == len(dumps(expected).encode())
+
+
+@pytest.mark.parametrize("entity", ["sessions", "environments"])
+async def test_metadata_with_nul_is_refused_and_old_rows_holding_one_still_merge(
+    store_backend: SqlStoreBackend, entity: str
+) -> None:
+    tenant_id, row_id = await _create(store_backend, entity)
+    store = _store(store_backend, entity, tenant_id)
+    with pytest.raises(InvalidInput, match="NUL"):
+        await store.update(row_id, metadata={"bad": ["a\x00b"]})
+    assert (await store.get(row_id)).metadata == {"keep": "me"}
+    legacy = dumps({"keep": "me", "old": "a\x00b", "escaped": "\\u0000"})
+    await store_backend.client.execute(f"UPDATE {entity} SET metadata = ? WHERE id = ?", (legacy, row_id))
+    row = await store.update(row_id, metadata={"keep": None, "new": 1})
+    assert row.metadata == {"old": "a\x00b", "escaped": "\\u0000", "new": 1}
+    assert (await store.get(row_id)).metadata == row.metadata
 
 
 @pytest.mark.parametrize("entity", ["sessions", "environments", "agents"])

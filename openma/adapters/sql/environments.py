@@ -156,7 +156,8 @@ class SqlEnvironmentStore:
         if "metadata" in changes and not isinstance(patch, dict):
             raise InvalidInput("metadata must be an object", field="metadata")
         for _ in range(UPDATE_RETRIES):
-            current = _environment(await self._row(environment_id))
+            row = await self._row(environment_id)
+            current = _environment(row)
             if current.archived_at is not None:
                 raise Conflict(f"environment {environment_id} is archived and cannot be updated")
             # Validates the patch and the merged size against the current row (clear errors before writing).
@@ -172,7 +173,7 @@ class SqlEnvironmentStore:
             if "config" in wanted:
                 update.set("config", dumps(wanted["config"]))
             if patch:
-                update.merge("metadata", patch)
+                update.merge("metadata", patch, read=(row["metadata"], meta))
             result = await self._db.run_batch(
                 [
                     update.statement(

@@ -37,11 +37,23 @@ class PartialUpdate:
         column: str,
         patch: dict[str, Any],
         *,
+        read: tuple[str, dict[str, Any]] | None = None,
         max_keys: int = validate.MAX_METADATA_KEYS,
         max_bytes: int = validate.MAX_METADATA_BYTES,
     ) -> None:
         """Merge ``patch`` (already validated) into the JSON object in ``column``; the row is left alone when
-        the result would have more than ``max_keys`` members or ``max_bytes`` bytes."""
+        the result would have more than ``max_keys`` members or ``max_bytes`` bytes.
+
+        ``read`` is the stored text as last read and the merge computed from it. A value holding a ``\\u0000``
+        escape (written before metadata refused NUL; Postgres's JSON functions cannot parse it) is not merged
+        by the engine: the computed merge is written only if the stored text is still the one read, and the
+        caller re-reads and retries when it is not.
+        """
+        if read is not None and "\\u0000" in read[0]:
+            self.set(column, dumps(read[1]))
+            self._guards.append(f"{column} = ?")
+            self._guard_params.append(read[0])
+            return
         members = dumps({k: v for k, v in patch.items() if v is not None})[1:-1]
         # Every patched key is dropped first (replaced whole, or removed), then the new members are appended
         # to the compact object text.

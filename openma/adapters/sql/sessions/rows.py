@@ -162,7 +162,7 @@ class SessionRowsMixin(RetentionMixin):
             if new_title is not UNSET:
                 update.set("title", new_title)
             if metadata:
-                update.merge("metadata", metadata)
+                update.merge("metadata", metadata, read=(row["metadata"], meta))
             result = await self._db.run_batch(
                 [
                     update.statement(
