@@ -231,10 +231,7 @@ async def test_an_update_that_read_first_does_not_revert_one_written_meanwhile(
     """The issue's interleaving, made deterministic: A reads, B writes another field, then A writes."""
     tenant_id, row_id = await _create(store_backend, entity)
     gated = _GatedClient(store_backend.client)
-    stores = [
-        SqlStoreBackend(store_backend.name, client, _FrozenClock())  # type: ignore[arg-type]
-        for client in (gated, store_backend.client)
-    ]
+    stores = [SqlStoreBackend(store_backend.name, client, _FrozenClock()) for client in (gated, store_backend.client)]
     slow_store, fast_store = (_store(b, entity, tenant_id) for b in stores)
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
@@ -258,7 +255,7 @@ async def test_an_update_that_read_first_refuses_a_row_archived_meanwhile(
 ) -> None:
     tenant_id, row_id = await _create(store_backend, entity)
     gated = _GatedClient(store_backend.client)
-    slow_store = _store(SqlStoreBackend(store_backend.name, gated), entity, tenant_id)  # type: ignore[arg-type]
+    slow_store = _store(SqlStoreBackend(store_backend.name, gated), entity, tenant_id)
     fast_store = _store(store_backend, entity, tenant_id)
     refused: list[Conflict] = []
 
