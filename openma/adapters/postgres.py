@@ -103,6 +103,19 @@ class PostgresDialect:
     def is_unique_violation(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlstate", None) == UNIQUE_VIOLATION
 
+    def json_drop_keys(self, obj: str) -> str:
+        # ``json`` (not ``jsonb``) keeps each member's stored text, so the result stays compact.
+        return (
+            "(SELECT COALESCE('{' || string_agg(to_json(m.key)::text || ':' || m.value::text, ',') || '}', '{}')"
+            f" FROM json_each(({obj})::json) AS m WHERE m.key NOT IN (SELECT json_array_elements_text(?::json)))"
+        )
+
+    def json_key_count(self, obj: str) -> str:
+        return f"(SELECT count(*) FROM json_object_keys(({obj})::json))"
+
+    def byte_length(self, text: str) -> str:
+        return f"octet_length({text})"
+
     def __repr__(self) -> str:
         return "PostgresDialect()"
 

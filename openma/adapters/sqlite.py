@@ -43,6 +43,16 @@ class SqliteDialect:
             "UNIQUE constraint failed" in str(exc) or "PRIMARY KEY" in str(exc)
         )
 
+    def json_drop_keys(self, obj: str) -> str:
+        # An RFC 7396 patch of nulls removes exactly those members; json_patch keeps other values' text.
+        return f"json_patch({obj}, (SELECT json_group_object(value, NULL) FROM json_each(?)))"
+
+    def json_key_count(self, obj: str) -> str:
+        return f"(SELECT count(*) FROM json_each({obj}))"
+
+    def byte_length(self, text: str) -> str:
+        return f"length(CAST({text} AS BLOB))"
+
     def __repr__(self) -> str:
         return "SqliteDialect()"
 

@@ -6,6 +6,7 @@ so one bad call cannot bloat a row.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Final
 
@@ -61,7 +62,17 @@ def json_object(value: object, what: str, *, max_bytes: int) -> dict[str, Any]:
     return dict(value)
 
 
+#: A JSON ``\u0000`` escape whose backslash is not itself escaped: a NUL inside a string.
+_NUL_ESCAPE: Final = re.compile(r"[^\\](?:\\\\)*\\u0000")
+
+
 def metadata(value: object, what: str = "metadata") -> dict[str, Any]:
+    out = _metadata_shape(value, what)
+    _no_nul(out, what)
+    return out
+
+
+def _metadata_shape(value: object, what: str) -> dict[str, Any]:
     out = json_object(value, what, max_bytes=MAX_METADATA_BYTES)
     if len(out) > MAX_METADATA_KEYS:
         raise InvalidInput(f"{what} has too many keys ({len(out)} > {MAX_METADATA_KEYS})", field=what)
@@ -70,8 +81,16 @@ def metadata(value: object, what: str = "metadata") -> dict[str, Any]:
     return out
 
 
+def _no_nul(value: dict[str, Any], what: str) -> None:
+    if _NUL_ESCAPE.search(dumps(value, what=what)):
+        raise InvalidInput(f"{what} must not contain NUL characters", field=what)
+
+
 def merge_metadata(current: dict[str, Any], patch: object) -> dict[str, Any]:
-    """Merge ``patch`` into ``current`` key by key; a ``None`` value removes the key."""
+    """Merge ``patch`` into ``current`` key by key; a ``None`` value removes the key.
+
+    The patch may not bring a NUL character; values already stored are kept as they are.
+    """
     if not isinstance(patch, dict):
         raise InvalidInput("metadata must be an object", field="metadata")
     merged = dict(current)
@@ -80,7 +99,9 @@ def merge_metadata(current: dict[str, Any], patch: object) -> dict[str, Any]:
             merged.pop(key, None)
         else:
             merged[key] = value
-    return metadata(merged)
+    out = _metadata_shape(merged, "metadata")
+    _no_nul(patch, "metadata")
+    return out
 
 
 def time_bound(value: object, what: str) -> int | None:

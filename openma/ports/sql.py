@@ -69,6 +69,19 @@ class Dialect(Protocol):
         """True when ``exc`` is the engine's unique/primary-key violation."""
         ...
 
+    def json_drop_keys(self, obj: str) -> str:
+        """SQL for the JSON object text ``obj`` without the top-level members named in one ``?`` parameter
+        (a JSON array of keys), as compact JSON text with every other member's text kept as stored."""
+        ...
+
+    def json_key_count(self, obj: str) -> str:
+        """SQL for the number of top-level members of the JSON object text ``obj``."""
+        ...
+
+    def byte_length(self, text: str) -> str:
+        """SQL for the length of ``text`` in UTF-8 bytes."""
+        ...
+
 
 class SqlExecutor(Protocol):
     """What can run statements: a client (autocommit) or a transaction."""

@@ -2,13 +2,16 @@
 
 The optimistic-concurrency check lives in the UPDATE itself (``WHERE version = ?``), and the new version's
 history row is written in the same write unit, guarded by that UPDATE: if the UPDATE matched nothing, the
-unit rolls back and nothing is written.
+unit rolls back and nothing is written. An update without ``expected_version`` that lost that race is
+recomputed and written under the agent's row lock, so it applies on top of the winner instead of failing.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Final
+
+import attrs
 
 from openma.adapters.sql.archive import archive_row
 from openma.adapters.sql.listing import created_between, list_page
@@ -26,8 +29,6 @@ from openma.ports.tenancy import TenantRef
 MAX_SYSTEM: Final = 200_000
 MAX_DESCRIPTION: Final = 10_000
 MAX_CONFIG_BYTES: Final = 1_000_000
-#: Updates without ``expected_version`` re-read and retry this many times when they lose a race.
-UPDATE_RETRIES: Final = 5
 
 _CONFIG_FIELDS: Final = ("model", "system", "description", "tools", "mcp_servers", "skills", "metadata")
 
@@ -103,6 +104,15 @@ def _version(row: Row) -> AgentVersion:
         snapshot=loads(row["snapshot"]),
         created_at=ms_to_datetime(row["created_at"]),
     )
+
+
+@attrs.frozen
+class _Next:
+    """An update computed from one read: the resulting agent and the statements that write it."""
+
+    agent: Agent
+    changed: bool
+    statements: list[Statement]
 
 
 def _snapshot(name: str, config: dict[str, Any], version: int) -> str:
@@ -226,90 +236,99 @@ class SqlAgentStore:
             to_model=_agent,
         )
 
+    def _next_version(self, row: Row, checked: dict[str, Any], patch: Any, expected_version: int | None) -> _Next:
+        """The version that applying the changes to ``row`` makes (``changed`` is False when it makes none)."""
+        current = _agent(row)
+        agent_id = current.id
+        if current.archived_at is not None:
+            raise Conflict(f"agent {agent_id} is archived and cannot be updated", agent_id=agent_id)
+        if expected_version is not None and current.version != expected_version:
+            raise VersionConflict(
+                f"agent {agent_id} is at version {current.version}, not {expected_version}",
+                expected=expected_version,
+                actual=current.version,
+                agent_id=agent_id,
+            )
+        old_config = loads(row["config"])
+        config = {**old_config, **{k: v for k, v in checked.items() if k != "name"}}
+        name = checked.get("name", current.name)
+        if patch is not None:
+            config["metadata"] = _check_field("metadata", patch, old_config)
+        now = max(self._clock.now_ms(), int(row["updated_at"]))
+        version = current.version + 1
+        if name == current.name and config == old_config:
+            return _Next(current, False, [])
+        agent = Agent(
+            id=agent_id,
+            tenant_id=self.tenant_id,
+            name=name,
+            version=version,
+            created_at=current.created_at,
+            updated_at=ms_to_datetime(now),
+            **{k: config[k] for k in _CONFIG_FIELDS},
+        )
+        write = Statement(
+            "UPDATE agents SET name = ?, name_search = ?, model_id = ?, config = ?, version = ?,"
+            " updated_at = ? WHERE tenant_id = ? AND id = ? AND version = ? AND archived_at IS NULL",
+            (
+                name,
+                validate.search_key(name),
+                _model_id(config["model"]),
+                _config_text(config),
+                version,
+                now,
+                self.tenant_id,
+                agent_id,
+                current.version,
+            ),
+            expect_rows=True,
+        )
+        history = Statement(
+            "INSERT INTO agent_versions (tenant_id, agent_id, version, snapshot, created_at) VALUES (?, ?, ?, ?, ?)",
+            (self.tenant_id, agent_id, version, _snapshot(name, config, version), now),
+        )
+        return _Next(agent, True, [write, history])
+
     async def update(self, agent_id: str, *, expected_version: int | None = None, **changes: Any) -> Agent:
+        """Apply ``changes`` as the next version, atomically with its history row.
+
+        The write is conditional on the version it was computed from (``WHERE version = ?``). With
+        ``expected_version``, losing that race is a ``VersionConflict``. Without it, the update is applied
+        again on top of the winner, in a transaction that takes the agent's row lock before reading it, so it
+        cannot lose twice: no concurrent field change is reverted and versions stay consecutive.
+        """
         check_id(agent_id, "agt", what="agent_id")
         if expected_version is not None and (
             isinstance(expected_version, bool) or not isinstance(expected_version, int) or expected_version < 1
         ):
             raise InvalidInput("expected_version must be a positive integer", field="expected_version")
-        for field in changes:
-            if field not in UPDATABLE_AGENT_FIELDS:
-                _check_field(field, changes[field])  # raises with the list of valid fields
-        attempts = 1 if expected_version is not None else UPDATE_RETRIES
+        checked: dict[str, Any] = {}
+        for field, value in changes.items():
+            if field != "metadata":
+                checked[field] = _check_field(field, value)  # raises on unknown fields with the valid ones
+        patch = changes.get("metadata")
+        if "metadata" in changes and not isinstance(patch, dict):
+            raise InvalidInput("metadata must be an object", field="metadata")
         await self._tenant.ensure()
-        for _ in range(attempts):
-            row = await self._row(agent_id)
-            current = _agent(row)
-            if current.archived_at is not None:
-                raise Conflict(f"agent {agent_id} is archived and cannot be updated", agent_id=agent_id)
-            if expected_version is not None and current.version != expected_version:
-                raise VersionConflict(
-                    f"agent {agent_id} is at version {current.version}, not {expected_version}",
-                    expected=expected_version,
-                    actual=current.version,
-                    agent_id=agent_id,
-                )
-            old_config = loads(row["config"])
-            name = current.name
-            config = dict(old_config)
-            for field, value in changes.items():
-                if field == "name":
-                    name = _check_field("name", value)
-                else:
-                    config[field] = _check_field(field, value, old_config)
-            if name == current.name and config == old_config:
-                return current
-            config_text = _config_text(config)
-            version = current.version + 1
-            now = max(self._clock.now_ms(), int(row["updated_at"]))
-            result = await self._db.run_batch(
-                [
-                    Statement(
-                        "UPDATE agents SET name = ?, name_search = ?, model_id = ?, config = ?, version = ?,"
-                        " updated_at = ? WHERE tenant_id = ? AND id = ? AND version = ? AND archived_at IS NULL",
-                        (
-                            name,
-                            validate.search_key(name),
-                            _model_id(config["model"]),
-                            config_text,
-                            version,
-                            now,
-                            self.tenant_id,
-                            agent_id,
-                            current.version,
-                        ),
-                        expect_rows=True,
-                    ),
-                    Statement(
-                        "INSERT INTO agent_versions (tenant_id, agent_id, version, snapshot, created_at)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (self.tenant_id, agent_id, version, _snapshot(name, config, version), now),
-                    ),
-                ]
+        step = self._next_version(await self._row(agent_id), checked, patch, expected_version)
+        if not step.changed:
+            return step.agent
+        if (await self._db.run_batch(step.statements)).committed:
+            return step.agent
+        if expected_version is not None:
+            self._next_version(await self._row(agent_id), checked, patch, expected_version)  # raises the refusal
+        async with self._db.transaction() as tx:
+            # A write that changes nothing takes the row's lock (on SQLite the transaction holds the write lock).
+            await tx.execute(
+                "UPDATE agents SET version = version WHERE tenant_id = ? AND id = ?", (self.tenant_id, agent_id)
             )
-            if result.committed:
-                return Agent(
-                    id=agent_id,
-                    tenant_id=self.tenant_id,
-                    name=name,
-                    version=version,
-                    created_at=current.created_at,
-                    updated_at=ms_to_datetime(now),
-                    **{k: config[k] for k in _CONFIG_FIELDS},
-                )
-            if expected_version is not None:
-                latest = _agent(await self._row(agent_id))
-                if latest.archived_at is not None:
-                    raise Conflict(f"agent {agent_id} is archived and cannot be updated", agent_id=agent_id)
-                raise VersionConflict(
-                    f"agent {agent_id} is at version {latest.version}, not {expected_version}",
-                    expected=expected_version,
-                    actual=latest.version,
-                    agent_id=agent_id,
-                )
-        raise VersionConflict(
-            f"agent {agent_id} kept changing under this update ({attempts} attempts); retry", agent_id=agent_id
-        )
+            row = await tx.fetch_one("SELECT * FROM agents WHERE tenant_id = ? AND id = ?", (self.tenant_id, agent_id))
+            if row is None:
+                raise NotFound(f"agent {agent_id} not found", agent_id=agent_id)
+            step = self._next_version(row, checked, patch, expected_version)
+            for statement in step.statements:
+                await tx.execute(statement.sql, statement.params)
+        return step.agent
 
     async def versions(
         self, agent_id: str, *, limit: int = 50, cursor: str | None = None, order: Order = "desc"

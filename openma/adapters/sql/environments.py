@@ -7,6 +7,7 @@ from typing import Any, Final
 
 from openma.adapters.sql.archive import archive_row
 from openma.adapters.sql.listing import created_between, list_page
+from openma.adapters.sql.partial import PartialUpdate
 from openma.core import validate
 from openma.core.clock import Clock, SystemClock, ms_to_datetime
 from openma.core.ids import check_id, new_id
@@ -128,6 +129,12 @@ class SqlEnvironmentStore:
         )
 
     async def update(self, environment_id: str, **changes: Any) -> Environment:
+        """Replace ``name``/``description``/``config`` and merge a ``metadata`` patch; only what is named is written.
+
+        The ``UPDATE`` assigns only the named columns and merges the metadata patch into the stored value in
+        the same statement, so a concurrent update of another field (or other metadata keys) is never
+        reverted. An update that changes nothing returns the environment as read, without a write.
+        """
         for field in changes:
             if field not in UPDATABLE_ENVIRONMENT_FIELDS:
                 raise InvalidInput(
@@ -135,59 +142,52 @@ class SqlEnvironmentStore:
                     f"updatable: {', '.join(UPDATABLE_ENVIRONMENT_FIELDS)}",
                     field=field,
                 )
+        wanted: dict[str, Any] = {}
+        if "name" in changes:
+            wanted["name"] = validate.name(changes["name"])
+        if "description" in changes:
+            value = changes["description"]
+            wanted["description"] = validate.text(
+                "" if value is None else value, "description", max_len=MAX_DESCRIPTION
+            )
+        if "config" in changes:
+            wanted["config"] = validate.json_object(changes["config"], "config", max_bytes=MAX_CONFIG_BYTES)
+        patch = changes.get("metadata")
+        if "metadata" in changes and not isinstance(patch, dict):
+            raise InvalidInput("metadata must be an object", field="metadata")
         await self._tenant.ensure()
         for _ in range(UPDATE_RETRIES):
             row = await self._row(environment_id)
             current = _environment(row)
             if current.archived_at is not None:
                 raise Conflict(f"environment {environment_id} is archived and cannot be updated")
-            name, description = current.name, current.description
-            config, meta = current.config, current.metadata
-            if "name" in changes:
-                name = validate.name(changes["name"])
-            if "description" in changes:
-                value = changes["description"]
-                description = validate.text("" if value is None else value, "description", max_len=MAX_DESCRIPTION)
-            if "config" in changes:
-                config = validate.json_object(changes["config"], "config", max_bytes=MAX_CONFIG_BYTES)
-            if "metadata" in changes:
-                meta = validate.merge_metadata(current.metadata, changes["metadata"])
-            if (name, description, config, meta) == (
-                current.name,
-                current.description,
-                current.config,
-                current.metadata,
-            ):
+            # Validates the patch and the merged size against the current row (clear errors before writing).
+            meta = validate.merge_metadata(current.metadata, patch) if patch is not None else current.metadata
+            if meta == current.metadata and all(getattr(current, f) == v for f, v in wanted.items()):
                 return current
-            now = max(self._clock.now_ms(), int(row["updated_at"]))
-            # Compare-and-set on updated_at + the stored JSON, so a concurrent update is never overwritten.
+            update = PartialUpdate(self._db.dialect)
+            if "name" in wanted:
+                update.set("name", wanted["name"])
+                update.set("name_search", validate.search_key(wanted["name"]))
+            if "description" in wanted:
+                update.set("description", wanted["description"])
+            if "config" in wanted:
+                update.set("config", dumps(wanted["config"]))
+            if patch:
+                update.merge("metadata", patch, read=(row["metadata"], meta))
             result = await self._db.run_batch(
                 [
-                    Statement(
-                        "UPDATE environments SET name = ?, name_search = ?, description = ?, config = ?,"
-                        " metadata = ?, updated_at = ? WHERE tenant_id = ? AND id = ? AND updated_at = ?"
-                        " AND config = ? AND metadata = ? AND name = ? AND archived_at IS NULL RETURNING *",
-                        (
-                            name,
-                            validate.search_key(name),
-                            description,
-                            dumps(config),
-                            dumps(meta),
-                            now,
-                            self.tenant_id,
-                            environment_id,
-                            row["updated_at"],
-                            row["config"],
-                            row["metadata"],
-                            row["name"],
-                        ),
-                        fetch=True,
-                        expect_rows=True,
+                    update.statement(
+                        "environments",
+                        "tenant_id = ? AND id = ? AND archived_at IS NULL",
+                        (self.tenant_id, environment_id),
+                        self._clock.now_ms(),
                     )
                 ]
             )
             if result.committed:
                 return _environment(result.rows[0][0])
+            # Deleted, archived, or the merged metadata would now be over its limits: re-read and report.
         raise Conflict(f"environment {environment_id} kept changing under this update; retry")
 
     async def archive(self, environment_id: str) -> Environment:

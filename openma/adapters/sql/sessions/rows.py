@@ -8,6 +8,7 @@ from typing import Any
 from openma.adapters import pg_notify
 from openma.adapters.sql.archive import archive_row
 from openma.adapters.sql.listing import created_between, list_page
+from openma.adapters.sql.partial import PartialUpdate
 from openma.adapters.sql.sessions._base import (
     DEFAULT_BATCH,
     WRITE_RETRIES,
@@ -139,6 +140,12 @@ class SessionRowsMixin(RetentionMixin):
     async def update(
         self, session_id: str, *, title: str | None = UNSET, metadata: dict[str, Any] | None = None
     ) -> Session:
+        """Change the title and/or merge a metadata patch; only what is named is written.
+
+        The ``UPDATE`` assigns the title only when one is given and merges the patch into the stored metadata
+        in the same statement, so a concurrent update of another field (or of other metadata keys) is never
+        reverted. An update that changes nothing returns the session as read, without a write.
+        """
         new_title = UNSET if title is UNSET else _title(title)
         if metadata is not None and not isinstance(metadata, dict):
             raise InvalidInput("metadata must be an object", field="metadata")
@@ -148,24 +155,28 @@ class SessionRowsMixin(RetentionMixin):
             if row["archived_at"] is not None:
                 raise Conflict(f"session {session_id} is archived and cannot be updated", session_id=session_id)
             current_meta = loads(row["metadata"])
+            # Validates the patch and the merged size against the current row (clear errors before writing).
             meta = validate.merge_metadata(current_meta, metadata) if metadata is not None else current_meta
-            final_title = row["title"] if new_title is UNSET else new_title
-            if final_title == row["title"] and meta == current_meta:
+            if (new_title is UNSET or new_title == row["title"]) and meta == current_meta:
                 return _session(row)
-            now = max(self._clock.now_ms(), int(row["updated_at"]))
+            update = PartialUpdate(self._db.dialect)
+            if new_title is not UNSET:
+                update.set("title", new_title)
+            if metadata:
+                update.merge("metadata", metadata, read=(row["metadata"], meta))
             result = await self._db.run_batch(
                 [
-                    Statement(
-                        "UPDATE sessions SET title = ?, metadata = ?, updated_at = ? WHERE tenant_id = ? AND id = ?"
-                        " AND deleted_at IS NULL AND archived_at IS NULL AND metadata = ? RETURNING *",
-                        (final_title, dumps(meta), now, self.tenant_id, session_id, row["metadata"]),
-                        fetch=True,
-                        expect_rows=True,
+                    update.statement(
+                        "sessions",
+                        "tenant_id = ? AND id = ? AND deleted_at IS NULL AND archived_at IS NULL",
+                        (self.tenant_id, session_id),
+                        self._clock.now_ms(),
                     )
                 ]
             )
             if result.committed:
                 return _session(result.rows[0][0])
+            # Deleted, archived, or the merged metadata would now be over its limits: re-read and report.
         raise Conflict(f"session {session_id} kept changing under this update; retry", session_id=session_id)
 
     async def archive(self, session_id: str) -> Session:
