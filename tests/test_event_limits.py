@@ -11,6 +11,7 @@ import pytest
 
 from openma import Conflict, InvalidInput, NotFound, OpenmaError, Platform, Settings
 from openma.core import events as ev
+from openma.core import keys
 
 pytestmark = pytest.mark.anyio
 
@@ -72,7 +73,8 @@ async def test_an_archived_tenant_refuses_every_session_write_alike(oma: Platfor
     await t.sessions.post(session_id, [_msg(id="queued")])
     stream = await t.sessions.open_stream(session_id)
     await t.sessions.append_stream(session_id, stream.id, ["hello"])
-    blobs_before = [b.key for b in await t.blobs.list("sessions/")]
+    internal = oma.blobs.for_tenant(tenant.id, internal=True)
+    blobs_before = [b.key for b in await internal.list(keys.RESERVED_SEGMENT + "/sessions/")]
 
     await oma.tenants.archive(tenant.id)
     t = oma.tenant(tenant)  # a fresh scope, as a host builds per request
@@ -109,7 +111,7 @@ async def test_an_archived_tenant_refuses_every_session_write_alike(oma: Platfor
     assert session.last_seq == 1 and session.status == "idle"
     assert [i.event_id for i in await s.pending(session_id)] == ["queued"]
     assert [(x.id, x.status, x.text) for x in await s.streams(session_id)] == [(stream.id, "open", "hello")]
-    assert [b.key for b in await t.blobs.list("sessions/")] == blobs_before
+    assert [b.key for b in await internal.list(keys.RESERVED_SEGMENT + "/sessions/")] == blobs_before
     assert session.metadata == {} and (await t.agents.get(agent.id)).version == 1
     assert (await t.environments.get(env.id)).config == {}
 

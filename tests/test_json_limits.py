@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from openma import InvalidInput, OpenmaError, Platform, Settings, TenantScope
-from openma.core import jsonutil
+from openma.core import jsonutil, keys
 from openma.core.jsonutil import MAX_JSON_DEPTH, check_depth, dumps, json_depth, loads
 from openma.sse import encode_event
 
@@ -164,7 +164,9 @@ async def test_events_at_the_limit_read_back_on_every_path(t: TenantScope, spill
 
 
 @pytest.mark.parametrize("spilled", [False, True], ids=["inline", "spilled"])
-async def test_events_past_the_limit_are_refused_and_nothing_is_written(t: TenantScope, spilled: bool) -> None:
+async def test_events_past_the_limit_are_refused_and_nothing_is_written(
+    oma: Platform, t: TenantScope, spilled: bool
+) -> None:
     session_id = await _session(t)
     ok = {"type": "fine"}
     too_deep = event(LIMIT + 1, spilled=spilled)
@@ -183,7 +185,8 @@ async def test_events_past_the_limit_are_refused_and_nothing_is_written(t: Tenan
     session = await t.sessions.get(session_id)
     assert session.last_seq == 1 and session.status == "running"  # only the status_running event
     assert await t.sessions.pending(session_id) == []
-    assert [b.key for b in await t.blobs.list(f"sessions/{session_id}/")] == []
+    internal = oma.blobs.for_tenant(t.tenant_id, internal=True)
+    assert [b.key for b in await internal.list(keys.spill_prefix(session_id))] == []
     # A 100 000-deep event is refused the same way, not with a RecursionError.
     with pytest.raises(InvalidInput):
         await t.sessions.append(session_id, [{"type": "x", "v": nested(100_000)}])
