@@ -11,7 +11,16 @@
 * Every connection taken from the pool is first checked for a message the server sent while it sat idle (a
   terminated backend or a shut-down server announces itself that way); such a connection is discarded and
   another one taken, so the first call after a restart or a ``pg_terminate_backend`` does not fail. The check
-  is one non-blocking ``poll`` of the socket, not a round trip.
+  is one non-blocking ``poll(2)`` of the socket, not a round trip (never ``select(2)``, which cannot watch a
+  descriptor numbered 1024 or more).
+* A write unit that fails in the server (a constraint, a conflict, anything) leaves its connection as healthy
+  as it found it: the failed transaction is rolled back with psycopg's ``rollback()``, which also forgets
+  every statement psycopg prepared on that connection and deallocates them on the server (an aborted
+  pipeline skips a ``Parse`` psycopg has already recorded as prepared); a connection that cannot be reset
+  so is closed and replaced. Errors are raised from the pipeline block itself, so psycopg logs nothing.
+* Every message built from a driver error has its connection secrets masked
+  (:func:`~openma.settings.redact_secrets`); where the driver's own text had to be masked, the driver error is
+  not chained either.
 * A lost connection, an unreachable server, a statement timeout or no free connection within
   ``pg_connect_timeout`` is :class:`~openma.errors.StorageUnavailable`. The transaction of the failing call
   is rolled back by the server (a dead connection never commits), so nothing partial is written. As with any
@@ -33,6 +42,7 @@ import functools
 import math
 import re
 import select
+import selectors
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from types import ModuleType
@@ -44,7 +54,8 @@ import sniffio
 from openma.adapters.sql.backend import SqlStoreBackend
 from openma.errors import ConfigError, StorageUnavailable
 from openma.ports.sql import BatchResult, Params, Row, SqlTransaction, Statement
-from openma.settings import Settings, _mask_url
+from openma.ports.telemetry import NullTelemetry, Telemetry
+from openma.settings import Settings, _mask_url, redact_secrets
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection, AsyncCursor
@@ -60,6 +71,8 @@ UNIQUE_VIOLATION: Final = "23505"
 # libpq transaction states (psycopg.pq.TransactionStatus), kept here so this module imports without psycopg.
 _IDLE: Final = 0
 _ACTIVE: Final = 1
+_INTRANS: Final = 2
+_INERROR: Final = 3
 _UNKNOWN: Final = 4
 
 # A quoted literal, quoted identifier, comment or dollar-quoted string (left as they are, but for '%'), a '?'
@@ -145,10 +158,27 @@ def _idle_socket_has_news(conn: Conn) -> bool:
     if pgconn.status != 0 or pgconn.transaction_status != _IDLE:  # 0 = CONNECTION_OK
         return True
     try:
-        readable, _, _ = select.select([pgconn.socket], (), (), 0)
+        return _readable(pgconn.socket)
     except Exception:  # OSError, or psycopg.OperationalError when the socket is gone
         return True
-    return bool(readable)
+
+
+def _readable(fd: int) -> bool:
+    """Whether ``fd`` has data (or EOF, or an error) waiting, without blocking; any descriptor number."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    with selectors.DefaultSelector() as selector:  # pragma: no cover - platforms without poll(2)
+        selector.register(fd, selectors.EVENT_READ)
+        return bool(selector.select(0))
+
+
+def _reason(exc: BaseException, *conninfos: str | None) -> tuple[str, BaseException | None]:
+    """A driver error's text with connection secrets masked, and the error to chain (``None`` if it had any)."""
+    text = str(exc).strip() or type(exc).__name__
+    masked = redact_secrets(text, *conninfos)
+    return masked, (exc if masked == text else None)
 
 
 def connection_params(url: str, settings: Settings, psycopg: ModuleType) -> str:
@@ -156,7 +186,8 @@ def connection_params(url: str, settings: Settings, psycopg: ModuleType) -> str:
     try:
         params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"postgres_url {_mask_url(url)!r} is not a valid connection URL: {exc}") from None
+        reason, _ = _reason(exc, url)
+        raise ConfigError(f"postgres_url {_mask_url(url)!r} is not a valid connection URL: {reason}") from None
     params.setdefault("application_name", settings.pg_application_name)
     # libpq takes whole seconds and treats values below 2 as 2.
     params.setdefault("connect_timeout", max(2, math.ceil(settings.pg_connect_timeout)))
@@ -221,10 +252,13 @@ class PostgresClient:
     def __init__(self, pool: AsyncConnectionPool[Conn], *, url: str, psycopg: ModuleType, pool_module: ModuleType):
         self._pool = pool
         self._url = _mask_url(url) or ""
+        self._conninfo = url if not isinstance(pool.conninfo, str) else pool.conninfo
         self._down: tuple[type[BaseException], ...] = (psycopg.OperationalError, pool_module.PoolTimeout)
         self._interface_error: type[BaseException] = psycopg.InterfaceError
         self._max_checks = (pool.max_size or 1) + 1
         self._closed = False
+        #: Where failures this client recovers from on its own are reported (``silent_catch``).
+        self.telemetry: Telemetry = NullTelemetry()
 
     def __repr__(self) -> str:
         return f"PostgresClient({self._url!r})"
@@ -251,11 +285,11 @@ class PostgresClient:
         try:
             probe = await psycopg.AsyncConnection.connect(conninfo, **kwargs)
         except psycopg.ProgrammingError as exc:
-            raise ConfigError(f"postgres_url {masked!r} is not usable: {str(exc).strip()}") from exc
+            reason, cause = _reason(exc, url, conninfo)
+            raise ConfigError(f"postgres_url {masked!r} is not usable: {reason}") from cause
         except psycopg.Error as exc:
-            raise StorageUnavailable(
-                f"cannot connect to Postgres at {masked}: {str(exc).strip()}", engine="postgres"
-            ) from exc
+            reason, cause = _reason(exc, url, conninfo)
+            raise StorageUnavailable(f"cannot connect to Postgres at {masked}: {reason}", engine="postgres") from cause
         await probe.close()
         pool: AsyncConnectionPool[Conn] = pool_module.AsyncConnectionPool(
             conninfo,
@@ -285,43 +319,54 @@ class PostgresClient:
         if not down:
             return
         sqlstate = getattr(exc, "sqlstate", None)
-        reason = str(exc).strip() or type(exc).__name__
+        reason, cause = _reason(exc, self._conninfo)
         if sqlstate == "57014":
             reason = f"statement timed out or was cancelled ({reason})"
         raise StorageUnavailable(
             f"Postgres at {self._url} is unavailable: {reason}", engine="postgres", sqlstate=sqlstate
-        ) from exc
+        ) from cause
+
+    def _silent(self, where: str, exc: BaseException) -> None:
+        reason, _ = _reason(exc, self._conninfo)
+        self.telemetry.emit("silent_catch", where=where, error=type(exc).__name__, message=reason[:300])
 
     async def _get(self) -> Conn:
         """A pooled connection that has not heard from the server while idle (see the module docstring)."""
         if self._closed:
             raise ConfigError("this Postgres client is closed")
         pool = self._pool
-        for _ in range(self._max_checks):
+        for attempt in range(self._max_checks):
             try:
                 conn = await pool.getconn()
             except Exception as exc:
                 self._raise_if_down(exc, None)
                 raise
-            if not _idle_socket_has_news(conn):
+            # The last one is handed out whatever the check says: the call itself reports what is wrong.
+            if attempt == self._max_checks - 1 or not _idle_socket_has_news(conn):
                 return conn
             with anyio.CancelScope(shield=True):
                 await conn.close()
                 await pool.putconn(conn)  # closed: the pool drops it and opens a replacement
-        return conn  # every check failed: let the call itself report what is wrong
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _put(self, conn: Conn) -> None:
         """Give ``conn`` back, first ending whatever it was left doing (an open transaction, a cut-off command)."""
         with anyio.CancelScope(shield=True):
-            status = conn.pgconn.transaction_status
-            if status == _ACTIVE:
+            if conn.pgconn.transaction_status == _ACTIVE:
                 await conn.close()
-            elif status not in (_IDLE, _UNKNOWN):
-                try:
-                    await conn.execute(b"ROLLBACK")
-                except Exception:
-                    await conn.close()
+            else:
+                await self._reset(conn)
             await self._pool.putconn(conn)
+
+    async def _reset(self, conn: Conn) -> None:
+        """End an open or failed transaction, forgetting psycopg's prepared statements; close if that fails."""
+        if conn.pgconn.transaction_status not in (_INTRANS, _INERROR):
+            return
+        try:
+            await conn.rollback()  # unlike a plain ROLLBACK statement, this always resets the prepared cache
+        except Exception as exc:
+            self._silent("postgres.reset_connection", exc)
+            await conn.close()
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Conn]:
@@ -379,12 +424,31 @@ class PostgresClient:
         try:
             if len(statements) == 1 and not (statements[0].expect_rows and _CTE.match(statements[0].sql)):
                 return await self._single(conn, statements[0])
-            return await self._pipelined(conn, statements)
+            try:
+                return await self._pipelined(conn, statements)
+            except Exception:
+                with anyio.CancelScope(shield=True):
+                    await self._after_pipeline_error(conn)
+                raise
         except Exception as exc:
             self._raise_if_down(exc, conn)
             raise
         finally:
             await self._put(conn)
+
+    async def _after_pipeline_error(self, conn: Conn) -> None:
+        """Make ``conn`` safe to reuse after a unit failed part-way through a pipeline.
+
+        The failed unit's transaction is rolled back with ``rollback()``, which resets psycopg's prepared
+        statements; a connection no longer in a transaction cannot be reset that way, so it is closed (the
+        pool replaces it).
+        """
+        if conn.closed:
+            return
+        if conn.pgconn.transaction_status in (_INTRANS, _INERROR):
+            await self._reset(conn)
+        elif conn.pgconn.transaction_status != _ACTIVE:
+            await conn.close()
 
     async def _single(self, conn: Conn, st: Statement) -> BatchResult:
         """One statement in autocommit is its own transaction; one that changed nothing wrote nothing."""
@@ -407,13 +471,26 @@ class PostgresClient:
                 end += 1
             segment = statements[start : end + 1]
             commit = end == len(statements) - 1 and not statements[end].expect_rows
-            async with conn.pipeline():
-                if not begun:
-                    await conn.execute(b"BEGIN", ())
-                    begun = True
-                cursors = [await conn.execute(translate(st.sql), st.params) for st in segment]
-                if commit:
-                    await conn.execute(b"COMMIT", ())
+            failure: Exception | None = None
+            cursors = []
+            try:
+                async with conn.pipeline():
+                    # An error raised inside the block makes psycopg log another one on leaving it: keep the
+                    # first and let the block end normally (leaving it raises that error again, or "aborted").
+                    try:
+                        if not begun:
+                            await conn.execute(b"BEGIN", ())
+                            begun = True
+                        for st in segment:
+                            cursors.append(await conn.execute(translate(st.sql), st.params))
+                        if commit:
+                            await conn.execute(b"COMMIT", ())
+                    except Exception as exc:
+                        failure = exc
+            except Exception as exc:
+                raise (failure or exc) from None
+            if failure is not None:
+                raise failure
             for st, cur in zip(segment, cursors, strict=True):
                 got = await cur.fetchall() if st.fetch else []
                 rowcounts.append(len(got) if st.fetch else cur.rowcount)
