@@ -7,7 +7,9 @@ statement is prepared that the server never prepared) would fail the very next c
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import resource
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from openma.errors import Conflict
 from openma.ports.sql import Statement
 from openma.ports.tenancy import TenantRef
 from openma.settings import Settings
+from openma.testing.pgserver import PgServer
 from tests.fixtures.engines import open_sqlite_backend
 
 pytestmark = pytest.mark.anyio
@@ -234,4 +237,47 @@ async def test_every_failed_unit_leaves_the_only_connection_usable(
         assert client.pool.get_stats().get("connections_num", 1) == 1
     finally:
         await backend.aclose()
+    quiet(capfd)
+
+
+# -- descriptors numbered 1024 and above
+
+
+@pytest.fixture
+def high_descriptors() -> Iterator[None]:
+    """Occupy the descriptors below 1100, so every connection opened now gets a number select(2) refuses."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 1400
+    if soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {need}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    fds: list[int] = []
+    try:
+        while not fds or max(fds) < 1100:
+            fds.extend(os.pipe())
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.postgres
+async def test_pool_works_with_descriptors_above_1024(
+    pg_server: PgServer, pg_url: str, high_descriptors: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    settings = Settings(postgres_url=pg_url, pg_pool_min_size=2, pg_pool_max_size=2)
+    client = await PostgresClient.open(pg_url, settings)
+    try:
+        async with client._connection() as conn:
+            assert conn.pgconn.socket >= 1024
+        for i in range(50):
+            assert await client.fetch_one("SELECT ?::int AS n", (i,)) == {"n": i}
+        # The idle check still sees a terminated backend (and the call after it still works).
+        assert pg_server.terminate_backends(pg_url.rsplit("/", 1)[1]) >= 1
+        for i in range(10):
+            assert await client.fetch_one("SELECT ?::int AS n", (i,)) == {"n": i}
+    finally:
+        await client.aclose()
     quiet(capfd)
