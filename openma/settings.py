@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from typing import Any, Final
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import attrs
 
@@ -113,18 +113,29 @@ _URL_PARAM: Final = re.compile(rf"(?P<head>[?&](?:{_KEYS})=)(?P<secret>[^&#\s'\"
 _DSN_PARAM: Final = re.compile(
     rf"(?P<head>(?<![\w?&])(?:{_KEYS})\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'?|[^\s'\"]*)", re.I
 )
+_SCHEME: Final = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
 MASK: Final = "***"
 
 
 def _secrets_in(conninfo: str) -> set[str]:
     """The secret values written in ``conninfo`` (a URL or a DSN): as written, percent-decoded, unquoted."""
-    found: set[str] = set()
+    raws: list[str] = []
+    scheme = _SCHEME.match(conninfo)
+    if scheme:  # a whole URL: its userinfo ends at the last '@' before the path, whatever it holds
+        rest = conninfo[scheme.end() :]
+        end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+        at = rest.rfind("@", 0, end)
+        if at >= 0 and ":" in rest[:at]:
+            raws.append(rest[:at].split(":", 1)[1])
     for pattern in (_URL_USERINFO, _URL_PARAM, _DSN_PARAM):
         for match in pattern.finditer(conninfo):
             raw = match.group("secret")
             if raw.startswith("'"):
                 raw = re.sub(r"\\(.)", r"\1", raw[1:-1] if raw.endswith("'") and len(raw) > 1 else raw[1:])
-            found.update({raw, unquote(raw), *raw.split("@")})
+            raws.append(raw)
+    found: set[str] = set()
+    for raw in raws:
+        found.update({raw, unquote(raw), quote(raw, safe=""), *raw.split("@")})
     found.discard("")
     return found
 
