@@ -7,6 +7,7 @@ statement is prepared that the server never prepared) would fail the very next c
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 from collections.abc import AsyncIterator, Iterator
@@ -75,13 +76,18 @@ async def new_session(backend: SqlStoreBackend) -> tuple[SqlSessionStore, str]:
     return store, session.id
 
 
-def quiet(capfd: pytest.CaptureFixture[str]) -> None:
+def quiet(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing printed, and nothing logged that would print (pytest captures log records before stderr)."""
     out, err = capfd.readouterr()
     assert err == "" and out == ""
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 async def test_reposting_inbox_ids_writes_once_and_keeps_positions_gapless(
-    backend: SqlStoreBackend, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    backend: SqlStoreBackend,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     spy = Spy(backend, monkeypatch)
     store, sid = await new_session(backend)
@@ -103,11 +109,14 @@ async def test_reposting_inbox_ids_writes_once_and_keeps_positions_gapless(
     assert d.position == 4
     assert [i.event_id for i in await store.pending(sid)] == ["evt_a", "evt_b", "evt_c", "evt_d"]
     assert spy.failures == 0
-    quiet(capfd)
+    quiet(capfd, caplog)
 
 
 async def test_reopening_a_stream_returns_it(
-    backend: SqlStoreBackend, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    backend: SqlStoreBackend,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     spy = Spy(backend, monkeypatch)
     store, sid = await new_session(backend)
@@ -118,11 +127,14 @@ async def test_reopening_a_stream_returns_it(
         assert (again.id, again.status, again.text, again.started_at) == (STREAM, "open", "hello", opened.started_at)
     assert len(await store.streams(sid)) == 1
     assert spy.failures == 0
-    quiet(capfd)
+    quiet(capfd, caplog)
 
 
 async def test_promoting_inputs_already_in_the_log(
-    backend: SqlStoreBackend, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    backend: SqlStoreBackend,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     spy = Spy(backend, monkeypatch)
     store, sid = await new_session(backend)
@@ -139,11 +151,14 @@ async def test_promoting_inputs_already_in_the_log(
     assert [e.id for e in page.items] == ["evt_1", "evt_0", "evt_2"]
     assert [e.seq for e in page.items] == [1, 2, 3]
     assert spy.failures == 0
-    quiet(capfd)
+    quiet(capfd, caplog)
 
 
 async def test_reappending_and_retried_transitions(
-    backend: SqlStoreBackend, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    backend: SqlStoreBackend,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     spy = Spy(backend, monkeypatch)
     store, sid = await new_session(backend)
@@ -161,7 +176,7 @@ async def test_reappending_and_retried_transitions(
         await store.set_status(sid, "running", events=[{"type": "session.status", "id": "evt_z"}])
     assert [e.seq for e in (await store.events(sid)).items] == [1, 2, 3]
     assert spy.failures == 0
-    quiet(capfd)
+    quiet(capfd, caplog)
 
 
 # -- any failed unit, on Postgres
@@ -197,7 +212,9 @@ def failing_units(tenant_id: str) -> list[list[Statement]]:
 
 @pytest.mark.postgres
 async def test_every_failed_unit_leaves_the_only_connection_usable(
-    pg_url: str, capfd: pytest.CaptureFixture[str]
+    pg_url: str,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     backend = await open_single("postgres", pg_url)
     try:
@@ -237,7 +254,7 @@ async def test_every_failed_unit_leaves_the_only_connection_usable(
         assert client.pool.get_stats().get("connections_num", 1) == 1
     finally:
         await backend.aclose()
-    quiet(capfd)
+    quiet(capfd, caplog)
 
 
 # -- descriptors numbered 1024 and above
@@ -265,7 +282,11 @@ def high_descriptors() -> Iterator[None]:
 
 @pytest.mark.postgres
 async def test_pool_works_with_descriptors_above_1024(
-    pg_server: PgServer, pg_url: str, high_descriptors: None, capfd: pytest.CaptureFixture[str]
+    pg_server: PgServer,
+    pg_url: str,
+    high_descriptors: None,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = Settings(postgres_url=pg_url, pg_pool_min_size=2, pg_pool_max_size=2)
     client = await PostgresClient.open(pg_url, settings)
@@ -274,10 +295,10 @@ async def test_pool_works_with_descriptors_above_1024(
             assert conn.pgconn.socket >= 1024
         for i in range(50):
             assert await client.fetch_one("SELECT ?::int AS n", (i,)) == {"n": i}
+        quiet(capfd, caplog)  # no connection was taken for dead and discarded
         # The idle check still sees a terminated backend (and the call after it still works).
         assert pg_server.terminate_backends(pg_url.rsplit("/", 1)[1]) >= 1
         for i in range(10):
             assert await client.fetch_one("SELECT ?::int AS n", (i,)) == {"n": i}
     finally:
         await client.aclose()
-    quiet(capfd)

@@ -43,7 +43,7 @@ import math
 import re
 import select
 import selectors
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
@@ -174,6 +174,38 @@ def _readable(fd: int) -> bool:
         return bool(selector.select(0))
 
 
+async def _in_pipeline(conn: Conn, work: Callable[[], Awaitable[object]]) -> None:
+    """Run ``work`` in pipeline mode; raise the first error of the pipeline, without psycopg logging another.
+
+    An error raised inside psycopg's pipeline block makes it log "error ignored terminating ... pipeline
+    aborted" on leaving it; so the error is kept, the block ends normally (leaving it raises that error again,
+    or "pipeline aborted") and the first one is raised.
+    """
+    failure: Exception | None = None
+    try:
+        async with conn.pipeline():
+            try:
+                await work()
+            except Exception as exc:
+                failure = exc
+    except Exception as exc:
+        raise (failure or exc) from None
+    if failure is not None:
+        raise failure
+
+
+async def _send(
+    conn: Conn, segment: Sequence[Statement], cursors: list[AsyncCursor[Row]], *, begin: bool, commit: bool
+) -> None:
+    """Queue one segment of a write unit on a connection in pipeline mode (its cursors go to ``cursors``)."""
+    if begin:
+        await conn.execute(b"BEGIN", ())
+    for st in segment:
+        cursors.append(await conn.execute(translate(st.sql), st.params))
+    if commit:
+        await conn.execute(b"COMMIT", ())
+
+
 def _reason(exc: BaseException, *conninfos: str | None) -> tuple[str, BaseException | None]:
     """A driver error's text with connection secrets masked, and the error to chain (``None`` if it had any)."""
     text = str(exc).strip() or type(exc).__name__
@@ -220,8 +252,9 @@ class PostgresTransaction:
 
     async def executemany(self, sql: str, params: Iterable[Params]) -> int:
         cur = self._conn.cursor()
+        rows = list(params)
         try:
-            await cur.executemany(translate(sql), list(params))
+            await _in_pipeline(self._conn, lambda: cur.executemany(translate(sql), rows))
         except Exception as exc:
             self._client._raise_if_down(exc, self._conn)
             raise
@@ -471,26 +504,9 @@ class PostgresClient:
                 end += 1
             segment = statements[start : end + 1]
             commit = end == len(statements) - 1 and not statements[end].expect_rows
-            failure: Exception | None = None
-            cursors = []
-            try:
-                async with conn.pipeline():
-                    # An error raised inside the block makes psycopg log another one on leaving it: keep the
-                    # first and let the block end normally (leaving it raises that error again, or "aborted").
-                    try:
-                        if not begun:
-                            await conn.execute(b"BEGIN", ())
-                            begun = True
-                        for st in segment:
-                            cursors.append(await conn.execute(translate(st.sql), st.params))
-                        if commit:
-                            await conn.execute(b"COMMIT", ())
-                    except Exception as exc:
-                        failure = exc
-            except Exception as exc:
-                raise (failure or exc) from None
-            if failure is not None:
-                raise failure
+            cursors: list[AsyncCursor[Row]] = []
+            await _in_pipeline(conn, functools.partial(_send, conn, segment, cursors, begin=not begun, commit=commit))
+            begun = True
             for st, cur in zip(segment, cursors, strict=True):
                 got = await cur.fetchall() if st.fetch else []
                 rowcounts.append(len(got) if st.fetch else cur.rowcount)
