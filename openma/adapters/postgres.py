@@ -39,23 +39,47 @@
 from __future__ import annotations
 
 import functools
-import math
 import re
-import select
-import selectors
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
-import sniffio
 
+from openma.adapters.pg_connect import (
+    INSTALL_HINT,
+    TX_ACTIVE,
+    TX_INERROR,
+    TX_INTRANS,
+    UNIQUE_VIOLATION,
+    PostgresDialect,
+    connection_params,
+    driver_reason,
+    idle_socket_has_news,
+    load_driver,
+    require_asyncio,
+    translate,
+)
 from openma.adapters.sql.backend import SqlStoreBackend
 from openma.errors import ConfigError, StorageUnavailable
 from openma.ports.sql import BatchResult, Params, Row, SqlTransaction, Statement
 from openma.ports.telemetry import NullTelemetry, Telemetry
-from openma.settings import Settings, _mask_url, redact_secrets
+from openma.settings import Settings, _mask_url
+
+__all__ = [
+    "INSTALL_HINT",
+    "MIGRATION_LOCK_KEY",
+    "UNIQUE_VIOLATION",
+    "PostgresClient",
+    "PostgresDialect",
+    "PostgresTransaction",
+    "connection_params",
+    "load_driver",
+    "open_postgres_client",
+    "open_store_backend",
+    "translate",
+]
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection, AsyncCursor
@@ -63,115 +87,9 @@ if TYPE_CHECKING:
 
     Conn = AsyncConnection[Row]
 
-INSTALL_HINT: Final = "pip install 'openma[pg]'"
 #: The advisory lock that serializes migrators on one database (``b"openma.m"`` as a signed 64-bit integer).
 MIGRATION_LOCK_KEY: Final = int.from_bytes(b"openma.m", "big", signed=True)
-UNIQUE_VIOLATION: Final = "23505"
-
-# libpq transaction states (psycopg.pq.TransactionStatus), kept here so this module imports without psycopg.
-_IDLE: Final = 0
-_ACTIVE: Final = 1
-_INTRANS: Final = 2
-_INERROR: Final = 3
-_UNKNOWN: Final = 4
-
-# A quoted literal, quoted identifier, comment or dollar-quoted string (left as they are, but for '%'), a '?'
-# placeholder, or a bare '%'.
-_TOKENS: Final = re.compile(
-    r"""
-      (?<![A-Za-z0-9_])[Ee]'(?:[^'\\]|\\.|'')*'
-    | '(?:[^']|'')*'
-    | "(?:[^"]|"")*"
-    | --[^\n]*
-    | /\*.*?\*/
-    | \$([A-Za-z_][A-Za-z_0-9]*|)\$.*?\$\1\$
-    | \?
-    | %
-    """,
-    re.S | re.X,
-)
-_KEEPALIVES: Final = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 _CTE: Final = re.compile(r"^\s*WITH\b", re.I)
-
-
-def _token(match: re.Match[str]) -> str:
-    text = match.group(0)
-    if text == "?":
-        return "%s"
-    return text.replace("%", "%%")
-
-
-@functools.lru_cache(maxsize=4096)
-def translate(text: str) -> str:
-    """Portable SQL → psycopg: ``?`` outside literals and comments → ``%s``; every ``%`` → ``%%``."""
-    return _TOKENS.sub(_token, text)
-
-
-class PostgresDialect:
-    name: Final = "postgres"
-
-    def sql(self, text: str) -> str:
-        return translate(text)
-
-    def is_unique_violation(self, exc: BaseException) -> bool:
-        return getattr(exc, "sqlstate", None) == UNIQUE_VIOLATION
-
-    def __repr__(self) -> str:
-        return "PostgresDialect()"
-
-
-def load_driver() -> tuple[ModuleType, ModuleType]:
-    """``(psycopg, psycopg_pool)``, or a ``ConfigError`` naming the extra to install."""
-    try:
-        import psycopg
-        import psycopg_pool
-    except ImportError as exc:
-        raise ConfigError(
-            f"the Postgres store backend 'pg' needs psycopg 3 and psycopg-pool ({exc}); install them with: "
-            f"{INSTALL_HINT}",
-            extra="pg",
-        ) from exc
-    return psycopg, psycopg_pool
-
-
-def _require_asyncio() -> None:
-    try:
-        library = sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        library = None
-    if library != "asyncio":
-        raise ConfigError(
-            f"the Postgres store backend 'pg' runs on asyncio only (psycopg's async driver needs an asyncio "
-            f"event loop), but this is running on {library or 'no event loop'}; run openma on asyncio "
-            "(anyio.run(main, backend='asyncio')) or keep these stores on 'cf'",
-            async_library=library,
-        )
-
-
-def _idle_socket_has_news(conn: Conn) -> bool:
-    """True when an idle pooled connection is closed or the server sent something since it was last used.
-
-    Nothing is expected on an idle autocommit connection (the pool never LISTENs), so readable data means a
-    ``FATAL`` message (terminated backend, server shutdown) or EOF: the connection is not worth using.
-    """
-    pgconn = conn.pgconn
-    if pgconn.status != 0 or pgconn.transaction_status != _IDLE:  # 0 = CONNECTION_OK
-        return True
-    try:
-        return _readable(pgconn.socket)
-    except Exception:  # OSError, or psycopg.OperationalError when the socket is gone
-        return True
-
-
-def _readable(fd: int) -> bool:
-    """Whether ``fd`` has data (or EOF, or an error) waiting, without blocking; any descriptor number."""
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(fd, select.POLLIN | select.POLLPRI)
-        return bool(poller.poll(0))
-    with selectors.DefaultSelector() as selector:  # pragma: no cover - platforms without poll(2)
-        selector.register(fd, selectors.EVENT_READ)
-        return bool(selector.select(0))
 
 
 async def _in_pipeline(conn: Conn, work: Callable[[], Awaitable[object]]) -> None:
@@ -204,33 +122,6 @@ async def _send(
         cursors.append(await conn.execute(translate(st.sql), st.params))
     if commit:
         await conn.execute(b"COMMIT", ())
-
-
-def _reason(exc: BaseException, *conninfos: str | None) -> tuple[str, BaseException | None]:
-    """A driver error's text with connection secrets masked, and the error to chain (``None`` if it had any)."""
-    text = str(exc).strip() or type(exc).__name__
-    masked = redact_secrets(text, *conninfos)
-    return masked, (exc if masked == text else None)
-
-
-def connection_params(url: str, settings: Settings, psycopg: ModuleType) -> str:
-    """The conninfo for ``url`` with openma's settings added where the URL does not set them."""
-    try:
-        params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError as exc:
-        reason, _ = _reason(exc, url)
-        raise ConfigError(f"postgres_url {_mask_url(url)!r} is not a valid connection URL: {reason}") from None
-    params.setdefault("application_name", settings.pg_application_name)
-    # libpq takes whole seconds and treats values below 2 as 2.
-    params.setdefault("connect_timeout", max(2, math.ceil(settings.pg_connect_timeout)))
-    # TCP keepalives, so a call on a connection to a host that vanished fails instead of waiting forever.
-    for key, value in _KEEPALIVES.items():
-        params.setdefault(key, value)
-    if settings.pg_statement_timeout_ms:
-        option = f"-c statement_timeout={int(settings.pg_statement_timeout_ms)}"
-        params["options"] = f"{params['options']} {option}" if params.get("options") else option
-    conninfo: str = psycopg.conninfo.make_conninfo("", **params)
-    return conninfo
 
 
 class PostgresTransaction:
@@ -304,7 +195,7 @@ class PostgresClient:
     async def open(cls, url: str, settings: Settings | None = None) -> PostgresClient:
         """Connect once (so a bad URL or password fails now, with the server's reason), then open the pool."""
         settings = settings or Settings(postgres_url=url)
-        _require_asyncio()
+        require_asyncio()
         psycopg, pool_module = load_driver()
         from psycopg.rows import dict_row
 
@@ -318,10 +209,10 @@ class PostgresClient:
         try:
             probe = await psycopg.AsyncConnection.connect(conninfo, **kwargs)
         except psycopg.ProgrammingError as exc:
-            reason, cause = _reason(exc, url, conninfo)
+            reason, cause = driver_reason(exc, url, conninfo)
             raise ConfigError(f"postgres_url {masked!r} is not usable: {reason}") from cause
         except psycopg.Error as exc:
-            reason, cause = _reason(exc, url, conninfo)
+            reason, cause = driver_reason(exc, url, conninfo)
             raise StorageUnavailable(f"cannot connect to Postgres at {masked}: {reason}", engine="postgres") from cause
         await probe.close()
         pool: AsyncConnectionPool[Conn] = pool_module.AsyncConnectionPool(
@@ -352,7 +243,7 @@ class PostgresClient:
         if not down:
             return
         sqlstate = getattr(exc, "sqlstate", None)
-        reason, cause = _reason(exc, self._conninfo)
+        reason, cause = driver_reason(exc, self._conninfo)
         if sqlstate == "57014":
             reason = f"statement timed out or was cancelled ({reason})"
         raise StorageUnavailable(
@@ -360,7 +251,7 @@ class PostgresClient:
         ) from cause
 
     def _silent(self, where: str, exc: BaseException) -> None:
-        reason, _ = _reason(exc, self._conninfo)
+        reason, _ = driver_reason(exc, self._conninfo)
         self.telemetry.emit("silent_catch", where=where, error=type(exc).__name__, message=reason[:300])
 
     async def _get(self) -> Conn:
@@ -375,7 +266,7 @@ class PostgresClient:
                 self._raise_if_down(exc, None)
                 raise
             # The last one is handed out whatever the check says: the call itself reports what is wrong.
-            if attempt == self._max_checks - 1 or not _idle_socket_has_news(conn):
+            if attempt == self._max_checks - 1 or not idle_socket_has_news(conn):
                 return conn
             with anyio.CancelScope(shield=True):
                 await conn.close()
@@ -385,7 +276,7 @@ class PostgresClient:
     async def _put(self, conn: Conn) -> None:
         """Give ``conn`` back, first ending whatever it was left doing (an open transaction, a cut-off command)."""
         with anyio.CancelScope(shield=True):
-            if conn.pgconn.transaction_status == _ACTIVE:
+            if conn.pgconn.transaction_status == TX_ACTIVE:
                 await conn.close()
             else:
                 await self._reset(conn)
@@ -393,7 +284,7 @@ class PostgresClient:
 
     async def _reset(self, conn: Conn) -> None:
         """End an open or failed transaction, forgetting psycopg's prepared statements; close if that fails."""
-        if conn.pgconn.transaction_status not in (_INTRANS, _INERROR):
+        if conn.pgconn.transaction_status not in (TX_INTRANS, TX_INERROR):
             return
         try:
             await conn.rollback()  # unlike a plain ROLLBACK statement, this always resets the prepared cache
@@ -478,9 +369,9 @@ class PostgresClient:
         """
         if conn.closed:
             return
-        if conn.pgconn.transaction_status in (_INTRANS, _INERROR):
+        if conn.pgconn.transaction_status in (TX_INTRANS, TX_INERROR):
             await self._reset(conn)
-        elif conn.pgconn.transaction_status != _ACTIVE:
+        elif conn.pgconn.transaction_status != TX_ACTIVE:
             await conn.close()
 
     async def _single(self, conn: Conn, st: Statement) -> BatchResult:
