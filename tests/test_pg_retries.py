@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import psycopg
 import pytest
 
@@ -302,3 +303,38 @@ async def test_pool_works_with_descriptors_above_1024(
             assert await client.fetch_one("SELECT ?::int AS n", (i,)) == {"n": i}
     finally:
         await client.aclose()
+
+
+@pytest.mark.postgres
+async def test_concurrent_retries_never_fail_a_unit(
+    pg_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Racing retries on several connections: posts, promotions and stream opens still raise nothing."""
+    settings = Settings(postgres_url=pg_url, pg_pool_min_size=4, pg_pool_max_size=4)
+    backend = SqlStoreBackend("pg", await PostgresClient.open(pg_url, settings))
+    try:
+        spy = Spy(backend, monkeypatch)
+        store, sid = await new_session(backend)
+        batch = [{"type": "user.message", "id": f"evt_{i}", "text": str(i)} for i in range(4)]
+        results: list[Any] = []
+
+        async def retry() -> None:
+            posted = await store.post(sid, batch)
+            stream = await store.open_stream(sid, stream_id=STREAM)
+            promoted = await store.promote(sid, ["evt_0", "evt_1"])
+            results.append(([(i.event_id, i.position) for i in posted], stream.id, [e.seq for e in promoted]))
+
+        for _ in range(3):
+            async with anyio.create_task_group() as tg:
+                for _ in range(8):
+                    tg.start_soon(retry)
+        assert {repr(r) for r in results} == {repr(results[0])}
+        assert sorted(p for _, p in results[0][0]) == [1, 2, 3, 4]
+        assert [i.event_id for i in await store.pending(sid)] == ["evt_2", "evt_3"]
+        assert spy.failures == 0
+    finally:
+        await backend.aclose()
+    quiet(capfd, caplog)
