@@ -126,6 +126,9 @@ class Platform:
         self._blobs = blobs
         #: Where structured operational events go (JSON lines on the ``openma.telemetry`` logger by default).
         self.telemetry: Telemetry = telemetry or LoggingTelemetry()
+        for backend in backends.values():  # backends report what they recover from (silent_catch) here too
+            if hasattr(backend, "telemetry"):
+                backend.telemetry = self.telemetry
         self._orchestrator: SandboxOrchestrator | None = None
         self._orchestrator_lock = anyio.Lock()
         self._task_group: TaskGroup | None = None

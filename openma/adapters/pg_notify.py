@@ -8,7 +8,9 @@ wake-up on the :class:`~openma.core.tail.WakeHub`.
 
 Notifications carry no data, only which session moved; followers re-read the log. So a lost notification
 (the listener reconnecting, a dropped connection) delays an event and never loses it: while the listener
-is down the followers poll, and on every reconnect every follower is woken to re-read.
+is down the followers poll, and on every reconnect every follower is woken to re-read. Each failure the
+listener recovers from (a failed connect, a lost connection, a failed close) is logged with its secrets
+masked and reported as ``silent_catch`` telemetry.
 
 psycopg's async driver runs on asyncio only, like the Postgres engine itself.
 """
@@ -16,11 +18,12 @@ psycopg's async driver runs on asyncio only, like the Postgres engine itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any, Final
 
 from openma.core.tail import WakeHub
+from openma.ports.telemetry import NullTelemetry, Telemetry
+from openma.settings import redact_secrets
 
 #: The one channel every openma writer notifies on.
 CHANNEL: Final = "openma_events"
@@ -52,8 +55,17 @@ def conninfo_of(client: Any) -> str | None:
 class PgListener:
     """One dedicated LISTEN connection that feeds a :class:`WakeHub` until closed; reconnects by itself."""
 
-    def __init__(self, conninfo: str, hub: WakeHub, *, channel: str = CHANNEL, retry_max: float = 5.0) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        hub: WakeHub,
+        *,
+        channel: str = CHANNEL,
+        retry_max: float = 5.0,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self._conninfo = conninfo
+        self.telemetry: Telemetry = telemetry or NullTelemetry()
         self._hub = hub
         self._channel = channel
         self._retry_max = retry_max
@@ -96,6 +108,18 @@ class PgListener:
             return False
         return True
 
+    def _silent(self, where: str, exc: BaseException) -> str:
+        """Report a failure the listener recovers from; returns its message, secrets masked."""
+        message = redact_secrets(str(exc).strip() or type(exc).__name__, self._conninfo)
+        self.telemetry.emit("silent_catch", where=where, error=type(exc).__name__, message=message[:300])
+        return message
+
+    async def _close(self, conn: Any) -> None:
+        try:
+            await conn.close()
+        except Exception as exc:
+            self._silent("pg_notify.close", exc)
+
     async def _announce(self) -> None:
         async with self._changed:
             self._changed.notify_all()
@@ -108,7 +132,8 @@ class PgListener:
             try:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
             except Exception as exc:
-                log.warning("openma LISTEN connection failed (%s); followers poll until it is back", exc)
+                reason = self._silent("pg_notify.connect", exc)
+                log.warning("openma LISTEN connection failed (%s); followers poll until it is back", reason)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max)
                 continue
@@ -128,12 +153,12 @@ class PgListener:
                 raise
             except Exception as exc:
                 if not self._closed:
-                    log.warning("openma LISTEN connection lost (%s); reconnecting", exc)
+                    reason = self._silent("pg_notify.listen", exc)
+                    log.warning("openma LISTEN connection lost (%s); reconnecting", reason)
             finally:
                 self._listening.clear()
                 self._conn = None
-                with contextlib.suppress(Exception):
-                    await conn.close()
+                await self._close(conn)
                 if not self._closed:
                     self._hub.notify_all()
             await asyncio.sleep(delay)
@@ -143,5 +168,9 @@ class PgListener:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:  # pragma: no cover - _run handles its own errors
+                self._silent("pg_notify.aclose", exc)

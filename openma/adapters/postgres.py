@@ -11,7 +11,16 @@
 * Every connection taken from the pool is first checked for a message the server sent while it sat idle (a
   terminated backend or a shut-down server announces itself that way); such a connection is discarded and
   another one taken, so the first call after a restart or a ``pg_terminate_backend`` does not fail. The check
-  is one non-blocking ``poll`` of the socket, not a round trip.
+  is one non-blocking ``poll(2)`` of the socket, not a round trip (never ``select(2)``, which cannot watch a
+  descriptor numbered 1024 or more).
+* A write unit that fails in the server (a constraint, a conflict, anything) leaves its connection as healthy
+  as it found it: the failed transaction is rolled back with psycopg's ``rollback()``, which also forgets
+  every statement psycopg prepared on that connection and deallocates them on the server (an aborted
+  pipeline skips a ``Parse`` psycopg has already recorded as prepared); a connection that cannot be reset
+  so is closed and replaced. Errors are raised from the pipeline block itself, so psycopg logs nothing.
+* Every message built from a driver error has its connection secrets masked
+  (:func:`~openma.settings.redact_secrets`); where the driver's own text had to be masked, the driver error is
+  not chained either.
 * A lost connection, an unreachable server, a statement timeout or no free connection within
   ``pg_connect_timeout`` is :class:`~openma.errors.StorageUnavailable`. The transaction of the failing call
   is rolled back by the server (a dead connection never commits), so nothing partial is written. As with any
@@ -30,21 +39,47 @@
 from __future__ import annotations
 
 import functools
-import math
 import re
-import select
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
-import sniffio
 
+from openma.adapters.pg_connect import (
+    INSTALL_HINT,
+    TX_ACTIVE,
+    TX_INERROR,
+    TX_INTRANS,
+    UNIQUE_VIOLATION,
+    PostgresDialect,
+    connection_params,
+    driver_reason,
+    idle_socket_has_news,
+    load_driver,
+    require_asyncio,
+    translate,
+)
 from openma.adapters.sql.backend import SqlStoreBackend
 from openma.errors import ConfigError, StorageUnavailable
 from openma.ports.sql import BatchResult, Params, Row, SqlTransaction, Statement
+from openma.ports.telemetry import NullTelemetry, Telemetry
 from openma.settings import Settings, _mask_url
+
+__all__ = [
+    "INSTALL_HINT",
+    "MIGRATION_LOCK_KEY",
+    "UNIQUE_VIOLATION",
+    "PostgresClient",
+    "PostgresDialect",
+    "PostgresTransaction",
+    "connection_params",
+    "load_driver",
+    "open_postgres_client",
+    "open_store_backend",
+    "translate",
+]
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection, AsyncCursor
@@ -52,135 +87,41 @@ if TYPE_CHECKING:
 
     Conn = AsyncConnection[Row]
 
-INSTALL_HINT: Final = "pip install 'openma[pg]'"
 #: The advisory lock that serializes migrators on one database (``b"openma.m"`` as a signed 64-bit integer).
 MIGRATION_LOCK_KEY: Final = int.from_bytes(b"openma.m", "big", signed=True)
-UNIQUE_VIOLATION: Final = "23505"
-
-# libpq transaction states (psycopg.pq.TransactionStatus), kept here so this module imports without psycopg.
-_IDLE: Final = 0
-_ACTIVE: Final = 1
-_UNKNOWN: Final = 4
-
-# A quoted literal, quoted identifier, comment or dollar-quoted string (left as they are, but for '%'), a '?'
-# placeholder, or a bare '%'.
-_TOKENS: Final = re.compile(
-    r"""
-      (?<![A-Za-z0-9_])[Ee]'(?:[^'\\]|\\.|'')*'
-    | '(?:[^']|'')*'
-    | "(?:[^"]|"")*"
-    | --[^\n]*
-    | /\*.*?\*/
-    | \$([A-Za-z_][A-Za-z_0-9]*|)\$.*?\$\1\$
-    | \?
-    | %
-    """,
-    re.S | re.X,
-)
-_KEEPALIVES: Final = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 _CTE: Final = re.compile(r"^\s*WITH\b", re.I)
 
 
-def _token(match: re.Match[str]) -> str:
-    text = match.group(0)
-    if text == "?":
-        return "%s"
-    return text.replace("%", "%%")
+async def _in_pipeline(conn: Conn, work: Callable[[], Awaitable[object]]) -> None:
+    """Run ``work`` in pipeline mode; raise the first error of the pipeline, without psycopg logging another.
 
-
-@functools.lru_cache(maxsize=4096)
-def translate(text: str) -> str:
-    """Portable SQL → psycopg: ``?`` outside literals and comments → ``%s``; every ``%`` → ``%%``."""
-    return _TOKENS.sub(_token, text)
-
-
-class PostgresDialect:
-    name: Final = "postgres"
-
-    def sql(self, text: str) -> str:
-        return translate(text)
-
-    def is_unique_violation(self, exc: BaseException) -> bool:
-        return getattr(exc, "sqlstate", None) == UNIQUE_VIOLATION
-
-    def json_drop_keys(self, obj: str) -> str:
-        # ``json`` (not ``jsonb``) keeps each member's stored text, so the result stays compact.
-        return (
-            "(SELECT COALESCE('{' || string_agg(to_json(m.key)::text || ':' || m.value::text, ',') || '}', '{}')"
-            f" FROM json_each(({obj})::json) AS m WHERE m.key NOT IN (SELECT json_array_elements_text(?::json)))"
-        )
-
-    def json_key_count(self, obj: str) -> str:
-        return f"(SELECT count(*) FROM json_object_keys(({obj})::json))"
-
-    def byte_length(self, text: str) -> str:
-        return f"octet_length({text})"
-
-    def __repr__(self) -> str:
-        return "PostgresDialect()"
-
-
-def load_driver() -> tuple[ModuleType, ModuleType]:
-    """``(psycopg, psycopg_pool)``, or a ``ConfigError`` naming the extra to install."""
-    try:
-        import psycopg
-        import psycopg_pool
-    except ImportError as exc:
-        raise ConfigError(
-            f"the Postgres store backend 'pg' needs psycopg 3 and psycopg-pool ({exc}); install them with: "
-            f"{INSTALL_HINT}",
-            extra="pg",
-        ) from exc
-    return psycopg, psycopg_pool
-
-
-def _require_asyncio() -> None:
-    try:
-        library = sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        library = None
-    if library != "asyncio":
-        raise ConfigError(
-            f"the Postgres store backend 'pg' runs on asyncio only (psycopg's async driver needs an asyncio "
-            f"event loop), but this is running on {library or 'no event loop'}; run openma on asyncio "
-            "(anyio.run(main, backend='asyncio')) or keep these stores on 'cf'",
-            async_library=library,
-        )
-
-
-def _idle_socket_has_news(conn: Conn) -> bool:
-    """True when an idle pooled connection is closed or the server sent something since it was last used.
-
-    Nothing is expected on an idle autocommit connection (the pool never LISTENs), so readable data means a
-    ``FATAL`` message (terminated backend, server shutdown) or EOF: the connection is not worth using.
+    An error raised inside psycopg's pipeline block makes it log "error ignored terminating ... pipeline
+    aborted" on leaving it; so the error is kept, the block ends normally (leaving it raises that error again,
+    or "pipeline aborted") and the first one is raised.
     """
-    pgconn = conn.pgconn
-    if pgconn.status != 0 or pgconn.transaction_status != _IDLE:  # 0 = CONNECTION_OK
-        return True
+    failure: Exception | None = None
     try:
-        readable, _, _ = select.select([pgconn.socket], (), (), 0)
-    except Exception:  # OSError, or psycopg.OperationalError when the socket is gone
-        return True
-    return bool(readable)
+        async with conn.pipeline():
+            try:
+                await work()
+            except Exception as exc:
+                failure = exc
+    except Exception as exc:
+        raise (failure or exc) from None
+    if failure is not None:
+        raise failure
 
 
-def connection_params(url: str, settings: Settings, psycopg: ModuleType) -> str:
-    """The conninfo for ``url`` with openma's settings added where the URL does not set them."""
-    try:
-        params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"postgres_url {_mask_url(url)!r} is not a valid connection URL: {exc}") from None
-    params.setdefault("application_name", settings.pg_application_name)
-    # libpq takes whole seconds and treats values below 2 as 2.
-    params.setdefault("connect_timeout", max(2, math.ceil(settings.pg_connect_timeout)))
-    # TCP keepalives, so a call on a connection to a host that vanished fails instead of waiting forever.
-    for key, value in _KEEPALIVES.items():
-        params.setdefault(key, value)
-    if settings.pg_statement_timeout_ms:
-        option = f"-c statement_timeout={int(settings.pg_statement_timeout_ms)}"
-        params["options"] = f"{params['options']} {option}" if params.get("options") else option
-    conninfo: str = psycopg.conninfo.make_conninfo("", **params)
-    return conninfo
+async def _send(
+    conn: Conn, segment: Sequence[Statement], cursors: list[AsyncCursor[Row]], *, begin: bool, commit: bool
+) -> None:
+    """Queue one segment of a write unit on a connection in pipeline mode (its cursors go to ``cursors``)."""
+    if begin:
+        await conn.execute(b"BEGIN", ())
+    for st in segment:
+        cursors.append(await conn.execute(translate(st.sql), st.params))
+    if commit:
+        await conn.execute(b"COMMIT", ())
 
 
 class PostgresTransaction:
@@ -202,8 +143,9 @@ class PostgresTransaction:
 
     async def executemany(self, sql: str, params: Iterable[Params]) -> int:
         cur = self._conn.cursor()
+        rows = list(params)
         try:
-            await cur.executemany(translate(sql), list(params))
+            await _in_pipeline(self._conn, lambda: cur.executemany(translate(sql), rows))
         except Exception as exc:
             self._client._raise_if_down(exc, self._conn)
             raise
@@ -234,10 +176,13 @@ class PostgresClient:
     def __init__(self, pool: AsyncConnectionPool[Conn], *, url: str, psycopg: ModuleType, pool_module: ModuleType):
         self._pool = pool
         self._url = _mask_url(url) or ""
+        self._conninfo = url if not isinstance(pool.conninfo, str) else pool.conninfo
         self._down: tuple[type[BaseException], ...] = (psycopg.OperationalError, pool_module.PoolTimeout)
         self._interface_error: type[BaseException] = psycopg.InterfaceError
         self._max_checks = (pool.max_size or 1) + 1
         self._closed = False
+        #: Where failures this client recovers from on its own are reported (``silent_catch``).
+        self.telemetry: Telemetry = NullTelemetry()
 
     def __repr__(self) -> str:
         return f"PostgresClient({self._url!r})"
@@ -250,7 +195,7 @@ class PostgresClient:
     async def open(cls, url: str, settings: Settings | None = None) -> PostgresClient:
         """Connect once (so a bad URL or password fails now, with the server's reason), then open the pool."""
         settings = settings or Settings(postgres_url=url)
-        _require_asyncio()
+        require_asyncio()
         psycopg, pool_module = load_driver()
         from psycopg.rows import dict_row
 
@@ -264,11 +209,11 @@ class PostgresClient:
         try:
             probe = await psycopg.AsyncConnection.connect(conninfo, **kwargs)
         except psycopg.ProgrammingError as exc:
-            raise ConfigError(f"postgres_url {masked!r} is not usable: {str(exc).strip()}") from exc
+            reason, cause = driver_reason(exc, url, conninfo)
+            raise ConfigError(f"postgres_url {masked!r} is not usable: {reason}") from cause
         except psycopg.Error as exc:
-            raise StorageUnavailable(
-                f"cannot connect to Postgres at {masked}: {str(exc).strip()}", engine="postgres"
-            ) from exc
+            reason, cause = driver_reason(exc, url, conninfo)
+            raise StorageUnavailable(f"cannot connect to Postgres at {masked}: {reason}", engine="postgres") from cause
         await probe.close()
         pool: AsyncConnectionPool[Conn] = pool_module.AsyncConnectionPool(
             conninfo,
@@ -298,43 +243,54 @@ class PostgresClient:
         if not down:
             return
         sqlstate = getattr(exc, "sqlstate", None)
-        reason = str(exc).strip() or type(exc).__name__
+        reason, cause = driver_reason(exc, self._conninfo)
         if sqlstate == "57014":
             reason = f"statement timed out or was cancelled ({reason})"
         raise StorageUnavailable(
             f"Postgres at {self._url} is unavailable: {reason}", engine="postgres", sqlstate=sqlstate
-        ) from exc
+        ) from cause
+
+    def _silent(self, where: str, exc: BaseException) -> None:
+        reason, _ = driver_reason(exc, self._conninfo)
+        self.telemetry.emit("silent_catch", where=where, error=type(exc).__name__, message=reason[:300])
 
     async def _get(self) -> Conn:
         """A pooled connection that has not heard from the server while idle (see the module docstring)."""
         if self._closed:
             raise ConfigError("this Postgres client is closed")
         pool = self._pool
-        for _ in range(self._max_checks):
+        for attempt in range(self._max_checks):
             try:
                 conn = await pool.getconn()
             except Exception as exc:
                 self._raise_if_down(exc, None)
                 raise
-            if not _idle_socket_has_news(conn):
+            # The last one is handed out whatever the check says: the call itself reports what is wrong.
+            if attempt == self._max_checks - 1 or not idle_socket_has_news(conn):
                 return conn
             with anyio.CancelScope(shield=True):
                 await conn.close()
                 await pool.putconn(conn)  # closed: the pool drops it and opens a replacement
-        return conn  # every check failed: let the call itself report what is wrong
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _put(self, conn: Conn) -> None:
         """Give ``conn`` back, first ending whatever it was left doing (an open transaction, a cut-off command)."""
         with anyio.CancelScope(shield=True):
-            status = conn.pgconn.transaction_status
-            if status == _ACTIVE:
+            if conn.pgconn.transaction_status == TX_ACTIVE:
                 await conn.close()
-            elif status not in (_IDLE, _UNKNOWN):
-                try:
-                    await conn.execute(b"ROLLBACK")
-                except Exception:
-                    await conn.close()
+            else:
+                await self._reset(conn)
             await self._pool.putconn(conn)
+
+    async def _reset(self, conn: Conn) -> None:
+        """End an open or failed transaction, forgetting psycopg's prepared statements; close if that fails."""
+        if conn.pgconn.transaction_status not in (TX_INTRANS, TX_INERROR):
+            return
+        try:
+            await conn.rollback()  # unlike a plain ROLLBACK statement, this always resets the prepared cache
+        except Exception as exc:
+            self._silent("postgres.reset_connection", exc)
+            await conn.close()
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Conn]:
@@ -392,12 +348,31 @@ class PostgresClient:
         try:
             if len(statements) == 1 and not (statements[0].expect_rows and _CTE.match(statements[0].sql)):
                 return await self._single(conn, statements[0])
-            return await self._pipelined(conn, statements)
+            try:
+                return await self._pipelined(conn, statements)
+            except Exception:
+                with anyio.CancelScope(shield=True):
+                    await self._after_pipeline_error(conn)
+                raise
         except Exception as exc:
             self._raise_if_down(exc, conn)
             raise
         finally:
             await self._put(conn)
+
+    async def _after_pipeline_error(self, conn: Conn) -> None:
+        """Make ``conn`` safe to reuse after a unit failed part-way through a pipeline.
+
+        The failed unit's transaction is rolled back with ``rollback()``, which resets psycopg's prepared
+        statements; a connection no longer in a transaction cannot be reset that way, so it is closed (the
+        pool replaces it).
+        """
+        if conn.closed:
+            return
+        if conn.pgconn.transaction_status in (TX_INTRANS, TX_INERROR):
+            await self._reset(conn)
+        elif conn.pgconn.transaction_status != TX_ACTIVE:
+            await conn.close()
 
     async def _single(self, conn: Conn, st: Statement) -> BatchResult:
         """One statement in autocommit is its own transaction; one that changed nothing wrote nothing."""
@@ -420,13 +395,9 @@ class PostgresClient:
                 end += 1
             segment = statements[start : end + 1]
             commit = end == len(statements) - 1 and not statements[end].expect_rows
-            async with conn.pipeline():
-                if not begun:
-                    await conn.execute(b"BEGIN", ())
-                    begun = True
-                cursors = [await conn.execute(translate(st.sql), st.params) for st in segment]
-                if commit:
-                    await conn.execute(b"COMMIT", ())
+            cursors: list[AsyncCursor[Row]] = []
+            await _in_pipeline(conn, functools.partial(_send, conn, segment, cursors, begin=not begun, commit=commit))
+            begun = True
             for st, cur in zip(segment, cursors, strict=True):
                 got = await cur.fetchall() if st.fetch else []
                 rowcounts.append(len(got) if st.fetch else cur.rowcount)

@@ -8,6 +8,9 @@ holder takes over without waiting out a timeout. Keys are hashed to the signed 6
 Lease connections are not the store's pool: a lock must never be released by a pool recycling its
 connection. Released connections (explicitly unlocked, so nothing stays held) are kept for reuse, a few at
 most, which saves a connection set-up per acquire.
+
+An unlock or a close that fails is not raised (the lock went with its connection) but reported as
+``silent_catch`` telemetry; messages built from driver errors have their connection secrets masked.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any, Final
 import anyio
 
 from openma.errors import SessionBusy, StorageUnavailable
+from openma.ports.telemetry import NullTelemetry, Telemetry
+from openma.settings import redact_secrets
 
 _POLL_START: Final = 0.005
 _POLL_MAX: Final = 0.05
@@ -63,18 +68,28 @@ class PgAdvisoryHandle:
                 cur = await conn.execute("SELECT pg_advisory_unlock(%s)", (self._ident,))
                 row = await cur.fetchone()
                 unlocked = bool(row and row[0])
-            except Exception:
-                pass  # the connection is gone, and the lock with it
+            except Exception as exc:  # the connection is gone, and the lock with it
+                self._owner._silent("pg_advisory.unlock", exc, key=self._key)
             await self._owner._give_back(conn, reusable=unlocked)
 
 
 class PgAdvisoryLeaseLock:
     """Takes each lock on a connection of its own, made from ``conninfo`` (not from the store's pool)."""
 
-    def __init__(self, conninfo: str, psycopg: Any) -> None:
+    def __init__(self, conninfo: str, psycopg: Any, *, telemetry: Telemetry | None = None) -> None:
         self._conninfo = conninfo
         self._psycopg = psycopg
         self._idle: list[Any] = []
+        #: Where failed unlocks and closes are reported (``silent_catch``).
+        self.telemetry: Telemetry = telemetry or NullTelemetry()
+
+    def _reason(self, exc: BaseException) -> str:
+        return redact_secrets(str(exc).strip() or type(exc).__name__, self._conninfo)
+
+    def _silent(self, where: str, exc: BaseException, **fields: Any) -> None:
+        self.telemetry.emit(
+            "silent_catch", where=where, error=type(exc).__name__, message=self._reason(exc)[:300], **fields
+        )
 
     def __repr__(self) -> str:
         return f"PgAdvisoryLeaseLock(idle={len(self._idle)})"
@@ -89,7 +104,10 @@ class PgAdvisoryLeaseLock:
         try:
             return await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
         except psycopg.Error as exc:
-            raise StorageUnavailable(f"cannot open a lease connection: {exc}", engine="postgres") from exc
+            reason = self._reason(exc)
+            raise StorageUnavailable(f"cannot open a lease connection: {reason}", engine="postgres") from (
+                exc if reason == str(exc).strip() else None
+            )
 
     async def _give_back(self, conn: Any, *, reusable: bool) -> None:
         if reusable and _usable(conn) and len(self._idle) < IDLE_CONNECTIONS:
@@ -97,13 +115,12 @@ class PgAdvisoryLeaseLock:
         else:
             await self._close(conn)
 
-    @staticmethod
-    async def _close(conn: Any) -> None:
+    async def _close(self, conn: Any) -> None:
         with anyio.CancelScope(shield=True):
             try:
                 await conn.close()
-            except Exception:
-                pass
+            except Exception as exc:
+                self._silent("pg_advisory.close", exc)
 
     async def acquire(self, key: str, *, wait: float) -> PgAdvisoryHandle:
         psycopg = self._psycopg
@@ -124,7 +141,10 @@ class PgAdvisoryLeaseLock:
         except BaseException as exc:
             await self._give_back(conn, reusable=isinstance(exc, SessionBusy))
             if isinstance(exc, psycopg.Error):
-                raise StorageUnavailable(f"lease connection failed: {exc}", engine="postgres") from exc
+                reason = self._reason(exc)
+                raise StorageUnavailable(f"lease connection failed: {reason}", engine="postgres") from (
+                    exc if reason == str(exc).strip() else None
+                )
             raise
 
     async def aclose(self) -> None:

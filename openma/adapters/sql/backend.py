@@ -13,6 +13,7 @@ from openma.core.clock import Clock, SystemClock
 from openma.ports.blobs import BlobStore
 from openma.ports.lease import LeaseLock
 from openma.ports.sql import SqlClient
+from openma.ports.telemetry import NullTelemetry, Telemetry
 from openma.ports.tenancy import TenantRef
 from openma.settings import Settings
 
@@ -27,9 +28,23 @@ class SqlStoreBackend:
         self._tenants = SqlTenantStore(client, self.clock)
         self._wakeups: SessionWakeups | None = None
         self._lease_lock: LeaseLock | None = None
+        self._telemetry: Telemetry = NullTelemetry()
 
     def __repr__(self) -> str:
         return f"SqlStoreBackend({self.name!r}, {self.client!r})"
+
+    @property
+    def telemetry(self) -> Telemetry:
+        """Where the stores, the engine, the listener and the locks report what they recover from."""
+        return self._telemetry
+
+    @telemetry.setter
+    def telemetry(self, sink: Telemetry) -> None:
+        self._telemetry = sink
+        listener = self._wakeups.listener if self._wakeups is not None else None
+        for part in (self.client, self._wakeups, listener, self._lease_lock):
+            if part is not None and hasattr(part, "telemetry"):
+                part.telemetry = sink
 
     @property
     def tenants(self) -> SqlTenantStore:
@@ -51,8 +66,15 @@ class SqlStoreBackend:
         settings = settings or Settings()
         if self._wakeups is None:
             self._wakeups = SessionWakeups(self.client, poll_interval=settings.sqlite_poll_interval)
+            self._wakeups.telemetry = self._telemetry
         return SqlSessionStore(
-            self.client, tenant, self.clock, wakeups=self._wakeups, blobs=blobs, spill_bytes=settings.event_spill_bytes
+            self.client,
+            tenant,
+            self.clock,
+            wakeups=self._wakeups,
+            blobs=blobs,
+            spill_bytes=settings.event_spill_bytes,
+            telemetry=self._telemetry,
         )
 
     def lease_lock(self) -> LeaseLock:
@@ -67,7 +89,11 @@ class SqlStoreBackend:
                 from openma.adapters.postgres import load_driver
 
                 psycopg, _ = load_driver()
-                self._lease_lock = PgAdvisoryLeaseLock(self.client.pool.conninfo, psycopg)  # type: ignore[attr-defined]
+                self._lease_lock = PgAdvisoryLeaseLock(
+                    self.client.pool.conninfo,  # type: ignore[attr-defined]
+                    psycopg,
+                    telemetry=self._telemetry,
+                )
         return self._lease_lock
 
     async def migrate(self) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Final
 from openma.adapters import pg_notify
 from openma.core.tail import WakeHub
 from openma.ports.sql import SqlClient, Statement
+from openma.ports.telemetry import NullTelemetry, Telemetry
 
 DEFAULT_POLL_INTERVAL: Final = 0.2
 PUSH_TIMEOUT: Final = 10.0
@@ -27,6 +28,8 @@ class SessionWakeups:
         self._conninfo = pg_notify.conninfo_of(client) if self._postgres else None
         self._listener: pg_notify.PgListener | None = None
         self._closed = False
+        #: Where the listener reports lost connections (``silent_catch``).
+        self.telemetry: Telemetry = NullTelemetry()
 
     def __repr__(self) -> str:
         return f"SessionWakeups(postgres={self._postgres}, listener={self._listener!r})"
@@ -38,7 +41,7 @@ class SessionWakeups:
     def start(self) -> None:
         """Begin listening for other processes' writes (Postgres; a no-op elsewhere). Idempotent."""
         if self._conninfo is not None and self._listener is None and not self._closed:
-            self._listener = pg_notify.PgListener(self._conninfo, self.hub)
+            self._listener = pg_notify.PgListener(self._conninfo, self.hub, telemetry=self.telemetry)
             self._listener.start()
 
     def wait_timeout(self) -> float:

@@ -11,9 +11,13 @@ How the contract of :mod:`openma.ports.sessions` is kept, in SQL that both engin
   and the unit aborts (``expect_rows``) when it does not match: nothing of the unit is written. A lease
   holder that bumps the epoch waits on that same row lock, so a write either commits before the new epoch
   or is refused after it.
-* **Dedup.** A batch is first inserted as is; a unique violation on ``(session, event_id)`` rolls it back,
-  and the ids already logged are read and left out of a retry. Two appenders racing one id: one inserts,
-  the other collides, re-reads and returns the stored event.
+* **Dedup.** A retry is the normal case, so it raises nothing in the database (a failed statement would
+  abort a pipelined unit): the statement that locks the session row refuses a batch holding an id already
+  logged, and the ids found are left out of the next attempt; an inbox post inserts only the ids not in the
+  inbox yet and moves its counter by what it inserted; a promotion refuses an input whose id is logged and
+  settles it to that event; re-opening a stream is ``ON CONFLICT DO NOTHING``. Two appenders racing one id
+  past the lock can still collide: the unique violation rolls the unit back and the stored event is
+  returned.
 * **Spill.** Blobs are written before the unit and removed again when the unit is refused; their keys
   name the content (see :mod:`openma.core.events`), so a retry or a duplicate never overwrites a stored
   event's blob with other bytes.

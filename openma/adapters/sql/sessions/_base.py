@@ -26,6 +26,7 @@ from openma.errors import (
 from openma.models import Event, Session, Stream
 from openma.ports.blobs import BlobStore
 from openma.ports.sql import Row, SqlClient, Statement
+from openma.ports.telemetry import NullTelemetry, Telemetry
 from openma.ports.tenancy import TenantRef
 
 MAX_TITLE: Final = 500
@@ -148,6 +149,7 @@ class SessionStoreBase:
         blobs: BlobStore | None = None,
         spill_bytes: int = 500_000,
         max_event_bytes: int = ev.MAX_EVENT_BYTES,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._db = client
         self._tenant = tenant
@@ -158,6 +160,8 @@ class SessionStoreBase:
         self._spill_bytes = spill_bytes
         self._max_event_bytes = min(max_event_bytes, ev.MAX_EVENT_BYTES)  # a fixed cap, whatever spill_bytes is
         self._postgres = client.dialect.name == "postgres"
+        #: Where failures this store recovers from are reported (``silent_catch``).
+        self.telemetry: Telemetry = telemetry or NullTelemetry()
 
     def __repr__(self) -> str:
         return f"SqlSessionStore(tenant_id={self.tenant_id!r})"
@@ -204,7 +208,10 @@ class SessionStoreBase:
         return items, written
 
     async def _drop_blobs(self, keys: Iterable[str]) -> int:
-        """Delete blobs, best effort and shielded (used on paths that are already failing or cleaning up)."""
+        """Delete blobs, best effort and shielded (used on paths that are already failing or cleaning up).
+
+        A delete that fails is left for the session's sweep and reported as ``silent_catch`` telemetry.
+        """
         keys = list(dict.fromkeys(keys))
         if not keys or self._blobs is None:
             return 0
@@ -214,8 +221,16 @@ class SessionStoreBase:
                 try:
                     await self._blobs.delete(key)
                     done += 1
-                except Exception:  # an orphan blob is swept with its session; never mask the real outcome
-                    pass
+                except Exception as exc:  # an orphan blob is swept with its session; never mask the real outcome
+                    self.telemetry.emit(
+                        "silent_catch",
+                        where="sessions.drop_blobs",
+                        error=type(exc).__name__,
+                        code=getattr(exc, "code", None),
+                        message=str(exc)[:300],
+                        tenant_id=self.tenant_id,
+                        key=key,
+                    )
         return done
 
     def _values(self, items: Sequence[_Item]) -> tuple[str, list[Any]]:

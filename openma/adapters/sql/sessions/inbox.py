@@ -77,23 +77,34 @@ class InboxMixin(SessionStoreBase):
                 if not todo:
                     break
                 now = self._clock.now_ms()
-                n = len(todo)
                 values, value_params = self._values(todo)
+                # Lock the session row, insert the ids not in the inbox yet (the insert's snapshot is taken
+                # with the lock held, so it sees every earlier post), then move the counter past what was
+                # inserted: a retried post inserts nothing and raises nothing, and positions stay gapless.
                 statements = [
                     Statement(
-                        "UPDATE sessions SET last_inbox_pos = last_inbox_pos + ? WHERE tenant_id = ? AND id = ?"
+                        "UPDATE sessions SET last_inbox_pos = last_inbox_pos WHERE tenant_id = ? AND id = ?"
                         " AND deleted_at IS NULL AND archived_at IS NULL AND status <> 'terminated'",
-                        (n, self.tenant_id, session_id),
+                        (self.tenant_id, session_id),
                         expect_rows=True,
                     ),
                     Statement(
                         "INSERT INTO session_inbox (tenant_id, session_id, pos, event_id, type, data, blob_key, state,"
-                        " seq, created_at, updated_at) SELECT s.tenant_id, s.id, s.last_inbox_pos - ? + v.column1,"
+                        " seq, created_at, updated_at) SELECT s.tenant_id, s.id,"
+                        " s.last_inbox_pos + row_number() OVER (ORDER BY v.column1),"
                         " v.column2, v.column3, v.column4, v.column5, 'pending', NULL, ?, ?"
                         f" FROM sessions s, (VALUES {values}) AS v WHERE s.tenant_id = ? AND s.id = ?"
+                        " AND NOT EXISTS (SELECT 1 FROM session_inbox i WHERE i.tenant_id = s.tenant_id"
+                        " AND i.session_id = s.id AND i.event_id = v.column2)"
                         " RETURNING pos, event_id",
-                        [n, now, now, *value_params, self.tenant_id, session_id],
+                        [now, now, *value_params, self.tenant_id, session_id],
                         fetch=True,
+                    ),
+                    Statement(
+                        "UPDATE sessions SET last_inbox_pos = last_inbox_pos + (SELECT COUNT(*) FROM session_inbox i"
+                        " WHERE i.tenant_id = sessions.tenant_id AND i.session_id = sessions.id"
+                        " AND i.pos > sessions.last_inbox_pos) WHERE tenant_id = ? AND id = ?",
+                        (self.tenant_id, session_id),
                     ),
                 ]
                 notify = self._wakeups.notify_statement(pg_notify.INBOX, self.tenant_id, session_id)
@@ -122,12 +133,21 @@ class InboxMixin(SessionStoreBase):
                 at = ms_to_datetime(now)
                 by_id = {it.id: it for it in todo}
                 for got in result.rows[1]:
-                    it = by_id[got["event_id"]]
+                    it = by_id.pop(got["event_id"])
                     stored[it.id] = (
                         InboxItem(it.id, it.type, int(got["pos"]), "pending", it.data, None, at, at),
                         it.key,
                     )
-                self._wakeups.notify_local(pg_notify.INBOX, self.tenant_id, session_id)
+                if result.rows[1]:
+                    self._wakeups.notify_local(pg_notify.INBOX, self.tenant_id, session_id)
+                if by_id:  # posted before (a retry): return them as they are
+                    found = await self._inbox_by_id(session_id, list(by_id))
+                    rows = list(found.values())
+                    for item, row in zip(await self._inbox_items(rows), rows, strict=True):
+                        stored[item.event_id] = (item, row["blob_key"])
+                    todo = [it for it in todo if it.id not in stored]
+                    if todo:  # removed in between (retention): post them again
+                        continue
                 todo = []
                 break
             else:
@@ -203,8 +223,22 @@ class InboxMixin(SessionStoreBase):
                     Statement(
                         "UPDATE session_inbox SET state = 'promoted', updated_at = ?,"
                         " seq = (SELECT last_seq FROM sessions WHERE tenant_id = ? AND id = ?) - ?"
-                        " WHERE tenant_id = ? AND session_id = ? AND event_id = ? AND state = 'pending'",
-                        (now, self.tenant_id, session_id, n - k, self.tenant_id, session_id, event_id),
+                        " WHERE tenant_id = ? AND session_id = ? AND event_id = ? AND state = 'pending'"
+                        # Already in the log (appended there directly): refused here rather than by the insert.
+                        " AND NOT EXISTS (SELECT 1 FROM session_events e WHERE e.tenant_id = ? AND e.session_id = ?"
+                        " AND e.event_id = ?)",
+                        (
+                            now,
+                            self.tenant_id,
+                            session_id,
+                            n - k,
+                            self.tenant_id,
+                            session_id,
+                            event_id,
+                            self.tenant_id,
+                            session_id,
+                            event_id,
+                        ),
                         expect_rows=True,
                     )
                 )
@@ -257,6 +291,13 @@ class InboxMixin(SessionStoreBase):
                     raise NotFound(f"input {stuck} was promoted but its event is gone (pruned)", event_id=stuck)
                 done[stuck] = found[stuck][0]
                 todo = [i for i in todo if i != stuck]
+            elif row["state"] == "pending":  # its id is in the log already: settle the inbox row to that event
+                found = await self._events_by_id(session_id, [stuck])
+                if stuck in found:
+                    event = found[stuck][0]
+                    await self._settle_promoted(session_id, {stuck: event.seq}, fence)
+                    done[stuck] = event
+                    todo = [i for i in todo if i != stuck]
         else:
             raise Conflict(f"promoting inputs of session {session_id} kept colliding; retry", session_id=session_id)
         return [done[i] for i in ids]

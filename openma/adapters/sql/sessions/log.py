@@ -37,6 +37,7 @@ from openma.core.tail import EventTail
 from openma.errors import (
     Conflict,
     InvalidInput,
+    LeaseLost,
     NotFound,
     StorageUnavailable,
 )
@@ -90,6 +91,14 @@ class EventLogMixin(SessionStoreBase):
         """The write unit of an append (and of a status change); returns it and the index of the insert."""
         n = len(items)
         fence_sql, fence_params = (" AND lease_epoch = ?", [fence]) if fence is not None else ("", [])
+        guard_params: list[Any] = [*fence_params]
+        if n:
+            # None of the ids may be in the log already: a retried write is refused here, it never raises.
+            fence_sql += (
+                " AND NOT EXISTS (SELECT 1 FROM session_events e WHERE e.tenant_id = ? AND e.session_id = ?"
+                f" AND e.event_id IN ({_placeholders(n)}))"
+            )
+            guard_params += [self.tenant_id, session_id, *(it.id for it in items)]
         values, value_params = self._values(items)
         select = "SELECT s.tenant_id, s.id, s.last_seq - ? + v.column1, v.column2, v.column3, v.column4, v.column5, ?"
         if self._postgres and status is None:
@@ -104,7 +113,7 @@ class EventLogMixin(SessionStoreBase):
                 n,
                 self.tenant_id,
                 session_id,
-                *fence_params,
+                *guard_params,
                 pg_notify.CHANNEL,
                 pg_notify.payload(pg_notify.EVENTS, self.tenant_id, session_id),
                 n,
@@ -125,7 +134,7 @@ class EventLogMixin(SessionStoreBase):
             Statement(
                 f"UPDATE sessions SET {sets} WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL{fence_sql}"
                 f"{status_sql}{' RETURNING *' if status is not None else ''}",
-                [*set_params, self.tenant_id, session_id, *fence_params, *status_params],
+                [*set_params, self.tenant_id, session_id, *guard_params, *status_params],
                 fetch=status is not None,
                 expect_rows=True,
             )
@@ -187,6 +196,16 @@ class EventLogMixin(SessionStoreBase):
                 if refused:
                     definite = True
                     refusal = await self._refusal(session_id, fence, status)
+                    stale = isinstance(refusal, NotFound | LeaseLost) or (
+                        refusal is not None and "status" in refusal.details
+                    )
+                    found = {} if stale else await self._events_by_id(session_id, [it.id for it in todo])
+                    if found:  # a retry: some ids are in the log already; write the others (or nothing)
+                        stored.update(found)
+                        todo = [it for it in todo if it.id not in found]
+                        if not todo and status is None:
+                            break
+                        continue
                     if refusal is None:  # already in the target status: a retried transition
                         found = await self._events_by_id(session_id, [it.id for it in todo])
                         if len(found) == len(todo):

@@ -78,23 +78,22 @@ class StreamsMixin(SessionStoreBase):
         kind = validate.text(kind, "kind", max_len=64, min_len=1)
         await self._tenant.ensure()
         now = self._clock.now_ms()
-        try:
-            result = await self._db.run_batch(
-                [
-                    self._fence_statement(session_id, fence),
-                    Statement(
-                        "INSERT INTO session_streams (tenant_id, session_id, id, kind, message_id, status, batches,"
-                        " chunks, error, started_at, finished_at) VALUES (?, ?, ?, ?, ?, 'open', 0, 0, NULL, ?, NULL)",
-                        (self.tenant_id, session_id, stream_id, kind, message_id, now),
-                    ),
-                ]
-            )
-        except Exception as exc:
-            if not self._db.dialect.is_unique_violation(exc):
-                raise
-            return await self.get_stream(session_id, stream_id)  # opened before: opening is idempotent
+        result = await self._db.run_batch(
+            [
+                self._fence_statement(session_id, fence),
+                Statement(
+                    "INSERT INTO session_streams (tenant_id, session_id, id, kind, message_id, status, batches,"
+                    " chunks, error, started_at, finished_at) VALUES (?, ?, ?, ?, ?, 'open', 0, 0, NULL, ?, NULL)"
+                    " ON CONFLICT (tenant_id, session_id, id) DO NOTHING RETURNING id",
+                    (self.tenant_id, session_id, stream_id, kind, message_id, now),
+                    fetch=True,
+                ),
+            ]
+        )
         if not result.committed:
             raise await self._refusal(session_id, fence) or Conflict("open_stream refused")
+        if not result.rows[1]:
+            return await self.get_stream(session_id, stream_id)  # opened before: opening is idempotent
         return Stream(stream_id, session_id, kind, "open", message_id, "", 0, ms_to_datetime(now))
 
     async def append_stream(
