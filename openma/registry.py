@@ -55,6 +55,10 @@ class Registry:
         """Every name that can be chosen, without importing anything."""
         return sorted({*self._builtins, *self._registered, *self._entry_points()})
 
+    def has(self, name: str) -> bool:
+        """Whether ``name`` can be chosen; entry points are only scanned for a name that is not built in."""
+        return name in self._builtins or name in self._registered or name in self._entry_points()
+
     def load(self, name: str) -> Callable[..., Any]:
         """The factory registered as ``name``, imported now."""
         needs: tuple[str, ...] = ()
@@ -76,6 +80,25 @@ class Registry:
         if callable(target):
             return target
         return _import(target, kind=self.kind, name=name, extra=extra, needs=needs)
+
+    def check(self, name: str) -> Callable[..., Any]:
+        """Like :meth:`load`, and also import the driver modules a built-in needs (which its factory imports
+        only when it opens), so a missing driver is found without opening anything."""
+        factory = self.load(name)
+        builtin = self._builtins.get(name) if name not in self._registered else None
+        if builtin is None:
+            return factory
+        for module in builtin.needs:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                hint = f"; install it with: pip install 'openma[{builtin.extra}]'" if builtin.extra else ""
+                raise ConfigError(
+                    f"{self.kind} {name!r} needs {module}, which cannot be imported ({exc}){hint}",
+                    name=name,
+                    extra=builtin.extra,
+                ) from exc
+        return factory
 
 
 def _import(path: str, *, kind: str, name: str, extra: str | None, needs: tuple[str, ...] = ()) -> Callable[..., Any]:
