@@ -52,6 +52,20 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
         return anyio.run(fn)
     except OpenmaError as exc:
         _fail(exc)
+    except ExceptionGroup as group:  # several parts failed (closing a platform): report each of ours
+        ours, rest = group.split(OpenmaError)
+        if ours is None or rest is not None:
+            raise
+        for error in _leaves(ours):
+            click.echo(f"error [{error.code}]: {error.message}", err=True)
+        sys.exit(2)
+
+
+def _leaves(group: BaseExceptionGroup[OpenmaError]) -> list[OpenmaError]:
+    out: list[OpenmaError] = []
+    for error in group.exceptions:
+        out += _leaves(error) if isinstance(error, BaseExceptionGroup) else [error]
+    return out
 
 
 @click.group()

@@ -141,9 +141,15 @@ class Platform:
         platform = await cls.connect(settings, telemetry=telemetry)
         try:
             yield platform
-        finally:
+        except BaseException as exc:  # the block's error stays the one raised; close failures become notes
             with anyio.CancelScope(shield=True):
-                await platform.aclose()
+                try:
+                    await platform.aclose()
+                except BaseException as close_error:
+                    exc.add_note(f"closing the platform also failed: {close_error!r}")
+            raise
+        with anyio.CancelScope(shield=True):
+            await platform.aclose()
 
     @classmethod
     def from_url(

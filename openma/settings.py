@@ -379,12 +379,19 @@ class Settings:
         :class:`~openma.errors.ConfigError` whose message starts with the variable it came from.
         """
         env = os.environ if environ is None else environ
+        if not isinstance(env, Mapping):
+            raise ConfigError(f"environ must be a mapping of variable names to strings, got {_kind(env)}")
+        _check_fields(overrides)
         kwargs: dict[str, Any] = {}
         sources: dict[str, str] = {}
         for name, (var, kind) in _ENV.items():
             raw = env.get(var)
             if raw is None or raw == "" or name in overrides:
                 continue
+            if not isinstance(raw, str):
+                raise ConfigError(
+                    f"{var} must be a string (the environment holds text), got {_kind(raw)}", variable=var
+                )
             kwargs[name] = _convert(var, raw, kind)
             sources[name] = var
         database_url = env.get("DATABASE_URL")
@@ -416,6 +423,7 @@ class Settings:
         """
         if not isinstance(url, str):
             raise ConfigError(f"the database URL must be a string, got {_kind(url)}", field="url")
+        _check_fields(overrides)
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         kwargs: dict[str, Any]
         if scheme == "sqlite":
@@ -437,6 +445,13 @@ class Settings:
                 choices=["sqlite", "postgresql"],
             )
         return cls(**{**kwargs, **overrides})
+
+
+def _check_fields(overrides: Mapping[str, Any]) -> None:
+    fields = attrs.fields_dict(Settings)
+    unknown = sorted(name for name in overrides if name not in fields)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(fields)}")
 
 
 _ENV: Final[dict[str, tuple[str, str]]] = {

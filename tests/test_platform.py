@@ -305,3 +305,15 @@ async def test_gc_dry_run_matches_the_real_pass(
         assert await t.sessions.gc(cutoff, dry_run=True) == openma.GcReport()
         with pytest.raises(InvalidInput):
             await t.sessions.gc(cutoff, dry_run="yes")  # type: ignore[arg-type]
+
+
+async def test_the_blocks_error_survives_a_failing_close(settings: Settings) -> None:
+    failing = ClosingPart("x", OSError("close failed"))
+    with pytest.raises(NotFound) as info:
+        async with Platform.open(settings) as oma:
+            real = oma.backend("tenants")
+            oma._backends["cf"] = failing  # type: ignore[assignment]  # a backend whose close fails
+            await real.aclose()
+            raise NotFound("the block's own error")
+    assert failing.closed == 1
+    assert any("closing the platform also failed" in note for note in info.value.__notes__)

@@ -314,3 +314,27 @@ def test_any_keywords_build_valid_settings_or_raise_config_error(kwargs: dict[st
     assert s.pg_pool_min_size <= s.pg_pool_max_size
     assert all(s.backend_for(store) in ("cf", "pg") for store in STORE_NAMES)
     repr(s)
+
+
+def test_from_env_and_from_url_refuse_what_is_not_a_setting() -> None:
+    with pytest.raises(ConfigError, match="environ must be a mapping"):
+        Settings.from_env(5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="OPENMA_SQLITE_READERS must be a string"):
+        Settings.from_env({"OPENMA_SQLITE_READERS": 4})  # type: ignore[dict-item]
+    with pytest.raises(ConfigError, match="unknown setting"):
+        Settings.from_env({}, sqlite_pth="x.db")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        Settings.from_url("sqlite:///x.db", blob="memory://x")
+    assert Settings.from_env({"OPENMA_SQLITE_READERS": "bad"}, sqlite_readers=2).sqlite_readers == 2
+
+
+def test_registry_names_and_factories_are_checked() -> None:
+    from openma import registry
+
+    with pytest.raises(ConfigError):
+        registry.sandboxes.register(5, lambda s: s)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="factory must be"):
+        registry.sandboxes.register("nothing", 5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="must be a string"):
+        registry.store_backends.load(["cf"])  # type: ignore[arg-type]
+    assert not registry.store_backends.has(["cf"]) and registry.store_backends.has("cf")
