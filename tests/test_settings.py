@@ -271,7 +271,6 @@ def test_from_url() -> None:
         assert "hunter2" not in str(info.value)
 
 
-_FIELDS = [f.name for f in attrs.fields(Settings)]
 _ANY = st.one_of(
     st.none(),
     st.booleans(),
@@ -288,8 +287,29 @@ _ANY = st.one_of(
 )
 
 
+_EDGES = [0, 1, 2, 256, 257, 10_000, 2**31 - 1, 2**31, 2**40, 2**62, 2**62 + 1, MAX_EVENT_BYTES, MAX_EVENT_BYTES + 1]
+
+
+def _near(field: attrs.Attribute[Any]) -> st.SearchStrategy[Any]:
+    """Values around what ``field`` accepts, so that many examples build and the bounds are crossed."""
+    default = field.default
+    if isinstance(default, bool):
+        return st.booleans()
+    if isinstance(default, int):
+        return st.one_of(st.integers(min_value=-2, max_value=300), st.sampled_from(_EDGES))
+    if isinstance(default, float):
+        return st.one_of(st.floats(min_value=-1, max_value=90_000), st.sampled_from([0, 0.001, 3600, 86_400, 86_401]))
+    return st.one_of(st.none(), st.text(max_size=8), st.sampled_from(["x.db", "memory://b", "local", "PATH,TZ"]))
+
+
+_BY_FIELD = {f.name: st.one_of(_near(f), _ANY) for f in attrs.fields(Settings)}
+_KWARGS = st.lists(st.sampled_from(sorted(_BY_FIELD)), max_size=5, unique=True).flatmap(
+    lambda names: st.fixed_dictionaries({name: _BY_FIELD[name] for name in names})
+)
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.sampled_from(_FIELDS), _ANY, max_size=6))
+@given(_KWARGS)
 def test_any_keywords_build_valid_settings_or_raise_config_error(kwargs: dict[str, Any]) -> None:
     try:
         s = Settings(**kwargs)
