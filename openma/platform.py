@@ -115,6 +115,9 @@ class Platform:
         *,
         telemetry: Telemetry | None = None,
     ) -> None:
+        given: object = settings
+        if not isinstance(given, Settings):
+            raise ConfigError(f"settings must be an openma.Settings, got {type(given).__name__}")
         self.settings = settings
         self._backends = backends
         self._blobs = blobs

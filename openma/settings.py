@@ -10,17 +10,16 @@ replaced by a default, and no other exception escapes ``Settings(...)``: every f
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import attrs
 
 from openma import registry
+from openma._validators import boolean, describe, integer_in, load_json, number_in, string
 from openma.core.events import MAX_EVENT_BYTES
 from openma.errors import ConfigError
 
@@ -33,74 +32,7 @@ MAX_SECONDS: Final = 86_400.0
 _INT32: Final = 2**31 - 1
 #: Largest byte count (rlimits and sizes must fit a signed 64-bit integer, with room to double).
 _MAX_BYTES: Final = 2**62
-_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _PG_SCHEME: Final = re.compile(r"^postgres(?:ql)?(?:\+(?:psycopg|psycopg2|psycopg2cffi|asyncpg|pg8000))?://", re.I)
-
-Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
-
-
-def _kind(value: object) -> str:
-    if isinstance(value, bool):
-        return f"the bool {value}"
-    if isinstance(value, int | float):
-        return f"the {type(value).__name__} {_num(value)}"
-    return f"a value of type {type(value).__name__}"
-
-
-def _num(value: int | float) -> str:
-    if isinstance(value, int) and abs(value) > 10**30:
-        return "a number with more than 30 digits"
-    return repr(value)
-
-
-def _integer(lo: int, hi: int) -> Validator:
-    def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        want = f"an integer from {lo} to {hi}"
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{attribute.name} must be {want}, got {_kind(value)}", field=attribute.name)
-        if not lo <= value <= hi:
-            raise ConfigError(f"{attribute.name} must be {want}, got {_num(value)}", field=attribute.name)
-
-    return check
-
-
-def _number(lo: float, hi: float, *, above: bool = False) -> Validator:
-    """A finite int or float in ``[lo, hi]`` (``(lo, hi]`` with ``above``)."""
-
-    def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        want = f"a finite number {'>' if above else '>='} {lo:g} and <= {hi:g}"
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{attribute.name} must be {want}, got {_kind(value)}", field=attribute.name)
-        try:
-            number = float(value)
-        except OverflowError:
-            number = math.inf
-        if not math.isfinite(number) or number < lo or (above and number == lo) or number > hi:
-            raise ConfigError(f"{attribute.name} must be {want}, got {_num(value)}", field=attribute.name)
-
-    return check
-
-
-def _flag(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{attribute.name} must be True or False, got {_kind(value)}", field=attribute.name)
-
-
-def _text(*, optional: bool = False, blank: bool = False) -> Validator:
-    """A string without control characters (``None`` too when ``optional``; ``""`` too when ``blank``)."""
-
-    def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is None and optional:
-            return
-        if not isinstance(value, str):
-            want = "a string or None" if optional else "a string"
-            raise ConfigError(f"{attribute.name} must be {want}, got {_kind(value)}", field=attribute.name)
-        if _CONTROL.search(value):
-            raise ConfigError(f"{attribute.name} must not contain control characters", field=attribute.name)
-        if not blank and not optional and not value.strip():
-            raise ConfigError(f"{attribute.name} must not be empty", field=attribute.name)
-
-    return check
 
 
 def _normalize_pg_url(value: Any) -> Any:
@@ -113,7 +45,7 @@ def _normalize_pg_url(value: Any) -> Any:
 
 
 def _pg_url(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    _text(optional=True)(_, attribute, value)
+    string(optional=True)(_, attribute, value)
     if value is not None and not value.startswith("postgresql://"):
         scheme = value.split("://", 1)[0] + "://" if "://" in value else "a value without a scheme"
         raise ConfigError(
@@ -123,19 +55,10 @@ def _pg_url(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         )
 
 
-def _load_json(value: str, what: str) -> Any:
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{what} is not valid JSON ({exc.msg} at position {exc.pos})", variable=what) from None
-    except (ValueError, RecursionError) as exc:  # a number with too many digits, nesting too deep
-        raise ConfigError(f"{what} is not usable JSON ({type(exc).__name__}: {exc})", variable=what) from None
-
-
 def _parse_store_backends(value: object) -> dict[str, str]:
     if isinstance(value, str):
         try:
-            value = _load_json(value, "STORE_BACKENDS")
+            value = load_json(value, "STORE_BACKENDS")
         except ConfigError as exc:
             raise ConfigError(
                 f'{exc.message}; expected an object such as {{"default": "cf", "agents": "pg"}}',
@@ -182,7 +105,7 @@ def _parse_store_backends(value: object) -> dict[str, str]:
 
 def _parse_blob_options(value: object) -> dict[str, Any]:
     if isinstance(value, str):
-        value = _load_json(value, "blob_options")
+        value = load_json(value, "blob_options")
     if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
         raise ConfigError("blob_options must be a JSON object (string keys)", field="blob_options")
     return dict(value)
@@ -236,84 +159,84 @@ class Settings:
     """
 
     #: SQLite database file of the "cf" backend (``:memory:`` is refused: the engine needs several connections).
-    sqlite_path: str = attrs.field(default="./.openma/openma.db", validator=_text())
+    sqlite_path: str = attrs.field(default="./.openma/openma.db", validator=string())
     #: Postgres URL of the "pg" backend (``postgresql://user:pass@host:port/db``; the SQLAlchemy spellings
     #: ``postgresql+psycopg://`` and ``postgresql+asyncpg://`` are read as ``postgresql://``).
     postgres_url: str | None = attrs.field(default=None, converter=_normalize_pg_url, validator=_pg_url)
     #: Which backend holds which store; ``default`` covers the stores not named.
     store_backends: dict[str, str] = attrs.field(factory=lambda: {DEFAULT_KEY: "cf"}, converter=_parse_store_backends)
     #: fsspec URL of the blob store (``file://``, ``memory://``, ``s3://bucket/prefix``).
-    blob_url: str = attrs.field(default="file://./.openma/blobs", validator=_text())
+    blob_url: str = attrs.field(default="file://./.openma/blobs", validator=string())
     #: Root secret that vault keys are derived from; never printed.
-    root_secret: str | None = attrs.field(default=None, repr=False, validator=_text(optional=True))
-    per_tenant_db_enabled: bool = attrs.field(default=False, validator=_flag)
+    root_secret: str | None = attrs.field(default=None, repr=False, validator=string(optional=True))
+    per_tenant_db_enabled: bool = attrs.field(default=False, validator=boolean)
     #: Sandbox provider name: ``local``, ``e2b``, ``daytona`` or a registered name.
-    sandbox: str = attrs.field(default="local", validator=_text())
+    sandbox: str = attrs.field(default="local", validator=string())
     #: Events whose JSON is larger than this many bytes are spilled to the blob store (at most the event
     #: size cap, :data:`openma.core.events.MAX_EVENT_BYTES`).
-    event_spill_bytes: int = attrs.field(default=500_000, validator=_integer(1, MAX_EVENT_BYTES))
+    event_spill_bytes: int = attrs.field(default=500_000, validator=integer_in(1, MAX_EVENT_BYTES))
     #: Apply pending migrations when a platform opens.
-    auto_migrate: bool = attrs.field(default=True, validator=_flag)
+    auto_migrate: bool = attrs.field(default=True, validator=boolean)
 
     # -- SQLite engine
-    sqlite_busy_timeout_ms: int = attrs.field(default=5_000, validator=_integer(0, _INT32))
+    sqlite_busy_timeout_ms: int = attrs.field(default=5_000, validator=integer_in(0, _INT32))
     #: Total time a write waits for the database lock (other processes) before failing.
-    sqlite_lock_timeout: float = attrs.field(default=30.0, validator=_number(0, MAX_SECONDS, above=True))
-    sqlite_readers: int = attrs.field(default=4, validator=_integer(1, 256))
-    sqlite_poll_interval: float = attrs.field(default=0.2, validator=_number(0.001, 3600))
+    sqlite_lock_timeout: float = attrs.field(default=30.0, validator=number_in(0, MAX_SECONDS, above=True))
+    sqlite_readers: int = attrs.field(default=4, validator=integer_in(1, 256))
+    sqlite_poll_interval: float = attrs.field(default=0.2, validator=number_in(0.001, 3600))
 
     # -- Postgres engine
-    pg_pool_min_size: int = attrs.field(default=1, validator=_integer(0, 10_000))
-    pg_pool_max_size: int = attrs.field(default=10, validator=_integer(1, 10_000))
-    pg_connect_timeout: float = attrs.field(default=10.0, validator=_number(0, MAX_SECONDS, above=True))
-    pg_statement_timeout_ms: int = attrs.field(default=30_000, validator=_integer(0, _INT32))
-    pg_application_name: str = attrs.field(default="openma", validator=_text(blank=True))
+    pg_pool_min_size: int = attrs.field(default=1, validator=integer_in(0, 10_000))
+    pg_pool_max_size: int = attrs.field(default=10, validator=integer_in(1, 10_000))
+    pg_connect_timeout: float = attrs.field(default=10.0, validator=number_in(0, MAX_SECONDS, above=True))
+    pg_statement_timeout_ms: int = attrs.field(default=30_000, validator=integer_in(0, _INT32))
+    pg_application_name: str = attrs.field(default="openma", validator=string(blank=True))
     #: Server-side prepared statements; turn off behind a transaction-mode pooler (pgbouncer).
-    pg_prepared_statements: bool = attrs.field(default=True, validator=_flag)
+    pg_prepared_statements: bool = attrs.field(default=True, validator=boolean)
 
     # -- Blob store (S3 / R2 / MinIO)
-    s3_endpoint_url: str | None = attrs.field(default=None, validator=_text(optional=True))
-    s3_region: str | None = attrs.field(default=None, validator=_text(optional=True))
-    s3_access_key_id: str | None = attrs.field(default=None, repr=False, validator=_text(optional=True))
-    s3_secret_access_key: str | None = attrs.field(default=None, repr=False, validator=_text(optional=True))
+    s3_endpoint_url: str | None = attrs.field(default=None, validator=string(optional=True))
+    s3_region: str | None = attrs.field(default=None, validator=string(optional=True))
+    s3_access_key_id: str | None = attrs.field(default=None, repr=False, validator=string(optional=True))
+    s3_secret_access_key: str | None = attrs.field(default=None, repr=False, validator=string(optional=True))
     #: Extra fsspec storage options for the blob store.
     blob_options: dict[str, Any] = attrs.field(factory=dict, converter=_parse_blob_options)
 
     # -- Sandbox providers
     #: E2B API key (``pip install 'openma[e2b]'``); never printed.
-    e2b_api_key: str | None = attrs.field(default=None, repr=False, validator=_text(optional=True))
+    e2b_api_key: str | None = attrs.field(default=None, repr=False, validator=string(optional=True))
     #: E2B domain (default ``e2b.app``; set it for a self-hosted E2B).
-    e2b_domain: str | None = attrs.field(default=None, validator=_text(optional=True))
+    e2b_domain: str | None = attrs.field(default=None, validator=string(optional=True))
     #: E2B control-plane URL override (the SDK marks it internal; for tests and proxies).
-    e2b_api_url: str | None = attrs.field(default=None, validator=_text(optional=True))
+    e2b_api_url: str | None = attrs.field(default=None, validator=string(optional=True))
     #: E2B envd URL override for every sandbox (the SDK marks it internal; for tests and proxies).
-    e2b_sandbox_url: str | None = attrs.field(default=None, validator=_text(optional=True))
+    e2b_sandbox_url: str | None = attrs.field(default=None, validator=string(optional=True))
     #: E2B template name or id for new sandboxes (default ``base``).
-    e2b_template: str | None = attrs.field(default=None, validator=_text(optional=True))
+    e2b_template: str | None = attrs.field(default=None, validator=string(optional=True))
     #: Daytona API key (``pip install 'openma[daytona]'``); never printed.
-    daytona_api_key: str | None = attrs.field(default=None, repr=False, validator=_text(optional=True))
+    daytona_api_key: str | None = attrs.field(default=None, repr=False, validator=string(optional=True))
     #: Daytona API URL (default ``https://app.daytona.io/api``).
-    daytona_api_url: str | None = attrs.field(default=None, validator=_text(optional=True))
+    daytona_api_url: str | None = attrs.field(default=None, validator=string(optional=True))
     #: Daytona target region.
-    daytona_target: str | None = attrs.field(default=None, validator=_text(optional=True))
+    daytona_target: str | None = attrs.field(default=None, validator=string(optional=True))
     #: Daytona image for new sandboxes (default: Daytona's default snapshot).
-    daytona_image: str | None = attrs.field(default=None, validator=_text(optional=True))
+    daytona_image: str | None = attrs.field(default=None, validator=string(optional=True))
 
     # -- Local sandboxes (LocalSubprocess; 0 turns a limit off)
     #: Directory holding one directory per local sandbox.
-    local_sandbox_root: str = attrs.field(default="./.openma/sandboxes", validator=_text())
+    local_sandbox_root: str = attrs.field(default="./.openma/sandboxes", validator=string())
     #: Bytes kept of each of stdout and stderr of a command (and of a background process's logs).
-    local_sandbox_output_bytes: int = attrs.field(default=1 << 20, validator=_integer(1, 1 << 40))
+    local_sandbox_output_bytes: int = attrs.field(default=1 << 20, validator=integer_in(1, 1 << 40))
     #: Resident memory of one command's processes together; past it they are killed (exit 137, oom_killed).
-    local_sandbox_memory_bytes: int = attrs.field(default=2 << 30, validator=_integer(0, _MAX_BYTES))
+    local_sandbox_memory_bytes: int = attrs.field(default=2 << 30, validator=integer_in(0, _MAX_BYTES))
     #: CPU seconds per process.
-    local_sandbox_cpu_seconds: int = attrs.field(default=3600, validator=_integer(0, _INT32))
+    local_sandbox_cpu_seconds: int = attrs.field(default=3600, validator=integer_in(0, _INT32))
     #: Open file descriptors per process.
-    local_sandbox_open_files: int = attrs.field(default=1024, validator=_integer(0, _INT32))
+    local_sandbox_open_files: int = attrs.field(default=1024, validator=integer_in(0, _INT32))
     #: Processes of the host user (RLIMIT_NPROC counts all of that user's processes; root is exempt).
-    local_sandbox_processes: int = attrs.field(default=4096, validator=_integer(0, _INT32))
+    local_sandbox_processes: int = attrs.field(default=4096, validator=integer_in(0, _INT32))
     #: Seconds between SIGTERM and SIGKILL when a command is stopped.
-    local_sandbox_kill_grace: float = attrs.field(default=2.0, validator=_number(0, 3600))
+    local_sandbox_kill_grace: float = attrs.field(default=2.0, validator=number_in(0, 3600))
     #: Host variables that commands may see; everything else of the host's environment stays out.
     local_sandbox_pass_env: tuple[str, ...] = attrs.field(default=LOCAL_SANDBOX_PASS_ENV, converter=_parse_pass_env)
 
@@ -380,7 +303,7 @@ class Settings:
         """
         env = os.environ if environ is None else environ
         if not isinstance(env, Mapping):
-            raise ConfigError(f"environ must be a mapping of variable names to strings, got {_kind(env)}")
+            raise ConfigError(f"environ must be a mapping of variable names to strings, got {describe(env)}")
         _check_fields(overrides)
         kwargs: dict[str, Any] = {}
         sources: dict[str, str] = {}
@@ -390,7 +313,7 @@ class Settings:
                 continue
             if not isinstance(raw, str):
                 raise ConfigError(
-                    f"{var} must be a string (the environment holds text), got {_kind(raw)}", variable=var
+                    f"{var} must be a string (the environment holds text), got {describe(raw)}", variable=var
                 )
             kwargs[name] = _convert(var, raw, kind)
             sources[name] = var
@@ -422,7 +345,7 @@ class Settings:
         settings keep their defaults (the environment is not read; use :meth:`from_env` for that).
         """
         if not isinstance(url, str):
-            raise ConfigError(f"the database URL must be a string, got {_kind(url)}", field="url")
+            raise ConfigError(f"the database URL must be a string, got {describe(url)}", field="url")
         _check_fields(overrides)
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         kwargs: dict[str, Any]
@@ -523,7 +446,7 @@ def _convert(var: str, raw: str, kind: str) -> Any:
             raise ConfigError(f"{var} must be a finite number such as 2.5, got {raw[:40]!r}", variable=var)
         return float(raw)
     if kind == "json":
-        value = _load_json(raw, var)
+        value = load_json(raw, var)
         if not isinstance(value, dict):
             raise ConfigError(f"{var} must be a JSON object", variable=var)
         return value
