@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Awaitable, Callable
@@ -93,9 +94,14 @@ def migrate(stamp: bool, upto: str | None, show_status: bool) -> None:
     from openma.adapters.sql import migrate as migrations
 
     settings = _settings()
+    missing = not os.path.exists(os.path.expanduser(settings.sqlite_path))
 
     async def go() -> None:
         for name in sorted({settings.backend_for(s) for s in STORE_NAMES}):
+            if show_status and name == "cf" and missing:  # a status check must not create the database
+                for migration in migrations.load_migrations("sqlite"):
+                    click.echo(f"{name}: {migration.name} pending (the database does not exist yet)")
+                continue
             backend: Any = await registry.store_backends.load(name)(settings)
             try:
                 client = getattr(backend, "client", None)

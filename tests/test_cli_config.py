@@ -136,6 +136,10 @@ def test_doctor_checks_every_part_even_after_one_fails(tmp_path: Path) -> None:
 
 
 def test_doctor_on_an_existing_database_reports_its_schema(tmp_path: Path) -> None:
+    status = cli("migrate", "--status", cwd=tmp_path)
+    assert status.returncode == 0 and "cf: 0001_" in status.stdout
+    assert "pending (the database does not exist yet)" in status.stdout
+    assert files_under(tmp_path) == []  # a status check creates nothing either
     assert cli("migrate", cwd=tmp_path).returncode == 0
     out = cli("doctor", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
