@@ -350,7 +350,10 @@ class Settings:
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         kwargs: dict[str, Any]
         if scheme == "sqlite":
-            parts = urlsplit(url)
+            try:
+                parts = urlsplit(url)
+            except ValueError:
+                parts = urlsplit("sqlite://invalid/")  # reported just below
             if parts.netloc or parts.query or parts.fragment or not parts.path.strip("/"):
                 raise ConfigError(
                     "a SQLite URL is sqlite:///relative/path.db or sqlite:////absolute/path.db "

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from openma import ConfigError, Settings
 from openma.core.events import MAX_EVENT_BYTES
-from openma.settings import STORE_NAMES
+from openma.settings import _ENV, STORE_NAMES
 
 PG = "postgresql://u:pw@127.0.0.1:5432/db"
 
@@ -262,7 +262,14 @@ def test_from_url() -> None:
     pg = Settings.from_url("postgresql+psycopg://u:pw@db:5432/app", pg_pool_max_size=3)
     assert pg.postgres_url == "postgresql://u:pw@db:5432/app" and pg.backend_for("sessions") == "pg"
     assert pg.pg_pool_max_size == 3
-    for bad in ["sqlite://", "sqlite:///", "sqlite://host/app.db", "sqlite:///a.db?mode=ro", "sqlite:///:memory:"]:
+    for bad in [
+        "sqlite://",
+        "sqlite:///",
+        "sqlite://host/app.db",
+        "sqlite:///a.db?mode=ro",
+        "sqlite:///:memory:",
+        "sqlite://[::1/x",
+    ]:
         with pytest.raises(ConfigError):
             Settings.from_url(bad)
     for bad_url in ["mysql://u:hunter2@db/app", "app.db", 5, None]:
@@ -358,3 +365,24 @@ def test_registry_names_and_factories_are_checked() -> None:
     with pytest.raises(ConfigError, match="must be a string"):
         registry.store_backends.load(["cf"])  # type: ignore[arg-type]
     assert not registry.store_backends.has(["cf"]) and registry.store_backends.has("cf")
+
+
+_VARS = sorted({var for var, _ in _ENV.values()} | {"DATABASE_URL"})
+_ENV_TEXT = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(["nan", "inf", "-1", "0", "1", "2.5", "1e400", "true", "off", "{}", '{"default":"pg"}', "x://y"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(_VARS), _ENV_TEXT, max_size=5), st.text(max_size=20))
+def test_any_environment_or_url_builds_valid_settings_or_raises_config_error(env: dict[str, str], url: str) -> None:
+    for build in (lambda: Settings.from_env(env), lambda: Settings.from_url(url)):
+        try:
+            s = build()
+        except ConfigError as exc:
+            error: ConfigError | None = exc
+        else:
+            error = None
+            assert all(math.isfinite(getattr(s, f.name)) for f in attrs.fields(Settings) if f.type == "float")
+        assert error is None or error.code == "config_error"
