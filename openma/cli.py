@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
 import anyio
+import attrs
 import click
 
-from openma.errors import OpenmaError
+from openma.errors import InvalidInput, OpenmaError
 from openma.settings import STORE_NAMES, Settings
 
 T = TypeVar("T")
@@ -27,11 +31,42 @@ def _settings() -> Settings:
         _fail(exc)
 
 
+def _duration(text: str, option: str = "--older-than") -> timedelta:
+    """A duration with its unit (``90m``, ``2h``, ``30d``); a bare number is refused, never read as seconds."""
+    from openma.core.sweeper import parse_duration
+
+    if re.fullmatch(r"\s*\d+(\.\d+)?\s*", text or ""):
+        _fail(
+            InvalidInput(
+                f"{option} {text.strip()} has no unit; write {text.strip()}d, {text.strip()}h, "
+                f"{text.strip()}m or {text.strip()}s"
+            )
+        )
+    try:
+        return parse_duration(text)
+    except OpenmaError as exc:
+        _fail(exc)
+
+
 def _run(fn: Callable[[], Awaitable[T]]) -> T:
     try:
         return anyio.run(fn)
     except OpenmaError as exc:
         _fail(exc)
+    except ExceptionGroup as group:  # several parts failed (closing a platform): report each of ours
+        ours, rest = group.split(OpenmaError)
+        if ours is None or rest is not None:
+            raise
+        for error in _leaves(ours):
+            click.echo(f"error [{error.code}]: {error.message}", err=True)
+        sys.exit(2)
+
+
+def _leaves(group: BaseExceptionGroup[OpenmaError]) -> list[OpenmaError]:
+    out: list[OpenmaError] = []
+    for error in group.exceptions:
+        out += _leaves(error) if isinstance(error, BaseExceptionGroup) else [error]
+    return out
 
 
 @click.group()
@@ -59,9 +94,14 @@ def migrate(stamp: bool, upto: str | None, show_status: bool) -> None:
     from openma.adapters.sql import migrate as migrations
 
     settings = _settings()
+    missing = not os.path.exists(os.path.expanduser(settings.sqlite_path))
 
     async def go() -> None:
         for name in sorted({settings.backend_for(s) for s in STORE_NAMES}):
+            if show_status and name == "cf" and missing:  # a status check must not create the database
+                for migration in migrations.load_migrations("sqlite"):
+                    click.echo(f"{name}: {migration.name} pending (the database does not exist yet)")
+                continue
             backend: Any = await registry.store_backends.load(name)(settings)
             try:
                 client = getattr(backend, "client", None)
@@ -88,38 +128,21 @@ def migrate(stamp: bool, upto: str | None, show_status: bool) -> None:
 
 @main.command()
 def doctor() -> None:
-    """Check the configuration and that every backend opens and is migrated."""
-    from openma import registry
-    from openma.adapters.sql import migrate as migrations
+    """Check the configuration and every part it names: store backends (opened only if their database
+    exists), the blob store's driver and the sandbox provider's SDK. Creates nothing."""
+    from openma.doctor import diagnose
 
     settings = _settings()
     click.echo(f"settings: {settings!r}")
     for store in STORE_NAMES:
         click.echo(f"  {store:<13} -> {settings.backend_for(store)}")
-
-    async def go() -> None:
-        problems = 0
-        for name in sorted({settings.backend_for(s) for s in STORE_NAMES}):
-            try:
-                backend: Any = await registry.store_backends.load(name)(settings)
-            except OpenmaError as exc:
-                click.echo(f"backend {name}: FAILED to open [{exc.code}] {exc.message}")
-                problems += 1
-                continue
-            try:
-                client = getattr(backend, "client", None)
-                if client is not None:
-                    pending = [s.name for s in await migrations.status(client) if not s.applied]
-                    state = f"pending migrations: {', '.join(pending)}" if pending else "schema up to date"
-                    click.echo(f"backend {name}: ok ({client!r}); {state}")
-                else:
-                    click.echo(f"backend {name}: ok")
-            finally:
-                await backend.aclose()
-        if problems:
-            raise click.ClickException(f"{problems} problem(s) found")
-
-    _run(go)
+    checks = _run(lambda: diagnose(settings))
+    for check in checks:
+        click.echo(f"{check.part}: {'ok' if check.ok else 'FAILED'}: {check.detail}")
+    problems = sum(not check.ok for check in checks)
+    if problems:
+        raise click.ClickException(f"{problems} problem(s) found")
+    click.echo(f"all {len(checks)} parts ok")
 
 
 @main.group()
@@ -134,13 +157,13 @@ def sandboxes() -> None:
 def sandboxes_sweep(older_than: str, provider: str | None, dry_run: bool) -> None:
     """Destroy leaked sandboxes: those labelled openma=1 and older than --older-than."""
     from openma import registry
-    from openma.core.sweeper import parse_duration, sweep_sandboxes
+    from openma.core.sweeper import sweep_sandboxes
 
     settings = _settings()
     name = provider or settings.sandbox
+    limit = _duration(older_than)
 
     async def go() -> None:
-        limit = parse_duration(older_than)
         opened: Any = await registry.sandboxes.load(name)(settings, blobs=None)
         try:
             ids = await sweep_sandboxes(opened, older_than=limit, dry_run=dry_run)
@@ -212,13 +235,13 @@ def sessions_prune(
     """Remove a session's oldest events (and their spilled blobs), in bounded batches."""
     from datetime import UTC, datetime
 
-    from openma.core.sweeper import parse_duration
     from openma.platform import Platform
 
     settings = _settings()
+    age = _duration(older_than) if older_than is not None else None
 
     async def go() -> None:
-        cutoff = datetime.now(UTC) - parse_duration(older_than) if older_than else None
+        cutoff = datetime.now(UTC) - age if age is not None else None
         async with Platform.open(settings) as oma:
             removed = await oma.tenant(tenant_id).sessions.prune(
                 session_id, before_seq=before_seq, older_than=cutoff, keep_last=keep_last, batch_size=batch_size
@@ -229,20 +252,27 @@ def sessions_prune(
 
 
 @main.command("gc")
-@click.option("--older-than", required=True, help="Remove what is older than this (30d, 12h, ...).")
+@click.option("--older-than", required=True, help="Remove what is older than this (30d, 12h, 90m; a unit is required).")
 @click.option("--tenant", "tenant_ids", multiple=True, help="Only these tenants (default: every tenant).")
 @click.option("--batch-size", type=int, default=1000, show_default=True)
-def gc(older_than: str, tenant_ids: tuple[str, ...], batch_size: int) -> None:
+@click.option("--dry-run", is_flag=True, help="Remove nothing; report what would be removed.")
+def gc(older_than: str, tenant_ids: tuple[str, ...], batch_size: int, dry_run: bool) -> None:
     """Collect garbage: old events, finalized streams, settled inbox rows, unfinished deletes, expired KV."""
     from datetime import UTC, datetime
 
-    from openma.core.sweeper import parse_duration
+    from openma.models import GcReport
     from openma.platform import Platform
 
     settings = _settings()
+    age = _duration(older_than)
 
     async def go() -> None:
-        cutoff = datetime.now(UTC) - parse_duration(older_than)
+        cutoff = datetime.now(UTC) - age
+        verb = "would remove" if dry_run else "removed"
+        click.echo(
+            f"{'dry run (nothing is removed): ' if dry_run else ''}gc of what is older than {older_than.strip()}"
+            f" (before {cutoff:%Y-%m-%d %H:%M:%S} UTC)"
+        )
         async with Platform.open(settings) as oma:
             targets = list(tenant_ids)
             if not targets:
@@ -253,17 +283,28 @@ def gc(older_than: str, tenant_ids: tuple[str, ...], batch_size: int) -> None:
                     cursor = page.next_cursor
                     if cursor is None:
                         break
+            total = GcReport()
+            expired_total = 0
             for tenant_id in targets:
                 t = oma.tenant(tenant_id)
-                report = await t.sessions.gc(cutoff, batch_size=batch_size)
-                expired = await t.kv.sweep_expired()
-                click.echo(
-                    f"{tenant_id}: events {report.events}, inbox {report.inbox}, streams {report.streams},"
-                    f" sessions {report.sessions}, blobs {report.blobs}, expired blobs {report.expired_blobs},"
-                    f" kv {expired}"
-                )
+                report = await t.sessions.gc(cutoff, batch_size=batch_size, dry_run=dry_run)
+                expired = None if dry_run else await t.kv.sweep_expired()
+                total = GcReport(**{k: getattr(total, k) + getattr(report, k) for k in attrs.fields_dict(GcReport)})
+                expired_total += expired or 0
+                click.echo(f"{tenant_id}: {verb} {_gc_counts(report, expired)}")
+            click.echo(
+                f"total ({len(targets)} tenant(s)): {verb} {_gc_counts(total, None if dry_run else expired_total)}"
+            )
 
     _run(go)
+
+
+def _gc_counts(report: Any, expired: int | None) -> str:
+    kv = "kv not counted (expired keys are already invisible)" if expired is None else f"kv {expired}"
+    return (
+        f"events {report.events}, inbox {report.inbox}, streams {report.streams},"
+        f" sessions {report.sessions}, blobs {report.blobs}, expired blobs {report.expired_blobs}, {kv}"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,13 +2,14 @@
 
 ``Platform.open(settings)`` resolves, for each store, the backend named in ``STORE_BACKENDS`` through the
 registry (:mod:`openma.registry`), opens every distinct backend once, migrates it (unless
-``auto_migrate`` is off), and closes them all on exit.
+``auto_migrate`` is off), and closes them all on exit. ``Platform.open()`` with no settings reads them
+from the environment; ``Platform.from_url(url)`` opens every store in one database.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -121,6 +122,9 @@ class Platform:
         *,
         telemetry: Telemetry | None = None,
     ) -> None:
+        given: object = settings
+        if not isinstance(given, Settings):
+            raise ConfigError(f"settings must be an openma.Settings, got {type(given).__name__}")
         self.settings = settings
         self._backends = backends
         self._blobs = blobs
@@ -147,6 +151,9 @@ class Platform:
 
         Background work of the platform (the sandbox upkeep loop) runs in a task group of this block and
         stops with it; an error of the block comes out as it was raised.
+
+        With no ``settings``, they are read from the environment (:meth:`Settings.from_env`), as the command
+        line does, so a program and ``python -m openma doctor`` use the same databases.
         """
         platform = await cls.connect(settings, telemetry=telemetry)
         failure: Exception | None = None
@@ -162,14 +169,39 @@ class Platform:
                     task_group.cancel_scope.cancel()
             if failure is not None:
                 raise failure
-        finally:
+        except BaseException as exc:  # the block's error stays the one raised; close failures become notes
             with anyio.CancelScope(shield=True):
-                await platform.aclose()
+                try:
+                    await platform.aclose()
+                except BaseException as close_error:
+                    exc.add_note(f"closing the platform also failed: {close_error!r}")
+            raise
+        with anyio.CancelScope(shield=True):
+            await platform.aclose()
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, telemetry: Telemetry | None = None, **settings: Any
+    ) -> AbstractAsyncContextManager[Platform]:
+        """``async with Platform.from_url("sqlite:///app.db") as oma:``: every store in the database ``url``.
+
+        ``url`` is read by :meth:`Settings.from_url` (``sqlite:///path.db``, ``postgresql://...``); keyword
+        arguments set other :class:`Settings` fields. A bad URL is a :class:`ConfigError` raised here.
+        """
+        return cls.open(Settings.from_url(url, **settings), telemetry=telemetry)
 
     @classmethod
     async def connect(cls, settings: Settings | None = None, *, telemetry: Telemetry | None = None) -> Platform:
-        """Open a platform and return it; call :meth:`aclose` when done (handy in notebooks)."""
-        settings = settings or Settings()
+        """Open a platform and return it; call :meth:`aclose` when done (handy in notebooks).
+
+        With no ``settings``, they are read from the environment (:meth:`Settings.from_env`).
+        """
+        given: object = settings
+        if settings is None:
+            settings = Settings.from_env()
+        elif not isinstance(given, Settings):
+            hint = "; to open a database URL use Platform.from_url(url)" if isinstance(given, str) else ""
+            raise ConfigError(f"settings must be an openma.Settings, got {type(given).__name__}{hint}")
         names = sorted({settings.backend_for(store) for store in STORE_NAMES})
         backends: dict[str, StoreBackend] = {}
         try:
@@ -182,10 +214,13 @@ class Platform:
             from openma.adapters.fsspec_blobs import FsspecBlobStore
 
             blobs = await FsspecBlobStore.from_settings(settings)
-        except BaseException:
+        except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 for backend in backends.values():
-                    await backend.aclose()
+                    try:
+                        await backend.aclose()
+                    except Exception as close_exc:  # the open error matters more; keep closing the others
+                        exc.add_note(f"also failed to close backend {backend.name!r}: {close_exc!r}")
             raise
         return cls(settings, backends, blobs, telemetry=telemetry)
 
@@ -248,28 +283,30 @@ class Platform:
         return {name: await backend.migrate() for name, backend in self._backends.items()}
 
     async def aclose(self) -> None:
+        """Close every part (sandboxes, their provider, each backend, the blob store), whatever fails.
+
+        Idempotent. If closing parts failed, raises an :class:`ExceptionGroup` of every failure once all parts
+        had their turn (a :class:`BaseExceptionGroup` if one of them was a cancellation or an interrupt).
+        """
         if self._closed:
             return
         self._closed = True
-        errors: list[BaseException] = []
+        parts: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if self._orchestrator is not None:
-            try:
-                await self._orchestrator.aclose()
-                await self._orchestrator.provider.aclose()
-            except Exception as exc:
-                errors.append(exc)
-        for backend in self._backends.values():
-            try:
-                await backend.aclose()
-            except Exception as exc:  # close the others anyway
-                errors.append(exc)
+            parts.append(("sandbox orchestrator", self._orchestrator.aclose))
+            parts.append(("sandbox provider", self._orchestrator.provider.aclose))
+        parts += [(f"store backend {name!r}", backend.aclose) for name, backend in self._backends.items()]
         if self._blobs is not None:
+            parts.append(("blob store", self._blobs.aclose))
+        errors: list[BaseException] = []
+        for what, close in parts:
             try:
-                await self._blobs.aclose()
-            except Exception as exc:
+                await close()
+            except BaseException as exc:  # close the others anyway
+                exc.add_note(f"while closing the {what}")
                 errors.append(exc)
         if errors:
-            raise errors[0]
+            raise BaseExceptionGroup(f"{len(errors)} part(s) of the platform failed to close", errors)
 
     async def __aenter__(self) -> Platform:
         return self

@@ -39,8 +39,10 @@ class Registry:
 
     def register(self, name: str, factory: Callable[..., Any] | str, *, replace: bool = False) -> None:
         """Register ``factory`` (a callable or a ``"module:attr"`` path) under ``name``."""
-        if not name or not name.replace("_", "").replace("-", "").isalnum():
+        if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"{self.kind} name {name!r} must be alphanumeric (with - or _)")
+        if not callable(factory) and not (isinstance(factory, str) and ":" in factory):
+            raise ConfigError(f"{self.kind} {name!r}: the factory must be a callable or a 'module:attr' string")
         if not replace and name in self.names():
             raise ConfigError(f"{self.kind} {name!r} is already registered; pass replace=True")
         self._registered[name] = factory
@@ -55,8 +57,17 @@ class Registry:
         """Every name that can be chosen, without importing anything."""
         return sorted({*self._builtins, *self._registered, *self._entry_points()})
 
+    def has(self, name: object) -> bool:
+        """Whether ``name`` can be chosen; entry points are only scanned for a name that is not built in."""
+        if not isinstance(name, str):
+            return False
+        return name in self._builtins or name in self._registered or name in self._entry_points()
+
     def load(self, name: str) -> Callable[..., Any]:
         """The factory registered as ``name``, imported now."""
+        given: object = name
+        if not isinstance(given, str):
+            raise ConfigError(f"a {self.kind} name must be a string, got {type(given).__name__}")
         needs: tuple[str, ...] = ()
         if name in self._registered:
             target: Callable[..., Any] | str = self._registered[name]
@@ -76,6 +87,25 @@ class Registry:
         if callable(target):
             return target
         return _import(target, kind=self.kind, name=name, extra=extra, needs=needs)
+
+    def check(self, name: str) -> Callable[..., Any]:
+        """Like :meth:`load`, and also import the driver modules a built-in needs (which its factory imports
+        only when it opens), so a missing driver is found without opening anything."""
+        factory = self.load(name)
+        builtin = self._builtins.get(name) if name not in self._registered else None
+        if builtin is None:
+            return factory
+        for module in builtin.needs:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                hint = f"; install it with: pip install 'openma[{builtin.extra}]'" if builtin.extra else ""
+                raise ConfigError(
+                    f"{self.kind} {name!r} needs {module}, which cannot be imported ({exc}){hint}",
+                    name=name,
+                    extra=builtin.extra,
+                ) from exc
+        return factory
 
 
 def _import(path: str, *, kind: str, name: str, extra: str | None, needs: tuple[str, ...] = ()) -> Callable[..., Any]:

@@ -1,60 +1,85 @@
 """Every knob of openma, in one frozen ``attrs`` class, validated once at construction.
 
 ``Settings()`` is the embedded default (SQLite and files under ``./.openma``, the local sandbox).
-``Settings.from_env()`` reads the environment variables listed in ``docs/configuration.md``. A bad value is
-a :class:`~openma.errors.ConfigError` that names the variable (or field) and the valid choices; nothing
-is silently replaced by a default.
+``Settings.from_env()`` reads the environment variables listed in ``docs/configuration.md``;
+``Settings.from_url()`` builds settings from one database URL. A bad value is a
+:class:`~openma.errors.ConfigError` that names the variable (or field) and what is valid; nothing is silently
+replaced by a default, and no other exception escapes ``Settings(...)``: every field is checked for its type
+(a bool is not an int, an int is not a str, a float is not an int) and its range (no NaN, no infinity).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
 from typing import Any, Final
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 import attrs
 
 from openma import registry
+from openma._validators import boolean, describe, integer_in, load_json, number_in, string
+from openma.core.events import MAX_EVENT_BYTES
 from openma.errors import ConfigError
 
-#: The stores whose backend can be chosen one by one in ``STORE_BACKENDS``.
-STORE_NAMES: Final = (
-    "tenants",
-    "agents",
-    "environments",
-    "sessions",
-    "vaults",
-    "memory",
-    "files",
-    "usage",
-    "kv",
-)
+#: The stores whose backend can be chosen one by one in ``STORE_BACKENDS`` (each new store adds its name).
+STORE_NAMES: Final = ("tenants", "agents", "environments", "sessions", "kv")
 DEFAULT_KEY: Final = "default"
+
+#: Longest duration setting, in seconds (one day): a longer timeout or poll interval is a typo.
+MAX_SECONDS: Final = 86_400.0
+_INT32: Final = 2**31 - 1
+#: Largest byte count (rlimits and sizes must fit a signed 64-bit integer, with room to double).
+_MAX_BYTES: Final = 2**62
+_PG_SCHEME: Final = re.compile(r"^postgres(?:ql)?(?:\+(?:psycopg|psycopg2|psycopg2cffi|asyncpg|pg8000))?://", re.I)
+
+
+def _normalize_pg_url(value: Any) -> Any:
+    """``postgresql+psycopg://`` and the other SQLAlchemy spellings → ``postgresql://`` (what libpq reads)."""
+    if isinstance(value, str):
+        match = _PG_SCHEME.match(value)
+        if match:
+            return "postgresql://" + value[match.end() :]
+    return value
+
+
+def _pg_url(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    string(optional=True)(_, attribute, value)
+    if value is not None and not value.startswith("postgresql://"):
+        scheme = value.split("://", 1)[0] + "://" if "://" in value else "a value without a scheme"
+        raise ConfigError(
+            f"postgres_url must start with postgresql:// or postgres:// (postgresql+psycopg:// and "
+            f"postgresql+asyncpg:// are accepted too), got {scheme}",
+            field=attribute.name,
+        )
 
 
 def _parse_store_backends(value: object) -> dict[str, str]:
     if isinstance(value, str):
         try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
+            value = load_json(value, "STORE_BACKENDS")
+        except ConfigError as exc:
             raise ConfigError(
-                f"STORE_BACKENDS is not valid JSON ({exc.msg} at position {exc.pos}); "
-                'expected an object such as {"default": "cf", "agents": "pg"}'
+                f'{exc.message}; expected an object such as {{"default": "cf", "agents": "pg"}}',
+                field="store_backends",
             ) from None
     if not isinstance(value, Mapping):
         raise ConfigError(
-            f"STORE_BACKENDS must be a JSON object mapping store names to backends, got {type(value).__name__}"
+            f"STORE_BACKENDS must be a JSON object mapping store names to backends, got {type(value).__name__}",
+            field="store_backends",
         )
-    backends = registry.store_backends.names()
     valid_keys = (DEFAULT_KEY, *STORE_NAMES)
     out: dict[str, str] = {}
     for key, backend in value.items():
+        if isinstance(backend, str) and key in valid_keys and registry.store_backends.has(backend):
+            out[key] = backend
+            continue
+        backends = registry.store_backends.names()
         if key not in valid_keys:
             raise ConfigError(
                 f"STORE_BACKENDS has unknown store {key!r}; valid stores: {', '.join(valid_keys)}",
+                field="store_backends",
                 store=key,
                 choices=list(valid_keys),
             )
@@ -62,18 +87,28 @@ def _parse_store_backends(value: object) -> dict[str, str]:
             raise ConfigError(
                 f"STORE_BACKENDS[{key!r}] must be a backend name string, got {type(backend).__name__}; "
                 f"valid backends: {', '.join(backends)}",
+                field="store_backends",
                 store=key,
                 choices=backends,
             )
         if backend not in backends:
             raise ConfigError(
                 f"STORE_BACKENDS[{key!r}] names unknown backend {backend!r}; valid backends: {', '.join(backends)}",
+                field="store_backends",
                 store=key,
                 choices=backends,
             )
         out[key] = backend
     out.setdefault(DEFAULT_KEY, "cf")
     return out
+
+
+def _parse_blob_options(value: object) -> dict[str, Any]:
+    if isinstance(value, str):
+        value = load_json(value, "blob_options")
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise ConfigError("blob_options must be a JSON object (string keys)", field="blob_options")
+    return dict(value)
 
 
 #: Host variables a local sandbox passes to its commands by default.
@@ -163,144 +198,136 @@ def _mask_url(url: str | None) -> str | None:
     return redact_secrets(url, url)
 
 
-def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(f"{attribute.name} must be a positive number, got {value!r}", field=attribute.name)
-
-
-def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ConfigError(f"{attribute.name} must be >= 0, got {value!r}", field=attribute.name)
-
-
-def _seconds(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
-        raise ConfigError(f"{attribute.name} must be a finite number >= 0, got {value!r}", field=attribute.name)
-
-
-def _optional_positive_int(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-        raise ConfigError(f"{attribute.name} must be a positive integer, got {value!r}", field=attribute.name)
-
-
 @attrs.frozen(repr=False)
 class Settings:
-    """Configuration of a :class:`~openma.Platform`. Immutable; use :func:`attrs.evolve` to vary it."""
+    """Configuration of a :class:`~openma.Platform`. Immutable; use :func:`attrs.evolve` to vary it.
+
+    Every field is validated by ``Settings(...)`` (and so by ``attrs.evolve``): a value of the wrong type or
+    out of range is a :class:`~openma.errors.ConfigError` whose ``details["field"]`` names the field.
+    """
 
     #: SQLite database file of the "cf" backend (``:memory:`` is refused: the engine needs several connections).
-    sqlite_path: str = "./.openma/openma.db"
-    #: Postgres URL of the "pg" backend (``postgresql://user:pass@host:port/db``).
-    postgres_url: str | None = None
+    sqlite_path: str = attrs.field(default="./.openma/openma.db", validator=string())
+    #: Postgres URL of the "pg" backend (``postgresql://user:pass@host:port/db``; the SQLAlchemy spellings
+    #: ``postgresql+psycopg://`` and ``postgresql+asyncpg://`` are read as ``postgresql://``).
+    postgres_url: str | None = attrs.field(default=None, converter=_normalize_pg_url, validator=_pg_url)
     #: Which backend holds which store; ``default`` covers the stores not named.
     store_backends: dict[str, str] = attrs.field(factory=lambda: {DEFAULT_KEY: "cf"}, converter=_parse_store_backends)
     #: fsspec URL of the blob store (``file://``, ``memory://``, ``s3://bucket/prefix``).
-    blob_url: str = "file://./.openma/blobs"
+    blob_url: str = attrs.field(default="file://./.openma/blobs", validator=string())
     #: Root secret that vault keys are derived from; never printed.
-    root_secret: str | None = attrs.field(default=None, repr=False)
-    per_tenant_db_enabled: bool = False
+    root_secret: str | None = attrs.field(default=None, repr=False, validator=string(optional=True))
+    per_tenant_db_enabled: bool = attrs.field(default=False, validator=boolean)
     #: Sandbox provider name: ``local``, ``e2b``, ``daytona`` or a registered name.
-    sandbox: str = "local"
-    #: Events whose JSON is larger than this many bytes are spilled to the blob store.
-    event_spill_bytes: int = attrs.field(default=500_000, validator=_positive)
+    sandbox: str = attrs.field(default="local", validator=string())
+    #: Events whose JSON is larger than this many bytes are spilled to the blob store (at most the event
+    #: size cap, :data:`openma.core.events.MAX_EVENT_BYTES`).
+    event_spill_bytes: int = attrs.field(default=500_000, validator=integer_in(1, MAX_EVENT_BYTES))
     #: Apply pending migrations when a platform opens.
-    auto_migrate: bool = True
+    auto_migrate: bool = attrs.field(default=True, validator=boolean)
 
     # -- SQLite engine
-    sqlite_busy_timeout_ms: int = attrs.field(default=5_000, validator=_non_negative)
+    sqlite_busy_timeout_ms: int = attrs.field(default=5_000, validator=integer_in(0, _INT32))
     #: Total time a write waits for the database lock (other processes) before failing.
-    sqlite_lock_timeout: float = attrs.field(default=30.0, validator=_positive)
-    sqlite_readers: int = attrs.field(default=4, validator=_positive)
-    sqlite_poll_interval: float = attrs.field(default=0.2, validator=_positive)
+    sqlite_lock_timeout: float = attrs.field(default=30.0, validator=number_in(0, MAX_SECONDS, above=True))
+    sqlite_readers: int = attrs.field(default=4, validator=integer_in(1, 256))
+    sqlite_poll_interval: float = attrs.field(default=0.2, validator=number_in(0.001, 3600))
 
     # -- Postgres engine
-    pg_pool_min_size: int = attrs.field(default=1, validator=_non_negative)
-    pg_pool_max_size: int = attrs.field(default=10, validator=_positive)
-    pg_connect_timeout: float = attrs.field(default=10.0, validator=_positive)
-    pg_statement_timeout_ms: int = attrs.field(default=30_000, validator=_non_negative)
-    pg_application_name: str = "openma"
+    pg_pool_min_size: int = attrs.field(default=1, validator=integer_in(0, 10_000))
+    pg_pool_max_size: int = attrs.field(default=10, validator=integer_in(1, 10_000))
+    pg_connect_timeout: float = attrs.field(default=10.0, validator=number_in(0, MAX_SECONDS, above=True))
+    pg_statement_timeout_ms: int = attrs.field(default=30_000, validator=integer_in(0, _INT32))
+    pg_application_name: str = attrs.field(default="openma", validator=string(blank=True))
     #: Server-side prepared statements; turn off behind a transaction-mode pooler (pgbouncer).
-    pg_prepared_statements: bool = True
+    pg_prepared_statements: bool = attrs.field(default=True, validator=boolean)
 
     # -- Blob store (S3 / R2 / MinIO)
-    s3_endpoint_url: str | None = None
-    s3_region: str | None = None
-    s3_access_key_id: str | None = attrs.field(default=None, repr=False)
-    s3_secret_access_key: str | None = attrs.field(default=None, repr=False)
+    s3_endpoint_url: str | None = attrs.field(default=None, validator=string(optional=True))
+    s3_region: str | None = attrs.field(default=None, validator=string(optional=True))
+    s3_access_key_id: str | None = attrs.field(default=None, repr=False, validator=string(optional=True))
+    s3_secret_access_key: str | None = attrs.field(default=None, repr=False, validator=string(optional=True))
     #: Extra fsspec storage options for the blob store.
-    blob_options: dict[str, Any] = attrs.field(factory=dict)
+    blob_options: dict[str, Any] = attrs.field(factory=dict, converter=_parse_blob_options)
 
     # -- Sandbox providers
     #: E2B API key (``pip install 'openma[e2b]'``); never printed.
-    e2b_api_key: str | None = attrs.field(default=None, repr=False)
+    e2b_api_key: str | None = attrs.field(default=None, repr=False, validator=string(optional=True))
     #: E2B domain (default ``e2b.app``; set it for a self-hosted E2B).
-    e2b_domain: str | None = None
+    e2b_domain: str | None = attrs.field(default=None, validator=string(optional=True))
     #: E2B control-plane URL override (the SDK marks it internal; for tests and proxies).
-    e2b_api_url: str | None = None
+    e2b_api_url: str | None = attrs.field(default=None, validator=string(optional=True))
     #: E2B envd URL override for every sandbox (the SDK marks it internal; for tests and proxies).
-    e2b_sandbox_url: str | None = None
+    e2b_sandbox_url: str | None = attrs.field(default=None, validator=string(optional=True))
     #: E2B template name or id for new sandboxes (default ``base``).
-    e2b_template: str | None = None
+    e2b_template: str | None = attrs.field(default=None, validator=string(optional=True))
     #: Daytona API key (``pip install 'openma[daytona]'``); never printed.
-    daytona_api_key: str | None = attrs.field(default=None, repr=False)
+    daytona_api_key: str | None = attrs.field(default=None, repr=False, validator=string(optional=True))
     #: Daytona API URL (default ``https://app.daytona.io/api``).
-    daytona_api_url: str | None = None
+    daytona_api_url: str | None = attrs.field(default=None, validator=string(optional=True))
     #: Daytona target region.
-    daytona_target: str | None = None
+    daytona_target: str | None = attrs.field(default=None, validator=string(optional=True))
     #: Daytona image for new sandboxes (default: Daytona's default snapshot).
-    daytona_image: str | None = None
+    daytona_image: str | None = attrs.field(default=None, validator=string(optional=True))
     #: Daytona resources for new sandboxes built from an image: vCPUs, memory and disk in GiB (None: Daytona's).
-    daytona_cpu: int | None = attrs.field(default=None, validator=_optional_positive_int)
-    daytona_memory: int | None = attrs.field(default=None, validator=_optional_positive_int)
-    daytona_disk: int | None = attrs.field(default=None, validator=_optional_positive_int)
+    daytona_cpu: int | None = attrs.field(default=None, validator=attrs.validators.optional(integer_in(1, 1024)))
+    daytona_memory: int | None = attrs.field(default=None, validator=attrs.validators.optional(integer_in(1, 65536)))
+    daytona_disk: int | None = attrs.field(default=None, validator=attrs.validators.optional(integer_in(1, 65536)))
 
     # -- Sandbox upkeep (run by the orchestrator while the platform is open; 0 turns one off)
     #: Seconds between upkeep passes: each keeps the live sandboxes alive and reaps the idle ones.
-    sandbox_keepalive_interval: float = attrs.field(default=300.0, validator=_seconds)
+    sandbox_keepalive_interval: float = attrs.field(default=300.0, validator=number_in(0, 86_400.0))
     #: Seconds a sandbox may go unused before it is reaped (snapshotted, then destroyed).
-    sandbox_idle_reap_after: float = attrs.field(default=1800.0, validator=_seconds)
+    sandbox_idle_reap_after: float = attrs.field(default=1800.0, validator=number_in(0, 31_536_000.0))
 
     # -- Local sandboxes (LocalSubprocess; 0 turns a limit off)
     #: Directory holding one directory per local sandbox.
-    local_sandbox_root: str = "./.openma/sandboxes"
+    local_sandbox_root: str = attrs.field(default="./.openma/sandboxes", validator=string())
     #: Bytes kept of each of stdout and stderr of a command (and of a background process's logs).
-    local_sandbox_output_bytes: int = attrs.field(default=1 << 20, validator=_positive)
+    local_sandbox_output_bytes: int = attrs.field(default=1 << 20, validator=integer_in(1, 1 << 40))
     #: Resident memory of one command's processes together; past it they are killed (exit 137, oom_killed).
-    local_sandbox_memory_bytes: int = attrs.field(default=2 << 30, validator=_non_negative)
+    local_sandbox_memory_bytes: int = attrs.field(default=2 << 30, validator=integer_in(0, _MAX_BYTES))
     #: CPU seconds per process.
-    local_sandbox_cpu_seconds: int = attrs.field(default=3600, validator=_non_negative)
+    local_sandbox_cpu_seconds: int = attrs.field(default=3600, validator=integer_in(0, _INT32))
     #: Open file descriptors per process.
-    local_sandbox_open_files: int = attrs.field(default=1024, validator=_non_negative)
+    local_sandbox_open_files: int = attrs.field(default=1024, validator=integer_in(0, _INT32))
     #: Processes of the host user (RLIMIT_NPROC counts all of that user's processes; root is exempt).
-    local_sandbox_processes: int = attrs.field(default=4096, validator=_non_negative)
+    local_sandbox_processes: int = attrs.field(default=4096, validator=integer_in(0, _INT32))
     #: Seconds between SIGTERM and SIGKILL when a command is stopped.
-    local_sandbox_kill_grace: float = attrs.field(default=2.0, validator=_non_negative)
+    local_sandbox_kill_grace: float = attrs.field(default=2.0, validator=number_in(0, 3600))
     #: Host variables that commands may see; everything else of the host's environment stays out.
     local_sandbox_pass_env: tuple[str, ...] = attrs.field(default=LOCAL_SANDBOX_PASS_ENV, converter=_parse_pass_env)
 
     def __attrs_post_init__(self) -> None:
-        if self.sqlite_path.strip() in ("", ":memory:"):
-            raise ConfigError("sqlite_path must be a file path (':memory:' cannot be shared by connections)")
+        if self.sqlite_path.strip() == ":memory:":
+            raise ConfigError(
+                "sqlite_path must be a file path (':memory:' cannot be shared by connections)", field="sqlite_path"
+            )
         if self.pg_pool_min_size > self.pg_pool_max_size:
             raise ConfigError(
-                f"pg_pool_min_size ({self.pg_pool_min_size}) exceeds pg_pool_max_size ({self.pg_pool_max_size})"
+                f"pg_pool_min_size ({self.pg_pool_min_size}) exceeds pg_pool_max_size ({self.pg_pool_max_size})",
+                field="pg_pool_min_size",
             )
         if "pg" in self.store_backends.values() and not self.postgres_url:
             stores = sorted(s for s, b in self.store_backends.items() if b == "pg")
             raise ConfigError(
                 f"STORE_BACKENDS puts {', '.join(stores)} on 'pg' but no Postgres URL is set; "
                 "set OPENMA_POSTGRES_URL (or DATABASE_URL)",
+                field="postgres_url",
                 stores=stores,
             )
-        if self.postgres_url and not self.postgres_url.startswith(("postgres://", "postgresql://")):
-            raise ConfigError("postgres_url must start with postgresql:// or postgres://")
-        sandboxes = registry.sandboxes.names()
-        if self.sandbox not in sandboxes:
+        if not registry.sandboxes.has(self.sandbox):
+            sandboxes = registry.sandboxes.names()
             raise ConfigError(
                 f"unknown sandbox {self.sandbox!r}; valid choices: {', '.join(sandboxes)}",
+                field="sandbox",
                 choices=sandboxes,
             )
-        if "://" not in self.blob_url:
-            raise ConfigError(f"blob_url must be an fsspec URL such as file://./.openma/blobs, got {self.blob_url!r}")
+        if not re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", self.blob_url):
+            raise ConfigError(
+                f"blob_url must be an fsspec URL such as file://./.openma/blobs, got {self.blob_url!r}",
+                field="blob_url",
+            )
 
     def backend_for(self, store: str) -> str:
         """The backend name that holds ``store``."""
@@ -326,18 +353,89 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from environment variables (``os.environ`` by default); ``overrides`` win."""
+        """Build settings from environment variables (``os.environ`` by default); ``overrides`` win.
+
+        ``DATABASE_URL`` is read only when no Postgres URL is given otherwise and a store is placed on ``pg``
+        (it often belongs to the host application and may name another database engine). A bad value is a
+        :class:`~openma.errors.ConfigError` whose message starts with the variable it came from.
+        """
         env = os.environ if environ is None else environ
+        if not isinstance(env, Mapping):
+            raise ConfigError(f"environ must be a mapping of variable names to strings, got {describe(env)}")
+        _check_fields(overrides)
         kwargs: dict[str, Any] = {}
+        sources: dict[str, str] = {}
         for name, (var, kind) in _ENV.items():
             raw = env.get(var)
-            if raw is None and name == "postgres_url":
-                raw = env.get("DATABASE_URL")
-            if raw is None or raw == "":
+            if raw is None or raw == "" or name in overrides:
                 continue
+            if not isinstance(raw, str):
+                raise ConfigError(
+                    f"{var} must be a string (the environment holds text), got {describe(raw)}", variable=var
+                )
             kwargs[name] = _convert(var, raw, kind)
+            sources[name] = var
+        database_url = env.get("DATABASE_URL")
+        if database_url and "postgres_url" not in kwargs and "postgres_url" not in overrides:
+            try:
+                placed = _parse_store_backends(overrides.get("store_backends", kwargs.get("store_backends", {})))
+            except ConfigError:
+                placed = {}  # reported, with its variable, by the constructor below
+            if "pg" in placed.values():
+                kwargs["postgres_url"] = database_url
+                sources["postgres_url"] = "DATABASE_URL"
         kwargs.update(overrides)
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except ConfigError as exc:
+            source = sources.get(exc.details.get("field", ""))
+            if source is None or exc.message.startswith(source):
+                raise
+            raise ConfigError(f"{source}: {exc.message}", **{**exc.details, "variable": source}) from None
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: Any) -> Settings:
+        """Settings whose every store lives in the one database ``url`` names; ``overrides`` set the rest.
+
+        ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (the SQLAlchemy spelling) puts
+        every store on the "cf" backend in that file; ``postgresql://user:pass@host/db`` (also
+        ``postgres://``, ``postgresql+psycopg://``, ``postgresql+asyncpg://``) puts them on "pg". The other
+        settings keep their defaults (the environment is not read; use :meth:`from_env` for that).
+        """
+        if not isinstance(url, str):
+            raise ConfigError(f"the database URL must be a string, got {describe(url)}", field="url")
+        _check_fields(overrides)
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        kwargs: dict[str, Any]
+        if scheme == "sqlite":
+            try:
+                parts = urlsplit(url)
+            except ValueError:
+                parts = urlsplit("sqlite://invalid/")  # reported just below
+            if parts.netloc or parts.query or parts.fragment or not parts.path.strip("/"):
+                raise ConfigError(
+                    "a SQLite URL is sqlite:///relative/path.db or sqlite:////absolute/path.db "
+                    f"(no host, no query), got {url!r}",
+                    field="url",
+                )
+            kwargs = {"sqlite_path": unquote(parts.path[1:]), "store_backends": {DEFAULT_KEY: "cf"}}
+        elif _PG_SCHEME.match(url):
+            kwargs = {"postgres_url": url, "store_backends": {DEFAULT_KEY: "pg"}}
+        else:
+            shown = f"{scheme}://" if scheme else "a value without a scheme"
+            raise ConfigError(
+                f"unsupported database URL ({shown}); use sqlite:///path.db or postgresql://user:pass@host/db",
+                field="url",
+                choices=["sqlite", "postgresql"],
+            )
+        return cls(**{**kwargs, **overrides})
+
+
+def _check_fields(overrides: Mapping[str, Any]) -> None:
+    fields = attrs.fields_dict(Settings)
+    unknown = sorted(name for name in overrides if name not in fields)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(fields)}")
 
 
 _ENV: Final[dict[str, tuple[str, str]]] = {
@@ -391,6 +489,8 @@ _ENV: Final[dict[str, tuple[str, str]]] = {
 
 _TRUE: Final = {"1", "true", "yes", "on"}
 _FALSE: Final = {"0", "false", "no", "off"}
+_INT_TEXT: Final = re.compile(r"^\s*[+-]?\d+\s*$")
+_FLOAT_TEXT: Final = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
 
 
 def _convert(var: str, raw: str, kind: str) -> Any:
@@ -404,20 +504,15 @@ def _convert(var: str, raw: str, kind: str) -> Any:
             return False
         raise ConfigError(f"{var} must be one of {sorted(_TRUE | _FALSE)}, got {raw!r}", variable=var)
     if kind == "int":
-        try:
-            return int(raw)
-        except ValueError:
-            raise ConfigError(f"{var} must be an integer, got {raw!r}", variable=var) from None
+        if not _INT_TEXT.match(raw) or len(raw) > 4000:
+            raise ConfigError(f"{var} must be an integer, got {raw[:40]!r}", variable=var)
+        return int(raw)
     if kind == "float":
-        try:
-            return float(raw)
-        except ValueError:
-            raise ConfigError(f"{var} must be a number, got {raw!r}", variable=var) from None
+        if not _FLOAT_TEXT.match(raw) or len(raw) > 40:  # no nan, inf, or 1_000 spellings
+            raise ConfigError(f"{var} must be a finite number such as 2.5, got {raw[:40]!r}", variable=var)
+        return float(raw)
     if kind == "json":
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            raise ConfigError(f"{var} must be a JSON object, got {raw!r}", variable=var) from None
+        value = load_json(raw, var)
         if not isinstance(value, dict):
             raise ConfigError(f"{var} must be a JSON object", variable=var)
         return value

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 import openma
@@ -199,3 +200,120 @@ def test_install_hint_only_when_the_driver_itself_is_missing() -> None:
     with pytest.raises(ConfigError) as info:
         _import("a_broken_module_of_ours:y", kind="store backend", name="pg", extra="pg", needs=("psycopg",))
     assert "pip install" not in str(info.value)
+
+
+async def test_open_without_settings_reads_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENMA_SQLITE_PATH", str(tmp_path / "env.db"))
+    monkeypatch.setenv("OPENMA_BLOB_URL", f"file://{tmp_path}/env-blobs")
+    monkeypatch.setenv("OPENMA_EVENT_SPILL_BYTES", "4321")
+    async with Platform.open() as oma:
+        assert oma.settings == Settings.from_env() and oma.settings.event_spill_bytes == 4321
+        await oma.tenants.create(name="from-env")
+    oma = await Platform.connect()
+    try:
+        assert [t.name for t in await oma.tenants.list()] == ["from-env"]
+    finally:
+        await oma.aclose()
+    assert (tmp_path / "env.db").exists() and (tmp_path / "env-blobs").is_dir()
+    monkeypatch.setenv("OPENMA_SQLITE_READERS", "nan")
+    with pytest.raises(ConfigError, match="OPENMA_SQLITE_READERS"):
+        await Platform.connect()
+
+
+async def test_from_url_opens_a_platform_from_one_string(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    async with Platform.from_url("sqlite:///data/app.db", blob_url="memory://from-url") as oma:
+        assert oma.settings.sqlite_path == "data/app.db" and sorted(oma.backends) == ["cf"]
+        await oma.tenants.create(name="x")
+    assert (tmp_path / "data" / "app.db").exists()
+    with pytest.raises(ConfigError, match="unsupported database URL"):
+        Platform.from_url("mysql://u:pw@db/app")
+    with pytest.raises(ConfigError, match=r"use Platform.from_url\(url\)"):
+        await Platform.connect("sqlite:///data/app.db")  # type: ignore[arg-type]
+
+
+class ClosingPart:
+    """A platform part whose ``aclose`` records the call, then raises ``error`` if it has one."""
+
+    def __init__(self, name: str, error: Exception | None = None) -> None:
+        self.name = name
+        self.error = error
+        self.closed = 0
+
+    async def aclose(self) -> None:
+        self.closed += 1
+        if self.error is not None:
+            raise self.error
+
+
+async def test_aclose_closes_every_part_and_raises_every_failure(settings: Settings) -> None:
+    from openma.errors import StorageUnavailable
+
+    provider = ClosingPart("provider", RuntimeError("provider close failed"))
+
+    async def open_provider(s: Settings, **_: Any) -> Any:
+        return provider
+
+    registry.sandboxes.register("closing", open_provider)
+    try:
+        a, b, c = ClosingPart("a", StorageUnavailable("a is down")), ClosingPart("b"), ClosingPart("c", OSError("c"))
+        blobs = ClosingPart("blobs", ValueError("blobs close failed"))
+        oma = Platform(attrs.evolve(settings, sandbox="closing"), {"a": a, "b": b, "c": c}, blobs)  # type: ignore[dict-item, arg-type]
+        await oma.sandboxes()
+        with pytest.raises(ExceptionGroup) as info:
+            await oma.aclose()
+    finally:
+        registry.sandboxes.unregister("closing")
+    assert [p.closed for p in (provider, a, b, c, blobs)] == [1, 1, 1, 1, 1]
+    assert [type(e) for e in info.value.exceptions] == [RuntimeError, StorageUnavailable, OSError, ValueError]
+    assert "while closing the store backend 'a'" in info.value.exceptions[1].__notes__
+    await oma.aclose()  # closed once: nothing left to fail
+    assert a.closed == 1
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_gc_dry_run_matches_the_real_pass(
+    engine: str, engine_url: str, tmp_path: Path, anyio_backend: str
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    url = f"sqlite:///{engine_url}" if engine == "sqlite" else engine_url
+    async with Platform.from_url(url, blob_url=f"file://{tmp_path}/b", event_spill_bytes=1_000) as oma:
+        tenant = await oma.tenants.create(name="gc")
+        t = oma.tenant(tenant.id)
+        agent = await t.agents.create(name="a", model="m")
+        environment = await t.environments.create(name="e")
+        msg = {"type": "agent.message", "content": [{"type": "text", "text": "x"}]}
+        big = {"type": "agent.message", "content": [{"type": "text", "text": "y" * 3_000}]}
+        ids = []
+        for _ in range(3):
+            session = await t.sessions.create(agent_id=agent.id, environment_id=environment.id)
+            ids.append(session.id)
+            await t.sessions.append(session.id, [msg, big, msg])
+            stream = await t.sessions.open_stream(session.id)
+            await t.sessions.finalize_stream(session.id, stream.id, "completed")
+            await t.sessions.open_stream(session.id)  # still open: kept
+            await t.sessions.post(session.id, [{**msg, "id": "p"}, {**msg, "id": "c"}, {**msg, "id": "w"}])
+            await t.sessions.promote(session.id, ["p"], fence=0)
+            await t.sessions.cancel(session.id, ["c"])
+        cutoff = datetime.now(UTC) + timedelta(seconds=1)  # past every row, whatever the clock's resolution
+        dry = await t.sessions.gc(cutoff, batch_size=2, dry_run=True)
+        assert [len(await t.sessions.events(s, after=0)) for s in ids] == [4, 4, 4]  # nothing removed
+        real = await t.sessions.gc(cutoff, batch_size=2)
+        assert dry == real
+        assert (real.events, real.streams, real.inbox, real.blobs) == (12, 3, 3, 3)
+        assert await t.sessions.gc(cutoff, dry_run=True) == openma.GcReport()
+        with pytest.raises(InvalidInput):
+            await t.sessions.gc(cutoff, dry_run="yes")  # type: ignore[arg-type]
+
+
+async def test_the_blocks_error_survives_a_failing_close(settings: Settings) -> None:
+    failing = ClosingPart("x", OSError("close failed"))
+    with pytest.raises(NotFound) as info:
+        async with Platform.open(settings) as oma:
+            real = oma.backend("tenants")
+            oma._backends["cf"] = failing  # type: ignore[assignment]  # a backend whose close fails
+            await real.aclose()
+            raise NotFound("the block's own error")
+    assert failing.closed == 1
+    assert any("closing the platform also failed" in note for note in info.value.__notes__)

@@ -284,5 +284,7 @@ class Sessions:
             session_id, before_seq=before_seq, older_than=older_than, keep_last=keep_last, batch_size=batch_size
         )
 
-    async def gc(self, cutoff: datetime, *, batch_size: int = 1000) -> GcReport:
+    async def gc(self, cutoff: datetime, *, batch_size: int = 1000, dry_run: bool = False) -> GcReport:
+        if dry_run is not False:  # stores written before dry runs existed keep working for real passes
+            return await self._store.gc(cutoff, batch_size=batch_size, dry_run=dry_run)
         return await self._store.gc(cutoff, batch_size=batch_size)

@@ -239,7 +239,9 @@ class SessionStore(Protocol):
         batch_size: int = 1000,
     ) -> int: ...
 
-    async def gc(self, cutoff: datetime, *, batch_size: int = 1000) -> GcReport: ...
+    async def gc(self, cutoff: datetime, *, batch_size: int = 1000, dry_run: bool = False) -> GcReport:
+        """With ``dry_run``, remove nothing and report what a pass would remove now."""
+        ...
 
     # -- lease (used by the session's actor, under its lease lock)
 

@@ -171,11 +171,19 @@ class RetentionMixin(StreamsMixin):
                 return removed
             cursor = page.next_cursor
 
-    async def gc(self, cutoff: datetime, *, batch_size: int = DEFAULT_BATCH) -> GcReport:
-        """Tenant-wide retention pass (see the port's docstring); every step runs in bounded batches."""
+    async def gc(self, cutoff: datetime, *, batch_size: int = DEFAULT_BATCH, dry_run: bool = False) -> GcReport:
+        """Tenant-wide retention pass (see the port's docstring); every step runs in bounded batches.
+
+        With ``dry_run`` nothing is removed: the report counts what a pass would remove now (its ``blobs``
+        counts spilled events and cancelled inbox payloads, not the listing of a deleted session's prefix).
+        """
         cut = validate.time_bound(cutoff, "cutoff")
         assert cut is not None
         batch_size = _batch_arg(batch_size)
+        if not isinstance(dry_run, bool):
+            raise InvalidInput("dry_run must be True or False", field="dry_run")
+        if dry_run:
+            return await self._gc_count(cut, batch_size)
         events = inbox = streams = sessions = blobs = 0
         # 1. Finish deletes that a crash interrupted.
         while True:
@@ -249,3 +257,66 @@ class RetentionMixin(StreamsMixin):
         return GcReport(
             events=events, inbox=inbox, streams=streams, sessions=sessions, blobs=blobs, expired_blobs=expired
         )
+
+    async def _gc_count(self, cut: int, batch_size: int) -> GcReport:
+        """What :meth:`gc` would remove now, counted without writing."""
+        t = self.tenant_id
+        deleted = "SELECT id FROM sessions WHERE tenant_id = ? AND deleted_at IS NOT NULL"
+        row = await self._db.fetch_one(
+            "SELECT COUNT(*) AS n FROM sessions WHERE tenant_id = ? AND deleted_at IS NOT NULL", (t,)
+        )
+        sessions = int(row["n"]) if row else 0
+        row = await self._db.fetch_one(
+            f"SELECT COUNT(blob_key) AS n FROM session_events WHERE tenant_id = ? AND session_id IN ({deleted})",
+            (t, t),
+        )
+        blobs = int(row["n"]) if row else 0
+        events = 0
+        last_id = ""
+        while True:
+            rows = await self._db.fetch_all(
+                "SELECT s.id AS id, s.retained_from_seq AS retained_from_seq, s.last_seq AS last_seq,"
+                " e.created_at AS oldest FROM sessions s JOIN session_events e ON e.tenant_id = s.tenant_id"
+                " AND e.session_id = s.id AND e.seq = s.retained_from_seq WHERE s.tenant_id = ? AND s.id > ?"
+                " AND s.deleted_at IS NULL ORDER BY s.id LIMIT ?",
+                (t, last_id, batch_size),
+            )
+            for r in rows:
+                if int(r["oldest"]) < cut:
+                    lo = int(r["retained_from_seq"])
+                    upto = await self._first_newer(r["id"], lo, int(r["last_seq"]), cut)
+                    found = await self._db.fetch_one(
+                        "SELECT COUNT(*) AS n, COUNT(blob_key) AS b FROM session_events WHERE tenant_id = ?"
+                        " AND session_id = ? AND seq >= ? AND seq < ?",
+                        (t, r["id"], lo, upto),
+                    )
+                    if found is not None:
+                        events += int(found["n"])
+                        blobs += int(found["b"])
+            if len(rows) < batch_size:
+                break
+            last_id = rows[-1]["id"]
+        row = await self._db.fetch_one(
+            "SELECT COUNT(*) AS n FROM session_streams WHERE tenant_id = ? AND status <> 'open' AND finished_at < ?"
+            f" AND session_id NOT IN ({deleted})",
+            (t, cut, t),
+        )
+        streams = int(row["n"]) if row else 0
+        # Settled rows, less the promoted ones whose events the pass prunes (they go with them, uncounted).
+        row = await self._db.fetch_one(
+            "SELECT COUNT(*) AS n FROM session_inbox i WHERE i.tenant_id = ? AND i.state <> 'pending'"
+            f" AND i.updated_at < ? AND i.session_id NOT IN ({deleted}) AND (i.state <> 'promoted' OR EXISTS"
+            " (SELECT 1 FROM session_events e WHERE e.tenant_id = i.tenant_id AND e.session_id = i.session_id"
+            " AND e.seq <= i.seq AND e.created_at >= ?))",
+            (t, cut, t, cut),
+        )
+        inbox = int(row["n"]) if row else 0
+        row = await self._db.fetch_one(
+            "SELECT COUNT(*) AS n FROM session_inbox i WHERE i.tenant_id = ? AND i.state = 'cancelled'"
+            " AND i.updated_at < ? AND i.blob_key IS NOT NULL AND NOT EXISTS (SELECT 1 FROM session_events e"
+            " WHERE e.tenant_id = i.tenant_id AND e.session_id = i.session_id AND e.event_id = i.event_id"
+            f" AND e.blob_key = i.blob_key) AND i.session_id NOT IN ({deleted})",
+            (t, cut, t),
+        )
+        blobs += int(row["n"]) if row else 0
+        return GcReport(events=events, inbox=inbox, streams=streams, sessions=sessions, blobs=blobs)

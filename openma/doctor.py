@@ -1,0 +1,142 @@
+"""``python -m openma doctor``: check every configured part without creating anything.
+
+Each store backend, the blob store and the sandbox provider is checked in turn, and every problem is
+reported (one failing part does not hide the next). Checking a part imports its driver (``psycopg``,
+``s3fs``, the ``e2b`` or ``daytona`` SDK), so a missing extra is found here rather than at the first call.
+Nothing is created: a SQLite file or a blob directory that does not exist yet is reported as such, with
+whether it could be created, and no migration is applied.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from openma import registry
+from openma.errors import OpenmaError
+from openma.settings import STORE_NAMES, Settings
+
+
+@attrs.frozen
+class Check:
+    """The outcome of checking one part: ``part`` (``"backend cf"``, ``"blobs"``, ``"sandbox local"``)."""
+
+    part: str
+    ok: bool
+    detail: str
+
+
+def _failure(part: str, exc: BaseException) -> Check:
+    if isinstance(exc, OpenmaError):
+        return Check(part, False, f"[{exc.code}] {exc.message}")
+    return Check(part, False, f"{type(exc).__name__}: {exc}")
+
+
+def _place(path_text: str, what: str, *, directory: bool) -> tuple[bool, str, bool]:
+    """``(usable, detail, exists)`` for ``path_text`` as ``what`` (created later if missing); creates nothing."""
+    path = Path(path_text).expanduser()
+    if path.exists():
+        if directory and not path.is_dir():
+            return False, f"{path} is not a directory", True
+        if not os.access(path if directory else path.parent, os.W_OK | os.X_OK):
+            return False, f"{path} is not writable", True
+        return True, f"{what} {path}", True
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        return False, f"{path} does not exist and cannot be created ({parent} is not a writable directory)", False
+    return True, f"{path} does not exist yet; it is created on first use", False
+
+
+async def diagnose(settings: Settings) -> list[Check]:
+    """Check every store backend, the blob store and the sandbox provider of ``settings``."""
+    checks = [await _backend(settings, name) for name in sorted({settings.backend_for(s) for s in STORE_NAMES})]
+    checks.append(await _blobs(settings))
+    checks.append(await _sandbox(settings))
+    return checks
+
+
+async def _backend(settings: Settings, name: str) -> Check:
+    from openma.adapters.sql import migrate as migrations
+
+    part = f"backend {name}"
+    try:
+        factory = registry.store_backends.check(name)
+    except OpenmaError as exc:
+        return _failure(part, exc)
+    if name == "cf":
+        ok, detail, exists = _place(settings.sqlite_path, "database", directory=False)
+        if not ok or not exists:  # opening would create it: report instead
+            return Check(part, ok, detail)
+    try:
+        backend: Any = await factory(settings)
+    except Exception as exc:
+        return _failure(part, exc)
+    try:
+        client = getattr(backend, "client", None)
+        if client is None:
+            return Check(part, True, "opened")
+        waiting = [s.name for s in await migrations.status(client) if not s.applied]
+        state = f"pending migrations: {', '.join(waiting)}" if waiting else "schema up to date"
+        return Check(part, True, f"{client!r}; {state}")
+    except Exception as exc:
+        return _failure(part, exc)
+    finally:
+        try:
+            await backend.aclose()
+        except Exception:  # pragma: no cover - the check's outcome is what matters here
+            pass
+
+
+async def _blobs(settings: Settings) -> Check:
+    from openma.adapters.fsspec_blobs import FsspecBlobStore, storage_options
+
+    url = settings.blob_url
+    part = f"blobs {url}"
+    protocol = url.split("://", 1)[0].lower()
+    options = storage_options(settings)
+    if protocol in ("file", "local"):
+        if options:
+            return Check(part, False, f"file:// blob stores take no options, got {sorted(options)}")
+        ok, detail, _ = _place(url.split("://", 1)[1] or ".", "directory", directory=True)
+        return Check(part, ok, detail)
+    try:
+        import fsspec
+
+        fs_class = fsspec.get_filesystem_class(protocol)
+    except ImportError as exc:
+        hint = "; install it with: pip install 'openma[s3]'" if protocol in ("s3", "s3a") else ""
+        return Check(part, False, f"the driver of {protocol}:// cannot be imported ({exc}){hint}")
+    except ValueError as exc:
+        return Check(part, False, f"fsspec does not know {protocol}:// ({exc})")
+    driver = f"{fs_class.__module__}.{fs_class.__qualname__}"
+    if protocol not in ("s3", "s3a"):
+        return Check(part, True, f"driver {driver} (not opened: opening creates the store's directories)")
+    try:  # an S3 store opens with a HEAD of its bucket and writes nothing
+        store = await FsspecBlobStore.from_settings(settings)
+    except Exception as exc:
+        return _failure(part, exc)
+    await store.aclose()
+    return Check(part, True, f"driver {driver}; bucket reachable")
+
+
+async def _sandbox(settings: Settings) -> Check:
+    name = settings.sandbox
+    part = f"sandbox {name}"
+    try:
+        factory = registry.sandboxes.check(name)
+        provider = await factory(settings, blobs=None)
+    except Exception as exc:
+        return _failure(part, exc)
+    try:
+        await provider.aclose()
+    except Exception as exc:
+        return _failure(part, exc)
+    if name == "local":
+        ok, detail, _ = _place(settings.local_sandbox_root, "root", directory=True)
+        return Check(part, ok, detail)
+    return Check(part, True, "provider opens (SDK imported, credentials set)")
