@@ -77,14 +77,14 @@ async def test_gc_dry_run_counts_what_a_real_pass_removes(tmp_path: Path) -> Non
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.startswith("dry run (nothing is removed): gc of what is older than 0s")
     line = "events 7, inbox 1, streams 1, sessions 0, blobs 1"
-    assert f"{tenant_id}: would remove {line}, kv not counted" in dry.stdout
+    assert f"{tenant_id}: would remove {line}, expired blobs 0, kv not counted" in dry.stdout
     assert f"total (1 tenant(s)): would remove {line}" in dry.stdout
     async with Platform.open(Settings.from_env(env)) as oma:  # nothing went
         assert len(await oma.tenant(tenant_id).sessions.events(session_id, after=0)) == 7
     real = cli("gc", "--older-than", "0s", cwd=tmp_path, env=env)
     assert real.returncode == 0, real.stderr
-    assert f"{tenant_id}: removed {line}, kv 0" in real.stdout
-    assert f"total (1 tenant(s)): removed {line}, kv 0" in real.stdout
+    assert f"{tenant_id}: removed {line}, expired blobs 0, kv 0" in real.stdout
+    assert f"total (1 tenant(s)): removed {line}, expired blobs 0, kv 0" in real.stdout
     again = cli("gc", "--older-than", "0s", "--dry-run", cwd=tmp_path, env=env)
     assert "would remove events 0, inbox 0, streams 0, sessions 0, blobs 0" in again.stdout
 

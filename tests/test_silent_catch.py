@@ -50,7 +50,8 @@ async def test_a_blob_that_cannot_be_dropped_is_reported(store_backend: SqlStore
     telemetry = MemoryTelemetry()
     store_backend.telemetry = telemetry
     tenant = await store_backend.tenants.create(name="t")
-    blobs = UndeletableBlobs((await FsspecBlobStore.open(f"file://{tmp_path}/blobs")).for_tenant(tenant.id))
+    root = await FsspecBlobStore.open(f"file://{tmp_path}/blobs")
+    blobs = UndeletableBlobs(root.for_tenant(tenant.id, internal=True))
     store = store_backend.sessions(TenantRef(tenant.id), blobs=blobs, settings=Settings(event_spill_bytes=100))  # type: ignore[arg-type]
     session = await store.create(agent_id=AGENT, environment_id=ENVIRONMENT, agent_snapshot={}, environment_snapshot={})
     # A stale fence refuses the append after its big event was spilled: the spilled blob must go again.
