@@ -146,6 +146,10 @@ class Platform:
         settings = settings or Settings()
         names = sorted({settings.backend_for(store) for store in STORE_NAMES})
         backends: dict[str, StoreBackend] = {}
+        from openma.adapters.fsspec_blobs import FsspecBlobStore
+
+        # blob_url is checked before any database file is created, its root made after the backends open.
+        blobs = await FsspecBlobStore.from_settings(settings, setup=False)
         try:
             for name in names:
                 factory = registry.store_backends.load(name)
@@ -153,13 +157,12 @@ class Platform:
                 backends[name] = backend
                 if settings.auto_migrate:
                     await backend.migrate()
-            from openma.adapters.fsspec_blobs import FsspecBlobStore
-
-            blobs = await FsspecBlobStore.from_settings(settings)
+            await blobs.setup()
         except BaseException:
             with anyio.CancelScope(shield=True):
                 for backend in backends.values():
                     await backend.aclose()
+                await blobs.aclose()
             raise
         return cls(settings, backends, blobs, telemetry=telemetry)
 

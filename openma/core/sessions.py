@@ -18,7 +18,9 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
+from openma.core import validate
 from openma.core.actor import SessionActor, acquire_actor
+from openma.core.ids import check_id
 from openma.core.orchestrator import SandboxOrchestrator
 from openma.core.pagination import Order
 from openma.core.tail import EventTail
@@ -203,6 +205,8 @@ class Sessions:
         if it does not let go. If the previous holder died mid-turn, recovery runs before the block starts
         (``actor.recovery`` says what it did).
         """
+        check_id(session_id, "ses", what="session_id")
+        wait = validate.seconds(wait, "wait")
         if self._lease_lock is None:
             raise ConfigError("this sessions store has no lease lock; actors need a backend that provides one")
         return acquire_actor(
