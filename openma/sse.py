@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Final, Protocol
 
+from openma.core import validate
 from openma.core.jsonutil import dumps
 from openma.core.tail import EventTail
 from openma.errors import InvalidInput, ResyncRequired
@@ -91,7 +92,7 @@ def parse_position(value: object, what: str = "Last-Event-ID") -> int | None:
             return None
     else:
         raise InvalidInput(f"{what} must be an event seq", field=what)
-    if not text.isdigit() or len(text) > MAX_SEQ_DIGITS:
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_SEQ_DIGITS:  # "²".isdigit(), int("²") fails
         raise InvalidInput(f"{what} must be an event seq (a non-negative integer), got {text[:32]!r}", field=what)
     return int(text)
 
@@ -125,6 +126,9 @@ def session_events(
 ) -> AsyncIterator[bytes]:
     """The SSE body for one session: resume after ``Last-Event-ID`` if the client sent one, else after
     ``after`` (a query parameter, say), else from the start. Bad positions are ``InvalidInput`` at once."""
+    heartbeat = validate.seconds(heartbeat, "heartbeat")
+    if retry_ms is not None:
+        retry_ms = validate.integer(retry_ms, "retry_ms")
     resume = parse_position(last_event_id)
     if resume is None:
         resume = parse_position(after, "after")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from openma import ConfigError, InvalidInput, OpenmaError, Platform, Settings
+from openma import ConfigError, InvalidInput, OpenmaError, Platform, Settings, sse
 from openma.adapters.fsspec_blobs import FsspecBlobStore
 from openma.adapters.sqlite import SqliteClient
 
@@ -384,3 +384,16 @@ async def test_bad_sqlite_paths_are_config_errors_and_create_nothing(tmp_path: P
             pass
     assert _names(tmp_path) == ["notes.txt"]
     assert text.read_text() == "not a database\n" * 20
+
+
+@pytest.mark.parametrize("position", ["²", "١٢", "1e3", " -1", LONE, "\x00", 1.5, True, b"1", "9" * 30])
+def test_sse_positions_are_invalid_input(position: object) -> None:
+    with pytest.raises(InvalidInput):
+        sse.parse_position(position)
+
+
+async def test_sse_arguments_are_checked_at_the_call(oma: Platform) -> None:
+    t, _, _, session, _ = await _fixtures(oma)
+    for kwargs in ({"heartbeat": "15"}, {"heartbeat": math.nan}, {"retry_ms": "1000"}, {"retry_ms": True}):
+        with pytest.raises(InvalidInput):
+            sse.session_events(t.sessions, session.id, **kwargs)

@@ -8,6 +8,7 @@ portal thread, and every example reuses it), a bounded number of examples per en
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, timedelta
 from pathlib import Path
@@ -24,8 +25,9 @@ from openma.models import Agent, Environment, Session, Tenant
 
 T = TypeVar("T")
 
+#: Examples per entry point and engine (raise it with OPENMA_PROPERTY_EXAMPLES for a longer hunt).
 EXAMPLES = settings(
-    max_examples=120,
+    max_examples=int(os.environ.get("OPENMA_PROPERTY_EXAMPLES", "100")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     database=None,
@@ -118,6 +120,10 @@ class Harness:
         self.agent: Agent = self.run(lambda: self.t.agents.create(name="a", model="m"))
         self.env: Environment = self.run(lambda: self.t.environments.create(name="e"))
         self.session: Session = self.run(
+            lambda: self.t.sessions.create(agent_id=self.agent.id, environment_id=self.env.id)
+        )
+        #: A session for calls that change its status.
+        self.scratch: Session = self.run(
             lambda: self.t.sessions.create(agent_id=self.agent.id, environment_id=self.env.id)
         )
 
@@ -405,7 +411,7 @@ def test_session_streams(
         assert got.status == "open"
 
 
-@settings(EXAMPLES, max_examples=40)
+@settings(EXAMPLES, max_examples=max(10, EXAMPLES.max_examples // 3))
 @given(wait=st.one_of(st.sampled_from([0, 0.0, 0.01]), anything, huge_ints))
 def test_session_actor(h: Harness, wait: Any) -> None:
     async def hold() -> None:
@@ -413,6 +419,71 @@ def test_session_actor(h: Harness, wait: Any) -> None:
             assert actor.session_id == h.session.id
 
     h.attempt(hold)
+
+
+WELL_FORMED = [f"{p}_{'0' * 26}" for p in ("tnt", "agt", "env", "ses", "stm", "evt")]
+ids = st.one_of(any_text, wrong_types, st.sampled_from([*WELL_FORMED, "evt-1", "AGT_x"]))
+statuses = st.one_of(st.sampled_from(["idle", "running", "rescheduling", "terminated"]), any_text, wrong_types)
+
+
+@EXAMPLES
+@given(
+    op=st.sampled_from(
+        [
+            "tenant",
+            "tenants.get",
+            "tenants.archive",
+            "agents.get",
+            "agents.archive",
+            "agents.delete",
+            "agents.versions",
+            "agents.get_version",
+            "environments.get",
+            "environments.archive",
+            "environments.delete",
+            "sessions.get",
+            "sessions.archive",
+            "sessions.delete",
+            "sessions.create",
+            "get_event",
+            "get_stream",
+            "cancel",
+            "promote",
+            "set_status",
+            "prune_streams",
+            "gc",
+        ]
+    ),
+    ident=ids,
+    other=st.one_of(anything, huge_ints, datetimes, st.lists(statuses, max_size=2)),
+)
+def test_calls_by_id(h: Harness, op: str, ident: Any, other: Any) -> None:
+    t, s, sid = h.t, h.t.sessions, h.session.id
+    calls: dict[str, Callable[[], Awaitable[Any]]] = {
+        "tenant": lambda: h.oma.tenant(ident).agents.list(),
+        "tenants.get": lambda: h.oma.tenants.get(ident),
+        "tenants.archive": lambda: h.oma.tenants.archive(ident),
+        "agents.get": lambda: t.agents.get(ident),
+        "agents.archive": lambda: t.agents.archive(ident),
+        "agents.delete": lambda: t.agents.delete(ident),
+        "agents.versions": lambda: t.agents.versions(ident),
+        "agents.get_version": lambda: t.agents.get_version(h.agent.id, other),
+        "environments.get": lambda: t.environments.get(ident),
+        "environments.archive": lambda: t.environments.archive(ident),
+        "environments.delete": lambda: t.environments.delete(ident),
+        "sessions.get": lambda: s.get(ident),
+        "sessions.archive": lambda: s.archive(ident),
+        "sessions.delete": lambda: s.delete(ident),
+        "sessions.create": lambda: s.create(agent_id=ident, environment_id=h.env.id),
+        "get_event": lambda: s.get_event(sid, ident),
+        "get_stream": lambda: s.get_stream(sid, ident),
+        "cancel": lambda: s.cancel(sid, [ident]),
+        "promote": lambda: s.promote(sid, [ident]),
+        "set_status": lambda: s.set_status(h.scratch.id, ident, from_statuses=other),
+        "prune_streams": lambda: s.prune_streams(sid, older_than=other),
+        "gc": lambda: s.gc(other, batch_size=ident),
+    }
+    h.attempt(calls[op])
 
 
 # -- KV and blobs
@@ -446,7 +517,7 @@ def test_kv(h: Harness, op: str, key: Any, value: Any, ttl: Any, limit: Any, cur
 
 @EXAMPLES
 @given(
-    op=st.sampled_from(["put", "get_range", "list", "head", "delete"]),
+    op=st.sampled_from(["put", "put_if", "get_range", "open_read", "list", "head", "delete", "expire"]),
     key=st.one_of(st.sampled_from(["k", "a/b.txt"]), any_text, wrong_types),
     data=st.one_of(st.binary(max_size=8), any_text, wrong_types),
     metadata=st.one_of(st.none(), st.dictionaries(any_text, any_text, max_size=2), wrong_types),
@@ -461,6 +532,9 @@ def test_blobs(
     blobs = h.t.blobs
     calls: dict[str, Callable[[], Awaitable[Any]]] = {
         "put": lambda: blobs.put(key, data, content_type=content_type, metadata=metadata),
+        "put_if": lambda: blobs.put("k", b"x", if_match=content_type, ttl=offset),
+        "open_read": lambda: _read_all(blobs, key, offset, limit),
+        "expire": lambda: blobs.expire(key, offset),
         "get_range": lambda: blobs.get_range(key, offset, None),
         "list": lambda: blobs.list(key, cursor=cursor, limit=limit),
         "head": lambda: blobs.head(key),
@@ -471,8 +545,13 @@ def test_blobs(
     if op == "put" and got is not None:
         assert h.run(lambda: blobs.get(key)) == data
         assert h.run(lambda: blobs.head(key)).metadata == (metadata or {})
-    elif got is None and op == "put":
+    elif got is None and op in ("put", "put_if", "expire"):
         assert h.run(lambda: blobs.list(limit=1000)).items == listed.items
+
+
+async def _read_all(blobs: Any, key: Any, offset: Any, chunk_size: Any) -> bytes:
+    async with blobs.open_read(key, offset=offset, chunk_size=chunk_size) as reader:
+        return bytes(await reader.read())
 
 
 def test_the_harness_sees_writes(h: Harness) -> None:

@@ -61,8 +61,14 @@ def _length(value: object) -> int | None:
 
 
 def _etag(value: object) -> str:
-    if not isinstance(value, str) or not value or len(value) > 256 or check._CONTROL.search(value):
-        raise InvalidInput("if_match must be an etag string", field="if_match")
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > 256
+        or not value.isascii()
+        or check._CONTROL.search(value)
+    ):
+        raise InvalidInput("if_match must be an etag string (printable ASCII)", field="if_match")
     return value.strip('"')
 
 

@@ -161,7 +161,8 @@ class RetentionMixin(StreamsMixin):
     async def gc(self, cutoff: datetime, *, batch_size: int = DEFAULT_BATCH) -> GcReport:
         """Tenant-wide retention pass (see the port's docstring); every step runs in bounded batches."""
         cut = validate.time_bound(cutoff, "cutoff")
-        assert cut is not None
+        if cut is None:
+            raise InvalidInput("cutoff must be a timezone-aware datetime, not None", field="cutoff")
         batch_size = _batch_arg(batch_size)
         events = inbox = streams = sessions = blobs = 0
         # 1. Finish deletes that a crash interrupted.
