@@ -486,6 +486,24 @@ def test_calls_by_id(h: Harness, op: str, ident: Any, other: Any) -> None:
     h.attempt(calls[op])
 
 
+@EXAMPLES
+@given(
+    op=st.sampled_from(["append", "promote", "set_status", "open_stream", "events"]),
+    a=st.one_of(statuses, events_lists, limits),
+    b=st.one_of(st.none(), any_text, json_objects, limits),
+)
+def test_actor_methods(h: Harness, op: str, a: Any, b: Any) -> None:
+    with h.portal.wrap_async_context_manager(h.t.sessions.actor(h.scratch.id, wait=5)) as actor:
+        calls: dict[str, Callable[[], Awaitable[Any]]] = {
+            "append": lambda: actor.append(a),
+            "promote": lambda: actor.promote(limit=a),
+            "set_status": lambda: actor.set_status(a, stop_reason=b),
+            "open_stream": lambda: actor.open_stream(message_id=b, kind=a),
+            "events": lambda: actor.events(after=a, limit=b, types=None),
+        }
+        h.attempt(calls[op])
+
+
 # -- KV and blobs
 
 

@@ -203,7 +203,8 @@ class Sessions:
 
         Waits up to ``wait`` seconds for the current holder (``0``: fail at once) and raises ``SessionBusy``
         if it does not let go. If the previous holder died mid-turn, recovery runs before the block starts
-        (``actor.recovery`` says what it did).
+        (``actor.recovery`` says what it did). ``wait`` is a finite number of seconds from 0 to a year:
+        ``"1"``, ``True`` and NaN are ``InvalidInput``, raised here, before the ``async with``.
         """
         check_id(session_id, "ses", what="session_id")
         wait = validate.seconds(wait, "wait")
