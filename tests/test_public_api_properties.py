@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from openma import OpenmaError, Platform, Settings
+from openma import InvalidInput, OpenmaError, Platform, Settings
 from openma.core.pagination import Keyset, encode_cursor, scope_of
 from openma.models import Agent, Environment, Session, Tenant
 
@@ -312,6 +312,30 @@ def test_entity_lists(
     if page is not None:
         assert isinstance(limit, int) and not isinstance(limit, bool) and len(page.items) <= limit
         assert which == "versions" or isinstance(include_archived, bool)
+
+
+@EXAMPLES
+@given(
+    which=st.sampled_from(["tenants", "agents", "versions", "environments", "sessions", "events", "kv", "blobs"]),
+    garbage=st.one_of(st.text(max_size=60), st.text(st.characters(exclude_categories=()), max_size=20), cursors),
+)
+def test_garbage_cursors_are_invalid_input_on_every_list(h: Harness, which: str, garbage: Any) -> None:
+    """Whatever a client sends as a cursor, every list answers InvalidInput (never a crash, never page one)."""
+    if garbage is None:
+        return
+    t = h.t
+    calls: dict[str, Callable[[], Awaitable[Any]]] = {
+        "tenants": lambda: h.oma.tenants.list(cursor=garbage),
+        "agents": lambda: t.agents.list(cursor=garbage),
+        "versions": lambda: t.agents.versions(h.agent.id, cursor=garbage),
+        "environments": lambda: t.environments.list(cursor=garbage),
+        "sessions": lambda: t.sessions.list(cursor=garbage),
+        "events": lambda: t.sessions.events(h.session.id, cursor=garbage),
+        "kv": lambda: t.kv.list(cursor=garbage),
+        "blobs": lambda: t.blobs.list(cursor=garbage),
+    }
+    with pytest.raises(InvalidInput):
+        h.run(calls[which])
 
 
 # -- sessions: events, inbox, streams, retention, the actor
