@@ -164,11 +164,6 @@ def seconds(value: object, what: str, *, maximum: float = 365 * 24 * 3600.0) -> 
     return number
 
 
-def optional_text(value: object, what: str, *, max_len: int = MAX_NAME) -> str | None:
-    """``None`` or a text filter (see :func:`text`)."""
-    return None if value is None else text(value, what, max_len=max_len, min_len=1)
-
-
 def like_pattern(q: object, what: str = "q") -> str:
     """A case-insensitive substring pattern for ``LIKE ? ESCAPE '\\'`` over a casefolded column."""
     needle = text(q, what, max_len=MAX_NAME, min_len=1).casefold()
