@@ -204,6 +204,10 @@ class Platform:
             raise ConfigError(f"settings must be an openma.Settings, got {type(given).__name__}{hint}")
         names = sorted({settings.backend_for(store) for store in STORE_NAMES})
         backends: dict[str, StoreBackend] = {}
+        from openma.adapters.fsspec_blobs import FsspecBlobStore
+
+        # blob_url is checked before any database file is created, its root made after the backends open.
+        blobs = await FsspecBlobStore.from_settings(settings, setup=False)
         try:
             for name in names:
                 factory = registry.store_backends.load(name)
@@ -211,9 +215,7 @@ class Platform:
                 backends[name] = backend
                 if settings.auto_migrate:
                     await backend.migrate()
-            from openma.adapters.fsspec_blobs import FsspecBlobStore
-
-            blobs = await FsspecBlobStore.from_settings(settings)
+            await blobs.setup()
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 for backend in backends.values():
@@ -221,6 +223,10 @@ class Platform:
                         await backend.aclose()
                     except Exception as close_exc:  # the open error matters more; keep closing the others
                         exc.add_note(f"also failed to close backend {backend.name!r}: {close_exc!r}")
+                try:
+                    await blobs.aclose()
+                except Exception as close_exc:
+                    exc.add_note(f"also failed to close the blob store: {close_exc!r}")
             raise
         return cls(settings, backends, blobs, telemetry=telemetry)
 

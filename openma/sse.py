@@ -49,6 +49,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Final, Protocol
 
+from openma.core import validate
 from openma.core.jsonutil import MAX_JSON_DEPTH, dumps
 from openma.core.tail import EventTail, StopSignal
 from openma.errors import InvalidInput, ResyncRequired
@@ -115,7 +116,7 @@ def parse_position(value: object, what: str = "Last-Event-ID") -> int | None:
             return None
     else:
         raise InvalidInput(f"{what} must be an event seq", field=what)
-    if not text.isdigit() or len(text) > MAX_SEQ_DIGITS:
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_SEQ_DIGITS:  # "²".isdigit(), int("²") fails
         raise InvalidInput(f"{what} must be an event seq (a non-negative integer), got {text[:32]!r}", field=what)
     return int(text)
 
@@ -167,6 +168,9 @@ async def session_events(
     is ``InvalidInput``, a missing session ``NotFound`` (a position below retention is not an error: the
     stream reports it with a ``resync`` frame). The body ends cleanly once ``stop`` is set.
     """
+    heartbeat = validate.seconds(heartbeat, "heartbeat")
+    if retry_ms is not None:
+        retry_ms = validate.integer(retry_ms, "retry_ms")
     resume = parse_position(last_event_id)
     if resume is None:
         resume = parse_position(after, "after")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -45,18 +48,41 @@ def test_check_id_refuses(bad: object) -> None:
         check_id(bad, "agt")
 
 
-@given(created=st.integers(min_value=0, max_value=2**62), ident=st.text(max_size=40), kind=st.text(max_size=10))
+_IDS = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=40)
+
+
+@given(created=st.integers(min_value=0, max_value=2**62), ident=_IDS, kind=st.text(max_size=10))
 def test_cursor_round_trip(created: int, ident: str, kind: str) -> None:
     scope = scope_of("agents", kind)
     assert decode_cursor(encode_cursor(scope, Keyset(created, ident)), scope) == Keyset(created, ident)
 
 
-@given(garbage=st.text(max_size=80))
+def _b64(payload: object) -> str:
+    raw = json.dumps(payload).encode("utf-8", "surrogatepass")
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+_SCOPE = scope_of("agents")
+#: Well-formed cursors whose key was edited: what the database must never see.
+_TAMPERED = st.one_of(
+    st.builds(
+        lambda t, i: _b64({"v": 1, "s": _SCOPE, "t": t, "i": i}),
+        st.one_of(st.integers(max_value=-1), st.integers(min_value=2**62 + 1), st.booleans(), st.floats(), st.text()),
+        st.text(),
+    ),
+    st.builds(
+        lambda t, i: _b64({"v": 1, "s": _SCOPE, "t": t, "i": i}),
+        st.integers(0, 10),
+        st.one_of(st.just(""), st.sampled_from(["\x00", "a\x00", "\ud800", "x" * 300]), st.integers(), st.none()),
+    ),
+    st.builds(lambda v: _b64({"v": v, "s": _SCOPE, "t": 1, "i": "x"}), st.one_of(st.just(True), st.integers(2))),
+)
+
+
+@given(garbage=st.one_of(st.text(max_size=80), st.text(st.characters(exclude_categories=()), max_size=20), _TAMPERED))
 def test_garbage_cursors_are_invalid_input_never_a_crash(garbage: str) -> None:
-    try:
-        decode_cursor(garbage, scope_of("agents"))
-    except InvalidInput:
-        pass
+    with pytest.raises(InvalidInput):
+        decode_cursor(garbage, _SCOPE)
 
 
 def test_cursor_scope_mismatch() -> None:

@@ -175,6 +175,25 @@ class _Conn:
             self.conn = None
 
 
+def _check_path(path: object) -> Path:
+    """``sqlite_path`` as a :class:`Path`, or :class:`ConfigError` before anything touches the filesystem."""
+    if not isinstance(path, str | Path):
+        raise ConfigError(f"sqlite_path must be a file path, got {type(path).__name__}")
+    text = str(path)
+    if not text.strip():
+        raise ConfigError("sqlite_path must not be empty")
+    if "\x00" in text:
+        raise ConfigError(f"sqlite_path {text!r} contains a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"sqlite_path {text!r} is not valid Unicode (it holds a lone surrogate)") from None
+    target = Path(text)
+    if text != ":memory:" and target.is_dir():
+        raise ConfigError(f"sqlite_path {text!r} is a directory; name a database file in it")
+    return target
+
+
 def _storage_error(exc: sqlite3.Error, path: str) -> StorageUnavailable:
     return StorageUnavailable(f"SQLite database {path!r} is unavailable: {exc}", engine="sqlite")
 
@@ -225,8 +244,12 @@ class SqliteClient:
     async def open(
         cls, path: str, *, busy_timeout_ms: int = 5000, lock_timeout: float = 30.0, readers: int = 4
     ) -> SqliteClient:
-        """Open (creating the file and its directory if needed) and configure every connection."""
-        target = Path(path)
+        """Open (creating the file and its directory if needed) and configure every connection.
+
+        A path that cannot name a database file (not a string, empty, NUL, a lone surrogate, a directory) or
+        a file that is not a SQLite database is :class:`ConfigError` naming ``sqlite_path``; nothing is created.
+        """
+        target = _check_path(path)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -237,6 +260,9 @@ class SqliteClient:
             await client._call(client._writer, client._writer.open, client.path, busy_timeout_ms, deadline, writer=True)
             for reader in client._readers:
                 await client._call(reader, reader.open, client.path, busy_timeout_ms, deadline, writer=False)
+        except sqlite3.DatabaseError as exc:  # "file is not a database", a corrupt header
+            await client.aclose()
+            raise ConfigError(f"sqlite_path {path!r} is not a usable SQLite database: {exc}") from None
         except BaseException:
             await client.aclose()
             raise

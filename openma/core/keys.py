@@ -258,11 +258,15 @@ def decode_key_cursor(cursor: object, scope: str) -> str:
     if (
         not isinstance(data, dict)
         or data.get("v") != _CURSOR_VERSION
+        or isinstance(data.get("v"), bool)
         or not isinstance(data.get("s"), str)
         or not isinstance(data.get("k"), str)
     ):
         raise InvalidInput("cursor is malformed", field="cursor")
     if data["s"] != scope:
         raise InvalidInput("cursor belongs to another list (a different prefix, store or tenant)", field="cursor")
-    key: str = data["k"]
+    try:
+        key: str = kv_key(data["k"], "cursor")  # a tampered key (NUL, surrogate, oversized) never reaches a query
+    except InvalidInput:
+        raise InvalidInput("cursor is malformed", field="cursor") from None
     return key

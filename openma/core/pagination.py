@@ -2,7 +2,12 @@
 
 A cursor encodes the last row's key plus a *scope*: which list produced it (its kind, tenant, filters and
 order). Handing a cursor to another list, another tenant or another filter is :class:`InvalidInput`, never
-a silent restart from page one; so is anything that does not decode.
+a silent restart from page one; so is anything that does not decode or was tampered with: a key outside
+``0 <= created_at < 2**62``, a ``bool`` for a number, an id that is empty, too long, or holds NUL or a lone
+surrogate. No edited cursor reaches the database.
+
+``limit`` is between 1 and :data:`MAX_LIMIT` (500) on every entity list; the event log reads up to 1000 and
+blob and KV lists up to 1000.
 """
 
 from __future__ import annotations
@@ -19,7 +24,11 @@ import attrs
 from openma.errors import InvalidInput
 
 DEFAULT_LIMIT: Final = 50
+#: The largest ``limit`` an entity list (tenants, agents, agent versions, environments, sessions) takes.
 MAX_LIMIT: Final = 500
+#: Largest value of a cursor's first key (a time in ms, a version or a seq); every engine stores it in 64 bits.
+MAX_KEY: Final = 2**62
+MAX_CURSOR_ID: Final = 256
 _VERSION: Final = 1
 
 Order = Literal["asc", "desc"]
@@ -71,14 +80,29 @@ def decode_cursor(cursor: object, scope: str) -> Keyset:
     if (
         not isinstance(data, dict)
         or data.get("v") != _VERSION
-        or not isinstance(data.get("t"), int)
-        or not isinstance(data.get("i"), str)
+        or isinstance(data.get("v"), bool)
+        or not _key_number(data.get("t"))
+        or not _key_id(data.get("i"))
         or not isinstance(data.get("s"), str)
     ):
         raise InvalidInput("cursor is malformed", field="cursor")
     if data["s"] != scope:
         raise InvalidInput("cursor belongs to another list (a different kind, tenant, filter or order)", field="cursor")
     return Keyset(data["t"], data["i"])
+
+
+def _key_number(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_KEY
+
+
+def _key_id(value: object) -> bool:
+    if not isinstance(value, str) or not value or len(value) > MAX_CURSOR_ID or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def keyset_clause(order: Order, column_created: str = "created_at", column_id: str = "id") -> str:

@@ -18,7 +18,9 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
+from openma.core import validate
 from openma.core.actor import SessionActor, acquire_actor
+from openma.core.ids import check_id
 from openma.core.orchestrator import SandboxOrchestrator
 from openma.core.pagination import Order
 from openma.core.tail import EventTail
@@ -201,8 +203,11 @@ class Sessions:
 
         Waits up to ``wait`` seconds for the current holder (``0``: fail at once) and raises ``SessionBusy``
         if it does not let go. If the previous holder died mid-turn, recovery runs before the block starts
-        (``actor.recovery`` says what it did).
+        (``actor.recovery`` says what it did). ``wait`` is a finite number of seconds from 0 to a year:
+        ``"1"``, ``True`` and NaN are ``InvalidInput``, raised here, before the ``async with``.
         """
+        check_id(session_id, "ses", what="session_id")
+        wait = validate.seconds(wait, "wait")
         if self._lease_lock is None:
             raise ConfigError("this sessions store has no lease lock; actors need a backend that provides one")
         return acquire_actor(

@@ -42,7 +42,7 @@ from openma.core import keys as check
 from openma.core.clock import Clock, SystemClock
 from openma.core.ids import check_id
 from openma.core.pagination import check_limit, scope_of
-from openma.errors import ConfigError, InvalidInput, NotFound
+from openma.errors import ConfigError, InvalidInput, NotFound, OpenmaError
 from openma.models import Page
 from openma.ports.blobs import DEFAULT_CHUNK_SIZE, DEFAULT_CONTENT_TYPE, TTL, BlobData, BlobInfo
 from openma.settings import Settings
@@ -52,11 +52,13 @@ MAX_CHUNK_SIZE: Final = 64 << 20
 TENANT_ROOT: Final = check.TENANT_ROOT
 #: ``root``: the whole store; ``tenant``: a tenant's own keys; ``internal``: a tenant's keys and its ``.openma/``.
 Scope: TypeAlias = Literal["root", "tenant", "internal"]
+#: Largest offset or length a read takes (any real object is smaller; larger values overflow the OS calls).
+MAX_OFFSET: Final = 2**62
 
 
 def _offset(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput(f"{what} must be a non-negative integer", field=what)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_OFFSET:
+        raise InvalidInput(f"{what} must be an integer between 0 and {MAX_OFFSET}", field=what)
     return value
 
 
@@ -65,8 +67,14 @@ def _length(value: object) -> int | None:
 
 
 def _etag(value: object) -> str:
-    if not isinstance(value, str) or not value or len(value) > 256 or check._CONTROL.search(value):
-        raise InvalidInput("if_match must be an etag string", field="if_match")
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > 256
+        or not value.isascii()
+        or check._CONTROL.search(value)
+    ):
+        raise InvalidInput("if_match must be an etag string (printable ASCII)", field="if_match")
     return value.strip('"')
 
 
@@ -134,15 +142,40 @@ class FsspecBlobStore:
         clock: Clock | None = None,
         **engine_options: Any,
     ) -> FsspecBlobStore:
-        """Open the store at ``url`` and check that it is usable (the root can be made, the bucket exists)."""
+        """Open the store at ``url`` and check that it is usable (the root can be made, the bucket exists).
+
+        A URL that cannot work (not a string, NUL or other control characters, a lone surrogate, an unknown or
+        read-only filesystem, a server that refuses the connection) is :class:`ConfigError` naming
+        ``blob_url``; an outage the store reports itself stays :class:`StorageUnavailable`.
+        """
         store = cls(_engine(url, dict(storage_options or {}), engine_options), clock=clock)
-        await store._engine.setup()
+        await store.setup()
         return store
 
+    async def setup(self) -> None:
+        """Make the store's root and bookkeeping directories (``open`` does it; idempotent)."""
+        try:
+            await self._engine.setup()
+        except OpenmaError:
+            await self._engine.aclose()
+            raise
+        except Exception as exc:
+            await self._engine.aclose()
+            url = self._engine.identity
+            raise ConfigError(f"blob_url {url!r} cannot be opened: {type(exc).__name__}: {exc}") from None
+
     @classmethod
-    async def from_settings(cls, settings: Settings, *, clock: Clock | None = None) -> FsspecBlobStore:
-        """Open ``settings.blob_url`` with the S3 settings and ``blob_options`` as storage options."""
-        return await cls.open(settings.blob_url, storage_options=storage_options(settings), clock=clock)
+    async def from_settings(
+        cls, settings: Settings, *, clock: Clock | None = None, setup: bool = True
+    ) -> FsspecBlobStore:
+        """Open ``settings.blob_url`` with the S3 settings and ``blob_options`` as storage options.
+
+        With ``setup=False`` the URL is only checked (nothing is created); call :meth:`setup` before use.
+        """
+        options = storage_options(settings)
+        if setup:
+            return await cls.open(settings.blob_url, storage_options=options, clock=clock)
+        return cls(_engine(settings.blob_url, dict(options), {}), clock=clock)
 
     def for_tenant(
         self,
@@ -326,9 +359,20 @@ def storage_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def _engine(url: str, options: dict[str, Any], engine_options: dict[str, Any]) -> Engine:
+def _check_url(url: object) -> str:
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(f"blob_url must be an fsspec URL such as file://./.openma/blobs, got {url!r}")
+    if check._CONTROL.search(url):
+        raise ConfigError(f"blob_url {url!r} contains a control character (NUL, newline, ...)")
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"blob_url {url!r} is not valid Unicode (it holds a lone surrogate)") from None
+    return url
+
+
+def _engine(url: str, options: dict[str, Any], engine_options: dict[str, Any]) -> Engine:
+    url = _check_url(url)
     protocol = url.split("://", 1)[0].lower()
     if protocol in ("file", "local"):
         try:
@@ -356,8 +400,8 @@ def _engine(url: str, options: dict[str, Any], engine_options: dict[str, Any]) -
         fs, root = fsspec.core.url_to_fs(url, **options)
     except ImportError as exc:
         raise ConfigError(f"blob_url {url!r} needs a filesystem that is not installed: {exc}") from exc
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"blob_url {url!r} cannot be opened: {exc}") from exc
+    except Exception as exc:  # a bad path (zip://, tar://), missing arguments, a refused connection (ftp://)
+        raise ConfigError(f"blob_url {url!r} cannot be opened: {type(exc).__name__}: {exc}") from exc
     if protocol in ("s3", "s3a"):
         from openma.adapters.fsspec_blobs.s3 import S3Engine
 

@@ -213,6 +213,7 @@ class SqlAgentStore:
         created_after: datetime | None = None,
         created_before: datetime | None = None,
     ) -> Page[Agent]:
+        include_archived = validate.flag(include_archived, "include_archived")
         where: list[str] = ["tenant_id = ?"]
         params: list[Any] = [self.tenant_id]
         if not include_archived:
@@ -298,10 +299,8 @@ class SqlAgentStore:
         cannot lose twice: no concurrent field change is reverted and versions stay consecutive.
         """
         check_id(agent_id, "agt", what="agent_id")
-        if expected_version is not None and (
-            isinstance(expected_version, bool) or not isinstance(expected_version, int) or expected_version < 1
-        ):
-            raise InvalidInput("expected_version must be a positive integer", field="expected_version")
+        if expected_version is not None:
+            expected_version = validate.integer(expected_version, "expected_version", minimum=1)
         checked: dict[str, Any] = {}
         for field, value in changes.items():
             if field != "metadata":
@@ -349,8 +348,7 @@ class SqlAgentStore:
 
     async def get_version(self, agent_id: str, version: int) -> AgentVersion:
         check_id(agent_id, "agt", what="agent_id")
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise InvalidInput("version must be a positive integer", field="version")
+        version = validate.integer(version, "version", minimum=1)
         row = await self._db.fetch_one(
             "SELECT * FROM agent_versions WHERE tenant_id = ? AND agent_id = ? AND version = ?",
             (self.tenant_id, agent_id, version),

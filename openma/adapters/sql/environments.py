@@ -108,6 +108,7 @@ class SqlEnvironmentStore:
         created_after: datetime | None = None,
         created_before: datetime | None = None,
     ) -> Page[Environment]:
+        include_archived = validate.flag(include_archived, "include_archived")
         where: list[str] = ["tenant_id = ?"]
         params: list[Any] = [self.tenant_id]
         if not include_archived:

@@ -63,6 +63,7 @@ class SqlTenantStore:
         order: Order = "desc",
         include_archived: bool = False,
     ) -> Page[Tenant]:
+        include_archived = validate.flag(include_archived, "include_archived")
         where = ["1 = 1"] if include_archived else ["archived_at IS NULL"]
         return await list_page(
             self._db,

@@ -62,8 +62,8 @@ class _Item:
 def _check_fence(fence: object) -> int | None:
     if fence is None:
         return None
-    if isinstance(fence, bool) or not isinstance(fence, int) or fence < 0:
-        raise InvalidInput("fence must be a lease epoch (an integer >= 0) or None", field="fence")
+    if isinstance(fence, bool) or not isinstance(fence, int) or not 0 <= fence <= _ALL:
+        raise InvalidInput(f"fence must be a lease epoch (an integer between 0 and {_ALL}) or None", field="fence")
     return fence
 
 

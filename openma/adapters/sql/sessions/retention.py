@@ -178,7 +178,8 @@ class RetentionMixin(StreamsMixin):
         counts spilled events and cancelled inbox payloads, not the listing of a deleted session's prefix).
         """
         cut = validate.time_bound(cutoff, "cutoff")
-        assert cut is not None
+        if cut is None:
+            raise InvalidInput("cutoff must be a timezone-aware datetime, not None", field="cutoff")
         batch_size = _batch_arg(batch_size)
         if not isinstance(dry_run, bool):
             raise InvalidInput("dry_run must be True or False", field="dry_run")

@@ -111,6 +111,7 @@ class SessionRowsMixin(RetentionMixin):
         created_after: datetime | None = None,
         created_before: datetime | None = None,
     ) -> Page[Session]:
+        include_archived = validate.flag(include_archived, "include_archived")
         where: list[str] = ["tenant_id = ?", "deleted_at IS NULL"]
         params: list[Any] = [self.tenant_id]
         if not include_archived:
