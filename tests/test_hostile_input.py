@@ -141,13 +141,15 @@ async def test_lone_surrogates_are_invalid_input_everywhere(oma: Platform) -> No
 
 
 async def test_nul_is_refused_in_text_and_kept_inside_json_on_every_engine(oma: Platform) -> None:
-    """One rule on both engines: NUL never in a plain text column, escaped (and read back equal) in JSON."""
+    """One rule on both engines: NUL never in a plain text column nor in metadata (merged in SQL), escaped
+    (and read back equal) in JSON documents."""
     t, agent, env, session, stream = await _fixtures(oma)
     await _refused(
         oma,
         {
             "tenants.create name": lambda: oma.tenants.create(name="a\x00b"),
             "metadata key": lambda: oma.tenants.create(name="x", metadata={"k\x00": 1}),
+            "metadata value": lambda: t.environments.create(name="x", metadata={"k": ["\x00"]}),
             "agents.list q": lambda: t.agents.list(q="\x00"),
             "sessions.create title": lambda: t.sessions.create(agent_id=agent.id, environment_id=env.id, title="\x00"),
             "open_stream kind": lambda: t.sessions.open_stream(session.id, kind="a\x00"),
@@ -158,9 +160,7 @@ async def test_nul_is_refused_in_text_and_kept_inside_json_on_every_engine(oma: 
         },
     )
     nul = {"k": "a\x00b", "nested": [{"v": "\x00"}]}
-    tenant = await oma.tenants.create(name="n", metadata=nul)
-    assert (await oma.tenants.get(tenant.id)).metadata == nul
-    made = await t.environments.create(name="n", config=nul, metadata=nul)
+    made = await t.environments.create(name="n", config=nul)
     assert (await t.environments.get(made.id)).config == nul
     [event] = await t.sessions.append(session.id, [{"type": "x", **nul}])
     [read] = (await t.sessions.events(session.id, after=event.seq - 1, limit=1)).items
@@ -396,4 +396,4 @@ async def test_sse_arguments_are_checked_at_the_call(oma: Platform) -> None:
     t, _, _, session, _ = await _fixtures(oma)
     for kwargs in ({"heartbeat": "15"}, {"heartbeat": math.nan}, {"retry_ms": "1000"}, {"retry_ms": True}):
         with pytest.raises(InvalidInput):
-            sse.session_events(t.sessions, session.id, **kwargs)
+            await sse.session_events(t.sessions, session.id, **kwargs)

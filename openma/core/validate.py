@@ -6,8 +6,10 @@ keys, metadata keys and values at any depth, tools, config, event payloads, stre
 * it must be encodable as UTF-8: a lone surrogate (``"\\ud800"``) is :class:`InvalidInput` naming the
   field, on every engine (no driver or codec error ever escapes);
 * a plain text column (a name, a title, a key, a search term) must not contain NUL: Postgres ``text`` cannot
-  hold it, so no engine accepts it. Inside a JSON document (metadata, config, event payloads) a NUL is
-  stored escaped (``\\u0000``), so it is accepted on every engine and reads back equal.
+  hold it, so no engine accepts it. Inside a JSON document (config, tools, event payloads) a NUL is
+  stored escaped (``\\u0000``), so it is accepted on every engine and reads back equal. Metadata is the
+  exception: patches are merged inside the database, where Postgres cannot unescape a NUL, so metadata
+  refuses it anywhere (keys and values) on every engine.
 
 Scalar arguments are checked strictly: ``bool`` is not an integer, ``"no"`` is not a flag. Sizes are bounded
 so one bad call cannot bloat a row.
