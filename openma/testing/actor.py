@@ -402,7 +402,7 @@ class ActorContract(_StoreContractBase):
         assert texts == [("first 1", first_epoch), ("second 1", first_epoch + 1), ("third 1", first_epoch + 2)]
         assert not any("first 2" in str(e) or e.get("type") == "session.status_running" for e in log)
 
-    @requires("multi_process", "concurrent_writers")
+    @requires("multi_process")
     async def test_two_processes_taking_turns_never_interleave(
         self, actor_env: ActorEnv, store_backend_factory: BackendFactory
     ) -> None:
