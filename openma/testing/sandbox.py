@@ -195,7 +195,8 @@ class SandboxContract:
         started = time.monotonic()
         # One grandchild in the background, one double-forked away from the shell; both record their pids.
         result = await sandbox.exec(
-            "sh -c 'echo $$ > gc1.pid; exec sleep 60' & (sh -c 'echo $$ > gc2.pid; exec sleep 60' &); sleep 60",
+            "sh -c 'echo $$ > gc1.pid; exec sleep 60' & (sh -c 'echo $$ > gc2.pid; exec sleep 60' &); "
+            "while [ ! -s gc1.pid ] || [ ! -s gc2.pid ]; do sleep 0.01; done; sleep 60",
             timeout=1,
         )
         assert result.timed_out
