@@ -144,6 +144,15 @@ def _alive(pid: int) -> bool:
     return raw[raw.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
 
 
+async def _gone(pid: int, deadline: float = 10) -> None:
+    """Wait until ``pid`` has stopped (dead or a zombie); fail after ``deadline`` seconds."""
+
+    async def stopped() -> bool:
+        return not _alive(pid)
+
+    await _until(stopped, deadline, f"process {pid} to be stopped")
+
+
 needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
 
 
@@ -270,24 +279,29 @@ class TestLocalOnly:
         assert not result.oom_killed
         await sb.destroy()
 
+    @needs_proc
     async def test_timeout_kills_grandchildren_that_ignore_sigterm(self, tmp_path: Path) -> None:
         sb = await make_provider(tmp_path, kill_grace=0.3).create(spec())
-        result = await sb.exec("(trap '' TERM; sleep 1.5; echo late > late.txt) & trap '' TERM; sleep 60", timeout=0.5)
+        result = await sb.exec(
+            "sh -c 'trap \"\" TERM; echo $$ > gc.pid; exec sleep 60' & trap '' TERM; "
+            "while [ ! -s gc.pid ]; do sleep 0.01; done; sleep 60",
+            timeout=0.5,
+        )
         assert result.timed_out
         assert result.exit_code == 137
-        await anyio.sleep(2)
-        assert not await sb.exists("late.txt")
+        await _gone(int(await sb.read_file("gc.pid")))
         await sb.destroy()
 
     @needs_proc
     @pytest.mark.skipif(shutil.which("setsid") is None, reason="needs setsid(1)")
     async def test_timeout_finds_processes_that_left_the_session(self, sandbox: LocalSandbox) -> None:
         result = await sandbox.exec(
-            "setsid sh -c 'sleep 1.5; echo late > escaped.txt' >/dev/null 2>&1 & sleep 60", timeout=0.5
+            "setsid sh -c 'echo $$ > escaped.pid; exec sleep 60' >/dev/null 2>&1 & "
+            "while [ ! -s escaped.pid ]; do sleep 0.01; done; sleep 60",
+            timeout=0.5,
         )
         assert result.timed_out
-        await anyio.sleep(2)
-        assert not await sandbox.exists("escaped.txt")
+        await _gone(int(await sandbox.read_file("escaped.pid")))
 
     @needs_proc
     async def test_detached_leftovers_live_until_destroy(self, sandbox: LocalSandbox) -> None:
