@@ -1,4 +1,5 @@
-"""The fsspec blob store through the conformance kit on file://, memory:// and S3 (moto on loopback)."""
+"""The fsspec blob store through the conformance kit on file://, memory:// and S3 (moto on loopback), on
+asyncio and on trio (file and memory hop to threads; S3 crosses to the adapter's own asyncio loop)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,13 @@ from tests.fixtures.s3 import S3Endpoint
 MIB = 1 << 20
 
 
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 class TestFileBlobs(BlobStoreContract):
-    capabilities = {"concurrent_writers", "multi_process"}
+    capabilities = {"concurrent_writers", "multi_process", "trio"}
 
     @pytest.fixture
     async def blob_store(self, tmp_path: Path) -> AsyncIterator[FsspecBlobStore]:
@@ -26,7 +32,7 @@ class TestFileBlobs(BlobStoreContract):
 
 
 class TestMemoryBlobs(BlobStoreContract):
-    capabilities = {"concurrent_writers"}
+    capabilities = {"concurrent_writers", "trio"}
 
     @pytest.fixture
     async def blob_store(self) -> AsyncIterator[FsspecBlobStore]:
@@ -40,7 +46,7 @@ class TestMemoryBlobs(BlobStoreContract):
 
 
 class TestS3Blobs(BlobStoreContract):
-    capabilities = {"concurrent_writers", "multi_process", "nested_keys"}
+    capabilities = {"concurrent_writers", "multi_process", "nested_keys", "trio"}
 
     @pytest.fixture
     async def blob_store(self, s3_endpoint: S3Endpoint, s3_blob_url: str) -> AsyncIterator[FsspecBlobStore]:

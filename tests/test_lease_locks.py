@@ -25,13 +25,16 @@ async def test_flock_is_exclusive_within_a_process(tmp_path: Path) -> None:
         await locks.acquire("tnt_a/ses_1", wait=0)
     other = await locks.acquire("tnt_a/ses_2", wait=0)  # another key is independent
     got: list[object] = []
+    calling = anyio.Event()
 
     async def waiter() -> None:
+        calling.set()
         got.append(await locks.acquire("tnt_a/ses_1", wait=5))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(waiter)
-        await anyio.sleep(0.05)
+        await calling.wait()
+        await anyio.wait_all_tasks_blocked()  # the waiter's only await left is acquire: it is blocked in there
         assert got == []
         await first.release()
     assert len(got) == 1

@@ -11,6 +11,7 @@ import attrs
 import pytest
 
 import openma
+import openma.errors
 from openma import ConfigError, Conflict, InvalidInput, NotFound, Platform, Settings, registry
 
 pytestmark = pytest.mark.anyio
@@ -114,45 +115,120 @@ async def test_missing_extra_is_a_config_error_with_an_install_hint(settings: Se
         registry.store_backends.unregister("broken")
 
 
+#: The public API, exactly (DESIGN section 2): a name added or removed must be a deliberate change here.
+PUBLIC_NAMES = [
+    "Agent",
+    "AgentVersion",
+    "BlobInfo",
+    "BlobReader",
+    "BlobStore",
+    "ConfigError",
+    "Conflict",
+    "Environment",
+    "Event",
+    "EventTail",
+    "ExecResult",
+    "FileInfo",
+    "GcReport",
+    "InboxItem",
+    "InvalidInput",
+    "KVEntry",
+    "KVStore",
+    "LeaseLost",
+    "NotFound",
+    "OpenmaError",
+    "Page",
+    "Platform",
+    "ProcessInfo",
+    "ResyncRequired",
+    "Sandbox",
+    "SandboxError",
+    "SandboxGone",
+    "SandboxProvider",
+    "SandboxRateLimited",
+    "SandboxSpec",
+    "SandboxTimeout",
+    "Session",
+    "SessionActor",
+    "SessionBusy",
+    "Sessions",
+    "Settings",
+    "SnapshotRef",
+    "SpillIntegrityError",
+    "StorageUnavailable",
+    "Stream",
+    "Telemetry",
+    "Tenant",
+    "TenantScope",
+    "VersionConflict",
+    "__version__",
+]
+
+#: Every error's wire code. Codes never change once released; a new error gets a new, distinct code here.
+ERROR_CODES = {
+    "OpenmaError": "openma_error",
+    "NotFound": "not_found",
+    "Conflict": "conflict",
+    "VersionConflict": "version_conflict",
+    "ResyncRequired": "resync_required",
+    "InvalidInput": "invalid_input",
+    "ConfigError": "config_error",
+    "StorageUnavailable": "storage_unavailable",
+    "LeaseLost": "lease_lost",
+    "SessionBusy": "session_busy",
+    "SandboxError": "sandbox_error",
+    "SandboxTimeout": "sandbox_timeout",
+    "SandboxRateLimited": "sandbox_rate_limited",
+    "SandboxGone": "sandbox_gone",
+    "SpillIntegrityError": "spill_integrity",
+}
+
+#: The HTTP status each error suggests to a host that speaks HTTP.
+HTTP_STATUSES = {
+    "OpenmaError": 500,
+    "NotFound": 404,
+    "Conflict": 409,
+    "VersionConflict": 409,
+    "ResyncRequired": 410,
+    "InvalidInput": 400,
+    "ConfigError": 500,
+    "StorageUnavailable": 503,
+    "LeaseLost": 409,
+    "SessionBusy": 409,
+    "SandboxError": 502,
+    "SandboxTimeout": 504,
+    "SandboxRateLimited": 429,
+    "SandboxGone": 410,
+    "SpillIntegrityError": 500,
+}
+
+
 def test_public_names_are_exported_and_documented() -> None:
-    assert sorted(openma.__all__) == sorted(set(openma.__all__))
-    for name in openma.__all__:
-        assert hasattr(openma, name), name
+    assert openma.__all__ == PUBLIC_NAMES  # sorted, no duplicates, nothing missing, nothing extra
     public = {n for n in dir(openma) if not n.startswith("_") and n[0].isupper()}
-    assert public <= set(openma.__all__), public - set(openma.__all__)
-    for name in [
-        "Platform",
-        "Settings",
-        "OpenmaError",
-        "NotFound",
-        "Conflict",
-        "InvalidInput",
-        "ConfigError",
-        "LeaseLost",
-        "SessionBusy",
-        "SandboxError",
-        "SandboxTimeout",
-        "Page",
-        "Tenant",
-        "Agent",
-        "AgentVersion",
-        "Environment",
-    ]:
-        assert name in openma.__all__
+    assert public == set(PUBLIC_NAMES) - {"__version__"}  # no public name leaks in without being exported
+    assert isinstance(openma.__version__, str) and openma.__version__
+    for name in PUBLIC_NAMES[:-1]:
+        obj = getattr(openma, name)
+        assert obj.__module__.startswith("openma."), name
+        doc = obj.__dict__.get("__doc__") if isinstance(obj, type) else obj.__doc__  # not an inherited one
+        assert (doc or "").strip(), f"{name} has no docstring of its own"
 
 
 def test_error_codes_are_stable_and_distinct() -> None:
-    errors = [
-        getattr(openma, n)
-        for n in openma.__all__
-        if isinstance(getattr(openma, n), type) and issubclass(getattr(openma, n), openma.OpenmaError)
-    ]
-    codes = [e.code for e in errors]
-    assert len(codes) == len(set(codes))
-    assert openma.NotFound.code == "not_found" and openma.InvalidInput.code == "invalid_input"
-    assert openma.SandboxTimeout("x").code == "sandbox_timeout" and isinstance(
-        openma.SandboxTimeout("x"), openma.SandboxError
-    )
+    declared = {
+        name: cls
+        for name, cls in vars(openma.errors).items()
+        if isinstance(cls, type) and issubclass(cls, openma.OpenmaError)
+    }
+    assert {name: cls.code for name, cls in declared.items()} == ERROR_CODES
+    assert len(set(ERROR_CODES.values())) == len(ERROR_CODES)
+    for name in ERROR_CODES:
+        assert getattr(openma, name) is declared[name], f"{name} is not exported"
+    assert {name: cls.http_status for name, cls in declared.items()} == HTTP_STATUSES
+    assert issubclass(openma.VersionConflict, openma.Conflict) and issubclass(openma.ResyncRequired, openma.Conflict)
+    for sandbox_error in (openma.SandboxTimeout, openma.SandboxRateLimited, openma.SandboxGone):
+        assert issubclass(sandbox_error, openma.SandboxError)
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

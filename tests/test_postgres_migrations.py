@@ -119,7 +119,16 @@ async def test_migrate_waits_for_the_advisory_lock(pg_server: PgServer, pg_empty
                 done.append(await migrate(client))
 
             tg.start_soon(run)
-            await anyio.sleep(0.5)
+            waiting = (
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+                " WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = %s"
+            )
+            for _ in range(3000):  # until the migrator is queued on the advisory lock, inside migrate()
+                if await anyio.to_thread.run_sync(pg_server.execute, waiting, (dbname,)) == [(1,)]:
+                    break
+                await anyio.sleep(0.01)
+            else:
+                raise AssertionError("migrate() never queued on the advisory lock")
             assert done == []
             assert pg_server.execute("SELECT to_regclass('openma_migrations') IS NULL", dbname=dbname) == [(True,)]
             holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))

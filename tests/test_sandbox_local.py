@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import shutil
+import stat
 import sys
 import tarfile
 import time
@@ -101,6 +102,7 @@ class TestLocalSandboxContract(SandboxContract):
             "resource_limits",
             "oom_detection",
             "path_confinement",
+            "trio",
         }
     )
     output_limit = OUTPUT
@@ -140,6 +142,15 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return raw[raw.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
+
+
+async def _gone(pid: int, deadline: float = 10) -> None:
+    """Wait until ``pid`` has stopped (dead or a zombie); fail after ``deadline`` seconds."""
+
+    async def stopped() -> bool:
+        return not _alive(pid)
+
+    await _until(stopped, deadline, f"process {pid} to be stopped")
 
 
 needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
@@ -268,24 +279,29 @@ class TestLocalOnly:
         assert not result.oom_killed
         await sb.destroy()
 
+    @needs_proc
     async def test_timeout_kills_grandchildren_that_ignore_sigterm(self, tmp_path: Path) -> None:
         sb = await make_provider(tmp_path, kill_grace=0.3).create(spec())
-        result = await sb.exec("(trap '' TERM; sleep 1.5; echo late > late.txt) & trap '' TERM; sleep 60", timeout=0.5)
+        result = await sb.exec(
+            "sh -c 'trap \"\" TERM; echo $$ > gc.pid; exec sleep 60' & trap '' TERM; "
+            "while [ ! -s gc.pid ]; do sleep 0.01; done; sleep 60",
+            timeout=0.5,
+        )
         assert result.timed_out
         assert result.exit_code == 137
-        await anyio.sleep(2)
-        assert not await sb.exists("late.txt")
+        await _gone(int(await sb.read_file("gc.pid")))
         await sb.destroy()
 
     @needs_proc
     @pytest.mark.skipif(shutil.which("setsid") is None, reason="needs setsid(1)")
     async def test_timeout_finds_processes_that_left_the_session(self, sandbox: LocalSandbox) -> None:
         result = await sandbox.exec(
-            "setsid sh -c 'sleep 1.5; echo late > escaped.txt' >/dev/null 2>&1 & sleep 60", timeout=0.5
+            "setsid sh -c 'echo $$ > escaped.pid; exec sleep 60' >/dev/null 2>&1 & "
+            "while [ ! -s escaped.pid ]; do sleep 0.01; done; sleep 60",
+            timeout=0.5,
         )
         assert result.timed_out
-        await anyio.sleep(2)
-        assert not await sandbox.exists("escaped.txt")
+        await _gone(int(await sandbox.read_file("escaped.pid")))
 
     @needs_proc
     async def test_detached_leftovers_live_until_destroy(self, sandbox: LocalSandbox) -> None:
@@ -532,3 +548,78 @@ def test_mask_secrets() -> None:
     assert mask_secrets("x" * 10 + "hunt", ["hunter2"], cut=True) == "x" * 10 + "***"
     assert mask_secrets("x" * 10 + "hunt", ["hunter2"]) == "x" * 10 + "hunt"
     assert mask_secrets("a.b*c", ["."]) == "a***b*c"
+
+
+@pytest.mark.anyio
+class TestSpecialFiles:
+    """A FIFO, socket, device or directory is refused by the file API at once, on asyncio and trio."""
+
+    @pytest.fixture(params=["asyncio", "trio"])
+    def anyio_backend(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    async def test_a_fifo_is_refused_quickly_and_left_as_it_was(self, sandbox: LocalSandbox) -> None:
+        fifo = os.path.join(sandbox.workspace, "pipe")
+        os.mkfifo(fifo)
+        os.symlink("pipe", os.path.join(sandbox.workspace, "pipe-link"))
+        with anyio.fail_after(10):  # the old code blocked in open() for ever, out of reach of this scope
+            for path in ("pipe", "pipe-link"):
+                with pytest.raises(InvalidInput, match="FIFO") as read_error:
+                    await sandbox.read_file(path)
+                assert read_error.value.details["file_type"] == "a FIFO (named pipe)"
+                with pytest.raises(InvalidInput, match="FIFO"):
+                    await sandbox.write_file(path, b"never written")
+            with pytest.raises(InvalidInput, match="not a directory"):
+                await sandbox.list_files("pipe")
+            listed = {f.path: f for f in await sandbox.list_files(".")}
+            assert not listed["pipe"].is_dir
+            assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+            assert await sandbox.exists("pipe")
+            await sandbox.remove("pipe-link")
+            await sandbox.remove("pipe")
+            assert not await sandbox.exists("pipe")
+
+    async def test_sockets_directories_and_devices_are_refused(self, sandbox: LocalSandbox) -> None:
+        made = await sandbox.exec(
+            f"{PY} -c \"import socket; socket.socket(socket.AF_UNIX).bind('sock')\" && mkdir d && echo x > f"
+        )
+        assert made.exit_code == 0, made
+        assert stat.S_ISSOCK(os.lstat(os.path.join(sandbox.workspace, "sock")).st_mode)
+        os.symlink("/dev/zero", os.path.join(sandbox.workspace, "zero"))
+        cases = {"sock": "socket", "d": "directory"}
+        try:  # a device node inside the workspace (needs CAP_MKNOD); /dev/zero would be read for ever
+            os.mknod(os.path.join(sandbox.workspace, "zero-node"), 0o600 | stat.S_IFCHR, os.makedev(1, 5))
+            cases["zero-node"] = "character device"
+        except PermissionError:
+            pass
+        with anyio.fail_after(10):
+            for path, kind in cases.items():
+                with pytest.raises(InvalidInput, match=kind):
+                    await sandbox.read_file(path)
+                with pytest.raises(InvalidInput, match=kind):
+                    await sandbox.write_file(path, b"never written")
+            with pytest.raises(InvalidInput):  # confinement: the link resolves outside the workspace
+                await sandbox.read_file("zero")
+            with pytest.raises(InvalidInput):
+                await sandbox.write_file("zero", b"x")
+            with pytest.raises(InvalidInput, match="regular file, not a directory"):
+                await sandbox.list_files("f")
+            for path in cases:
+                await sandbox.remove(path, recursive=True)
+                assert not await sandbox.exists(path)
+        assert await sandbox.read_file("f") == b"x\n"
+
+    @needs_proc
+    async def test_a_cancel_scope_ends_a_command_blocked_on_a_fifo(self, sandbox: LocalSandbox) -> None:
+        os.mkfifo(os.path.join(sandbox.workspace, "pipe"))
+        started = time.monotonic()
+        with anyio.move_on_after(1) as scope:
+            await sandbox.exec("sh -c 'echo $$ > reader.pid; exec cat pipe'", timeout=60)
+        assert scope.cancelled_caught
+        assert time.monotonic() - started < 10
+        reader = int(await sandbox.read_file("reader.pid"))
+
+        async def gone() -> bool:
+            return not _alive(reader)
+
+        await _until(gone, 10, "the reader blocked on the FIFO to be stopped")

@@ -22,6 +22,7 @@ from openma.errors import (
     SandboxRateLimited,
 )
 from openma.ports.sandbox import SandboxSpec
+from openma.testing.sandbox import _none_alive, _pid_in, _until
 
 pytestmark = pytest.mark.anyio
 
@@ -68,10 +69,12 @@ async def test_stderr_stays_apart_when_the_command_times_out(box: Any) -> None:
 
 
 async def test_exec_does_not_leave_children_behind(box: Any) -> None:
-    result = await box.exec("(sleep 0.4; echo late > late.txt) & echo done")
+    result = await box.exec(
+        "sh -c 'echo $$ > child.pid; exec sleep 30' & while [ ! -s child.pid ]; do sleep 0.01; done; echo done"
+    )
     assert result.ok and result.stdout == "done\n"
-    await anyio.sleep(0.6)
-    assert not await box.exists("late.txt")
+    child = await _pid_in(box, "child.pid")
+    await _until(lambda: _none_alive(box, [child]), 5, f"child {child} to be stopped with exec")
 
 
 async def test_missing_cwd_for_a_background_process_is_not_found(box: Any) -> None:

@@ -1,19 +1,31 @@
-"""openma's own SQL store family, through the same conformance kit that third parties use."""
+"""openma's own SQL store family, through the same conformance kit that third parties use.
+
+Every test runs on each engine (``store_backend``) and on asyncio and trio (``anyio_backend``); each engine
+declares its capabilities in tests/fixtures/engines.py.
+"""
 
 from __future__ import annotations
 
-from openma.testing import AgentStoreContract, EnvironmentStoreContract, TenantStoreContract
+import pytest
 
-SQL_CAPABILITIES = {"transactions", "concurrent_writers", "unicode_casefold_search", "multi_process"}
+from openma.testing import AgentStoreContract, EnvironmentStoreContract, TenantStoreContract
+from tests.fixtures.engines import ANYIO_BACKENDS
+
+pytestmark = pytest.mark.usefixtures("adapter_capabilities")
+
+
+@pytest.fixture(params=ANYIO_BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 class TestTenants(TenantStoreContract):
-    capabilities = SQL_CAPABILITIES
+    pass
 
 
 class TestAgents(AgentStoreContract):
-    capabilities = SQL_CAPABILITIES
+    pass
 
 
 class TestEnvironments(EnvironmentStoreContract):
-    capabilities = SQL_CAPABILITIES
+    pass

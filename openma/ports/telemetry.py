@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 
 class Telemetry(Protocol):
+    """A sink for operational events: ``emit`` never raises and never blocks the caller on I/O."""
+
     def emit(self, kind: str, **fields: Any) -> None:
         """Record one event of ``kind`` with ``fields``."""
         ...

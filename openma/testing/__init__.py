@@ -5,7 +5,7 @@ adapter's ``capabilities``; tests for undeclared capabilities are skipped with t
 adapters are tested through these same classes.
 """
 
-from openma.testing.actor import ActorContract
+from openma.testing.actor import ActorContract, BackendFactory
 from openma.testing.blobs import BlobStoreContract
 from openma.testing.capabilities import KNOWN as KNOWN_CAPABILITIES
 from openma.testing.capabilities import requires
@@ -17,6 +17,7 @@ from openma.testing.stores import AgentStoreContract, EnvironmentStoreContract, 
 __all__ = [
     "KNOWN_CAPABILITIES",
     "ActorContract",
+    "BackendFactory",
     "KVContract",
     "AgentStoreContract",
     "BlobStoreContract",

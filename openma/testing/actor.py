@@ -1,18 +1,30 @@
 """The contract of the SessionActor (:mod:`openma.core.actor`) over a store backend and its lease lock.
 
 Combine ``ActorContract`` with the ``store_backend`` fixture of the store contracts; the backend must offer
-``sessions(tenant, ...)`` and ``lease_lock()``. Cross-process fights (a holder killed, frozen or cut off)
-are in openma's own fault tests, which need real processes and servers.
+``sessions(tenant, ...)`` and ``lease_lock()``.
+
+An adapter that declares ``multi_process`` also provides ``store_backend_factory``: a
+:class:`BackendFactory` naming an importable ``async def open(argument: str) -> StoreBackend`` that opens
+the *same* storage as ``store_backend`` in another process. The contract then runs two real processes
+(``python -m openma.testing._actor_worker``) against one session: the one that does not hold the lock is
+told ``SessionBusy``, a holder whose lease was taken over is refused every write with ``LeaseLost`` and
+writes nothing, and processes taking turns never interleave (seqs gapless, one epoch per turn). Fights with
+holders killed, frozen or cut off at random are in openma's own fault tests, which need servers it controls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import attrs
 import pytest
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from openma.adapters.telemetry import MemoryTelemetry
 from openma.core.actor import acquire_actor
@@ -28,11 +40,49 @@ AGENT = "agt_01h0000000000000000000000z"
 ENVIRONMENT = "env_01h0000000000000000000000z"
 
 
+@attrs.frozen
+class BackendFactory:
+    """How another process opens the backend under test: ``await <target>(argument)``.
+
+    ``target`` is ``"package.module:function"``, importable in a fresh interpreter (the test's ``sys.path``
+    is passed on as ``PYTHONPATH``); ``argument`` is a string such as a database path or URL.
+    """
+
+    target: str
+    argument: str
+
+
+class _CountingLock:
+    """The backend's lease lock, counting the callers currently inside ``acquire``."""
+
+    def __init__(self, lock: LeaseLock) -> None:
+        self._lock = lock
+        self.inside = 0
+        self._entered = anyio.Event()
+
+    def next_entry(self) -> anyio.Event:
+        """An event set when the next caller enters ``acquire``."""
+        self._entered = anyio.Event()
+        return self._entered
+
+    async def acquire(self, key: str, *, wait: float) -> Any:
+        self.inside += 1
+        self._entered.set()
+        try:
+            return await self._lock.acquire(key, wait=wait)
+        finally:
+            self.inside -= 1
+
+    async def aclose(self) -> None:
+        await self._lock.aclose()
+
+
 @attrs.define
 class ActorEnv:
     store: SessionStore
-    lock: LeaseLock
+    lock: _CountingLock
     telemetry: MemoryTelemetry
+    tenant_id: str = ""
 
     async def session(self) -> Session:
         return await self.store.create(
@@ -46,13 +96,63 @@ class ActorEnv:
         return acquire_actor(self.store, self.lock, session_id, wait=wait, telemetry=self.telemetry, holder=holder)
 
 
+class _Worker:
+    """A worker process of the two-process tests, read line by line."""
+
+    def __init__(self, process: Process) -> None:
+        self.process = process
+        assert process.stdout is not None
+        self._out = BufferedByteReceiveStream(process.stdout)
+
+    async def line(self, timeout: float = 60) -> str:
+        with anyio.fail_after(timeout):
+            try:
+                return (await self._out.receive_until(b"\n", 1 << 16)).decode()
+            except anyio.IncompleteRead:
+                stderr = b""
+                if self.process.stderr is not None:
+                    with anyio.move_on_after(5):
+                        async for chunk in self.process.stderr:
+                            stderr += chunk
+                raise AssertionError(f"the worker ended early: {stderr.decode(errors='replace')[-3000:]}") from None
+
+    async def tell(self) -> None:
+        assert self.process.stdin is not None
+        await self.process.stdin.send(b"go\n")
+
+    async def finish(self, timeout: float = 60) -> None:
+        with anyio.fail_after(timeout):
+            assert await self.process.wait() == 0
+
+
+@asynccontextmanager
+async def _workers(
+    factory: BackendFactory, env: ActorEnv, session_id: str, *commands: list[str]
+) -> AsyncIterator[list[_Worker]]:
+    """Start one worker process per command; whatever happens, none outlives the block."""
+    child_env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    started: list[_Worker] = []
+    try:
+        for command in commands:
+            argv = [sys.executable, "-m", "openma.testing._actor_worker", factory.target, factory.argument]
+            process = await anyio.open_process([*argv, env.tenant_id, session_id, *command], env=child_env)
+            started.append(_Worker(process))
+        yield started
+    finally:
+        with anyio.CancelScope(shield=True):
+            for worker in started:
+                if worker.process.returncode is None:
+                    worker.process.kill()
+                await worker.process.aclose()
+
+
 def _message(text: str, **extra: Any) -> dict[str, Any]:
     return {"type": "user.message", "content": [{"type": "text", "text": text}], **extra}
 
 
 async def _log(env: ActorEnv, session_id: str) -> list[dict[str, Any]]:
     page = await env.store.events(session_id, after=0, limit=1000)
-    return [{"seq": e.seq, **e.data} for e in page]
+    return [{"seq": e.seq, "id": e.id, **e.data} for e in page]
 
 
 @pytest.mark.anyio
@@ -63,7 +163,8 @@ class ActorContract(_StoreContractBase):
     async def actor_env(self, store_backend: StoreBackend) -> ActorEnv:
         tenant = await store_backend.tenants.create(name="actor-tenant")
         store = store_backend.sessions(self.ref(store_backend, tenant.id))
-        return ActorEnv(store, store_backend.lease_lock(), MemoryTelemetry())  # type: ignore[attr-defined]
+        lock = _CountingLock(store_backend.lease_lock())  # type: ignore[attr-defined]
+        return ActorEnv(store, lock, MemoryTelemetry(), tenant.id)
 
     async def test_acquire_append_release(self, actor_env: ActorEnv) -> None:
         s = await actor_env.session()
@@ -99,9 +200,11 @@ class ActorContract(_StoreContractBase):
                 epochs.append(actor.epoch)
 
         async with actor_env.actor(s.id) as holder, anyio.create_task_group() as tg:
+            entered = actor_env.lock.next_entry()
             tg.start_soon(waiter)
-            await anyio.sleep(0.1)
-            assert epochs == []
+            await entered.wait()
+            await anyio.wait_all_tasks_blocked()
+            assert actor_env.lock.inside == 1 and epochs == []  # the waiter is blocked inside the lock's acquire
             await holder.release()
         assert epochs == [holder.epoch + 1]
 
@@ -268,3 +371,65 @@ class ActorContract(_StoreContractBase):
         assert [e["seq"] for e in log] == list(range(1, 9))
         epochs = [e["epoch"] for e in log]
         assert epochs == sorted(epochs) and len(set(epochs)) == 8
+
+    # -- two real processes
+
+    @requires("multi_process")
+    async def test_two_processes_one_holder_and_a_stale_one_refused(
+        self, actor_env: ActorEnv, store_backend_factory: BackendFactory
+    ) -> None:
+        s = await actor_env.session()
+        async with _workers(store_backend_factory, actor_env, s.id, ["hold", "first"]) as [first]:
+            ready = await first.line()
+            assert ready.startswith("ready "), ready
+            first_epoch = int(ready.split()[1])
+            async with _workers(store_backend_factory, actor_env, s.id, ["usurp", "second"]) as [second]:
+                assert await second.line() == "busy"  # the lock is held by the first process
+                took = await second.line()
+                assert took == f"took {first_epoch + 1}", took
+                assert await second.line() == "appended 2"
+                await second.finish()
+            await first.tell()  # the first process, still holding its lock, now writes on a stale lease
+            outcomes = [await first.line() for _ in range(5)]
+            assert outcomes == ["refused"] * 5, outcomes
+            await first.finish()
+        async with actor_env.actor(s.id, wait=30) as third:
+            assert third.epoch == first_epoch + 2
+            await third.append([_message("third 1", epoch=third.epoch)])
+        log = await _log(actor_env, s.id)
+        assert [e["seq"] for e in log] == list(range(1, len(log) + 1))  # gapless
+        texts = [(e["content"][0]["text"], e["epoch"]) for e in log if e["type"] == "user.message"]
+        assert texts == [("first 1", first_epoch), ("second 1", first_epoch + 1), ("third 1", first_epoch + 2)]
+        assert not any("first 2" in str(e) or e.get("type") == "session.status_running" for e in log)
+
+    @requires("multi_process")
+    async def test_two_processes_taking_turns_never_interleave(
+        self, actor_env: ActorEnv, store_backend_factory: BackendFactory
+    ) -> None:
+        s = await actor_env.session()
+        rounds, per_round = 4, 5
+        reported: list[tuple[int, list[str]]] = []
+        commands = [["rounds", name, str(rounds), str(per_round)] for name in ("left", "right")]
+        async with _workers(store_backend_factory, actor_env, s.id, *commands) as workers:
+
+            async def collect(worker: _Worker) -> None:
+                for _ in range(rounds):
+                    line = (await worker.line(timeout=120)).split()
+                    assert line[0] == "round", line
+                    reported.append((int(line[1]), line[2:]))
+                await worker.finish()
+
+            async with anyio.create_task_group() as tg:
+                for worker in workers:
+                    tg.start_soon(collect, worker)
+        log = await _log(actor_env, s.id)
+        assert [e["seq"] for e in log] == list(range(1, 2 * rounds * per_round + 1))  # gapless, nothing lost
+        turns: list[tuple[int, list[str]]] = []
+        for event in log:  # consecutive events of one epoch form one turn
+            if not turns or turns[-1][0] != event["epoch"]:
+                turns.append((event["epoch"], []))
+            turns[-1][1].append(event["id"])
+        assert sorted(turns) == sorted(reported)  # every turn whole, in one piece, as its process reported it
+        assert [epoch for epoch, _ in turns] == sorted({epoch for epoch, _ in turns})  # epochs only go up
+        writers = {e["content"][0]["text"].split()[0] for e in log}
+        assert writers == {"left", "right"}

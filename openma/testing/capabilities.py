@@ -2,6 +2,15 @@
 
 In the spirit of SQLAlchemy's ``Requirements``: an adapter's test class sets ``capabilities`` to the
 names it supports; a contract test marked ``@requires("name")`` is skipped when the name is absent.
+
+A class that runs one contract against several adapters (a parametrized fixture, as openma's own suite does
+for its SQL engines) may instead provide a fixture named ``adapter_capabilities``; when a test requests it
+(for instance through ``pytest.mark.usefixtures("adapter_capabilities")``), its value replaces the class
+attribute for that test.
+
+Every contract runs on whichever anyio backend the ``anyio_backend`` fixture picks. On ``trio`` a test is
+skipped unless the adapter declares ``trio``: run the contracts on both backends by parametrizing
+``anyio_backend`` (``@pytest.fixture(params=["asyncio", "trio"])``), as anyio's pytest plugin documents.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ KNOWN: Final[dict[str, str]] = {
     "unicode_casefold_search": "the q filter matches case-insensitively beyond ASCII",
     "multi_process": "several processes may share the backend's storage",
     "nested_keys": "a blob key and keys below it (such as 'a' and 'a/b') may coexist",
+    "trio": "the adapter runs on trio as well as on asyncio",
     **SANDBOX_CAPABILITIES,
 }
 
@@ -39,10 +49,30 @@ def requires(*names: str) -> Callable[[F], F]:
     return mark
 
 
+def declared_capabilities(instance: Any, request: pytest.FixtureRequest) -> frozenset[str]:
+    """What the adapter under test declares: the ``adapter_capabilities`` fixture, else the class attribute."""
+    if "adapter_capabilities" in request.fixturenames:
+        declared = request.getfixturevalue("adapter_capabilities")
+    else:
+        declared = getattr(instance, "capabilities", ())
+    unknown = sorted(set(declared) - set(KNOWN))
+    if unknown:
+        raise ValueError(f"unknown capabilities declared: {unknown}; known: {sorted(KNOWN)}")
+    return frozenset(declared)
+
+
 def check_requirements(instance: Any, request: pytest.FixtureRequest) -> None:
-    """Called by the contracts' autouse fixture: skip when a required capability is not declared."""
-    fn = getattr(request.function, "_openma_requires", ())
-    declared = set(getattr(instance, "capabilities", ()))
-    missing = [n for n in fn if n not in declared]
+    """Called by the contracts' autouse fixture: skip when a required capability is not declared, or when the
+    test runs on trio and the adapter does not declare ``trio``."""
+    required = list(getattr(request.function, "_openma_requires", ()))
+    if "anyio_backend" in request.fixturenames and _backend_name(request.getfixturevalue("anyio_backend")) == "trio":
+        required.append("trio")
+    declared = declared_capabilities(instance, request)
+    missing = [n for n in required if n not in declared]
     if missing:
         pytest.skip(f"adapter does not declare {', '.join(missing)} ({'; '.join(KNOWN[n] for n in missing)})")
+
+
+def _backend_name(backend: object) -> str:
+    """``anyio_backend`` is a name or a ``(name, options)`` pair."""
+    return str(backend[0] if isinstance(backend, tuple) else backend)

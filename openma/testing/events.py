@@ -651,13 +651,18 @@ class EventLogContract(_StoreContractBase):
         assert await env.store.wait_pending(s.id, timeout=0) == []
         got: list[Any] = []
 
+        calling = anyio.Event()
+
         async def waiter() -> None:
+            calling.set()
             got.extend(await env.store.wait_pending(s.id, timeout=WAIT))
 
         with anyio.fail_after(WAIT):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(waiter)
-                await anyio.sleep(0.01)
+                await calling.wait()
+                await anyio.wait_all_tasks_blocked()  # the waiter is inside wait_pending, with nothing pending
+                assert got == []
                 await env.store.post(s.id, [_msg("wake up", id="w1")])
         assert [i.event_id for i in got] == ["w1"]
 

@@ -17,6 +17,8 @@ and migrated :class:`~openma.ports.backend.StoreBackend` (fresh and empty for ea
             await backend.aclose()
 
 The contracts run on anyio (``pytest.mark.anyio``); the ``anyio_backend`` fixture picks asyncio or trio.
+To run them on both, parametrize it (``@pytest.fixture(params=["asyncio", "trio"])``) and declare ``trio``;
+an adapter that does not declare ``trio`` has its trio runs skipped with the reason.
 """
 
 from __future__ import annotations

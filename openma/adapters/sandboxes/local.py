@@ -7,6 +7,10 @@ hurting the host by accident:
 * **Paths.** The file API is confined to the workspace: ``..``, absolute paths and symlinks resolving
   outside it are :class:`~openma.errors.InvalidInput` (checked with ``realpath``; not race-free against a
   command swapping symlinks at the same moment, which a hostile command has no need for anyway).
+* **Special files.** ``read_file`` and ``write_file`` take regular files only: a FIFO, socket, device or
+  directory is :class:`~openma.errors.InvalidInput` at once (opening a FIFO would block a worker thread that
+  no cancel scope reaches); ``list_files`` lists directories only. They are still listed, tested with
+  ``exists`` and removed like any entry.
 * **Environment.** Commands get an allowlisted environment (``PATH``, ``LANG``, ``LC_*``, ``TZ`` from the
   host, ``HOME`` = the workspace, ``TMPDIR`` = the sandbox's own tmp), never the host's variables:
   ``OPENMA_ROOT_SECRET``, cloud keys and the rest stay out.
@@ -46,6 +50,7 @@ import anyio
 import attrs
 from anyio.abc import ByteReceiveStream, Process
 
+from openma.adapters.sandboxes._localfs import read_regular, require_directory, write_regular
 from openma.core import keys
 from openma.core.ids import new_id
 from openma.core.workspace import SNAPSHOT_TTL, mask_secrets, restore_workspace, snapshot_workspace
@@ -739,12 +744,7 @@ class LocalSandbox:
     async def read_file(self, path: str) -> bytes:
         self._ensure_open()
         real = self._resolve(path)
-
-        def read() -> bytes:
-            with open(real, "rb") as f:
-                return f.read()
-
-        return await self._fs(path, read)
+        return await self._fs(path, lambda: read_regular(real, path))
 
     async def write_file(self, path: str, data: bytes) -> None:
         self._ensure_open()
@@ -754,12 +754,7 @@ class LocalSandbox:
         if real == self._ws:
             raise InvalidInput("cannot write the workspace root", path=path)
 
-        def write() -> None:
-            os.makedirs(os.path.dirname(real), exist_ok=True)
-            with open(real, "wb") as f:
-                f.write(data)
-
-        await self._fs(path, write)
+        await self._fs(path, lambda: write_regular(real, data, path))
 
     async def list_files(self, path: str = ".") -> list[FileInfo]:
         self._ensure_open()
@@ -768,6 +763,7 @@ class LocalSandbox:
 
         def listing() -> list[FileInfo]:
             out = []
+            require_directory(real, path)
             with os.scandir(real) as it:
                 for entry in it:
                     st = entry.stat(follow_symlinks=False)
