@@ -146,6 +146,7 @@ PUBLIC_NAMES = [
     "SandboxGone",
     "SandboxProvider",
     "SandboxRateLimited",
+    "SandboxRestoreFailed",
     "SandboxSpec",
     "SandboxTimeout",
     "Session",
@@ -162,6 +163,7 @@ PUBLIC_NAMES = [
     "TenantScope",
     "VersionConflict",
     "__version__",
+    "sse",
 ]
 
 #: Every error's wire code. Codes never change once released; a new error gets a new, distinct code here.
@@ -180,6 +182,7 @@ ERROR_CODES = {
     "SandboxTimeout": "sandbox_timeout",
     "SandboxRateLimited": "sandbox_rate_limited",
     "SandboxGone": "sandbox_gone",
+    "SandboxRestoreFailed": "sandbox_restore_failed",
     "SpillIntegrityError": "spill_integrity",
 }
 
@@ -199,6 +202,7 @@ HTTP_STATUSES = {
     "SandboxTimeout": 504,
     "SandboxRateLimited": 429,
     "SandboxGone": 410,
+    "SandboxRestoreFailed": 503,
     "SpillIntegrityError": 500,
 }
 
@@ -206,9 +210,10 @@ HTTP_STATUSES = {
 def test_public_names_are_exported_and_documented() -> None:
     assert openma.__all__ == PUBLIC_NAMES  # sorted, no duplicates, nothing missing, nothing extra
     public = {n for n in dir(openma) if not n.startswith("_") and n[0].isupper()}
-    assert public == set(PUBLIC_NAMES) - {"__version__"}  # no public name leaks in without being exported
+    assert public == set(PUBLIC_NAMES) - {"__version__", "sse"}  # no public name leaks in unexported
     assert isinstance(openma.__version__, str) and openma.__version__
-    for name in PUBLIC_NAMES[:-1]:
+    assert openma.sse.__name__ == "openma.sse" and (openma.sse.__doc__ or "").strip()
+    for name in PUBLIC_NAMES[:-2]:
         obj = getattr(openma, name)
         assert obj.__module__.startswith("openma."), name
         doc = obj.__dict__.get("__doc__") if isinstance(obj, type) else obj.__doc__  # not an inherited one
