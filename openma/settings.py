@@ -177,16 +177,6 @@ class _Flat(Generic[T]):
         return value
 
 
-def _part(cls: type[Any]) -> Any:
-    """A part's validator: a part is an instance of its class (``Settings(sqlite=5)`` is a ``ConfigError``)."""
-
-    def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if not isinstance(value, cls):
-            raise ConfigError(f"{attribute.name} must be a {cls.__name__}, got {describe(value)}", field=attribute.name)
-
-    return check
-
-
 _UNSET: Final[Any] = object()
 
 
@@ -250,13 +240,13 @@ class Settings:
         validator=boolean,
         kind="bool",
     )
-    sqlite: SQLiteConfig = attrs.field(factory=SQLiteConfig, validator=_part(SQLiteConfig))
-    postgres: PostgresConfig = attrs.field(factory=PostgresConfig, validator=_part(PostgresConfig))
-    blobs: BlobConfig = attrs.field(factory=BlobConfig, validator=_part(BlobConfig))
-    local_sandbox: LocalSandboxConfig = attrs.field(factory=LocalSandboxConfig, validator=_part(LocalSandboxConfig))
-    e2b: E2BConfig = attrs.field(factory=E2BConfig, validator=_part(E2BConfig))
-    daytona: DaytonaConfig = attrs.field(factory=DaytonaConfig, validator=_part(DaytonaConfig))
-    upkeep: UpkeepConfig = attrs.field(factory=UpkeepConfig, validator=_part(UpkeepConfig))
+    sqlite: SQLiteConfig = attrs.field(factory=SQLiteConfig)
+    postgres: PostgresConfig = attrs.field(factory=PostgresConfig)
+    blobs: BlobConfig = attrs.field(factory=BlobConfig)
+    local_sandbox: LocalSandboxConfig = attrs.field(factory=LocalSandboxConfig)
+    e2b: E2BConfig = attrs.field(factory=E2BConfig)
+    daytona: DaytonaConfig = attrs.field(factory=DaytonaConfig)
+    upkeep: UpkeepConfig = attrs.field(factory=UpkeepConfig)
 
     # -- the flat names (read-only views of the parts' fields; see the module docstring)
     sqlite_path = _Flat[str]("sqlite", "path")
@@ -307,7 +297,7 @@ class Settings:
             flat = {short: fields.pop(name) for name, (p, short) in _FLAT.items() if p == part and name in fields}
             if given is _UNSET:
                 parts[part] = cls(**flat)
-            elif not isinstance(given, cls):
+            elif not isinstance(given, cls):  # a part is an instance of its class
                 raise ConfigError(f"{part} must be a {cls.__name__}, got {describe(given)}", field=part)
             else:
                 parts[part] = attrs.evolve(given, **flat)
