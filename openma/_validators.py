@@ -1,7 +1,9 @@
-"""Validators for :class:`openma.settings.Settings` fields: each raises a ``ConfigError`` naming the field.
+"""Validators for configuration fields: each raises a ``ConfigError`` naming the field (its setting name).
 
 They check the type first (a bool is not an int, an int is not a str, a float is not an int) and then the
 range, and never let another exception out (NaN, infinities and integers too large for a float included).
+A field declared with :func:`openma.config.setting` is named by its setting name (``sqlite_readers``, the
+flat name on ``Settings``), any other field by its attribute name.
 """
 
 from __future__ import annotations
@@ -37,13 +39,17 @@ def _num(value: int | float) -> str:
     return repr(value)
 
 
+def _name(attribute: attrs.Attribute[Any]) -> str:
+    return str(attribute.metadata.get("setting", attribute.name))
+
+
 def integer_in(lo: int, hi: int) -> Validator:
     def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         want = f"an integer from {lo} to {hi}"
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{attribute.name} must be {want}, got {describe(value)}", field=attribute.name)
+            raise ConfigError(f"{_name(attribute)} must be {want}, got {describe(value)}", field=_name(attribute))
         if not lo <= value <= hi:
-            raise ConfigError(f"{attribute.name} must be {want}, got {_num(value)}", field=attribute.name)
+            raise ConfigError(f"{_name(attribute)} must be {want}, got {_num(value)}", field=_name(attribute))
 
     return check
 
@@ -54,20 +60,20 @@ def number_in(lo: float, hi: float, *, above: bool = False) -> Validator:
     def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         want = f"a finite number {'>' if above else '>='} {lo:g} and <= {hi:g}"
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{attribute.name} must be {want}, got {describe(value)}", field=attribute.name)
+            raise ConfigError(f"{_name(attribute)} must be {want}, got {describe(value)}", field=_name(attribute))
         try:
             number = float(value)
         except OverflowError:
             number = math.inf
         if not math.isfinite(number) or number < lo or (above and number == lo) or number > hi:
-            raise ConfigError(f"{attribute.name} must be {want}, got {_num(value)}", field=attribute.name)
+            raise ConfigError(f"{_name(attribute)} must be {want}, got {_num(value)}", field=_name(attribute))
 
     return check
 
 
 def boolean(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, bool):
-        raise ConfigError(f"{attribute.name} must be True or False, got {describe(value)}", field=attribute.name)
+        raise ConfigError(f"{_name(attribute)} must be True or False, got {describe(value)}", field=_name(attribute))
 
 
 def string(*, optional: bool = False, blank: bool = False) -> Validator:
@@ -78,11 +84,11 @@ def string(*, optional: bool = False, blank: bool = False) -> Validator:
             return
         if not isinstance(value, str):
             want = "a string or None" if optional else "a string"
-            raise ConfigError(f"{attribute.name} must be {want}, got {describe(value)}", field=attribute.name)
+            raise ConfigError(f"{_name(attribute)} must be {want}, got {describe(value)}", field=_name(attribute))
         if _CONTROL.search(value):
-            raise ConfigError(f"{attribute.name} must not contain control characters", field=attribute.name)
+            raise ConfigError(f"{_name(attribute)} must not contain control characters", field=_name(attribute))
         if not blank and not optional and not value.strip():
-            raise ConfigError(f"{attribute.name} must not be empty", field=attribute.name)
+            raise ConfigError(f"{_name(attribute)} must not be empty", field=_name(attribute))
 
     return check
 

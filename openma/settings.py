@@ -1,4 +1,4 @@
-"""Every knob of openma, in one frozen ``attrs`` class, validated once at construction.
+"""Every knob of openma: one frozen ``attrs`` class composing one configuration per part, validated once.
 
 ``Settings()`` is the embedded default (SQLite and files under ``./.openma``, the local sandbox).
 ``Settings.from_env()`` reads the environment variables listed in ``docs/configuration.md``;
@@ -6,6 +6,12 @@
 :class:`~openma.errors.ConfigError` that names the variable (or field) and what is valid; nothing is silently
 replaced by a default, and no other exception escapes ``Settings(...)``: every field is checked for its type
 (a bool is not an int, an int is not a str, a float is not an int) and its range (no NaN, no infinity).
+
+Each part has its own class in :mod:`openma.config` (``settings.sqlite``, ``settings.postgres``,
+``settings.blobs``, ``settings.local_sandbox``, ``settings.e2b``, ``settings.daytona``, ``settings.upkeep``);
+every field of a part also has its flat name, read and written the same way as ever:
+``Settings(sqlite_path="x.db").sqlite_path == settings.sqlite.path``, ``attrs.evolve(s, pg_pool_max_size=3)``.
+The variables ``from_env`` reads come from the fields' metadata (:func:`openma.config.setting`).
 """
 
 from __future__ import annotations
@@ -13,46 +19,36 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar, overload
 from urllib.parse import quote, unquote, urlsplit
 
 import attrs
 
 from openma import registry
-from openma._validators import boolean, describe, integer_in, load_json, number_in, string
+from openma._validators import boolean, describe, integer_in, load_json, string
+from openma.config import (
+    LOCAL_SANDBOX_PASS_ENV,
+    PARTS,
+    PG_SCHEME,
+    BlobConfig,
+    DaytonaConfig,
+    E2BConfig,
+    LocalSandboxConfig,
+    PostgresConfig,
+    SQLiteConfig,
+    UpkeepConfig,
+    setting,
+)
+from openma.config._field import MAX_SECONDS, default_of
 from openma.core.events import MAX_EVENT_BYTES
 from openma.errors import ConfigError
+
+__all__ = ["DEFAULT_KEY", "LOCAL_SANDBOX_PASS_ENV", "MAX_SECONDS", "STORE_NAMES", "Settings", "redact_secrets"]
 
 #: The stores whose backend can be chosen one by one in ``STORE_BACKENDS`` (each new store adds its name).
 STORE_NAMES: Final = ("tenants", "agents", "environments", "sessions", "kv")
 DEFAULT_KEY: Final = "default"
-
-#: Longest duration setting, in seconds (one day): a longer timeout or poll interval is a typo.
-MAX_SECONDS: Final = 86_400.0
-_INT32: Final = 2**31 - 1
-#: Largest byte count (rlimits and sizes must fit a signed 64-bit integer, with room to double).
-_MAX_BYTES: Final = 2**62
-_PG_SCHEME: Final = re.compile(r"^postgres(?:ql)?(?:\+(?:psycopg|psycopg2|psycopg2cffi|asyncpg|pg8000))?://", re.I)
-
-
-def _normalize_pg_url(value: Any) -> Any:
-    """``postgresql+psycopg://`` and the other SQLAlchemy spellings → ``postgresql://`` (what libpq reads)."""
-    if isinstance(value, str):
-        match = _PG_SCHEME.match(value)
-        if match:
-            return "postgresql://" + value[match.end() :]
-    return value
-
-
-def _pg_url(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    string(optional=True)(_, attribute, value)
-    if value is not None and not value.startswith("postgresql://"):
-        scheme = value.split("://", 1)[0] + "://" if "://" in value else "a value without a scheme"
-        raise ConfigError(
-            f"postgres_url must start with postgresql:// or postgres:// (postgresql+psycopg:// and "
-            f"postgresql+asyncpg:// are accepted too), got {scheme}",
-            field=attribute.name,
-        )
+T = TypeVar("T")
 
 
 def _parse_store_backends(value: object) -> dict[str, str]:
@@ -101,40 +97,6 @@ def _parse_store_backends(value: object) -> dict[str, str]:
         out[key] = backend
     out.setdefault(DEFAULT_KEY, "cf")
     return out
-
-
-def _parse_blob_options(value: object) -> dict[str, Any]:
-    if isinstance(value, str):
-        value = load_json(value, "blob_options")
-    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
-        raise ConfigError("blob_options must be a JSON object (string keys)", field="blob_options")
-    return dict(value)
-
-
-#: Host variables a local sandbox passes to its commands by default.
-LOCAL_SANDBOX_PASS_ENV: Final = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
-
-
-def _parse_pass_env(value: object) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = value.split(",")
-    if not isinstance(value, list | tuple):
-        raise ConfigError("local_sandbox_pass_env must be a list of variable names", field="local_sandbox_pass_env")
-    out = []
-    for name in value:
-        name = name.strip() if isinstance(name, str) else name
-        if name == "":
-            continue
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise ConfigError(
-                f"local_sandbox_pass_env has an invalid variable name {name!r}", field="local_sandbox_pass_env"
-            )
-        if name == "OPENMA_ROOT_SECRET":
-            raise ConfigError(
-                "OPENMA_ROOT_SECRET can never be passed to sandboxed commands", field="local_sandbox_pass_env"
-            )
-        out.append(name)
-    return tuple(out)
 
 
 #: Connection parameters whose values are secrets (or say where one is kept), in a URL query or a DSN.
@@ -198,115 +160,155 @@ def _mask_url(url: str | None) -> str | None:
     return redact_secrets(url, url)
 
 
-@attrs.frozen(repr=False)
+class _Flat(Generic[T]):
+    """The flat name of a part's field: ``settings.sqlite_path`` reads ``settings.sqlite.path``."""
+
+    def __init__(self, part: str, field: str) -> None:
+        self.part, self.field = part, field
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any] | None = None) -> _Flat[T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type[Any] | None = None) -> T: ...
+    def __get__(self, obj: object, owner: type[Any] | None = None) -> T | _Flat[T]:
+        if obj is None:
+            return self
+        value: T = getattr(getattr(obj, self.part), self.field)
+        return value
+
+
+_UNSET: Final[Any] = object()
+
+
+@attrs.frozen(repr=False, init=False)
 class Settings:
     """Configuration of a :class:`~openma.Platform`. Immutable; use :func:`attrs.evolve` to vary it.
 
-    Every field is validated by ``Settings(...)`` (and so by ``attrs.evolve``): a value of the wrong type or
-    out of range is a :class:`~openma.errors.ConfigError` whose ``details["field"]`` names the field.
+    ``Settings(**fields)`` takes the fields below, the parts (``sqlite=SQLiteConfig(...)``) and the flat name
+    of any part's field (``sqlite_path=...``, which wins over the same field of a part given alongside).
+    Every field is validated (and so by ``attrs.evolve``): a value of the wrong type or out of range is a
+    :class:`~openma.errors.ConfigError` whose ``details["field"]`` names the field by its flat name.
     """
 
-    #: SQLite database file of the "cf" backend (``:memory:`` is refused: the engine needs several connections).
-    sqlite_path: str = attrs.field(default="./.openma/openma.db", validator=string())
-    #: Postgres URL of the "pg" backend (``postgresql://user:pass@host:port/db``; the SQLAlchemy spellings
-    #: ``postgresql+psycopg://`` and ``postgresql+asyncpg://`` are read as ``postgresql://``).
-    postgres_url: str | None = attrs.field(default=None, converter=_normalize_pg_url, validator=_pg_url)
-    #: Which backend holds which store; ``default`` covers the stores not named.
-    store_backends: dict[str, str] = attrs.field(factory=lambda: {DEFAULT_KEY: "cf"}, converter=_parse_store_backends)
-    #: fsspec URL of the blob store (``file://``, ``memory://``, ``s3://bucket/prefix``).
-    blob_url: str = attrs.field(default="file://./.openma/blobs", validator=string())
-    #: Root secret that vault keys are derived from; never printed.
-    root_secret: str | None = attrs.field(default=None, repr=False, validator=string(optional=True))
-    per_tenant_db_enabled: bool = attrs.field(default=False, validator=boolean)
-    #: Sandbox provider name: ``local``, ``e2b``, ``daytona`` or a registered name.
-    sandbox: str = attrs.field(default="local", validator=string())
-    #: Events whose JSON is larger than this many bytes are spilled to the blob store (at most the event
-    #: size cap, :data:`openma.core.events.MAX_EVENT_BYTES`).
-    event_spill_bytes: int = attrs.field(default=500_000, validator=integer_in(1, MAX_EVENT_BYTES))
-    #: Apply pending migrations when a platform opens.
-    auto_migrate: bool = attrs.field(default=True, validator=boolean)
+    store_backends: dict[str, str] = setting(  # noqa: RUF009 (an attrs field: setting() returns attrs.field)
+        "store_backends",
+        "STORE_BACKENDS",
+        "JSON object: store name → backend name. `default` covers the stores not named.",
+        factory=lambda: {DEFAULT_KEY: "cf"},
+        converter=_parse_store_backends,
+        kind="raw",
+        shown='`{"default":"cf"}`',
+    )
+    sandbox: str = setting(
+        "sandbox",
+        "OPENMA_SANDBOX",
+        "Sandbox provider: `local`, `e2b`, `daytona`, or a name registered under `openma.sandboxes`.",
+        default="local",
+        validator=string(),
+    )
+    event_spill_bytes: int = setting(
+        "event_spill_bytes",
+        "OPENMA_EVENT_SPILL_BYTES",
+        "Events whose JSON is larger than this many bytes go to the blob store; 1 to 67108864 (the event size "
+        "cap, `openma.core.events.MAX_EVENT_BYTES`).",
+        default=500_000,
+        validator=integer_in(1, MAX_EVENT_BYTES),
+        kind="int",
+    )
+    auto_migrate: bool = setting(
+        "auto_migrate",
+        "OPENMA_AUTO_MIGRATE",
+        "Apply pending migrations when a platform opens. Turn off to migrate from a deploy step "
+        "(`python -m openma migrate`).",
+        default=True,
+        validator=boolean,
+        kind="bool",
+    )
+    root_secret: str | None = setting(
+        "root_secret",
+        "OPENMA_ROOT_SECRET",
+        "Reserved: used by vaults (the root secret their keys are derived from). Never printed.",
+        default=None,
+        validator=string(optional=True),
+        secret=True,
+    )
+    per_tenant_db_enabled: bool = setting(
+        "per_tenant_db_enabled",
+        "PER_TENANT_DB_ENABLED",
+        "Reserved for per-tenant database isolation, which is not supported yet: `true` is a `ConfigError`.",
+        default=False,
+        validator=boolean,
+        kind="bool",
+    )
+    sqlite: SQLiteConfig = attrs.field(factory=SQLiteConfig)
+    postgres: PostgresConfig = attrs.field(factory=PostgresConfig)
+    blobs: BlobConfig = attrs.field(factory=BlobConfig)
+    local_sandbox: LocalSandboxConfig = attrs.field(factory=LocalSandboxConfig)
+    e2b: E2BConfig = attrs.field(factory=E2BConfig)
+    daytona: DaytonaConfig = attrs.field(factory=DaytonaConfig)
+    upkeep: UpkeepConfig = attrs.field(factory=UpkeepConfig)
 
-    # -- SQLite engine
-    sqlite_busy_timeout_ms: int = attrs.field(default=5_000, validator=integer_in(0, _INT32))
-    #: Total time a write waits for the database lock (other processes) before failing.
-    sqlite_lock_timeout: float = attrs.field(default=30.0, validator=number_in(0, MAX_SECONDS, above=True))
-    sqlite_readers: int = attrs.field(default=4, validator=integer_in(1, 256))
-    sqlite_poll_interval: float = attrs.field(default=0.2, validator=number_in(0.001, 3600))
+    # -- the flat names (read-only views of the parts' fields; see the module docstring)
+    sqlite_path = _Flat[str]("sqlite", "path")
+    sqlite_busy_timeout_ms = _Flat[int]("sqlite", "busy_timeout_ms")
+    sqlite_lock_timeout = _Flat[float]("sqlite", "lock_timeout")
+    sqlite_readers = _Flat[int]("sqlite", "readers")
+    sqlite_poll_interval = _Flat[float]("sqlite", "poll_interval")
+    postgres_url = _Flat[str | None]("postgres", "url")
+    pg_pool_min_size = _Flat[int]("postgres", "pool_min_size")
+    pg_pool_max_size = _Flat[int]("postgres", "pool_max_size")
+    pg_connect_timeout = _Flat[float]("postgres", "connect_timeout")
+    pg_statement_timeout_ms = _Flat[int]("postgres", "statement_timeout_ms")
+    pg_application_name = _Flat[str]("postgres", "application_name")
+    pg_prepared_statements = _Flat[bool]("postgres", "prepared_statements")
+    blob_url = _Flat[str]("blobs", "url")
+    s3_endpoint_url = _Flat[str | None]("blobs", "s3_endpoint_url")
+    s3_region = _Flat[str | None]("blobs", "s3_region")
+    s3_access_key_id = _Flat[str | None]("blobs", "s3_access_key_id")
+    s3_secret_access_key = _Flat[str | None]("blobs", "s3_secret_access_key")
+    blob_options = _Flat[dict[str, Any]]("blobs", "options")
+    local_sandbox_root = _Flat[str]("local_sandbox", "root")
+    local_sandbox_output_bytes = _Flat[int]("local_sandbox", "output_bytes")
+    local_sandbox_memory_bytes = _Flat[int]("local_sandbox", "memory_bytes")
+    local_sandbox_cpu_seconds = _Flat[int]("local_sandbox", "cpu_seconds")
+    local_sandbox_open_files = _Flat[int]("local_sandbox", "open_files")
+    local_sandbox_processes = _Flat[int]("local_sandbox", "processes")
+    local_sandbox_kill_grace = _Flat[float]("local_sandbox", "kill_grace")
+    local_sandbox_pass_env = _Flat[tuple[str, ...]]("local_sandbox", "pass_env")
+    e2b_api_key = _Flat[str | None]("e2b", "api_key")
+    e2b_domain = _Flat[str | None]("e2b", "domain")
+    e2b_api_url = _Flat[str | None]("e2b", "api_url")
+    e2b_sandbox_url = _Flat[str | None]("e2b", "sandbox_url")
+    e2b_template = _Flat[str | None]("e2b", "template")
+    daytona_api_key = _Flat[str | None]("daytona", "api_key")
+    daytona_api_url = _Flat[str | None]("daytona", "api_url")
+    daytona_target = _Flat[str | None]("daytona", "target")
+    daytona_image = _Flat[str | None]("daytona", "image")
+    daytona_cpu = _Flat[int | None]("daytona", "cpu")
+    daytona_memory = _Flat[int | None]("daytona", "memory")
+    daytona_disk = _Flat[int | None]("daytona", "disk")
+    sandbox_keepalive_interval = _Flat[float]("upkeep", "keepalive_interval")
+    sandbox_idle_reap_after = _Flat[float]("upkeep", "idle_reap_after")
 
-    # -- Postgres engine
-    pg_pool_min_size: int = attrs.field(default=1, validator=integer_in(0, 10_000))
-    pg_pool_max_size: int = attrs.field(default=10, validator=integer_in(1, 10_000))
-    pg_connect_timeout: float = attrs.field(default=10.0, validator=number_in(0, MAX_SECONDS, above=True))
-    pg_statement_timeout_ms: int = attrs.field(default=30_000, validator=integer_in(0, _INT32))
-    pg_application_name: str = attrs.field(default="openma", validator=string(blank=True))
-    #: Server-side prepared statements; turn off behind a transaction-mode pooler (pgbouncer).
-    pg_prepared_statements: bool = attrs.field(default=True, validator=boolean)
-
-    # -- Blob store (S3 / R2 / MinIO)
-    s3_endpoint_url: str | None = attrs.field(default=None, validator=string(optional=True))
-    s3_region: str | None = attrs.field(default=None, validator=string(optional=True))
-    s3_access_key_id: str | None = attrs.field(default=None, repr=False, validator=string(optional=True))
-    s3_secret_access_key: str | None = attrs.field(default=None, repr=False, validator=string(optional=True))
-    #: Extra fsspec storage options for the blob store.
-    blob_options: dict[str, Any] = attrs.field(factory=dict, converter=_parse_blob_options)
-
-    # -- Sandbox providers
-    #: E2B API key (``pip install 'openma[e2b]'``); never printed.
-    e2b_api_key: str | None = attrs.field(default=None, repr=False, validator=string(optional=True))
-    #: E2B domain (default ``e2b.app``; set it for a self-hosted E2B).
-    e2b_domain: str | None = attrs.field(default=None, validator=string(optional=True))
-    #: E2B control-plane URL override (the SDK marks it internal; for tests and proxies).
-    e2b_api_url: str | None = attrs.field(default=None, validator=string(optional=True))
-    #: E2B envd URL override for every sandbox (the SDK marks it internal; for tests and proxies).
-    e2b_sandbox_url: str | None = attrs.field(default=None, validator=string(optional=True))
-    #: E2B template name or id for new sandboxes (default ``base``).
-    e2b_template: str | None = attrs.field(default=None, validator=string(optional=True))
-    #: Daytona API key (``pip install 'openma[daytona]'``); never printed.
-    daytona_api_key: str | None = attrs.field(default=None, repr=False, validator=string(optional=True))
-    #: Daytona API URL (default ``https://app.daytona.io/api``).
-    daytona_api_url: str | None = attrs.field(default=None, validator=string(optional=True))
-    #: Daytona target region.
-    daytona_target: str | None = attrs.field(default=None, validator=string(optional=True))
-    #: Daytona image for new sandboxes (default: Daytona's default snapshot).
-    daytona_image: str | None = attrs.field(default=None, validator=string(optional=True))
-    #: Daytona resources for new sandboxes built from an image: vCPUs, memory and disk in GiB (None: Daytona's).
-    daytona_cpu: int | None = attrs.field(default=None, validator=attrs.validators.optional(integer_in(1, 1024)))
-    daytona_memory: int | None = attrs.field(default=None, validator=attrs.validators.optional(integer_in(1, 65536)))
-    daytona_disk: int | None = attrs.field(default=None, validator=attrs.validators.optional(integer_in(1, 65536)))
-
-    # -- Sandbox upkeep (run by the orchestrator while the platform is open; 0 turns one off)
-    #: Seconds between upkeep passes: each keeps the live sandboxes alive and reaps the idle ones.
-    sandbox_keepalive_interval: float = attrs.field(default=300.0, validator=number_in(0, 86_400.0))
-    #: Seconds a sandbox may go unused before it is reaped (snapshotted, then destroyed).
-    sandbox_idle_reap_after: float = attrs.field(default=1800.0, validator=number_in(0, 31_536_000.0))
-
-    # -- Local sandboxes (LocalSubprocess; 0 turns a limit off)
-    #: Directory holding one directory per local sandbox.
-    local_sandbox_root: str = attrs.field(default="./.openma/sandboxes", validator=string())
-    #: Bytes kept of each of stdout and stderr of a command (and of a background process's logs).
-    local_sandbox_output_bytes: int = attrs.field(default=1 << 20, validator=integer_in(1, 1 << 40))
-    #: Resident memory of one command's processes together; past it they are killed (exit 137, oom_killed).
-    local_sandbox_memory_bytes: int = attrs.field(default=2 << 30, validator=integer_in(0, _MAX_BYTES))
-    #: CPU seconds per process.
-    local_sandbox_cpu_seconds: int = attrs.field(default=3600, validator=integer_in(0, _INT32))
-    #: Open file descriptors per process.
-    local_sandbox_open_files: int = attrs.field(default=1024, validator=integer_in(0, _INT32))
-    #: Processes of the host user (RLIMIT_NPROC counts all of that user's processes; root is exempt).
-    local_sandbox_processes: int = attrs.field(default=4096, validator=integer_in(0, _INT32))
-    #: Seconds between SIGTERM and SIGKILL when a command is stopped.
-    local_sandbox_kill_grace: float = attrs.field(default=2.0, validator=number_in(0, 3600))
-    #: Host variables that commands may see; everything else of the host's environment stays out.
-    local_sandbox_pass_env: tuple[str, ...] = attrs.field(default=LOCAL_SANDBOX_PASS_ENV, converter=_parse_pass_env)
+    def __init__(self, **fields: Any) -> None:
+        parts: dict[str, Any] = {}
+        for part, cls in PARTS.items():
+            given = fields.pop(part, _UNSET)
+            flat = {short: fields.pop(name) for name, (p, short) in _FLAT.items() if p == part and name in fields}
+            if given is _UNSET:
+                parts[part] = cls(**flat)
+            elif not isinstance(given, cls):  # a part is an instance of its class
+                raise ConfigError(f"{part} must be a {cls.__name__}, got {describe(given)}", field=part)
+            else:
+                parts[part] = attrs.evolve(given, **flat)
+        self.__attrs_init__(**fields, **parts)
 
     def __attrs_post_init__(self) -> None:
-        if self.sqlite_path.strip() == ":memory:":
+        if self.per_tenant_db_enabled:
             raise ConfigError(
-                "sqlite_path must be a file path (':memory:' cannot be shared by connections)", field="sqlite_path"
-            )
-        if self.pg_pool_min_size > self.pg_pool_max_size:
-            raise ConfigError(
-                f"pg_pool_min_size ({self.pg_pool_min_size}) exceeds pg_pool_max_size ({self.pg_pool_max_size})",
-                field="pg_pool_min_size",
+                "per_tenant_db_enabled is not supported yet (reserved for per-tenant database isolation); "
+                "leave PER_TENANT_DB_ENABLED unset or false",
+                field="per_tenant_db_enabled",
             )
         if "pg" in self.store_backends.values() and not self.postgres_url:
             stores = sorted(s for s, b in self.store_backends.items() if b == "pg")
@@ -323,11 +325,6 @@ class Settings:
                 field="sandbox",
                 choices=sandboxes,
             )
-        if not re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", self.blob_url):
-            raise ConfigError(
-                f"blob_url must be an fsspec URL such as file://./.openma/blobs, got {self.blob_url!r}",
-                field="blob_url",
-            )
 
     def backend_for(self, store: str) -> str:
         """The backend name that holds ``store``."""
@@ -337,15 +334,12 @@ class Settings:
 
     def __repr__(self) -> str:
         shown = []
-        for field in attrs.fields(type(self)):
+        for field in SETTINGS_FIELDS:
             value = getattr(self, field.name)
-            default = field.default
-            if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-                default = default.factory()
-            if value == default:
+            if value == default_of(field):
                 continue
-            if not field.repr:
-                value = "***" if value else value
+            if field.metadata["secret"]:
+                value = MASK if value else value
             elif isinstance(value, str) and "://" in value:  # postgres_url, blob_url, endpoints
                 value = _mask_url(value)
             shown.append(f"{field.name}={value!r}")
@@ -367,7 +361,7 @@ class Settings:
         sources: dict[str, str] = {}
         for name, (var, kind) in _ENV.items():
             raw = env.get(var)
-            if raw is None or raw == "" or name in overrides:
+            if raw is None or raw == "" or name in overrides or _FLAT.get(name, ("",))[0] in overrides:
                 continue
             if not isinstance(raw, str):
                 raise ConfigError(
@@ -376,7 +370,7 @@ class Settings:
             kwargs[name] = _convert(var, raw, kind)
             sources[name] = var
         database_url = env.get("DATABASE_URL")
-        if database_url and "postgres_url" not in kwargs and "postgres_url" not in overrides:
+        if database_url and "postgres_url" not in kwargs and not {"postgres_url", "postgres"} & set(overrides):
             try:
                 placed = _parse_store_backends(overrides.get("store_backends", kwargs.get("store_backends", {})))
             except ConfigError:
@@ -419,7 +413,7 @@ class Settings:
                     field="url",
                 )
             kwargs = {"sqlite_path": unquote(parts.path[1:]), "store_backends": {DEFAULT_KEY: "cf"}}
-        elif _PG_SCHEME.match(url):
+        elif PG_SCHEME.match(url):
             kwargs = {"postgres_url": url, "store_backends": {DEFAULT_KEY: "pg"}}
         else:
             shown = f"{scheme}://" if scheme else "a value without a scheme"
@@ -431,61 +425,29 @@ class Settings:
         return cls(**{**kwargs, **overrides})
 
 
-def _check_fields(overrides: Mapping[str, Any]) -> None:
-    fields = attrs.fields_dict(Settings)
-    unknown = sorted(name for name in overrides if name not in fields)
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(fields)}")
-
-
-_ENV: Final[dict[str, tuple[str, str]]] = {
-    "sqlite_path": ("OPENMA_SQLITE_PATH", "str"),
-    "postgres_url": ("OPENMA_POSTGRES_URL", "str"),
-    "store_backends": ("STORE_BACKENDS", "raw"),
-    "blob_url": ("OPENMA_BLOB_URL", "str"),
-    "root_secret": ("OPENMA_ROOT_SECRET", "str"),
-    "per_tenant_db_enabled": ("PER_TENANT_DB_ENABLED", "bool"),
-    "sandbox": ("OPENMA_SANDBOX", "str"),
-    "event_spill_bytes": ("OPENMA_EVENT_SPILL_BYTES", "int"),
-    "auto_migrate": ("OPENMA_AUTO_MIGRATE", "bool"),
-    "sqlite_busy_timeout_ms": ("OPENMA_SQLITE_BUSY_TIMEOUT_MS", "int"),
-    "sqlite_lock_timeout": ("OPENMA_SQLITE_LOCK_TIMEOUT", "float"),
-    "sqlite_readers": ("OPENMA_SQLITE_READERS", "int"),
-    "sqlite_poll_interval": ("OPENMA_SQLITE_POLL_INTERVAL", "float"),
-    "pg_pool_min_size": ("OPENMA_PG_POOL_MIN_SIZE", "int"),
-    "pg_pool_max_size": ("OPENMA_PG_POOL_MAX_SIZE", "int"),
-    "pg_connect_timeout": ("OPENMA_PG_CONNECT_TIMEOUT", "float"),
-    "pg_statement_timeout_ms": ("OPENMA_PG_STATEMENT_TIMEOUT_MS", "int"),
-    "pg_application_name": ("OPENMA_PG_APPLICATION_NAME", "str"),
-    "pg_prepared_statements": ("OPENMA_PG_PREPARED_STATEMENTS", "bool"),
-    "s3_endpoint_url": ("OPENMA_S3_ENDPOINT_URL", "str"),
-    "s3_region": ("OPENMA_S3_REGION", "str"),
-    "s3_access_key_id": ("OPENMA_S3_ACCESS_KEY_ID", "str"),
-    "s3_secret_access_key": ("OPENMA_S3_SECRET_ACCESS_KEY", "str"),
-    "blob_options": ("OPENMA_BLOB_OPTIONS", "json"),
-    "e2b_api_key": ("E2B_API_KEY", "str"),
-    "e2b_domain": ("E2B_DOMAIN", "str"),
-    "e2b_api_url": ("E2B_API_URL", "str"),
-    "e2b_sandbox_url": ("E2B_SANDBOX_URL", "str"),
-    "e2b_template": ("E2B_TEMPLATE", "str"),
-    "daytona_api_key": ("DAYTONA_API_KEY", "str"),
-    "daytona_api_url": ("DAYTONA_API_URL", "str"),
-    "daytona_target": ("DAYTONA_TARGET", "str"),
-    "daytona_image": ("DAYTONA_IMAGE", "str"),
-    "daytona_cpu": ("DAYTONA_CPU", "int"),
-    "daytona_memory": ("DAYTONA_MEMORY", "int"),
-    "daytona_disk": ("DAYTONA_DISK", "int"),
-    "sandbox_keepalive_interval": ("OPENMA_SANDBOX_KEEPALIVE_INTERVAL", "float"),
-    "sandbox_idle_reap_after": ("OPENMA_SANDBOX_IDLE_REAP_AFTER", "float"),
-    "local_sandbox_root": ("OPENMA_LOCAL_SANDBOX_ROOT", "str"),
-    "local_sandbox_output_bytes": ("OPENMA_LOCAL_SANDBOX_OUTPUT_BYTES", "int"),
-    "local_sandbox_memory_bytes": ("OPENMA_LOCAL_SANDBOX_MEMORY_BYTES", "int"),
-    "local_sandbox_cpu_seconds": ("OPENMA_LOCAL_SANDBOX_CPU_SECONDS", "int"),
-    "local_sandbox_open_files": ("OPENMA_LOCAL_SANDBOX_OPEN_FILES", "int"),
-    "local_sandbox_processes": ("OPENMA_LOCAL_SANDBOX_PROCESSES", "int"),
-    "local_sandbox_kill_grace": ("OPENMA_LOCAL_SANDBOX_KILL_GRACE", "float"),
-    "local_sandbox_pass_env": ("OPENMA_LOCAL_SANDBOX_PASS_ENV", "raw"),
+_ALL_PARTS: Final[tuple[tuple[str | None, type[Any]], ...]] = ((None, Settings), *PARTS.items())
+#: Every setting by its flat name: the fields of ``Settings`` itself, then those of each part, each renamed
+#: to its flat name (``metadata["part"]`` is the part holding it, ``None`` for the fields of ``Settings``).
+SETTINGS_FIELDS: Final[tuple[attrs.Attribute[Any], ...]] = tuple(
+    field.evolve(name=field.metadata["setting"], metadata={**field.metadata, "part": part})
+    for part, cls in _ALL_PARTS
+    for field in attrs.fields(cls)
+    if "setting" in field.metadata
+)
+#: Flat name → (part, field name in the part), for the fields of the parts.
+_FLAT: Final[dict[str, tuple[str, str]]] = {
+    field.metadata["setting"]: (part, field.name) for part, cls in PARTS.items() for field in attrs.fields(cls)
 }
+#: Flat name → (environment variable, kind of text), from the fields' metadata.
+_ENV: Final[dict[str, tuple[str, str]]] = {f.name: (f.metadata["env"], f.metadata["kind"]) for f in SETTINGS_FIELDS}
+
+
+def _check_fields(overrides: Mapping[str, Any]) -> None:
+    valid = [*attrs.fields_dict(Settings), *_FLAT]
+    unknown = sorted(name for name in overrides if name not in valid)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(valid)}")
+
 
 _TRUE: Final = {"1", "true", "yes", "on"}
 _FALSE: Final = {"0", "false", "no", "off"}

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from openma.testing.capabilities import check_requirements, requires
+from openma.testing.capabilities import check_adapter_agrees, check_requirements, requires
 
 
 class FakeRequest:
@@ -67,3 +67,22 @@ def test_unknown_names_are_refused() -> None:
         requires("teleportation")
     with pytest.raises(ValueError, match="unknown capabilities declared"):
         check(plain, adapter_capabilities={"transactions", "teleportation"})
+
+
+class Reporting:
+    def __init__(self, *names: str) -> None:
+        self.capabilities = frozenset(names)
+
+
+def test_the_test_class_claims_only_what_the_adapter_reports() -> None:
+    request: Any = FakeRequest(plain, {"adapter_capabilities": {"transactions", "trio"}})
+    check_adapter_agrees(Adapter(), request, Reporting("transactions", "snapshot"))  # trio is about the run
+    check_adapter_agrees(Adapter(), request, object())  # an adapter that reports nothing is not checked
+    with pytest.raises(AssertionError, match="claims \\['transactions'\\]"):
+        check_adapter_agrees(Adapter(), request, Reporting("snapshot"))
+    with pytest.raises(AssertionError, match="unknown capabilities \\['teleportation'\\]"):
+        check_adapter_agrees(Adapter(), request, Reporting("transactions", "teleportation"))
+    plain_request: Any = FakeRequest(plain, {})
+    check_adapter_agrees(Adapter(), plain_request, Reporting("transactions"))  # the class attribute
+    with pytest.raises(AssertionError):
+        check_adapter_agrees(Adapter(), plain_request, Reporting())

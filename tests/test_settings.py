@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from openma import ConfigError, Settings
 from openma.core.events import MAX_EVENT_BYTES
-from openma.settings import _ENV, STORE_NAMES
+from openma.settings import _ENV, SETTINGS_FIELDS, STORE_NAMES
 
 PG = "postgresql://u:pw@127.0.0.1:5432/db"
 
@@ -35,7 +35,7 @@ def test_from_env_reads_every_documented_variable() -> None:
         "STORE_BACKENDS": '{"default":"cf","agents":"pg"}',
         "OPENMA_BLOB_URL": "memory://blobs",
         "OPENMA_ROOT_SECRET": "s3cr3t-value",
-        "PER_TENANT_DB_ENABLED": "true",
+        "PER_TENANT_DB_ENABLED": "false",
         "OPENMA_SANDBOX": "local",
         "OPENMA_EVENT_SPILL_BYTES": "1234",
         "OPENMA_AUTO_MIGRATE": "0",
@@ -49,12 +49,20 @@ def test_from_env_reads_every_documented_variable() -> None:
     assert s.backend_for("agents") == "pg" and s.backend_for("sessions") == "cf"
     assert s.blob_url == "memory://blobs"
     assert s.root_secret == "s3cr3t-value"
-    assert s.per_tenant_db_enabled is True
+    assert s.per_tenant_db_enabled is False
     assert s.event_spill_bytes == 1234
     assert s.auto_migrate is False
     assert s.pg_pool_max_size == 3
     assert s.pg_prepared_statements is False
     assert s.blob_options == {"anon": False}
+
+
+def test_per_tenant_databases_are_refused_until_supported() -> None:
+    with pytest.raises(ConfigError, match="per_tenant_db_enabled is not supported yet") as info:
+        Settings(per_tenant_db_enabled=True)
+    assert info.value.details["field"] == "per_tenant_db_enabled"
+    with pytest.raises(ConfigError, match="^PER_TENANT_DB_ENABLED: per_tenant_db_enabled is not supported"):
+        Settings.from_env({"PER_TENANT_DB_ENABLED": "yes"})
 
 
 def test_database_url_is_the_fallback_only_when_a_store_is_on_pg() -> None:
@@ -309,7 +317,7 @@ def _near(field: attrs.Attribute[Any]) -> st.SearchStrategy[Any]:
     return st.one_of(st.none(), st.text(max_size=8), st.sampled_from(["x.db", "memory://b", "local", "PATH,TZ"]))
 
 
-_BY_FIELD = {f.name: st.one_of(_near(f), _ANY) for f in attrs.fields(Settings)}
+_BY_FIELD = {f.name: st.one_of(_near(f), _ANY) for f in SETTINGS_FIELDS}
 _KWARGS = st.lists(st.sampled_from(sorted(_BY_FIELD)), max_size=5, unique=True).flatmap(
     lambda names: st.fixed_dictionaries({name: _BY_FIELD[name] for name in names})
 )
@@ -327,7 +335,7 @@ def test_any_keywords_build_valid_settings_or_raise_config_error(kwargs: dict[st
     if error is not None:
         assert error.code == "config_error" and error.message
         return
-    for field in attrs.fields(Settings):
+    for field in SETTINGS_FIELDS:
         value = getattr(s, field.name)
         if isinstance(field.default, bool):
             assert isinstance(value, bool), field.name
@@ -384,5 +392,5 @@ def test_any_environment_or_url_builds_valid_settings_or_raises_config_error(env
             error: ConfigError | None = exc
         else:
             error = None
-            assert all(math.isfinite(getattr(s, f.name)) for f in attrs.fields(Settings) if f.type == "float")
+            assert all(math.isfinite(getattr(s, f.name)) for f in SETTINGS_FIELDS if f.type == "float")
         assert error is None or error.code == "config_error"

@@ -1,8 +1,16 @@
 """The conformance kit: pytest mixins that prove an adapter honours openma's ports.
 
 Combine a contract with a fixture that yields the adapter (see each contract's docstring) and declare the
-adapter's ``capabilities``; tests for undeclared capabilities are skipped with the reason. openma's own
-adapters are tested through these same classes.
+adapter's capabilities. openma's own adapters are tested through these same classes.
+
+Capabilities, one style for every kit (stores, kv, event log, actor, blobs, sandbox): the *test class*
+declares them, ``capabilities = {"transactions", "trio"}`` (a subset of :data:`KNOWN_CAPABILITIES`), or,
+when one class runs several adapters through a parametrized fixture, provides an ``adapter_capabilities``
+fixture whose value replaces the attribute. Contract tests marked ``@requires(...)`` are skipped, with the
+reason, for what is not declared; on trio every test is skipped unless ``trio`` is declared. Where the port
+also makes the adapter report its capabilities at run time (``Sandbox.capabilities``, which the core reads;
+a blob store's ``capabilities``), the kit checks the test class claims nothing the adapter does not report
+(``trio`` aside). See :mod:`openma.testing.capabilities`.
 """
 
 from openma.testing.actor import ActorContract, BackendFactory

@@ -35,7 +35,7 @@ import pytest
 
 from openma.errors import Conflict, InvalidInput, NotFound
 from openma.ports.blobs import BlobStore
-from openma.testing.capabilities import check_requirements, requires
+from openma.testing.capabilities import check_adapter_agrees, check_requirements, requires
 from openma.testing.stores import BAD_CURSORS
 
 SHORT_TTL = 0.05
@@ -124,6 +124,9 @@ class BlobStoreContract:
     @pytest.fixture(autouse=True)
     def _openma_requirements(self, request: pytest.FixtureRequest) -> None:
         check_requirements(self, request)
+
+    async def test_declares_what_the_store_reports(self, blob_store: BlobStore, request: pytest.FixtureRequest) -> None:
+        check_adapter_agrees(self, request, blob_store)
 
     # -- put and read
 

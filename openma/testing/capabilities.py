@@ -1,7 +1,14 @@
 """Capabilities an adapter declares, so the contracts skip (with the reason) what it does not claim.
 
-In the spirit of SQLAlchemy's ``Requirements``: an adapter's test class sets ``capabilities`` to the
-names it supports; a contract test marked ``@requires("name")`` is skipped when the name is absent.
+One style for every kit (stores, kv, event log, actor, blobs, sandbox), in the spirit of SQLAlchemy's
+``Requirements``: the adapter's *test class* sets ``capabilities`` to the names it supports; a contract test
+marked ``@requires("name")`` is skipped when the name is absent. Every contract reads the declaration the
+same way (:func:`check_requirements`, from its autouse fixture).
+
+Some ports also make the adapter itself report what it can do at run time, because the core reads it
+(``Sandbox.capabilities``; a blob store may have a ``capabilities`` attribute too). The declaration stays on
+the test class; the kit checks the two agree (:func:`check_adapter_agrees`): the class may claim only what
+the adapter reports, apart from ``trio``, which is about the test run, not the adapter.
 
 A class that runs one contract against several adapters (a parametrized fixture, as openma's own suite does
 for its SQL engines) may instead provide a fixture named ``adapter_capabilities``; when a test requests it
@@ -34,6 +41,10 @@ KNOWN: Final[dict[str, str]] = {
     "trio": "the adapter runs on trio as well as on asyncio",
     **SANDBOX_CAPABILITIES,
 }
+
+
+#: Capabilities about the test run rather than the adapter: declared on the test class, never reported.
+RUN_ONLY: Final = frozenset({"trio"})
 
 
 def requires(*names: str) -> Callable[[F], F]:
@@ -76,3 +87,18 @@ def check_requirements(instance: Any, request: pytest.FixtureRequest) -> None:
 def _backend_name(backend: object) -> str:
     """``anyio_backend`` is a name or a ``(name, options)`` pair."""
     return str(backend[0] if isinstance(backend, tuple) else backend)
+
+
+def check_adapter_agrees(instance: Any, request: pytest.FixtureRequest, adapter: object) -> None:
+    """Fail unless ``adapter``'s own ``capabilities`` (when it reports any) are known names and cover every
+    capability the test class declares (:data:`RUN_ONLY` aside)."""
+    reported = getattr(adapter, "capabilities", None)
+    if reported is None:
+        return
+    reported = frozenset(reported)
+    unknown = sorted(reported - set(KNOWN))
+    assert not unknown, f"the adapter reports unknown capabilities {unknown}; known: {sorted(KNOWN)}"
+    claimed = declared_capabilities(instance, request) - RUN_ONLY
+    assert claimed <= reported, (
+        f"the test class claims {sorted(claimed - reported)} but the adapter reports only {sorted(reported)}"
+    )
