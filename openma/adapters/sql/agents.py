@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import attrs
 
-from openma.adapters.sql.entity import Filter, TenantBoundStore, optional_text, optional_time
+from openma.adapters.sql.entity import Filter, TenantBoundStore, optional_text
 from openma.adapters.sql.listing import list_page
 from openma.core import validate
 from openma.core.clock import ms_to_datetime
@@ -65,26 +65,6 @@ def _config_text(config: dict[str, Any]) -> str:
     return text
 
 
-def _agent(row: Row) -> Agent:
-    config = loads(row["config"])
-    return Agent(
-        id=row["id"],
-        tenant_id=row["tenant_id"],
-        name=row["name"],
-        model=config["model"],
-        system=config["system"],
-        description=config["description"],
-        tools=config["tools"],
-        mcp_servers=config["mcp_servers"],
-        skills=config["skills"],
-        metadata=config["metadata"],
-        version=int(row["version"]),
-        created_at=ms_to_datetime(row["created_at"]),
-        updated_at=ms_to_datetime(row["updated_at"]),
-        archived_at=optional_time(row["archived_at"]),
-    )
-
-
 def _version(row: Row) -> AgentVersion:
     return AgentVersion(
         agent_id=row["agent_id"],
@@ -119,7 +99,8 @@ class SqlAgentStore(TenantBoundStore[Agent]):
     dependents = {"agent_versions": "agent_id"}
 
     def from_row(self, row: Row) -> Agent:
-        return _agent(row)
+        config = loads(row["config"])
+        return Agent(**self._common(row), **{k: config[k] for k in _CONFIG_FIELDS}, version=int(row["version"]))
 
     async def create(
         self,
@@ -166,7 +147,7 @@ class SqlAgentStore(TenantBoundStore[Agent]):
 
     def _next_version(self, row: Row, checked: dict[str, Any], patch: Any, expected_version: int | None) -> _Next:
         """The version that applying the changes to ``row`` makes (``changed`` is False when it makes none)."""
-        current = _agent(row)
+        current = self.from_row(row)
         agent_id = current.id
         if current.archived_at is not None:
             raise self._archived(agent_id)

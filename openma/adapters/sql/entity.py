@@ -99,6 +99,15 @@ class SqlEntityStore(Generic[M]):
         """The model of a stored row."""
         raise NotImplementedError
 
+    def _common(self, row: Row) -> dict[str, Any]:
+        """The model fields every entity row has: id, owner, name and times (``updated_at`` if it touches)."""
+        fields: dict[str, Any] = {"id": row["id"], **{c: row[c] for c in self._owner}, "name": row["name"]}
+        fields["created_at"] = ms_to_datetime(row["created_at"])
+        if self.touches:
+            fields["updated_at"] = ms_to_datetime(row["updated_at"])
+        fields["archived_at"] = optional_time(row["archived_at"])
+        return fields
+
     @property
     def _id_field(self) -> str:
         return f"{self.noun}_id"

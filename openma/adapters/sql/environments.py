@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from openma.adapters.sql.entity import TenantBoundStore, optional_text, optional_time
+from openma.adapters.sql.entity import TenantBoundStore, optional_text
 from openma.core import validate
 from openma.core.clock import ms_to_datetime
 from openma.core.jsonutil import dumps, loads
@@ -32,17 +32,8 @@ class SqlEnvironmentStore(TenantBoundStore[Environment]):
     }
 
     def from_row(self, row: Row) -> Environment:
-        return Environment(
-            id=row["id"],
-            tenant_id=row["tenant_id"],
-            name=row["name"],
-            description=row["description"],
-            config=loads(row["config"]),
-            metadata=loads(row["metadata"]),
-            created_at=ms_to_datetime(row["created_at"]),
-            updated_at=ms_to_datetime(row["updated_at"]),
-            archived_at=optional_time(row["archived_at"]),
-        )
+        config, metadata = loads(row["config"]), loads(row["metadata"])
+        return Environment(**self._common(row), description=row["description"], config=config, metadata=metadata)
 
     async def create(
         self,

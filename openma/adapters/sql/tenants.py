@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from openma.adapters.sql.entity import ListOptions, SqlEntityStore, optional_time
+from openma.adapters.sql.entity import ListOptions, SqlEntityStore
 from openma.core import validate
 from openma.core.clock import ms_to_datetime
 from openma.core.jsonutil import dumps, loads
@@ -26,13 +26,7 @@ class SqlTenantStore(SqlEntityStore[Tenant]):
         return f"SqlTenantStore({self._db!r})"
 
     def from_row(self, row: Row) -> Tenant:
-        return Tenant(
-            id=row["id"],
-            name=row["name"],
-            metadata=loads(row["metadata"]),
-            created_at=ms_to_datetime(row["created_at"]),
-            archived_at=optional_time(row["archived_at"]),
-        )
+        return Tenant(**self._common(row), metadata=loads(row["metadata"]))
 
     async def create(self, *, name: str, metadata: dict[str, Any] | None = None) -> Tenant:
         name = validate.name(name)
