@@ -35,7 +35,7 @@ from openma.core.jsonutil import dumps
 from openma.core.pagination import DEFAULT_LIMIT, Order
 from openma.errors import Conflict, InvalidInput, NotFound
 from openma.models import Page
-from openma.ports.sql import Row, SqlClient, SqlExecutor, Statement
+from openma.ports.sql import BatchResult, Row, SqlClient, SqlExecutor, Statement
 from openma.ports.tenancy import TenantRef
 
 M = TypeVar("M")
@@ -291,6 +291,16 @@ class TenantBoundStore(SqlEntityStore[M]):
     def _taken(self, name: str) -> Conflict:
         return Conflict(f"a {self.noun} named {name!r} already exists", name=name)
 
+    async def _write(self, statements: Sequence[Statement], name: str | None) -> BatchResult:
+        """Run a write unit; with ``unique_names``, a unique violation (a unique index on the active names
+        lost a race to another writer) is the ``Conflict`` of a name taken."""
+        try:
+            return await self._db.run_batch(statements)
+        except Exception as exc:
+            if self.unique_names and name is not None and self._db.dialect.is_unique_violation(exc):
+                raise self._taken(name) from None
+            raise
+
     async def _create(
         self, values: Mapping[str, Any], *, also: Callable[[str, int], Sequence[Statement]] | None = None
     ) -> tuple[str, int]:
@@ -302,7 +312,7 @@ class TenantBoundStore(SqlEntityStore[M]):
         entity_id, now = await self._mint()
         unless = self._name_clash(values["name"]) if self.unique_names else None  # checked again as it writes
         statements = [self._insert(entity_id, now, values, unless=unless), *(also(entity_id, now) if also else ())]
-        if not (await self._db.run_batch(statements)).committed:
+        if not (await self._write(statements, values["name"])).committed:
             raise self._taken(values["name"])
         return entity_id, now
 
@@ -343,7 +353,7 @@ class TenantBoundStore(SqlEntityStore[M]):
                 update.guard(f"NOT EXISTS ({clash})", clash_params)
             where, params = self._key(entity_id)
             statement = update.statement(self.table, f"{where} AND archived_at IS NULL", params, self._clock.now_ms())
-            result = await self._db.run_batch([statement])
+            result = await self._write([statement], checked.get("name"))
             if result.committed:
                 return self.from_row(result.rows[0][0])
             # Deleted, archived, renamed into a clash, or the merged metadata would now be over its limits.
