@@ -14,13 +14,14 @@ a blob store's ``capabilities``), the kit checks the test class claims nothing t
 """
 
 from openma.testing.actor import ActorContract, BackendFactory
+from openma.testing.agents import AgentStoreContract
 from openma.testing.blobs import BlobStoreContract
 from openma.testing.capabilities import KNOWN as KNOWN_CAPABILITIES
 from openma.testing.capabilities import requires
 from openma.testing.events import EventLogContract
 from openma.testing.kv import KVContract
 from openma.testing.sandbox import SandboxContract
-from openma.testing.stores import AgentStoreContract, EnvironmentStoreContract, TenantStoreContract
+from openma.testing.stores import EnvironmentStoreContract, TenantStoreContract
 
 __all__ = [
     "KNOWN_CAPABILITIES",

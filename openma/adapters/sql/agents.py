@@ -8,23 +8,21 @@ recomputed and written under the agent's row lock, so it applies on top of the w
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
 
-from openma.adapters.sql.archive import archive_row
-from openma.adapters.sql.listing import created_between, list_page
+from openma.adapters.sql.entity import Filter, TenantBoundStore, optional_text
+from openma.adapters.sql.listing import list_page
 from openma.core import validate
-from openma.core.clock import Clock, SystemClock, ms_to_datetime
-from openma.core.ids import check_id, new_id
+from openma.core.clock import ms_to_datetime
+from openma.core.ids import check_id
 from openma.core.jsonutil import MAX_JSON_DEPTH, dumps, loads
 from openma.core.pagination import Order
-from openma.errors import Conflict, InvalidInput, NotFound, VersionConflict
+from openma.errors import InvalidInput, NotFound, VersionConflict
 from openma.models import Agent, AgentVersion, Page
-from openma.ports.agents import UPDATABLE_AGENT_FIELDS
-from openma.ports.sql import Row, SqlClient, Statement
-from openma.ports.tenancy import TenantRef
+from openma.ports.sql import Row, Statement
 
 MAX_SYSTEM: Final = 200_000
 MAX_DESCRIPTION: Final = 10_000
@@ -48,25 +46,16 @@ def _model_id(model: str | dict[str, Any]) -> str:
     return model if isinstance(model, str) else str(model["id"])
 
 
-def _check_field(field: str, value: Any, current: dict[str, Any] | None = None) -> Any:
-    if field == "name":
-        return validate.name(value)
-    if field == "model":
-        return _model(value)
-    if field == "system":
-        return validate.text("" if value is None else value, "system", max_len=MAX_SYSTEM)
-    if field == "description":
-        return validate.text("" if value is None else value, "description", max_len=MAX_DESCRIPTION)
-    if field in ("tools", "mcp_servers", "skills"):
-        return validate.objects(value, field)
-    if field == "metadata":
-        if current is not None:
-            return validate.merge_metadata(current.get("metadata", {}), value)
-        return validate.metadata(value)
-    raise InvalidInput(
-        f"agents.update got unknown field {field!r}; updatable: {', '.join(UPDATABLE_AGENT_FIELDS)}",
-        field=field,
-    )
+#: The check of each updatable field but ``metadata`` (a patch merged key by key).
+_FIELDS: Final[dict[str, Callable[[Any], Any]]] = {
+    "name": validate.name,
+    "model": _model,
+    "system": optional_text("system", max_len=MAX_SYSTEM),
+    "description": optional_text("description", max_len=MAX_DESCRIPTION),
+    "tools": lambda value: validate.objects(value, "tools"),
+    "mcp_servers": lambda value: validate.objects(value, "mcp_servers"),
+    "skills": lambda value: validate.objects(value, "skills"),
+}
 
 
 def _config_text(config: dict[str, Any]) -> str:
@@ -74,26 +63,6 @@ def _config_text(config: dict[str, Any]) -> str:
     if len(text.encode()) > MAX_CONFIG_BYTES:
         raise InvalidInput(f"agent definition is too large (> {MAX_CONFIG_BYTES} bytes)")
     return text
-
-
-def _agent(row: Row) -> Agent:
-    config = loads(row["config"])
-    return Agent(
-        id=row["id"],
-        tenant_id=row["tenant_id"],
-        name=row["name"],
-        model=config["model"],
-        system=config["system"],
-        description=config["description"],
-        tools=config["tools"],
-        mcp_servers=config["mcp_servers"],
-        skills=config["skills"],
-        metadata=config["metadata"],
-        version=int(row["version"]),
-        created_at=ms_to_datetime(row["created_at"]),
-        updated_at=ms_to_datetime(row["updated_at"]),
-        archived_at=ms_to_datetime(row["archived_at"]) if row["archived_at"] is not None else None,
-    )
 
 
 def _version(row: Row) -> AgentVersion:
@@ -119,15 +88,19 @@ def _snapshot(name: str, config: dict[str, Any], version: int) -> str:
     return dumps({"name": name, **config, "version": version}, what="agent", max_depth=MAX_JSON_DEPTH + 1)
 
 
-class SqlAgentStore:
-    def __init__(self, client: SqlClient, tenant: TenantRef, clock: Clock | None = None) -> None:
-        self._db = client
-        self._tenant = tenant
-        self.tenant_id = tenant.tenant_id
-        self._clock = clock or SystemClock()
+class SqlAgentStore(TenantBoundStore[Agent]):
+    """Agents of one tenant, each with its version history (``agent_versions``)."""
 
-    def __repr__(self) -> str:
-        return f"SqlAgentStore(tenant_id={self.tenant_id!r})"
+    table = "agents"
+    prefix = "agt"
+    noun = "agent"
+    fields = _FIELDS
+    filters = {"model": Filter("model_id", lambda value: validate.text(value, "model", max_len=200, min_len=1))}
+    dependents = {"agent_versions": "agent_id"}
+
+    def from_row(self, row: Row) -> Agent:
+        config = loads(row["config"])
+        return Agent(**self._common(row), **{k: config[k] for k in _CONFIG_FIELDS}, version=int(row["version"]))
 
     async def create(
         self,
@@ -144,39 +117,16 @@ class SqlAgentStore:
         name = validate.name(name)
         config = {
             "model": _model(model),
-            "system": _check_field("system", system),
-            "description": _check_field("description", description),
+            "system": _FIELDS["system"](system),
+            "description": _FIELDS["description"](description),
             "tools": validate.objects(tools, "tools"),
             "mcp_servers": validate.objects(mcp_servers, "mcp_servers"),
             "skills": validate.objects(skills, "skills"),
             "metadata": validate.metadata(metadata),
         }
-        config_text = _config_text(config)
-        await self._tenant.ensure()
-        now = self._clock.now_ms()
-        agent_id = new_id("agt", now_ms=now)
-        await self._db.run_batch(
-            [
-                Statement(
-                    "INSERT INTO agents (tenant_id, id, name, name_search, model_id, version, config,"
-                    " created_at, updated_at, archived_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, NULL)",
-                    (
-                        self.tenant_id,
-                        agent_id,
-                        name,
-                        validate.search_key(name),
-                        _model_id(config["model"]),
-                        config_text,
-                        now,
-                        now,
-                    ),
-                ),
-                Statement(
-                    "INSERT INTO agent_versions (tenant_id, agent_id, version, snapshot, created_at)"
-                    " VALUES (?, ?, 1, ?, ?)",
-                    (self.tenant_id, agent_id, _snapshot(name, config, 1), now),
-                ),
-            ]
+        values = {"name": name, "model_id": _model_id(config["model"]), "version": 1, "config": _config_text(config)}
+        agent_id, now = await self._create(
+            values, also=lambda new_id, now: [self._history(new_id, 1, _snapshot(name, config, 1), now)]
         )
         created = ms_to_datetime(now)
         return Agent(
@@ -189,60 +139,18 @@ class SqlAgentStore:
             **config,
         )
 
-    async def _row(self, agent_id: str) -> Row:
-        check_id(agent_id, "agt", what="agent_id")
-        row = await self._db.fetch_one(
-            "SELECT * FROM agents WHERE tenant_id = ? AND id = ?", (self.tenant_id, agent_id)
-        )
-        if row is None:
-            raise NotFound(f"agent {agent_id} not found", agent_id=agent_id)
-        return row
-
-    async def get(self, agent_id: str) -> Agent:
-        return _agent(await self._row(agent_id))
-
-    async def list(
-        self,
-        *,
-        limit: int = 50,
-        cursor: str | None = None,
-        order: Order = "desc",
-        include_archived: bool = False,
-        q: str | None = None,
-        model: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-    ) -> Page[Agent]:
-        include_archived = validate.flag(include_archived, "include_archived")
-        where: list[str] = ["tenant_id = ?"]
-        params: list[Any] = [self.tenant_id]
-        if not include_archived:
-            where.append("archived_at IS NULL")
-        if q is not None:
-            where.append("name_search LIKE ? ESCAPE '\\'")
-            params.append(validate.like_pattern(q))
-        if model is not None:
-            where.append("model_id = ?")
-            params.append(validate.text(model, "model", max_len=200, min_len=1))
-        after, before = created_between(where, params, created_after, created_before)
-        return await list_page(
-            self._db,
-            table="agents",
-            where=where,
-            params=params,
-            scope=(self.tenant_id, bool(include_archived), q, model, after, before),
-            cursor=cursor,
-            order=order,
-            limit=limit,
-            to_model=_agent,
+    def _history(self, agent_id: str, version: int, snapshot: str, now: int) -> Statement:
+        return Statement(
+            "INSERT INTO agent_versions (tenant_id, agent_id, version, snapshot, created_at) VALUES (?, ?, ?, ?, ?)",
+            (self.tenant_id, agent_id, version, snapshot, now),
         )
 
     def _next_version(self, row: Row, checked: dict[str, Any], patch: Any, expected_version: int | None) -> _Next:
         """The version that applying the changes to ``row`` makes (``changed`` is False when it makes none)."""
-        current = _agent(row)
+        current = self.from_row(row)
         agent_id = current.id
         if current.archived_at is not None:
-            raise Conflict(f"agent {agent_id} is archived and cannot be updated", agent_id=agent_id)
+            raise self._archived(agent_id)
         if expected_version is not None and current.version != expected_version:
             raise VersionConflict(
                 f"agent {agent_id} is at version {current.version}, not {expected_version}",
@@ -254,7 +162,7 @@ class SqlAgentStore:
         config = {**old_config, **{k: v for k, v in checked.items() if k != "name"}}
         name = checked.get("name", current.name)
         if patch is not None:
-            config["metadata"] = _check_field("metadata", patch, old_config)
+            config["metadata"] = validate.merge_metadata(old_config.get("metadata", {}), patch)
         now = max(self._clock.now_ms(), int(row["updated_at"]))
         version = current.version + 1
         if name == current.name and config == old_config:
@@ -284,11 +192,7 @@ class SqlAgentStore:
             ),
             expect_rows=True,
         )
-        history = Statement(
-            "INSERT INTO agent_versions (tenant_id, agent_id, version, snapshot, created_at) VALUES (?, ?, ?, ?, ?)",
-            (self.tenant_id, agent_id, version, _snapshot(name, config, version), now),
-        )
-        return _Next(agent, True, [write, history])
+        return _Next(agent, True, [write, self._history(agent_id, version, _snapshot(name, config, version), now)])
 
     async def update(self, agent_id: str, *, expected_version: int | None = None, **changes: Any) -> Agent:
         """Apply ``changes`` as the next version, atomically with its history row.
@@ -301,14 +205,8 @@ class SqlAgentStore:
         check_id(agent_id, "agt", what="agent_id")
         if expected_version is not None:
             expected_version = validate.integer(expected_version, "expected_version", minimum=1)
-        checked: dict[str, Any] = {}
-        for field, value in changes.items():
-            if field != "metadata":
-                checked[field] = _check_field(field, value)  # raises on unknown fields with the valid ones
-        patch = changes.get("metadata")
-        if "metadata" in changes and not isinstance(patch, dict):
-            raise InvalidInput("metadata must be an object", field="metadata")
-        await self._tenant.ensure()
+        checked, patch = self._changes(changes)
+        await self._ensure_owner()
         step = self._next_version(await self._row(agent_id), checked, patch, expected_version)
         if not step.changed:
             return step.agent
@@ -321,10 +219,7 @@ class SqlAgentStore:
             await tx.execute(
                 "UPDATE agents SET version = version WHERE tenant_id = ? AND id = ?", (self.tenant_id, agent_id)
             )
-            row = await tx.fetch_one("SELECT * FROM agents WHERE tenant_id = ? AND id = ?", (self.tenant_id, agent_id))
-            if row is None:
-                raise NotFound(f"agent {agent_id} not found", agent_id=agent_id)
-            step = self._next_version(row, checked, patch, expected_version)
+            step = self._next_version(await self._row(agent_id, tx), checked, patch, expected_version)
             for statement in step.statements:
                 await tx.execute(statement.sql, statement.params)
         return step.agent
@@ -356,25 +251,3 @@ class SqlAgentStore:
         if row is None:
             raise NotFound(f"agent {agent_id} has no version {version}", agent_id=agent_id, version=version)
         return _version(row)
-
-    async def archive(self, agent_id: str) -> Agent:
-        check_id(agent_id, "agt", what="agent_id")
-        row = await archive_row(self._db, "agents", tenant_id=self.tenant_id, row_id=agent_id, now=self._clock.now_ms())
-        if row is None:
-            raise NotFound(f"agent {agent_id} not found", agent_id=agent_id)
-        return _agent(row)
-
-    async def delete(self, agent_id: str) -> None:
-        check_id(agent_id, "agt", what="agent_id")
-        result = await self._db.run_batch(
-            [
-                Statement(
-                    "DELETE FROM agents WHERE tenant_id = ? AND id = ?", (self.tenant_id, agent_id), expect_rows=True
-                ),
-                Statement(
-                    "DELETE FROM agent_versions WHERE tenant_id = ? AND agent_id = ?", (self.tenant_id, agent_id)
-                ),
-            ]
-        )
-        if not result.committed:
-            raise NotFound(f"agent {agent_id} not found", agent_id=agent_id)

@@ -1,4 +1,4 @@
-"""Soft-delete shared by the tenant-owned tables: set ``archived_at`` once and return the row."""
+"""Soft-delete shared by the entity tables: set ``archived_at`` once and return the row."""
 
 from __future__ import annotations
 
@@ -6,15 +6,26 @@ from openma.ports.sql import Row, SqlClient, Statement
 
 
 async def archive_row(
-    db: SqlClient, table: str, *, tenant_id: str, row_id: str, now: int, extra_where: str = ""
+    db: SqlClient,
+    table: str,
+    *,
+    tenant_id: str | None,
+    row_id: str,
+    now: int,
+    extra_where: str = "",
+    touch: bool = True,
 ) -> Row | None:
-    """Archive one row (idempotent: the first ``archived_at`` is kept); ``None`` when there is no such row."""
+    """Archive one row (idempotent: the first ``archived_at`` is kept); ``None`` when there is no such row.
+
+    ``tenant_id`` is ``None`` for a table whose rows belong to no tenant; ``touch`` also sets ``updated_at``.
+    """
+    sets = "archived_at = COALESCE(archived_at, ?)" + (", updated_at = ?" if touch else "")
+    key = ("tenant_id = ? AND id = ?", (tenant_id, row_id)) if tenant_id is not None else ("id = ?", (row_id,))
     result = await db.run_batch(
         [
             Statement(
-                f"UPDATE {table} SET archived_at = COALESCE(archived_at, ?), updated_at = ?"
-                f" WHERE tenant_id = ? AND id = ?{extra_where} RETURNING *",
-                (now, now, tenant_id, row_id),
+                f"UPDATE {table} SET {sets} WHERE {key[0]}{extra_where} RETURNING *",
+                (now, *((now,) if touch else ()), *key[1]),
                 fetch=True,
                 expect_rows=True,
             )

@@ -10,6 +10,7 @@ merged object's size limits are checked in the statement too, so a race cannot p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from openma.core import validate
@@ -31,6 +32,11 @@ class PartialUpdate:
         """Assign ``value`` to ``column``."""
         self._sets.append(f"{column} = ?")
         self._set_params.append(value)
+
+    def guard(self, condition: str, params: Sequence[Any] = ()) -> None:
+        """Write the row only if ``condition`` (SQL, with ``params``) holds for it as the statement runs."""
+        self._guards.append(condition)
+        self._guard_params.extend(params)
 
     def merge(
         self,
