@@ -340,7 +340,7 @@ async def test_aclose_closes_every_part_and_raises_every_failure(settings: Setti
         a, b, c = ClosingPart("a", StorageUnavailable("a is down")), ClosingPart("b"), ClosingPart("c", OSError("c"))
         blobs = ClosingPart("blobs", ValueError("blobs close failed"))
         oma = Platform(attrs.evolve(settings, sandbox="closing"), {"a": a, "b": b, "c": c}, blobs)  # type: ignore[dict-item, arg-type]
-        await oma.sandboxes()
+        await oma.sandbox_orchestrator()
         with pytest.raises(ExceptionGroup) as info:
             await oma.aclose()
     finally:
