@@ -98,6 +98,13 @@ async def _blobs(settings: Settings) -> Check:
     url = settings.blob_url
     part = f"blobs {url}"
     protocol = url.split("://", 1)[0].lower()
+    name = registry.blob_store_name(url)
+    if name not in ("fsspec", "file", "local", "memory", "s3", "s3a"):  # a third-party store: its factory loads
+        try:
+            factory = registry.blob_stores.check(name)
+        except Exception as exc:
+            return _failure(part, exc)
+        return Check(part, True, f"blob store {name!r} ({factory.__module__}; not opened)")
     options = storage_options(settings)
     if protocol in ("file", "local"):
         if options:
