@@ -285,6 +285,22 @@ async def test_a_third_party_store_holds_spilled_events_and_tenant_blobs(tmp_pat
     assert store.closed
 
 
+async def test_doctor_checks_a_third_party_store_without_opening_it(tmp_path: Path, dict_registered: None) -> None:
+    from openma.doctor import diagnose
+
+    settings = Settings(sqlite_path=str(tmp_path / "p.db"), blob_url="dict://test")
+    [blobs] = [c for c in await diagnose(settings) if c.part.startswith("blobs")]
+    assert blobs.ok and "open_dict_store" in blobs.detail, blobs
+    assert OPENED == {}
+    registry.blob_stores.register("nodict", "a_module_not_installed_anywhere:open")
+    try:
+        bad = Settings(sqlite_path=str(tmp_path / "p.db"), blob_url="nodict://test")
+        [blobs] = [c for c in await diagnose(bad) if c.part.startswith("blobs")]
+        assert not blobs.ok and "cannot be loaded" in blobs.detail, blobs
+    finally:
+        registry.blob_stores.unregister("nodict")
+
+
 async def test_a_broken_blob_store_fails_the_start_before_any_database_file(
     tmp_path: Path, dict_registered: None
 ) -> None:

@@ -145,6 +145,10 @@ class PrefixedBlobs:
         keys.ttl_ms(ttl)
         if if_none_match not in (None, "*"):
             raise InvalidInput("if_none_match must be '*' or None", field="if_none_match")
+        if if_match is not None and (not isinstance(if_match, str) or not if_match):
+            raise InvalidInput("if_match must be an etag string", field="if_match")
+        if not isinstance(data, bytes | bytearray | memoryview) and not hasattr(data, "__aiter__"):
+            raise InvalidInput("data must be bytes or an async iterable of bytes chunks", field="data")
         if self._ensure is not None:
             await self._ensure()
         info = await self._store.put(
