@@ -346,6 +346,18 @@ async def test_the_tenant_view_binds_cursors_and_skips_reserved_objects() -> Non
         assert reader.info.key == ".openma/sessions/s/0" and await reader.read() == b"internal"
 
 
+async def test_bad_input_fails_before_the_tenant_check() -> None:
+    async def no_such_tenant() -> None:
+        raise NotFound("no such tenant")
+
+    view = tenant_view(DictBlobStore(), TENANT, ensure=no_such_tenant)
+    for kwargs in ({"data": "text"}, {"data": b"x", "if_match": ""}, {"data": b"x", "ttl": -1}):
+        with pytest.raises(InvalidInput):
+            await view.put("k", **kwargs)
+    with pytest.raises(NotFound, match="no such tenant"):
+        await view.put("k", b"x")
+
+
 async def test_the_fsspec_store_keeps_its_own_tenant_view(tmp_path: Path) -> None:
     from openma.adapters.fsspec_blobs import FsspecBlobStore
 

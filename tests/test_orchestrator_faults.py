@@ -365,7 +365,7 @@ async def test_a_stale_actor_in_the_same_process_is_fenced_on_the_shared_sandbox
         async with t.sessions.actor(sid) as stale:
             old = await stale.sandbox()
             await old.write_file("f.txt", b"1")
-            async with _actor_with_other_lock(t, sid, tmp_path / "other-locks", oma.sandboxes) as new:
+            async with _actor_with_other_lock(t, sid, tmp_path / "other-locks", oma.sandbox_orchestrator) as new:
                 sb = await new.sandbox()
                 assert sb.id == old.id  # one orchestrator, one sandbox for the session: now the new holder's
                 await sb.write_file("f.txt", b"2")
