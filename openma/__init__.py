@@ -43,6 +43,7 @@ from openma.models import (
     Session,
     Stream,
     Tenant,
+    to_json,
 )
 from openma.platform import Platform, TenantScope
 from openma.ports.blobs import BlobInfo, BlobReader, BlobStore
@@ -101,4 +102,5 @@ __all__ = [
     "VersionConflict",
     "__version__",
     "sse",
+    "to_json",
 ]

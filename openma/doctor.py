@@ -93,11 +93,17 @@ async def _backend(settings: Settings, name: str) -> Check:
 
 
 async def _blobs(settings: Settings) -> Check:
-    from openma.adapters.fsspec_blobs import FsspecBlobStore, storage_options
+    from openma.adapters.fsspec_blobs import FsspecBlobStore, open_blob_store, storage_options
 
     url = settings.blob_url
     part = f"blobs {url}"
     protocol = url.split("://", 1)[0].lower()
+    try:
+        factory = registry.blob_stores.load(registry.blob_store_name(url))
+    except Exception as exc:
+        return _failure(part, exc)
+    if factory is not open_blob_store:  # a third-party store: its factory loads; opening it could create things
+        return Check(part, True, f"blob store {factory.__module__}.{factory.__qualname__} (not opened)")
     options = storage_options(settings)
     if protocol in ("file", "local"):
         if options:

@@ -1,12 +1,24 @@
 """The value objects of the public API: frozen ``attrs`` classes, safe to share and to cache.
 
 Timestamps are timezone-aware UTC ``datetime`` values; JSON payloads stay plain ``dict``/``list`` values.
+
+* **Frozen** means the attributes cannot be reassigned; the ``dict``/``list`` values inside (``metadata``,
+  ``data``, ``tools``, ...) are ordinary containers, so treat them as read-only.
+* **Equality** is by value. **Hashing:** a model that holds such containers (``Page``, ``Tenant``, ``Agent``,
+  ``AgentVersion``, ``Environment``, ``Session``, ``Event``, ``InboxItem``) is deliberately unhashable:
+  ``hash()`` raises ``TypeError`` naming the class; key a ``dict`` or ``set`` by its ``id`` instead.
+  ``Stream`` and ``GcReport`` hold only immutable values and are hashable.
+* **JSON:** every model has ``to_dict()`` (JSON-ready: datetimes as ISO 8601 strings, nested models as
+  dicts), and :func:`to_json` turns a model, a page, or a list or dict of them into a JSON string, for
+  notebooks and for hosts that serve them over HTTP.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import datetime
+import base64
+import json
+from collections.abc import Iterator, Mapping
+from datetime import date, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -14,8 +26,47 @@ import attrs
 T = TypeVar("T")
 
 
-@attrs.frozen
-class Page(Generic[T]):
+def to_dict(value: Any) -> Any:
+    """``value`` as plain JSON values: an ``attrs`` model becomes a dict of its fields, recursively.
+
+    ``datetime``/``date`` become ISO 8601 strings, ``timedelta`` seconds, ``bytes`` base64 text, tuples and
+    sets lists; ``dict`` keys become strings. Anything else JSON cannot hold is a ``TypeError``.
+    """
+    if attrs.has(type(value)):
+        return {f.name: to_dict(getattr(value, f.name)) for f in attrs.fields(type(value))}
+    if value is None or isinstance(value, str | int | float):
+        return value
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Mapping):
+        return {str(k): to_dict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_dict(v) for v in value]
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def to_json(value: Any, *, indent: int | None = None) -> str:
+    """``value`` (a model, a ``Page``, or a list or dict of them) as a JSON string; see :func:`to_dict`."""
+    return json.dumps(to_dict(value), ensure_ascii=False, indent=indent, allow_nan=False)
+
+
+class Value:
+    """The base of the public models: ``to_dict()``. Subclasses are ``attrs`` frozen classes."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """This model as a dict of JSON values (datetimes as ISO 8601 strings); see :func:`to_dict`."""
+        result: dict[str, Any] = to_dict(self)
+        return result
+
+
+@attrs.frozen(unsafe_hash=False)
+class Page(Value, Generic[T]):
     """One page of a list. ``next_cursor`` is ``None`` on the last page; pass it back as ``cursor=``."""
 
     items: list[T]
@@ -32,8 +83,8 @@ class Page(Generic[T]):
         return f"Page({len(self.items)} items{more})"
 
 
-@attrs.frozen
-class Tenant:
+@attrs.frozen(unsafe_hash=False)
+class Tenant(Value):
     """A customer of the host platform; every other row belongs to exactly one tenant."""
 
     id: str
@@ -43,8 +94,8 @@ class Tenant:
     archived_at: datetime | None = None
 
 
-@attrs.frozen
-class Agent:
+@attrs.frozen(unsafe_hash=False)
+class Agent(Value):
     """An agent definition. ``version`` starts at 1 and grows by one on every effective update."""
 
     id: str
@@ -68,8 +119,8 @@ class Agent:
         return self.model if isinstance(self.model, str) else str(self.model.get("id", ""))
 
 
-@attrs.frozen
-class AgentVersion:
+@attrs.frozen(unsafe_hash=False)
+class AgentVersion(Value):
     """An immutable snapshot of an agent at one version (the current one included)."""
 
     agent_id: str
@@ -79,8 +130,8 @@ class AgentVersion:
     created_at: datetime
 
 
-@attrs.frozen
-class Environment:
+@attrs.frozen(unsafe_hash=False)
+class Environment(Value):
     """Where a session's tools run: sandbox provider settings, packages, network policy, ..."""
 
     id: str
@@ -94,8 +145,8 @@ class Environment:
     archived_at: datetime | None = None
 
 
-@attrs.frozen
-class Session:
+@attrs.frozen(unsafe_hash=False)
+class Session(Value):
     """One conversation of an agent in an environment, with its event log.
 
     ``agent`` and ``environment`` are snapshots frozen at creation: later edits of the agent or environment
@@ -119,8 +170,8 @@ class Session:
     archived_at: datetime | None = None
 
 
-@attrs.frozen
-class Event:
+@attrs.frozen(unsafe_hash=False)
+class Event(Value):
     """One entry of a session's log. ``data`` is the whole JSON payload (with its ``id`` and ``type``)."""
 
     id: str
@@ -130,8 +181,8 @@ class Event:
     data: dict[str, Any]
 
 
-@attrs.frozen
-class InboxItem:
+@attrs.frozen(unsafe_hash=False)
+class InboxItem(Value):
     """An input posted to a session, waiting for (or done with) promotion into its log.
 
     ``state`` is ``pending``, ``promoted`` (``seq`` is then its place in the log) or ``cancelled``;
@@ -149,7 +200,7 @@ class InboxItem:
 
 
 @attrs.frozen
-class Stream:
+class Stream(Value):
     """One model call's streamed output: ``open`` until finalized ``completed``, ``aborted`` or ``interrupted``.
 
     ``text`` is every chunk appended so far, joined; ``chunks`` counts them.
@@ -168,7 +219,7 @@ class Stream:
 
 
 @attrs.frozen
-class GcReport:
+class GcReport(Value):
     """What one ``gc`` pass removed."""
 
     events: int = 0

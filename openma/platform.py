@@ -8,6 +8,7 @@ from the environment; ``Platform.from_url(url)`` opens every store in one databa
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from openma import registry
 from openma.adapters.telemetry import LoggingTelemetry
 from openma.core.ids import check_id
 from openma.core.sessions import Sessions
+from openma.core.tenant_blobs import tenant_view
 from openma.errors import ConfigError, Conflict
 from openma.models import Tenant
 from openma.ports.agents import AgentStore
@@ -32,7 +34,6 @@ from openma.ports.tenants import TenantStore
 from openma.settings import STORE_NAMES, Settings
 
 if TYPE_CHECKING:
-    from openma.adapters.fsspec_blobs import FsspecBlobStore
     from openma.core.orchestrator import SandboxOrchestrator
 
 
@@ -83,7 +84,7 @@ class TenantScope:
         with ``.openma/`` or ``sessions/`` are ``InvalidInput`` and never listed.
         """
         if self._blobs is None:
-            self._blobs = self._platform.blobs.for_tenant(self.tenant_id, ensure=self._ref.ensure)
+            self._blobs = tenant_view(self._platform.blobs, self.tenant_id, ensure=self._ref.ensure)
         return self._blobs
 
     @property
@@ -91,8 +92,8 @@ class TenantScope:
         """This tenant's sessions and their event logs; spilled events go to :attr:`blobs`."""
         if self._sessions is None:
             try:  # spills go to the tenant's internal area, which its own blob view cannot name
-                blobs: BlobStore | None = self._platform.blobs.for_tenant(
-                    self.tenant_id, ensure=self._ref.ensure, internal=True
+                blobs: BlobStore | None = tenant_view(
+                    self._platform.blobs, self.tenant_id, ensure=self._ref.ensure, internal=True
                 )
             except ConfigError:  # a platform built without a blob store: events cannot spill
                 blobs = None
@@ -105,7 +106,7 @@ class TenantScope:
                 self.environments,
                 lease_lock=lease_lock,
                 telemetry=self._platform.telemetry,
-                sandboxes=self._platform.sandboxes,
+                sandboxes=self._platform.sandbox_orchestrator,
                 opened_sandboxes=lambda: self._platform._orchestrator,
             )
         return self._sessions
@@ -118,7 +119,7 @@ class Platform:
         self,
         settings: Settings,
         backends: dict[str, StoreBackend],
-        blobs: FsspecBlobStore | None = None,
+        blobs: BlobStore | None = None,
         *,
         telemetry: Telemetry | None = None,
     ) -> None:
@@ -204,10 +205,8 @@ class Platform:
             raise ConfigError(f"settings must be an openma.Settings, got {type(given).__name__}{hint}")
         names = sorted({settings.backend_for(store) for store in STORE_NAMES})
         backends: dict[str, StoreBackend] = {}
-        from openma.adapters.fsspec_blobs import FsspecBlobStore
-
-        # blob_url is checked before any database file is created, its root made after the backends open.
-        blobs = await FsspecBlobStore.from_settings(settings, setup=False)
+        # blob_url is checked before any database file is created, the store set up after the backends open.
+        blobs: BlobStore = await registry.blob_stores.load(registry.blob_store_name(settings.blob_url))(settings)
         try:
             for name in names:
                 factory = registry.store_backends.load(name)
@@ -215,7 +214,9 @@ class Platform:
                 backends[name] = backend
                 if settings.auto_migrate:
                     await backend.migrate()
-            await blobs.setup()
+            setup = getattr(blobs, "setup", None)
+            if setup is not None:
+                await setup()
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 for backend in backends.values():
@@ -224,7 +225,7 @@ class Platform:
                     except Exception as close_exc:  # the open error matters more; keep closing the others
                         exc.add_note(f"also failed to close backend {backend.name!r}: {close_exc!r}")
                 try:
-                    await blobs.aclose()
+                    await _aclose(blobs)
                 except Exception as close_exc:
                     exc.add_note(f"also failed to close the blob store: {close_exc!r}")
             raise
@@ -241,8 +242,12 @@ class Platform:
         return dict(self._backends)
 
     @property
-    def blobs(self) -> FsspecBlobStore:
-        """The whole blob store (admin level: every tenant's keys, under ``t/<tenant_id>/``)."""
+    def blobs(self) -> BlobStore:
+        """The whole blob store (admin level: every tenant's keys, under ``t/<tenant_id>/``).
+
+        It is the store registered for the scheme of ``settings.blob_url`` (:data:`openma.registry.blob_stores`):
+        the fsspec store for ``file://``, ``memory://``, ``s3://`` and every other fsspec URL by default.
+        """
         if self._closed:
             raise ConfigError("this platform is closed")
         if self._blobs is None:
@@ -261,6 +266,15 @@ class Platform:
         return TenantScope(self, tenant_id)
 
     async def sandboxes(self) -> SandboxOrchestrator:
+        """Deprecated alias of :meth:`sandbox_orchestrator` (an awaited method, not a property)."""
+        warnings.warn(
+            "Platform.sandboxes() is deprecated; use await Platform.sandbox_orchestrator()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return await self.sandbox_orchestrator()
+
+    async def sandbox_orchestrator(self) -> SandboxOrchestrator:
         """The sandbox orchestrator (one sandbox per session), opened on first use from ``settings.sandbox``.
 
         Snapshots go to the platform's blob store under ``t/<tenant>/.openma/snapshots/<session>/``. On a
@@ -303,7 +317,8 @@ class Platform:
             parts.append(("sandbox provider", self._orchestrator.provider.aclose))
         parts += [(f"store backend {name!r}", backend.aclose) for name, backend in self._backends.items()]
         if self._blobs is not None:
-            parts.append(("blob store", self._blobs.aclose))
+            blobs = self._blobs
+            parts.append(("blob store", lambda: _aclose(blobs)))
         errors: list[BaseException] = []
         for what, close in parts:
             try:
@@ -319,3 +334,10 @@ class Platform:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.aclose()
+
+
+async def _aclose(store: object) -> None:
+    """Close a blob store that has ``aclose`` (the port does not require one)."""
+    close = getattr(store, "aclose", None)
+    if close is not None:
+        await close()

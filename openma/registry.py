@@ -26,7 +26,7 @@ class _Builtin:
 
 
 class Registry:
-    """Names → factories for one kind of part (store backends, sandboxes, ...)."""
+    """Names → factories for one kind of part (store backends, sandboxes, blob stores, ...)."""
 
     def __init__(self, kind: str, group: str, builtins: dict[str, _Builtin]) -> None:
         self.kind = kind
@@ -145,3 +145,33 @@ sandboxes: Final = Registry(
         ),
     },
 )
+
+#: Blob stores, chosen by the scheme of ``settings.blob_url`` (``dict://...`` picks the store named ``dict``):
+#: ``factory(settings) -> Awaitable[BlobStore]``. A factory only checks its settings (no I/O that creates
+#: anything); if the store has ``async setup()``, the platform calls it once the store backends are open, and
+#: ``async aclose()`` when it closes. A scheme no name claims goes to ``fsspec``, which takes any fsspec URL.
+blob_stores: Final = Registry(
+    "blob store",
+    "openma.blob_stores",
+    {
+        "fsspec": _Builtin("openma.adapters.fsspec_blobs:open_blob_store"),
+        "file": _Builtin("openma.adapters.fsspec_blobs:open_blob_store"),
+        "local": _Builtin("openma.adapters.fsspec_blobs:open_blob_store"),
+        "memory": _Builtin("openma.adapters.fsspec_blobs:open_blob_store"),
+        "s3": _Builtin("openma.adapters.fsspec_blobs:open_blob_store", extra="s3", needs=("s3fs",)),
+        "s3a": _Builtin("openma.adapters.fsspec_blobs:open_blob_store", extra="s3", needs=("s3fs",)),
+    },
+)
+#: The blob store that takes every URL whose scheme has no store of its own.
+DEFAULT_BLOB_STORE: Final = "fsspec"
+
+
+def blob_store_name(url: object) -> str:
+    """The name of the blob store for ``url``: its scheme if a store is registered under it, else ``fsspec``.
+
+    A value that is not a ``scheme://...`` string is a :class:`ConfigError` naming ``blob_url``.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(f"blob_url must be a URL such as file://./.openma/blobs, got {url!r}", field="blob_url")
+    scheme = url.split("://", 1)[0].lower()
+    return scheme if blob_stores.has(scheme) else DEFAULT_BLOB_STORE

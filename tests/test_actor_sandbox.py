@@ -41,7 +41,7 @@ async def test_a_turn_runs_tools_in_the_sessions_sandbox_and_the_workspace_survi
             assert result.exit_code == 0 and result.stdout.strip() == "hello"
         # Releasing the actor snapshotted the workspace; the sandbox itself was kept for the next turn.
         assert [f["action"] for f in telemetry.of("sandbox.lifecycle")].count("snapshot") == 1
-        orchestrator = await oma.sandboxes()
+        orchestrator = await oma.sandbox_orchestrator()
         await orchestrator.reap(idle_for=0)  # recycle it: the next turn warms a new one from the snapshot
         async with t.sessions.actor(session.id) as actor:
             sandbox = await actor.sandbox()

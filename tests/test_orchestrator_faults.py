@@ -346,7 +346,7 @@ async def test_a_stale_actors_sandbox_is_fenced(settings: Settings, tmp_path: Pa
                         await attempt
                 assert not stale.held
                 # The old host's reaper snapshots and recycles what it kept: the record refuses it.
-                orch = await oma.sandboxes()
+                orch = await oma.sandbox_orchestrator()
                 await orch.reap(0)
                 record = await t.sessions.store.sandbox_record(sid)
                 assert record.snapshot is not None and record.snapshot["key"] == mine.key
@@ -365,7 +365,7 @@ async def test_a_stale_actor_in_the_same_process_is_fenced_on_the_shared_sandbox
         async with t.sessions.actor(sid) as stale:
             old = await stale.sandbox()
             await old.write_file("f.txt", b"1")
-            async with _actor_with_other_lock(t, sid, tmp_path / "other-locks", oma.sandboxes) as new:
+            async with _actor_with_other_lock(t, sid, tmp_path / "other-locks", oma.sandbox_orchestrator) as new:
                 sb = await new.sandbox()
                 assert sb.id == old.id  # one orchestrator, one sandbox for the session: now the new holder's
                 await sb.write_file("f.txt", b"2")
@@ -399,7 +399,7 @@ async def test_an_actor_cancelled_during_its_idle_snapshot_frees_its_lease(
 ) -> None:
     async with Platform.open(settings) as oma:
         t, sid = await _session(oma)
-        orch = await oma.sandboxes()
+        orch = await oma.sandbox_orchestrator()
         entered = anyio.Event()
         real_idle = orch.idle
 
@@ -429,7 +429,7 @@ async def test_errors_on_the_way_out_still_free_the_lease(
     async with Platform.open(settings) as oma:
         t, sid = await _session(oma)
         store = t.sessions.store
-        orch = await oma.sandboxes()
+        orch = await oma.sandbox_orchestrator()
         boom = StorageUnavailable("injected")
 
         async def fail(*args: Any, **kwargs: Any) -> Any:

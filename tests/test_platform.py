@@ -164,6 +164,7 @@ PUBLIC_NAMES = [
     "VersionConflict",
     "__version__",
     "sse",
+    "to_json",
 ]
 
 #: Every error's wire code. Codes never change once released; a new error gets a new, distinct code here.
@@ -210,10 +211,10 @@ HTTP_STATUSES = {
 def test_public_names_are_exported_and_documented() -> None:
     assert openma.__all__ == PUBLIC_NAMES  # sorted, no duplicates, nothing missing, nothing extra
     public = {n for n in dir(openma) if not n.startswith("_") and n[0].isupper()}
-    assert public == set(PUBLIC_NAMES) - {"__version__", "sse"}  # no public name leaks in unexported
+    assert public == set(PUBLIC_NAMES) - {"__version__", "sse", "to_json"}  # no public name leaks in unexported
     assert isinstance(openma.__version__, str) and openma.__version__
     assert openma.sse.__name__ == "openma.sse" and (openma.sse.__doc__ or "").strip()
-    for name in PUBLIC_NAMES[:-2]:
+    for name in (n for n in PUBLIC_NAMES if n not in ("__version__", "sse")):
         obj = getattr(openma, name)
         assert obj.__module__.startswith("openma."), name
         doc = obj.__dict__.get("__doc__") if isinstance(obj, type) else obj.__doc__  # not an inherited one
@@ -340,7 +341,7 @@ async def test_aclose_closes_every_part_and_raises_every_failure(settings: Setti
         a, b, c = ClosingPart("a", StorageUnavailable("a is down")), ClosingPart("b"), ClosingPart("c", OSError("c"))
         blobs = ClosingPart("blobs", ValueError("blobs close failed"))
         oma = Platform(attrs.evolve(settings, sandbox="closing"), {"a": a, "b": b, "c": c}, blobs)  # type: ignore[dict-item, arg-type]
-        await oma.sandboxes()
+        await oma.sandbox_orchestrator()
         with pytest.raises(ExceptionGroup) as info:
             await oma.aclose()
     finally:

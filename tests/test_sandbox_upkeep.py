@@ -224,7 +224,7 @@ async def test_the_platform_runs_the_loop_while_it_is_open(
 ) -> None:
     with anyio.fail_after(WAIT):
         async with Platform.open(platform_settings(e2b_fake, tmp_path)) as oma:
-            orch = await oma.sandboxes()
+            orch = await oma.sandbox_orchestrator()
             assert isinstance(orch.upkeep, SandboxUpkeep) and orch.upkeep.interval == 0.05
             sid = session_id()
             sb = await orch.get(T1, sid, remote_spec(tenant_id=T1, session_id=sid))
@@ -236,7 +236,7 @@ async def test_upkeep_can_be_turned_off_and_errors_still_come_out_plain(e2b_fake
     settings = platform_settings(e2b_fake, tmp_path, sandbox_keepalive_interval=0)
     with pytest.raises(KeyError):  # the platform's task group never wraps the block's own error
         async with Platform.open(settings) as oma:
-            assert (await oma.sandboxes()).upkeep is None
+            assert (await oma.sandbox_orchestrator()).upkeep is None
             raise KeyError("the block's own")
 
 

@@ -30,13 +30,18 @@ def redact(value: Any) -> Any:
 
 @attrs.frozen
 class TelemetryRecord:
+    """One event a :class:`MemoryTelemetry` kept: its ``kind``, when (epoch ms), and its fields (redacted)."""
+
     kind: str
     at_ms: int
     fields: dict[str, Any]
 
 
 class MemoryTelemetry:
-    """Keeps every event in a list; for tests and notebooks."""
+    """Keeps every event in ``records``, fields redacted as the logging sink does; for tests and notebooks.
+
+    Exported by :mod:`openma.testing`: ``Platform.open(settings, telemetry=MemoryTelemetry())``.
+    """
 
     def __init__(self) -> None:
         self.records: list[TelemetryRecord] = []

@@ -1,4 +1,4 @@
-"""The conformance kit: pytest mixins that prove an adapter honours openma's ports.
+"""The conformance kit: pytest mixins that prove an adapter honours openma's ports, and fakes for host tests.
 
 Combine a contract with a fixture that yields the adapter (see each contract's docstring) and declare the
 adapter's capabilities. openma's own adapters are tested through these same classes.
@@ -11,8 +11,13 @@ reason, for what is not declared; on trio every test is skipped unless ``trio`` 
 also makes the adapter report its capabilities at run time (``Sandbox.capabilities``, which the core reads;
 a blob store's ``capabilities``), the kit checks the test class claims nothing the adapter does not report
 (``trio`` aside). See :mod:`openma.testing.capabilities`.
+
+``MemoryTelemetry`` keeps every telemetry event in memory (``records``, and ``of(kind)`` for one kind's
+fields), so a host's test can pass ``telemetry=MemoryTelemetry()`` to ``Platform.open`` and assert on what
+openma reported.
 """
 
+from openma.adapters.telemetry import MemoryTelemetry, TelemetryRecord
 from openma.testing.actor import ActorContract, BackendFactory
 from openma.testing.agents import AgentStoreContract
 from openma.testing.blobs import BlobStoreContract
@@ -26,13 +31,15 @@ from openma.testing.stores import EnvironmentStoreContract, TenantStoreContract
 __all__ = [
     "KNOWN_CAPABILITIES",
     "ActorContract",
-    "BackendFactory",
-    "KVContract",
     "AgentStoreContract",
+    "BackendFactory",
     "BlobStoreContract",
     "EnvironmentStoreContract",
     "EventLogContract",
+    "KVContract",
+    "MemoryTelemetry",
     "SandboxContract",
+    "TelemetryRecord",
     "TenantStoreContract",
     "requires",
 ]

@@ -35,82 +35,11 @@ import pytest
 
 from openma.errors import Conflict, InvalidInput, NotFound
 from openma.ports.blobs import BlobStore
+from openma.testing._blob_cases import BAD_KEYS, GOOD_KEYS, MIB, SHORT_TTL, all_keys, chunked, lapse, pattern
 from openma.testing.capabilities import check_adapter_agrees, check_requirements, requires
 from openma.testing.stores import BAD_CURSORS
 
-SHORT_TTL = 0.05
-MIB = 1 << 20
-
-BAD_KEYS: list[Any] = [
-    "",
-    "/etc/passwd",
-    "../escape",
-    "a/../../b",
-    "a/./b",
-    "./a",
-    "a/.",
-    "a/..",
-    "a//b",
-    "a/",
-    "back\\slash",
-    "..\\windows",
-    "ctl\x01char",
-    "nul\x00byte",
-    "new\nline",
-    "del\x7f",
-    "c1\x9f",
-    ".openma/meta/x",
-    "x" * 513,
-    "d/" + "s" * 256,
-    "\ud800",
-    5,
-    None,
-    b"bytes-key",
-]
-
-GOOD_KEYS = [
-    "日本語/ファイル.txt",
-    "emoji/😀.bin",
-    "spaces in a name",
-    "percent%20and+plus",
-    "colon:semi;comma,",
-    "quote'\"`",
-    "ends-with-dot.",
-    "..leading-dots",
-    "...",
-    ".openma-not-reserved/x",
-    "x" * 255,
-    "/".join(["seg"] * 100),
-]
-
-
-def pattern(size: int, seed: int = 0) -> bytes:
-    """Deterministic, non-repeating-looking bytes (so a misplaced range cannot pass by luck)."""
-    block = hashlib.sha256(f"openma-{seed}".encode()).digest() * 2048  # 64 KiB
-    return (block * (size // len(block) + 1))[:size]
-
-
-async def chunked(data: bytes, size: int) -> AsyncIterator[bytes]:
-    for i in range(0, len(data), size):
-        yield data[i : i + size]
-        if i % (size * 4) == 0:
-            yield b""  # empty chunks are allowed and ignored
-    await anyio.lowlevel.checkpoint()
-
-
-async def _lapse() -> None:
-    await anyio.sleep(SHORT_TTL * 3)
-
-
-async def _all(store: BlobStore, prefix: str = "", limit: int = 100) -> list[str]:
-    keys: list[str] = []
-    cursor = None
-    while True:
-        page = await store.list(prefix, cursor=cursor, limit=limit)
-        keys += [i.key for i in page]
-        cursor = page.next_cursor
-        if cursor is None:
-            return keys
+__all__ = ["BAD_KEYS", "GOOD_KEYS", "MIB", "SHORT_TTL", "BlobStoreContract", "chunked", "pattern"]
 
 
 @pytest.mark.anyio
@@ -231,7 +160,7 @@ class BlobStoreContract:
         with pytest.raises(RuntimeError):
             await blob_store.put("kept", failing())
         assert await blob_store.get("kept") == b"old"
-        assert await _all(blob_store) == ["kept"]
+        assert await all_keys(blob_store) == ["kept"]
 
     # -- ranges and streaming reads
 
@@ -301,7 +230,7 @@ class BlobStoreContract:
         with pytest.raises(NotFound):
             await blob_store.get("d/1")
         await blob_store.delete("d/1")
-        assert await _all(blob_store) == ["d/2"]
+        assert await all_keys(blob_store) == ["d/2"]
         await blob_store.put("d/1", b"back")
         assert await blob_store.get("d/1") == b"back"
 
@@ -320,7 +249,7 @@ class BlobStoreContract:
         with pytest.raises(InvalidInput):
             async with blob_store.open_read(key):
                 pass
-        assert await _all(blob_store) == []
+        assert await all_keys(blob_store) == []
 
     async def test_unicode_and_odd_keys_round_trip(self, blob_store: BlobStore) -> None:
         for i, key in enumerate(GOOD_KEYS):
@@ -328,7 +257,7 @@ class BlobStoreContract:
         for i, key in enumerate(GOOD_KEYS):
             assert await blob_store.get(key) == f"value {i}".encode()
             assert (await blob_store.head(key)).key == key
-        assert await _all(blob_store, limit=5) == sorted(GOOD_KEYS)
+        assert await all_keys(blob_store, limit=5) == sorted(GOOD_KEYS)
 
     async def test_nested_keys_coexist_or_conflict(self, blob_store: BlobStore) -> None:
         await blob_store.put("n/a", b"file")
@@ -445,7 +374,7 @@ class BlobStoreContract:
         short = await blob_store.put("ttl/short", b"x", ttl=timedelta(milliseconds=50))
         assert short.expires_at is not None
         await blob_store.put("ttl/forever", b"x")
-        await _lapse()
+        await lapse()
         for call in (blob_store.get, blob_store.head):
             with pytest.raises(NotFound):
                 await call("ttl/short")
@@ -455,14 +384,14 @@ class BlobStoreContract:
             async with blob_store.open_read("ttl/short"):
                 pass
         assert (await blob_store.head("ttl/long")).expires_at == long.expires_at
-        assert await _all(blob_store, "ttl/") == ["ttl/forever", "ttl/long"]
+        assert await all_keys(blob_store, "ttl/") == ["ttl/forever", "ttl/long"]
         assert await blob_store.sweep_expired() == 1
         assert await blob_store.sweep_expired() == 0
-        assert await _all(blob_store, "ttl/") == ["ttl/forever", "ttl/long"]
+        assert await all_keys(blob_store, "ttl/") == ["ttl/forever", "ttl/long"]
 
     async def test_expired_objects_are_absent_for_conditions(self, blob_store: BlobStore) -> None:
         old = await blob_store.put("lease", b"old", ttl=SHORT_TTL)
-        await _lapse()
+        await lapse()
         with pytest.raises(Conflict):
             await blob_store.put("lease", b"stale", if_match=old.etag)
         new = await blob_store.put("lease", b"new", if_none_match="*")
@@ -474,7 +403,7 @@ class BlobStoreContract:
     async def test_overwrite_clears_the_ttl(self, blob_store: BlobStore) -> None:
         await blob_store.put("k", b"short-lived", ttl=SHORT_TTL)
         await blob_store.put("k", b"kept")
-        await _lapse()
+        await lapse()
         assert await blob_store.sweep_expired() == 0
         assert await blob_store.get("k") == b"kept"
         assert (await blob_store.head("k")).expires_at is None
@@ -488,7 +417,7 @@ class BlobStoreContract:
         await anyio.sleep(0.05)
         await blob_store.put("logs/new", b"x")
         assert await blob_store.expire("logs/", cutoff) == 2
-        assert await _all(blob_store) == ["logs/new", "other/old"]
+        assert await all_keys(blob_store) == ["logs/new", "other/old"]
         assert await blob_store.expire("logs/", cutoff) == 0
         with pytest.raises(InvalidInput):
             await blob_store.expire("logs/", datetime(2020, 1, 1))  # naive
@@ -506,15 +435,15 @@ class BlobStoreContract:
                 stored.append(key)
             except Conflict:  # "a/1" vs "a/1/x" on stores without nested keys
                 assert "nested_keys" not in self.capabilities
-        assert await _all(blob_store, limit=3) == sorted(stored)
+        assert await all_keys(blob_store, limit=3) == sorted(stored)
         page = await blob_store.list(limit=100)
         assert page.next_cursor is None
         assert [i.key for i in page] == sorted(stored)
         assert all(i.metadata == {"k": i.key} and i.size == len(i.key.encode()) for i in page)
-        assert await _all(blob_store, "a/") == sorted(k for k in stored if k.startswith("a/"))
-        assert await _all(blob_store, "a") == sorted(k for k in stored if k.startswith("a"))
-        assert await _all(blob_store, "a/1") == sorted(k for k in stored if k.startswith("a/1"))
-        assert await _all(blob_store, "zz") == []
+        assert await all_keys(blob_store, "a/") == sorted(k for k in stored if k.startswith("a/"))
+        assert await all_keys(blob_store, "a") == sorted(k for k in stored if k.startswith("a"))
+        assert await all_keys(blob_store, "a/1") == sorted(k for k in stored if k.startswith("a/1"))
+        assert await all_keys(blob_store, "zz") == []
 
     async def test_list_is_keyset(self, blob_store: BlobStore) -> None:
         for i in range(8):
@@ -533,7 +462,7 @@ class BlobStoreContract:
     async def test_list_skips_expired(self, blob_store: BlobStore) -> None:
         for i in range(6):
             await blob_store.put(f"e/{i}", b"x", ttl=SHORT_TTL if i % 2 else None)
-        await _lapse()
+        await lapse()
         page = await blob_store.list("e/", limit=2)
         assert [i.key for i in page] == ["e/0", "e/2"]
         rest = await blob_store.list("e/", cursor=page.next_cursor, limit=2)

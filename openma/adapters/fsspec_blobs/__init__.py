@@ -340,6 +340,15 @@ class FsspecBlobStore:
                 return removed
 
 
+async def open_blob_store(settings: Settings) -> FsspecBlobStore:
+    """The ``fsspec`` entry of :data:`openma.registry.blob_stores`: ``settings.blob_url``, checked, not set up.
+
+    The platform calls :meth:`FsspecBlobStore.setup` once its store backends are open, so a bad URL fails
+    before any database file is created.
+    """
+    return await FsspecBlobStore.from_settings(settings, setup=False)
+
+
 def storage_options(settings: Settings) -> dict[str, Any]:
     """fsspec storage options for ``settings.blob_url``: the S3 settings, then ``blob_options`` on top."""
     options: dict[str, Any] = {}
@@ -413,4 +422,4 @@ def _engine(url: str, options: dict[str, Any], engine_options: dict[str, Any]) -
     return GenericEngine(fs, root)
 
 
-__all__ = ["FsspecBlobReader", "FsspecBlobStore", "storage_options"]
+__all__ = ["FsspecBlobReader", "FsspecBlobStore", "open_blob_store", "storage_options"]

@@ -48,45 +48,20 @@ from openma.adapters.fsspec_blobs._common import (
     new_etag,
     pieces,
 )
+from openma.adapters.fsspec_blobs._local_io import (
+    COLLISION,
+    O_CLOEXEC,
+    O_NOFOLLOW,
+    Inconsistent,
+    LocalReader,
+    foreign_meta,
+    fsync_dir,
+    storage_error,
+    write_all,
+)
 from openma.errors import Conflict, StorageUnavailable
 
 LOCK_STRIPES: Final = 64
-_O_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
-_O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
-_COLLISION: Final = (IsADirectoryError, NotADirectoryError, FileExistsError)
-
-
-class _Inconsistent(Exception):
-    """The record does not describe the file on disk; only a writer (exclusive lock) may repair it."""
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _foreign(key: str, st: os.stat_result) -> Meta:
-    return Meta(
-        key=key,
-        size=st.st_size,
-        etag=f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}",
-        content_type="application/octet-stream",
-        metadata={},
-        created_ms=st.st_mtime_ns // 1_000_000,
-    )
-
-
-def _storage_error(root: str, exc: OSError) -> StorageUnavailable:
-    return StorageUnavailable(f"blob store at {root!r} failed: {exc}", root=root)
 
 
 class LocalEngine:
@@ -117,7 +92,7 @@ class LocalEngine:
         try:
             return await anyio.to_thread.run_sync(fn, *args)
         except OSError as exc:
-            raise _storage_error(self.root, exc) from exc
+            raise storage_error(self.root, exc) from exc
 
     async def setup(self) -> None:
         await self._run(self._setup)
@@ -131,7 +106,7 @@ class LocalEngine:
     @contextmanager
     def _locked(self, key: str, exclusive: bool) -> Iterator[None]:
         stripe = zlib.crc32(key.encode("utf-8")) % LOCK_STRIPES
-        fd = os.open(self._path(f"{LOCK_DIR}{stripe:02x}"), os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+        fd = os.open(self._path(f"{LOCK_DIR}{stripe:02x}"), os.O_RDWR | os.O_CREAT | O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
@@ -166,13 +141,13 @@ class LocalEngine:
                     raise
         else:  # pragma: no cover - only under pathological churn
             raise StorageUnavailable(f"could not publish {dst!r}: its directory keeps disappearing")
-        _fsync_dir(os.path.dirname(dst))
+        fsync_dir(os.path.dirname(dst))
 
     def _write_record(self, key: str, raw: bytes) -> None:
         tmp = self._tmp(f"{uuid.uuid4().hex}.rec")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644)
         try:
-            _write_all(fd, raw)
+            write_all(fd, raw)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -189,12 +164,12 @@ class LocalEngine:
         st = self._stat_data(key)
         decoded = decode_record(key, raw) if raw is not None else None
         if decoded is None:
-            return _foreign(key, st) if st is not None else None
+            return foreign_meta(key, st) if st is not None else None
         meta, fields = decoded
         if st is not None and st.st_ino == fields.get("ino"):
             return meta
         if not repair:
-            raise _Inconsistent(key)
+            raise Inconsistent(key)
         staged = fields.get("staged")
         if isinstance(staged, str) and "/" not in staged:
             try:
@@ -206,14 +181,14 @@ class LocalEngine:
                 return meta
         with suppress(FileNotFoundError):
             os.unlink(self._meta(key))
-        return _foreign(key, st) if st is not None else None
+        return foreign_meta(key, st) if st is not None else None
 
     def _checked(self, key: str) -> Meta | None:
         """``_current`` for readers: shared lock, and an exclusive one only if a repair is due."""
         try:
             with self._locked(key, exclusive=False):
                 return self._current(key, repair=False)
-        except _Inconsistent:
+        except Inconsistent:
             with self._locked(key, exclusive=True):
                 return self._current(key, repair=True)
 
@@ -221,7 +196,7 @@ class LocalEngine:
 
     def _stage_open(self) -> tuple[int, str]:
         name = uuid.uuid4().hex
-        fd = os.open(self._tmp(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+        fd = os.open(self._tmp(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644)
         return fd, name
 
     def _stage_close(self, fd: int) -> tuple[int, int]:
@@ -235,7 +210,7 @@ class LocalEngine:
     def _stage_bytes(self, data: bytes) -> tuple[str, int, int]:
         fd, name = self._stage_open()
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
         except BaseException:
             os.close(fd)
             os.unlink(self._tmp(name))
@@ -257,7 +232,7 @@ class LocalEngine:
             fd, name = await self._run(self._stage_open)
             try:
                 async for piece in pieces(source):
-                    await self._run(_write_all, fd, piece)
+                    await self._run(write_all, fd, piece)
                 ino, size = await self._run(self._stage_close, fd)
             except BaseException:
                 with anyio.CancelScope(shield=True):
@@ -292,11 +267,11 @@ class LocalEngine:
             previous = self._read_record(key)
             try:
                 self._write_record(key, encode_record(meta, ino=ino, staged=staged))
-            except _COLLISION:
+            except COLLISION:
                 raise self._collision(key) from None
             try:
                 self._publish(self._tmp(staged), self._data(key))
-            except _COLLISION:
+            except COLLISION:
                 if previous is not None:
                     self._write_record(key, previous)
                 else:
@@ -320,14 +295,14 @@ class LocalEngine:
             meta = self._current(key, repair=exclusive)
             if meta is None:
                 return None
-            fd = os.open(self._data(key), os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+            fd = os.open(self._data(key), os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
             return meta, fd
 
         exclusive = False
         try:
             with self._locked(key, exclusive=False):
                 return attempt()
-        except _Inconsistent:
+        except Inconsistent:
             exclusive = True
             with self._locked(key, exclusive=True):
                 return attempt()
@@ -360,13 +335,13 @@ class LocalEngine:
         return result
 
     @asynccontextmanager
-    async def open(self, key: str, offset: int, length: int | None) -> AsyncIterator[_LocalReader | None]:
+    async def open(self, key: str, offset: int, length: int | None) -> AsyncIterator[LocalReader | None]:
         opened = await self._run(self._open_snapshot, key)
         if opened is None:
             yield None
             return
         meta, fd = opened
-        reader = _LocalReader(self, meta, fd, offset, length)
+        reader = LocalReader(self._run, meta, fd, offset, length)
         try:
             yield reader
         finally:
@@ -522,28 +497,3 @@ class LocalEngine:
 
     async def aclose(self) -> None:
         return None
-
-
-class _LocalReader:
-    """A snapshot of one object: an open descriptor, read with ``pread`` in worker threads."""
-
-    def __init__(self, engine: LocalEngine, meta: Meta, fd: int, offset: int, length: int | None) -> None:
-        self._engine = engine
-        self.meta = meta
-        self._fd: int | None = fd
-        self._pos = min(offset, meta.size)
-        self._end = meta.size if length is None else min(meta.size, offset + length)
-
-    async def read_chunk(self, n: int) -> bytes:
-        if self._fd is None or self._pos >= self._end:
-            return b""
-        chunk: bytes = await self._engine._run(os.pread, self._fd, min(n, self._end - self._pos), self._pos)
-        self._pos += len(chunk)
-        if not chunk:
-            self._pos = self._end
-        return chunk
-
-    async def aclose(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            await anyio.to_thread.run_sync(os.close, fd)
