@@ -8,6 +8,7 @@ import io
 import os
 import shutil
 import stat
+import subprocess
 import sys
 import tarfile
 import time
@@ -629,3 +630,54 @@ class TestSpecialFiles:
             return not _alive(reader)
 
         await _until(gone, 10, "the reader blocked on the FIFO to be stopped")
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_background_process_ends_with_the_event_loop_that_started_it(tmp_path: Path, backend: str) -> None:
+    """Background processes are supervised by a task of the event loop that called ``start``."""
+    provider = make_provider(tmp_path)
+
+    async def start() -> tuple[LocalSandbox, int]:
+        sb = await provider.create(spec())
+        await sb.start("echo $$ > bg.pid; exec sleep 60")
+        text = await _until(lambda: _pid_text(sb), 10, "the background pid")
+        return sb, int(text)
+
+    sb, pid = anyio.run(start, backend=backend)
+
+    async def check() -> None:
+        await _gone(pid)
+        await sb.destroy()
+
+    anyio.run(check, backend=backend)
+
+
+async def _pid_text(sb: LocalSandbox) -> str | None:
+    text = (await sb.read_file("bg.pid")).decode() if await sb.exists("bg.pid") else ""
+    return text if text.endswith("\n") else None
+
+
+def test_process_trees_are_seen_through_psutil() -> None:
+    from openma.adapters.sandboxes import _proctree as tree
+
+    env = {"PATH": os.environ.get("PATH", ""), "OPENMA_SANDBOX_RUN": "sbx_tree.1"}
+    proc = subprocess.Popen(["/bin/sh", "-c", "sleep 60 & sleep 60 & wait"], env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(tree.marked(tree.RunMarker("sbx_tree.1", exact=True))) < 3:
+            assert time.monotonic() < deadline, "the marked processes were not found"
+            time.sleep(0.02)
+        assert not tree.marked(tree.RunMarker("sbx_tree.11", exact=True))
+        assert len(tree.marked(tree.RunMarker("sbx_tree.", exact=False))) == 3
+        assert tree.group_rss(proc.pid) > 0
+        assert tree.group_alive(proc.pid)
+        assert tree.signal_all([], tree.RunMarker("sbx_tree.1", exact=True), 9) == 3  # by the marker alone
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while tree.survivors([proc.pid], tree.RunMarker("sbx_tree.1", exact=True)):
+            assert time.monotonic() < deadline, "the tree survived SIGKILL"
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
