@@ -67,7 +67,11 @@ def _labels(spec: SandboxSpec) -> dict[str, str]:
 
 
 class LocalSandboxProvider:
-    """Creates sandboxes as directories under ``config.root``."""
+    """Creates sandboxes as directories under ``config.root``.
+
+    ``ConfigError`` when ``config.pass_env`` names a variable that is never passed, or when ``/bin/sh``
+    cannot set one of ``config.limits`` with ``ulimit`` (asked once per process and set of limits).
+    """
 
     name = "local"
 
