@@ -8,6 +8,7 @@ import io
 import os
 import shutil
 import stat
+import subprocess
 import sys
 import tarfile
 import time
@@ -197,18 +198,20 @@ class TestLocalOnly:
             del os.environ["OPENMA_TEST_PASSED"]
 
     async def test_limits_are_applied_to_every_process(self, tmp_path: Path) -> None:
-        import openma.adapters.sandboxes.local as local
+        import resource
+
+        from openma.adapters.sandboxes._limits import rlimits
 
         limits = LocalLimits(memory_bytes=256 << 20, cpu_seconds=50, open_files=100, processes=3000)
         sb = await make_provider(tmp_path, limits=limits).create(spec())
         text = (await sb.exec("cat /proc/self/limits")).stdout
         rows = {line[:26].strip(): line[26:].split() for line in text.splitlines()[1:]}
         # What the kernel shows, never above the host's own hard limits (which the children inherit).
-        expected = {r: (str(s), str(h)) for r, s, h in local._rlimits(limits)}
-        assert tuple(rows["Max data size"][:2]) == expected[local.resource.RLIMIT_DATA] == (str(512 << 20),) * 2
-        assert tuple(rows["Max cpu time"][:2]) == expected[local.resource.RLIMIT_CPU]
-        assert tuple(rows["Max open files"][:2]) == expected[local.resource.RLIMIT_NOFILE] == ("100", "100")
-        assert tuple(rows["Max processes"][:2]) == expected[local.resource.RLIMIT_NPROC]
+        expected = {r: (str(s), str(h)) for r, s, h in rlimits(limits)}
+        assert tuple(rows["Max data size"][:2]) == expected[resource.RLIMIT_DATA] == (str(512 << 20),) * 2
+        assert tuple(rows["Max cpu time"][:2]) == expected[resource.RLIMIT_CPU]
+        assert tuple(rows["Max open files"][:2]) == expected[resource.RLIMIT_NOFILE] == ("100", "100")
+        assert tuple(rows["Max processes"][:2]) == expected[resource.RLIMIT_NPROC]
         # Background processes get the same.
         info = await sb.start("cat /proc/self/limits")
         await finished(sb, info.id)
@@ -218,33 +221,37 @@ class TestLocalOnly:
         assert "Too many open files" in too_many.stderr
         await sb.destroy()
 
-    async def test_other_launchers_apply_the_same_limits(self, tmp_path: Path) -> None:
-        import openma.adapters.sandboxes.local as local
+    @needs_proc
+    async def test_every_shell_spelling_applies_the_same_limits(self, tmp_path: Path) -> None:
+        import resource
+
+        from openma.adapters.sandboxes._limits import launcher_for, rlimits
 
         limits = LocalLimits(memory_bytes=256 << 20, cpu_seconds=50, open_files=100, processes=3000)
-        for launcher in ("prlimit", "python"):
-            if launcher == "prlimit" and shutil.which("prlimit") is None:
-                continue
+        shells = [s for s in ("/bin/sh", shutil.which("bash"), shutil.which("dash")) if s is not None]
+        for shell in shells:
             provider = make_provider(tmp_path, limits=limits)
-            triples = local._rlimits(limits)
-            if launcher == "prlimit":
-                names = {
-                    local.resource.RLIMIT_DATA: "data",
-                    local.resource.RLIMIT_NOFILE: "nofile",
-                    local.resource.RLIMIT_CPU: "cpu",
-                    local.resource.RLIMIT_NPROC: "nproc",
-                }
-                prefix = (str(shutil.which("prlimit")), *(f"--{names[r]}={s}:{h}" for r, s, h in triples), "--")
-                provider._launch = local._Launch(prefix_argv=prefix)
-            else:
-                spec_ = ",".join(f"{r}:{s}:{h}" for r, s, h in triples)
-                provider._launch = local._Launch(prefix_argv=(PY, "-I", "-S", "-c", local._LAUNCHER, spec_))
+            provider._launch = launcher_for(limits, shell=shell)
             sb = await provider.create(spec())
             text = (await sb.exec("cat /proc/self/limits; exit 7")).stdout
             assert (await sb.exec("exit 7")).exit_code == 7
-            assert "Max open files            100                  100" in text, (launcher, text)
-            assert "Max data size             536870912            536870912" in text, (launcher, text)
+            assert "Max open files            100                  100" in text, (shell, text)
+            assert "Max data size             536870912            536870912" in text, (shell, text)
+            rows = {line[:26].strip(): line[26:].split() for line in text.splitlines()[1:]}
+            expected = {r: (str(s), str(h)) for r, s, h in rlimits(limits)}
+            assert tuple(rows["Max processes"][:2]) == expected[resource.RLIMIT_NPROC], (shell, text)
+            assert tuple(rows["Max cpu time"][:2]) == expected[resource.RLIMIT_CPU], (shell, text)
             await sb.destroy()
+
+    def test_a_limit_the_shell_cannot_set_is_a_config_error(self, tmp_path: Path) -> None:
+        from openma.adapters.sandboxes._limits import launcher_for
+
+        shell = tmp_path / "no-ulimit-sh"
+        shell.write_text("#!/bin/sh\necho 'ulimit: Illegal option -d' >&2\nexit 2\n")
+        shell.chmod(0o755)
+        with pytest.raises(ConfigError, match="memory_bytes"):
+            launcher_for(LocalLimits(memory_bytes=64 << 20, cpu_seconds=0, open_files=0, processes=0), shell=str(shell))
+        assert launcher_for(LocalLimits(0, 0, 0, 0), shell=str(shell)).prefix == ""
 
     async def test_cpu_limit_stops_a_busy_loop(self, tmp_path: Path) -> None:
         sb = await make_provider(tmp_path, limits=LocalLimits(cpu_seconds=1)).create(spec())
@@ -623,3 +630,54 @@ class TestSpecialFiles:
             return not _alive(reader)
 
         await _until(gone, 10, "the reader blocked on the FIFO to be stopped")
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_background_process_ends_with_the_event_loop_that_started_it(tmp_path: Path, backend: str) -> None:
+    """Background processes are supervised by a task of the event loop that called ``start``."""
+    provider = make_provider(tmp_path)
+
+    async def start() -> tuple[LocalSandbox, int]:
+        sb = await provider.create(spec())
+        await sb.start("echo $$ > bg.pid; exec sleep 60")
+        text = await _until(lambda: _pid_text(sb), 10, "the background pid")
+        return sb, int(text)
+
+    sb, pid = anyio.run(start, backend=backend)
+
+    async def check() -> None:
+        await _gone(pid)
+        await sb.destroy()
+
+    anyio.run(check, backend=backend)
+
+
+async def _pid_text(sb: LocalSandbox) -> str | None:
+    text = (await sb.read_file("bg.pid")).decode() if await sb.exists("bg.pid") else ""
+    return text if text.endswith("\n") else None
+
+
+def test_process_trees_are_seen_through_psutil() -> None:
+    from openma.adapters.sandboxes import _proctree as tree
+
+    env = {"PATH": os.environ.get("PATH", ""), "OPENMA_SANDBOX_RUN": "sbx_tree.1"}
+    proc = subprocess.Popen(["/bin/sh", "-c", "sleep 60 & sleep 60 & wait"], env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(tree.marked(tree.RunMarker("sbx_tree.1", exact=True))) < 3:
+            assert time.monotonic() < deadline, "the marked processes were not found"
+            time.sleep(0.02)
+        assert not tree.marked(tree.RunMarker("sbx_tree.11", exact=True))
+        assert len(tree.marked(tree.RunMarker("sbx_tree.", exact=False))) == 3
+        assert tree.group_rss(proc.pid) > 0
+        assert tree.group_alive(proc.pid)
+        assert tree.signal_all([], tree.RunMarker("sbx_tree.1", exact=True), 9) == 3  # by the marker alone
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while tree.survivors([proc.pid], tree.RunMarker("sbx_tree.1", exact=True)):
+            assert time.monotonic() < deadline, "the tree survived SIGKILL"
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()

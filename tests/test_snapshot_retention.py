@@ -181,3 +181,21 @@ async def test_gc_sweeps_expired_blobs(
     assert (await store.gc(datetime.now(UTC))).expired_blobs == 0
     assert await root.for_tenant(tenant_id).get("mine/forever.txt") == b"d"
     assert await root.for_tenant(other_id).sweep_expired() == 1  # another tenant's is its own gc's
+
+
+def test_the_snapshot_layout_is_spelled_in_one_place() -> None:
+    tenant, session = "tnt_01m8000000000000000000000a", "ses_01m8000000000000000000000b"
+    root = f"t/{tenant}/.openma/snapshots/{session}/"
+    assert keys.snapshot_root_prefix(tenant, session) == root
+    assert keys.tenant_root(tenant) + keys.snapshot_prefix(session) == root
+    fresh = keys.new_snapshot_key(tenant, session)
+    assert fresh.startswith(root + "snp_") and fresh.endswith(".tar.gz")
+    assert fresh != keys.new_snapshot_key(tenant, session)
+    assert keys.blob_key(fresh.removeprefix(keys.tenant_root(tenant) + ".openma/")) is not None
+    assert keys.tenant_owns_snapshot(tenant, fresh)
+    assert not keys.tenant_owns_snapshot("tnt_01m8000000000000000000000c", fresh)
+    assert keys.latest_snapshot_key(tenant, session) == root + "latest.json"
+    assert BlobSnapshotIndex.key(tenant, session) == keys.latest_snapshot_key(tenant, session)
+    legacy = keys.legacy_latest_snapshot_key(tenant, session)
+    assert legacy == f"sandbox-snapshots/{tenant}/{session}/latest.json"
+    assert keys.tenant_owns_snapshot(tenant, legacy)

@@ -8,7 +8,8 @@ root on every filesystem; KV keys are only ever SQL parameters, so they need few
     .openma/...                              the blob adapter's own bookkeeping (meta, expiry index, tmp)
     t/<tenant>/<user key>                    what the tenant stores through ``t.blobs``
     t/<tenant>/.openma/sessions/<session>/   spilled events of a session
-    t/<tenant>/.openma/snapshots/<session>/  workspace snapshots of a session (and ``latest.json``)
+    t/<tenant>/.openma/snapshots/<session>/  workspace snapshots of a session: ``snp_<id>.tar.gz`` each, and
+                                             ``latest.json`` (the ref of the latest one)
 
 Everything openma writes for a tenant lives under the tenant's ``.openma/`` area, which no key of the
 tenant view can name (a first segment ``.openma`` is refused everywhere). Two older locations are still
@@ -27,6 +28,7 @@ import unicodedata
 from datetime import timedelta
 from typing import Final
 
+from openma.core.ids import new_id
 from openma.core.jsonutil import dumps
 from openma.errors import InvalidInput
 
@@ -44,6 +46,10 @@ TENANT_ROOT: Final = "t/"
 TENANT_RESERVED: Final = frozenset({RESERVED_SEGMENT, "sessions"})
 #: Where snapshots went before they moved under the tenant (read for restores, never written).
 LEGACY_SNAPSHOT_ROOT: Final = "sandbox-snapshots/"
+#: Where a tenant's snapshots live, relative to its internal view.
+SNAPSHOT_AREA: Final = f"{RESERVED_SEGMENT}/snapshots/"
+#: The name of a session's latest-snapshot record, next to its snapshots.
+LATEST_SNAPSHOT: Final = "latest.json"
 
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTENT_TYPE: Final = re.compile(r"^[\x21-\x7e][\x20-\x7e]*$")
@@ -149,7 +155,7 @@ def legacy_spill_prefix(session_id: str) -> str:
 
 def snapshot_prefix(session_id: str) -> str:
     """Snapshots of a session, relative to the tenant's internal view."""
-    return f"{RESERVED_SEGMENT}/snapshots/{session_id}/"
+    return f"{SNAPSHOT_AREA}{session_id}/"
 
 
 def snapshot_root_prefix(tenant_id: str, session_id: str) -> str:
@@ -157,14 +163,29 @@ def snapshot_root_prefix(tenant_id: str, session_id: str) -> str:
     return tenant_root(tenant_id) + snapshot_prefix(session_id)
 
 
+def new_snapshot_key(tenant_id: str, session_id: str) -> str:
+    """A fresh key (of the whole store) for a workspace snapshot of a session."""
+    return f"{snapshot_root_prefix(tenant_id, session_id)}{new_id('snp')}.tar.gz"
+
+
+def latest_snapshot_key(tenant_id: str, session_id: str) -> str:
+    """The record of a session's latest snapshot (a key of the whole store)."""
+    return snapshot_root_prefix(tenant_id, session_id) + LATEST_SNAPSHOT
+
+
 def legacy_snapshot_root_prefix(tenant_id: str, session_id: str | None = None) -> str:
     """Where snapshots went before they moved under the tenant (keys of the whole store)."""
     return f"{LEGACY_SNAPSHOT_ROOT}{tenant_id}/" + (f"{session_id}/" if session_id is not None else "")
 
 
+def legacy_latest_snapshot_key(tenant_id: str, session_id: str) -> str:
+    """Where an older release recorded a session's latest snapshot (read, never written)."""
+    return legacy_snapshot_root_prefix(tenant_id, session_id) + LATEST_SNAPSHOT
+
+
 def tenant_owns_snapshot(tenant_id: str, key: str) -> bool:
     """Whether ``key`` (of the whole store) is a snapshot of one of ``tenant_id``'s sessions."""
-    current = tenant_root(tenant_id) + f"{RESERVED_SEGMENT}/snapshots/"
+    current = tenant_root(tenant_id) + SNAPSHOT_AREA
     return key.startswith((current, legacy_snapshot_root_prefix(tenant_id))) and ".." not in key.split("/")
 
 

@@ -146,10 +146,10 @@ class BlobSnapshotIndex:
 
     @staticmethod
     def key(tenant_id: str, session_id: str) -> str:
-        return keys.snapshot_root_prefix(tenant_id, session_id) + "latest.json"
+        return keys.latest_snapshot_key(tenant_id, session_id)
 
     async def latest(self, tenant_id: str, session_id: str) -> SnapshotRef | None:
-        legacy = keys.legacy_snapshot_root_prefix(tenant_id, session_id) + "latest.json"
+        legacy = keys.legacy_latest_snapshot_key(tenant_id, session_id)
         for key in (self.key(tenant_id, session_id), legacy):
             try:
                 raw = await self.blobs.get(key)

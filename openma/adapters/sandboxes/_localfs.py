@@ -1,4 +1,6 @@
-"""File I/O of the local sandbox that never blocks on a special file.
+"""File operations of the local sandbox, on host paths already confined to the workspace
+(:mod:`openma.adapters.sandboxes._confine`), run in a worker thread by :func:`run`, which turns ``OSError``
+into the port's errors. They never block on a special file.
 
 A workspace may hold anything a command can make: FIFOs, sockets, device nodes (``mknod`` as root). Opening
 a FIFO for reading blocks until a writer appears and opening it for writing blocks until a reader does; the
@@ -12,10 +14,19 @@ block either.
 from __future__ import annotations
 
 import os
+import posixpath
+import shutil
 import stat
-from typing import Final
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Final, TypeVar
 
-from openma.errors import InvalidInput
+import anyio
+
+from openma.errors import InvalidInput, NotFound, SandboxError
+from openma.ports.sandbox import FileInfo
+
+_T = TypeVar("_T")
 
 _KINDS: Final = {
     stat.S_IFDIR: "a directory",
@@ -87,3 +98,54 @@ def require_directory(real: str, path: str) -> None:
     if not stat.S_ISDIR(mode):
         kind = "a regular file" if stat.S_ISREG(mode) else file_type(mode)
         raise InvalidInput(f"cannot list {path!r}: it is {kind}, not a directory", path=path, file_type=kind)
+
+
+def listing(real: str, path: str) -> list[FileInfo]:
+    """The entries of directory ``real`` as the caller named it (``path``), sorted by path."""
+    base = posixpath.normpath(path)
+    out = []
+    require_directory(real, path)
+    with os.scandir(real) as it:
+        for entry in it:
+            st = entry.stat(follow_symlinks=False)
+            is_dir = entry.is_dir(follow_symlinks=False)
+            out.append(
+                FileInfo(
+                    path=entry.name if base == "." else f"{base}/{entry.name}",
+                    is_dir=is_dir,
+                    size=0 if is_dir else st.st_size,
+                    modified_at=datetime.fromtimestamp(st.st_mtime, UTC),
+                )
+            )
+    return sorted(out, key=lambda f: f.path)
+
+
+def remove(real: str, path: str, *, recursive: bool) -> None:
+    """Remove a file, link or special file; a directory when empty, or with ``recursive``."""
+    if os.path.isdir(real) and not os.path.islink(real):
+        if recursive:
+            shutil.rmtree(real)
+            return
+        try:
+            os.rmdir(real)
+        except OSError as exc:
+            if os.listdir(real):
+                raise InvalidInput(f"directory {path!r} is not empty; pass recursive=True", path=path) from exc
+            raise
+    else:
+        os.unlink(real)
+
+
+async def run(path: str, fn: Callable[[], _T]) -> _T:
+    """``fn()`` in a worker thread; a missing file is ``NotFound``, a wrong type ``InvalidInput``, any other
+    ``OSError`` a ``SandboxError`` (``path`` as the caller wrote it, for the message)."""
+    try:
+        return await anyio.to_thread.run_sync(fn)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotFound(f"no such file {path!r} in the workspace", path=path) from None
+    except IsADirectoryError:
+        raise InvalidInput(f"{path!r} is a directory", path=path) from None
+    except FileExistsError:
+        raise InvalidInput(f"{path!r} (or one of its parents) exists and is not a directory", path=path) from None
+    except OSError as exc:
+        raise SandboxError(f"file operation on {path!r} failed: {exc}", path=path) from exc

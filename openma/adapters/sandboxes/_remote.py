@@ -24,7 +24,6 @@ import attrs
 
 from openma.adapters.sandboxes import _shell
 from openma.core import keys
-from openma.core.ids import new_id
 from openma.core.sweeper import LABEL
 from openma.core.workspace import SNAPSHOT_TTL, mask_secrets, restore_workspace, snapshot_workspace
 from openma.errors import InvalidInput, NotFound, SandboxError, SandboxGone
@@ -406,7 +405,7 @@ class RemoteSandbox(abc.ABC):
 
     async def snapshot(self, *, ttl: float | None = SNAPSHOT_TTL) -> SnapshotRef:
         self._alive()
-        key = f"{self.snapshot_prefix}{new_id('snp')}.tar.gz"
+        key = keys.new_snapshot_key(self._spec.tenant_id, self._spec.session_id)
         return await snapshot_workspace(self, self._need_blobs(), key=key, ttl=ttl)
 
     async def restore(self, ref: SnapshotRef) -> None:
