@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import attrs
 
 T = TypeVar("T")
+
+#: The order of a list: oldest first (``"asc"``) or newest first (``"desc"``).
+Order = Literal["asc", "desc"]
 
 
 @attrs.frozen

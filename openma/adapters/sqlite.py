@@ -17,15 +17,18 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 
-from openma.adapters.sql.backend import SqlStoreBackend
 from openma.adapters.threadworker import ThreadWorker
 from openma.errors import ConfigError, StorageUnavailable
 from openma.ports.sql import BatchResult, Params, Row, SqlTransaction, Statement
 from openma.settings import Settings
+
+if TYPE_CHECKING:
+    from openma.adapters.sql.backend import SqlStoreBackend
+    from openma.adapters.sql.sqlite_engine import SqliteEngine
 
 T = TypeVar("T")
 
@@ -227,7 +230,7 @@ class SqliteClient:
     dialect: Final = SqliteDialect()
 
     def __init__(self, path: str, *, busy_timeout_ms: int, lock_timeout: float, readers: int) -> None:
-        self.path = path
+        self._path = path
         self._busy_ms = busy_timeout_ms
         self._lock_timeout = lock_timeout
         self._writer = _Conn("openma-sqlite-writer")
@@ -239,6 +242,17 @@ class SqliteClient:
 
     def __repr__(self) -> str:
         return f"SqliteClient({self.path!r}, readers={len(self._readers)})"
+
+    @property
+    def path(self) -> str:
+        """The database file (the engine keeps its lease-lock files beside it)."""
+        return self._path
+
+    def engine(self) -> SqliteEngine:
+        """The SQLite engine over this client (what a store backend needs besides the client)."""
+        from openma.adapters.sql.sqlite_engine import SqliteEngine
+
+        return SqliteEngine(self)
 
     @classmethod
     async def open(
@@ -396,6 +410,7 @@ async def open_sqlite_client(settings: Settings) -> SqliteClient:
 
 
 async def open_store_backend(settings: Settings) -> SqlStoreBackend:
-    """Entry point of the "cf" store backend."""
-    client = await open_sqlite_client(settings)
-    return SqlStoreBackend("cf", client)
+    """The "cf" store backend; moved: import it from :mod:`openma.adapters.sql.sqlite_engine`."""
+    from openma.adapters.sql.sqlite_engine import open_store_backend as open_cf
+
+    return await open_cf(settings)
