@@ -195,3 +195,17 @@ def test_no_module_is_over_500_lines() -> None:
         if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
     }
     assert long == {}
+
+
+def test_core_pagination_holds_no_sql_and_its_moved_helpers_still_import() -> None:
+    from openma.adapters.sql import listing
+    from openma.core import pagination
+
+    source = (PACKAGE / "core" / "pagination.py").read_text(encoding="utf-8")
+    assert re.findall(r"\b(?:SELECT|ORDER BY|WHERE|AND|OR)\b", source) == []
+    assert pagination.keyset_clause is listing.keyset_clause
+    assert pagination.order_by is listing.order_by
+    assert listing.keyset_clause("asc") == "(created_at > ? OR (created_at = ? AND id > ?))"
+    assert listing.order_by("desc", "version", "id") == "ORDER BY version DESC, id DESC"
+    with pytest.raises(AttributeError):
+        _ = pagination.no_such_name
