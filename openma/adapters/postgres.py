@@ -1,4 +1,8 @@
-"""The "pg" engine: Postgres through psycopg 3 and a ``psycopg_pool.AsyncConnectionPool``.
+"""The "pg" engine's client: Postgres through psycopg 3 and a ``psycopg_pool.AsyncConnectionPool``.
+
+What the store family needs from Postgres besides SQL (advisory lease locks, LISTEN/NOTIFY, the
+one-statement append) is the engine's, in :mod:`openma.adapters.sql.postgres_engine`, which also opens the
+"pg" store backend.
 
 * The driver is imported when a client opens, not when this module is imported: without the ``pg`` extra,
   choosing "pg" is a :class:`~openma.errors.ConfigError` that says ``pip install 'openma[pg]'``.

@@ -1,4 +1,7 @@
-"""The "cf" engine: SQLite (the engine under Cloudflare D1) through the stdlib ``sqlite3`` driver.
+"""The "cf" engine's client: SQLite (the engine under Cloudflare D1) through the stdlib ``sqlite3`` driver.
+
+What the store family needs from SQLite besides SQL (lease locks, no wake-up channel) is the engine's, in
+:mod:`openma.adapters.sql.sqlite_engine`, which also opens the "cf" store backend.
 
 * WAL journal, ``busy_timeout``, and ``BEGIN IMMEDIATE`` for every write, so writers queue on the database
   lock instead of failing half-way, and readers never wait for writers.
