@@ -19,11 +19,14 @@ import base64
 import json
 from collections.abc import Iterator, Mapping
 from datetime import date, datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import attrs
 
 T = TypeVar("T")
+
+#: The order of a list: oldest first (``"asc"``) or newest first (``"desc"``).
+Order = Literal["asc", "desc"]
 
 
 def to_dict(value: Any) -> Any:

@@ -128,8 +128,10 @@ store_backends: Final = Registry(
     "store backend",
     "openma.store_backends",
     {
-        "cf": _Builtin("openma.adapters.sqlite:open_store_backend"),
-        "pg": _Builtin("openma.adapters.postgres:open_store_backend", extra="pg", needs=("psycopg", "psycopg_pool")),
+        "cf": _Builtin("openma.adapters.sql.sqlite_engine:open_store_backend"),
+        "pg": _Builtin(
+            "openma.adapters.sql.postgres_engine:open_store_backend", extra="pg", needs=("psycopg", "psycopg_pool")
+        ),
     },
 )
 

@@ -14,9 +14,9 @@ from openma import Platform, Settings
 from openma.adapters.postgres import (
     PostgresClient,
     PostgresDialect,
-    open_store_backend,
     translate,
 )
+from openma.adapters.sql.postgres_engine import open_store_backend
 from openma.errors import ConfigError, StorageUnavailable
 from openma.ports.sql import Statement
 from openma.testing.pgserver import PgServer

@@ -21,15 +21,17 @@ import asyncio
 import logging
 from typing import Any, Final
 
+from openma.adapters.sql.wakeups import EVENTS, INBOX
 from openma.core.tail import WakeHub
 from openma.ports.telemetry import NullTelemetry, Telemetry
 from openma.settings import redact_secrets
 
+__all__ = ["CHANNEL", "EVENTS", "INBOX", "PgListener", "conninfo_of", "parse", "payload"]
+
 #: The one channel every openma writer notifies on.
 CHANNEL: Final = "openma_events"
-#: Payload kinds: the log of a session grew, or its inbox did.
-EVENTS: Final = "e"
-INBOX: Final = "i"
+# EVENTS and INBOX (the payload kinds: the log of a session grew, or its inbox did) are the wake-up kinds of
+# openma.adapters.sql.wakeups, kept here as aliases.
 
 log = logging.getLogger("openma.pg_notify")
 
@@ -46,9 +48,8 @@ def parse(text: str) -> tuple[str, str, str] | None:
 
 
 def conninfo_of(client: Any) -> str | None:
-    """The connection string of a Postgres engine's pool (the settings' URL with openma's options)."""
-    pool = getattr(client, "pool", None)
-    conninfo = getattr(pool, "conninfo", None)
+    """The connection string of a Postgres client (the settings' URL with openma's options), else ``None``."""
+    conninfo = getattr(client, "conninfo", None)
     return conninfo if isinstance(conninfo, str) else None
 
 

@@ -1,4 +1,8 @@
-"""The "pg" engine: Postgres through psycopg 3 and a ``psycopg_pool.AsyncConnectionPool``.
+"""The "pg" engine's client: Postgres through psycopg 3 and a ``psycopg_pool.AsyncConnectionPool``.
+
+What the store family needs from Postgres besides SQL (advisory lease locks, LISTEN/NOTIFY, the
+one-statement append) is the engine's, in :mod:`openma.adapters.sql.postgres_engine`, which also opens the
+"pg" store backend.
 
 * The driver is imported when a client opens, not when this module is imported: without the ``pg`` extra,
   choosing "pg" is a :class:`~openma.errors.ConfigError` that says ``pip install 'openma[pg]'``.
@@ -61,7 +65,6 @@ from openma.adapters.pg_connect import (
     require_asyncio,
     translate,
 )
-from openma.adapters.sql.backend import SqlStoreBackend
 from openma.errors import ConfigError, StorageUnavailable
 from openma.ports.sql import BatchResult, Params, Row, SqlTransaction, Statement
 from openma.ports.telemetry import NullTelemetry, Telemetry
@@ -84,6 +87,9 @@ __all__ = [
 if TYPE_CHECKING:
     from psycopg import AsyncConnection, AsyncCursor
     from psycopg_pool import AsyncConnectionPool
+
+    from openma.adapters.sql.backend import SqlStoreBackend
+    from openma.adapters.sql.postgres_engine import PostgresEngine
 
     Conn = AsyncConnection[Row]
 
@@ -190,6 +196,18 @@ class PostgresClient:
     @property
     def pool(self) -> AsyncConnectionPool[Conn]:
         return self._pool
+
+    @property
+    def conninfo(self) -> str:
+        """The connection string every connection of this client uses (the settings' URL with openma's
+        options). It holds the password: pass it to a driver, never to a log."""
+        return self._conninfo
+
+    def engine(self) -> PostgresEngine:
+        """The Postgres engine over this client (what a store backend needs besides the client)."""
+        from openma.adapters.sql.postgres_engine import PostgresEngine
+
+        return PostgresEngine(self)
 
     @classmethod
     async def open(cls, url: str, settings: Settings | None = None) -> PostgresClient:
@@ -461,6 +479,7 @@ async def open_postgres_client(settings: Settings) -> PostgresClient:
 
 
 async def open_store_backend(settings: Settings) -> SqlStoreBackend:
-    """Entry point of the "pg" store backend."""
-    client = await open_postgres_client(settings)
-    return SqlStoreBackend("pg", client)
+    """The "pg" store backend; moved: import it from :mod:`openma.adapters.sql.postgres_engine`."""
+    from openma.adapters.sql.postgres_engine import open_store_backend as open_pg
+
+    return await open_pg(settings)

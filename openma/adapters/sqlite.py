@@ -1,4 +1,7 @@
-"""The "cf" engine: SQLite (the engine under Cloudflare D1) through the stdlib ``sqlite3`` driver.
+"""The "cf" engine's client: SQLite (the engine under Cloudflare D1) through the stdlib ``sqlite3`` driver.
+
+What the store family needs from SQLite besides SQL (lease locks, no wake-up channel) is the engine's, in
+:mod:`openma.adapters.sql.sqlite_engine`, which also opens the "cf" store backend.
 
 * WAL journal, ``busy_timeout``, and ``BEGIN IMMEDIATE`` for every write, so writers queue on the database
   lock instead of failing half-way, and readers never wait for writers.
@@ -17,15 +20,18 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 
-from openma.adapters.sql.backend import SqlStoreBackend
 from openma.adapters.threadworker import ThreadWorker
 from openma.errors import ConfigError, StorageUnavailable
 from openma.ports.sql import BatchResult, Params, Row, SqlTransaction, Statement
 from openma.settings import Settings
+
+if TYPE_CHECKING:
+    from openma.adapters.sql.backend import SqlStoreBackend
+    from openma.adapters.sql.sqlite_engine import SqliteEngine
 
 T = TypeVar("T")
 
@@ -227,7 +233,7 @@ class SqliteClient:
     dialect: Final = SqliteDialect()
 
     def __init__(self, path: str, *, busy_timeout_ms: int, lock_timeout: float, readers: int) -> None:
-        self.path = path
+        self._path = path
         self._busy_ms = busy_timeout_ms
         self._lock_timeout = lock_timeout
         self._writer = _Conn("openma-sqlite-writer")
@@ -239,6 +245,17 @@ class SqliteClient:
 
     def __repr__(self) -> str:
         return f"SqliteClient({self.path!r}, readers={len(self._readers)})"
+
+    @property
+    def path(self) -> str:
+        """The database file (the engine keeps its lease-lock files beside it)."""
+        return self._path
+
+    def engine(self) -> SqliteEngine:
+        """The SQLite engine over this client (what a store backend needs besides the client)."""
+        from openma.adapters.sql.sqlite_engine import SqliteEngine
+
+        return SqliteEngine(self)
 
     @classmethod
     async def open(
@@ -396,6 +413,7 @@ async def open_sqlite_client(settings: Settings) -> SqliteClient:
 
 
 async def open_store_backend(settings: Settings) -> SqlStoreBackend:
-    """Entry point of the "cf" store backend."""
-    client = await open_sqlite_client(settings)
-    return SqlStoreBackend("cf", client)
+    """The "cf" store backend; moved: import it from :mod:`openma.adapters.sql.sqlite_engine`."""
+    from openma.adapters.sql.sqlite_engine import open_store_backend as open_cf
+
+    return await open_cf(settings)

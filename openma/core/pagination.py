@@ -17,11 +17,12 @@ import binascii
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, TypeVar
 
 import attrs
 
 from openma.errors import InvalidInput
+from openma.models import Order
 
 DEFAULT_LIMIT: Final = 50
 #: The largest ``limit`` an entity list (tenants, agents, agent versions, environments, sessions) takes.
@@ -31,8 +32,25 @@ MAX_KEY: Final = 2**62
 MAX_CURSOR_ID: Final = 256
 _VERSION: Final = 1
 
-Order = Literal["asc", "desc"]
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_CURSOR_ID",
+    "MAX_KEY",
+    "MAX_LIMIT",
+    "Keyset",
+    "Order",
+    "check_limit",
+    "check_order",
+    "decode_cursor",
+    "encode_cursor",
+    "scope_of",
+    "split_page",
+]
+
 T = TypeVar("T")
+#: Moved; import from openma.adapters.sql.listing (SQL text does not belong in the core). Kept importable
+#: from here, lazily, for the modules that still do.
+_MOVED_TO_LISTING: Final = frozenset({"keyset_clause", "order_by"})
 
 
 @attrs.frozen
@@ -105,17 +123,15 @@ def _key_id(value: object) -> bool:
     return True
 
 
-def keyset_clause(order: Order, column_created: str = "created_at", column_id: str = "id") -> str:
-    """The SQL condition that starts a page after a keyset (two placeholders: created_at, id)."""
-    op = ">" if order == "asc" else "<"
-    return f"({column_created} {op} ? OR ({column_created} = ? AND {column_id} {op} ?))"
-
-
-def order_by(order: Order, column_created: str = "created_at", column_id: str = "id") -> str:
-    direction = "ASC" if order == "asc" else "DESC"
-    return f"ORDER BY {column_created} {direction}, {column_id} {direction}"
-
-
 def split_page(rows: Sequence[T], limit: int) -> tuple[list[T], bool]:
     """Rows were fetched with ``limit + 1``; return the page and whether there is more."""
     return list(rows[:limit]), len(rows) > limit
+
+
+def __getattr__(name: str) -> Any:
+    """Moved; import from openma.adapters.sql.listing (``keyset_clause``, ``order_by``)."""
+    if name in _MOVED_TO_LISTING:
+        from openma.adapters.sql import listing
+
+        return getattr(listing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

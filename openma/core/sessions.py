@@ -22,10 +22,9 @@ from openma.core import validate
 from openma.core.actor import SessionActor, acquire_actor
 from openma.core.ids import check_id
 from openma.core.orchestrator import SandboxOrchestrator
-from openma.core.pagination import Order
 from openma.core.tail import EventTail
 from openma.errors import ConfigError, Conflict
-from openma.models import Agent, Environment, Event, GcReport, InboxItem, Page, Session, Stream
+from openma.models import Agent, Environment, Event, GcReport, InboxItem, Order, Page, Session, Stream
 from openma.ports.agents import AgentStore
 from openma.ports.environments import EnvironmentStore
 from openma.ports.lease import LeaseLock

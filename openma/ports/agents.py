@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
-from openma.core.pagination import Order
-from openma.models import Agent, AgentVersion, Page
+from openma.models import Agent, AgentVersion, Order, Page
 
 #: Fields that ``update`` accepts.
 UPDATABLE_AGENT_FIELDS = ("name", "model", "system", "description", "tools", "mcp_servers", "skills", "metadata")

@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
-from openma.core.pagination import Order
-from openma.models import Environment, Page
+from openma.models import Environment, Order, Page
 
 UPDATABLE_ENVIRONMENT_FIELDS = ("name", "description", "config", "metadata")
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from openma.core.pagination import Order
-from openma.models import Page, Tenant
+from openma.models import Order, Page, Tenant
 
 
 class TenantStore(Protocol):

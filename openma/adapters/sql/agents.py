@@ -19,9 +19,8 @@ from openma.core import validate
 from openma.core.clock import ms_to_datetime
 from openma.core.ids import check_id
 from openma.core.jsonutil import MAX_JSON_DEPTH, dumps, loads
-from openma.core.pagination import Order
 from openma.errors import InvalidInput, NotFound, VersionConflict
-from openma.models import Agent, AgentVersion, Page
+from openma.models import Agent, AgentVersion, Order, Page
 from openma.ports.sql import Row, Statement
 
 MAX_SYSTEM: Final = 200_000

@@ -1,9 +1,15 @@
-"""The SQL store family as a :class:`~openma.ports.backend.StoreBackend`."""
+"""The SQL store family as a :class:`~openma.ports.backend.StoreBackend`, over one engine.
+
+The backend is engine-agnostic: everything that differs between engines (the lease lock, the wake-up
+channel, the one-statement append, the migrations folder) comes from its
+:class:`~openma.adapters.sql.engine.SqlEngine`.
+"""
 
 from __future__ import annotations
 
 from openma.adapters.sql import migrate as migrations
 from openma.adapters.sql.agents import SqlAgentStore
+from openma.adapters.sql.engine import SqlEngine, engine_of
 from openma.adapters.sql.environments import SqlEnvironmentStore
 from openma.adapters.sql.kv import SqlKVStore
 from openma.adapters.sql.sessions import SqlSessionStore
@@ -19,13 +25,18 @@ from openma.settings import Settings
 
 
 class SqlStoreBackend:
-    """Every built-in store over one :class:`~openma.ports.sql.SqlClient`."""
+    """Every built-in store over one engine's :class:`~openma.ports.sql.SqlClient`.
 
-    def __init__(self, name: str, client: SqlClient, clock: Clock | None = None) -> None:
+    ``engine`` is a :class:`~openma.adapters.sql.engine.SqlEngine`; a built-in engine's client is accepted
+    too and bound to its engine (:func:`~openma.adapters.sql.engine.engine_of`).
+    """
+
+    def __init__(self, name: str, engine: SqlEngine | SqlClient, clock: Clock | None = None) -> None:
         self.name = name
-        self.client = client
+        self.engine = engine_of(engine)
+        self.client = self.engine.client
         self.clock = clock or SystemClock()
-        self._tenants = SqlTenantStore(client, self.clock)
+        self._tenants = SqlTenantStore(self.client, self.clock)
         self._wakeups: SessionWakeups | None = None
         self._lease_lock: LeaseLock | None = None
         self._telemetry: Telemetry = NullTelemetry()
@@ -65,7 +76,7 @@ class SqlStoreBackend:
         """Sessions and event logs; spilled events go to ``blobs``. Wake-ups are shared by every tenant."""
         settings = settings or Settings()
         if self._wakeups is None:
-            self._wakeups = SessionWakeups(self.client, poll_interval=settings.sqlite_poll_interval)
+            self._wakeups = SessionWakeups(self.engine, poll_interval=settings.sqlite_poll_interval)
             self._wakeups.telemetry = self._telemetry
         return SqlSessionStore(
             self.client,
@@ -78,26 +89,13 @@ class SqlStoreBackend:
         )
 
     def lease_lock(self) -> LeaseLock:
-        """The lock under session actors: ``flock`` files beside a SQLite file, advisory locks on Postgres."""
+        """The lock under session actors, made by the engine once (closed with the backend)."""
         if self._lease_lock is None:
-            if self.client.dialect.name == "sqlite":
-                from openma.adapters.locks.flock import FlockLeaseLock
-
-                self._lease_lock = FlockLeaseLock(f"{self.client.path}.leases")  # type: ignore[attr-defined]
-            else:
-                from openma.adapters.locks.pg_advisory import PgAdvisoryLeaseLock
-                from openma.adapters.postgres import load_driver
-
-                psycopg, _ = load_driver()
-                self._lease_lock = PgAdvisoryLeaseLock(
-                    self.client.pool.conninfo,  # type: ignore[attr-defined]
-                    psycopg,
-                    telemetry=self._telemetry,
-                )
+            self._lease_lock = self.engine.lease_lock(self._telemetry)
         return self._lease_lock
 
     async def migrate(self) -> list[str]:
-        return await migrations.migrate(self.client)
+        return await migrations.migrate(self.client, self.engine.migrations)
 
     async def aclose(self) -> None:
         if self._lease_lock is not None:

@@ -32,9 +32,9 @@ from openma.core import validate
 from openma.core.clock import Clock, SystemClock, ms_to_datetime
 from openma.core.ids import check_id, new_id
 from openma.core.jsonutil import dumps
-from openma.core.pagination import DEFAULT_LIMIT, Order
+from openma.core.pagination import DEFAULT_LIMIT
 from openma.errors import Conflict, InvalidInput, NotFound
-from openma.models import Page
+from openma.models import Order, Page
 from openma.ports.sql import BatchResult, Row, SqlClient, SqlExecutor, Statement
 from openma.ports.tenancy import TenantRef
 

@@ -1,4 +1,8 @@
-"""Keyset-paginated ``SELECT`` for the SQL stores."""
+"""Keyset-paginated ``SELECT`` for the SQL stores, and the SQL text of keyset pagination.
+
+The cursor format and the limits are the core's (:mod:`openma.core.pagination`); the SQL that starts a page
+after a cursor's key (:func:`keyset_clause`) and orders it (:func:`order_by`) lives here, with the stores.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,29 @@ from typing import Any, TypeVar
 from openma.core import validate
 from openma.core.pagination import (
     Keyset,
-    Order,
     check_limit,
     check_order,
     decode_cursor,
     encode_cursor,
-    keyset_clause,
-    order_by,
     scope_of,
     split_page,
 )
-from openma.models import Page
+from openma.models import Order, Page
 from openma.ports.sql import Row, SqlExecutor
 
 T = TypeVar("T")
+
+
+def keyset_clause(order: Order, column_created: str = "created_at", column_id: str = "id") -> str:
+    """The SQL condition that starts a page after a keyset (three placeholders: created_at, created_at, id)."""
+    op = ">" if order == "asc" else "<"
+    return f"({column_created} {op} ? OR ({column_created} = ? AND {column_id} {op} ?))"
+
+
+def order_by(order: Order, column_created: str = "created_at", column_id: str = "id") -> str:
+    """The ``ORDER BY`` clause of a keyset-paginated list in ``order``."""
+    direction = "ASC" if order == "asc" else "DESC"
+    return f"ORDER BY {column_created} {direction}, {column_id} {direction}"
 
 
 def created_between(

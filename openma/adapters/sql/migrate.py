@@ -1,7 +1,9 @@
 """Numbered, forward-only migrations per dialect, tracked with checksums in ``openma_migrations``.
 
 * Files live in ``openma/adapters/sql/migrations/<dialect>/NNNN_name.sql``; both dialects carry the same
-  names (a test checks it, and another compares the schemas they produce).
+  names (a test checks it, and another compares the schemas they produce). Which folder a database uses is
+  its engine's (:attr:`~openma.adapters.sql.engine.SqlEngine.migrations`); every function here takes it, or
+  asks the engine of a built-in engine's client when it is not given.
 * ``migrate`` applies every pending file in order, all in one transaction that holds the migration lock
   (the write lock on SQLite, an advisory lock on Postgres), so concurrent starters apply each file once.
 * A file that was applied and has changed since is a :class:`MigrationError` naming it; so is a database
@@ -14,11 +16,12 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Final
 
 import attrs
 
+from openma.adapters.sql.engine import engine_of, migrations_folder
 from openma.errors import ConfigError
 from openma.ports.sql import SqlClient, SqlTransaction
 
@@ -50,9 +53,11 @@ class MigrationStatus:
     applied_at_ms: int | None
 
 
-def load_migrations(dialect: str) -> list[Migration]:
-    """The migration files shipped for ``dialect``, in order."""
-    folder = resources.files("openma.adapters.sql") / "migrations" / dialect
+def load_migrations(folder: str | Traversable) -> list[Migration]:
+    """The migration files of ``folder`` (a shipped dialect's name, or a folder), in order."""
+    if isinstance(folder, str):
+        folder = migrations_folder(folder)
+    dialect = folder.name
     found: list[Migration] = []
     for entry in folder.iterdir():
         if not entry.name.endswith(".sql"):
@@ -66,6 +71,10 @@ def load_migrations(dialect: str) -> list[Migration]:
     if len(set(numbers)) != len(numbers):
         raise MigrationError(f"two {dialect} migrations share a number: {numbers}")
     return found
+
+
+def _shipped(client: SqlClient, folder: str | Traversable | None) -> list[Migration]:
+    return load_migrations(engine_of(client).migrations if folder is None else folder)
 
 
 async def _applied(tx: SqlTransaction) -> dict[str, tuple[str, int]]:
@@ -90,9 +99,9 @@ def _verify(applied: dict[str, tuple[str, int]], shipped: list[Migration]) -> No
             )
 
 
-async def migrate(client: SqlClient) -> list[str]:
-    """Apply pending migrations; return the names applied."""
-    shipped = load_migrations(client.dialect.name)
+async def migrate(client: SqlClient, folder: str | Traversable | None = None) -> list[str]:
+    """Apply the pending migrations of ``folder`` (default: the client's engine's); return the names applied."""
+    shipped = _shipped(client, folder)
     async with client.migration_lock() as tx:
         await tx.execute(TABLE_DDL)
         applied = await _applied(tx)
@@ -110,9 +119,9 @@ async def migrate(client: SqlClient) -> list[str]:
         return done
 
 
-async def stamp(client: SqlClient, upto: str | None = None) -> list[str]:
+async def stamp(client: SqlClient, upto: str | None = None, folder: str | Traversable | None = None) -> list[str]:
     """Mark migrations as applied without running them (all, or up to and including ``upto``)."""
-    shipped = load_migrations(client.dialect.name)
+    shipped = _shipped(client, folder)
     if upto is not None and upto not in {m.name for m in shipped} and upto not in {m.name[:4] for m in shipped}:
         raise MigrationError(f"unknown migration {upto!r}; known: {', '.join(m.name for m in shipped)}")
     async with client.migration_lock() as tx:
@@ -132,9 +141,9 @@ async def stamp(client: SqlClient, upto: str | None = None) -> list[str]:
         return done
 
 
-async def status(client: SqlClient) -> list[MigrationStatus]:
+async def status(client: SqlClient, folder: str | Traversable | None = None) -> list[MigrationStatus]:
     """Every shipped migration and whether (and when) it was applied."""
-    shipped = load_migrations(client.dialect.name)
+    shipped = _shipped(client, folder)
     async with client.migration_lock() as tx:
         await tx.execute(TABLE_DDL)
         applied = await _applied(tx)

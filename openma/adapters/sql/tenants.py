@@ -8,8 +8,7 @@ from openma.adapters.sql.entity import ListOptions, SqlEntityStore
 from openma.core import validate
 from openma.core.clock import ms_to_datetime
 from openma.core.jsonutil import dumps, loads
-from openma.core.pagination import Order
-from openma.models import Page, Tenant
+from openma.models import Order, Page, Tenant
 from openma.ports.sql import Row
 
 

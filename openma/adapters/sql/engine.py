@@ -1,0 +1,179 @@
+"""The engine contract: what one database engine supplies to the portable SQL store family.
+
+The stores in ``openma/adapters/sql`` are written once, in portable SQL over a
+:class:`~openma.ports.sql.SqlClient`. What really differs between engines lives in one class per engine
+(:class:`~openma.adapters.sql.sqlite_engine.SqliteEngine`,
+:class:`~openma.adapters.sql.postgres_engine.PostgresEngine`), subclasses of :class:`SqlEngine` that
+override a few hooks, in the way DBOS keeps one system-database class with per-dialect subclasses.
+:class:`~openma.adapters.sql.backend.SqlStoreBackend` receives its engine; the portable code asks the
+engine, never the engine's name.
+
+Contract for an engine (each hook's docstring has the details):
+
+* :attr:`SqlEngine.client`: the :class:`~openma.ports.sql.SqlClient` the stores run on, and
+  :attr:`SqlEngine.dialect`, its dialect (SQL text differences: placeholders, JSON, byte length).
+* :attr:`SqlEngine.migrations`: the folder of numbered ``NNNN_name.sql`` files this engine applies.
+* :meth:`SqlEngine.lease_lock`: the lock under session actors (required; it must die with its holder).
+* :meth:`SqlEngine.wakeup_channel`: how this process hears about other processes' writes, or ``None`` when
+  the engine has no such channel (followers then poll).
+* :meth:`SqlEngine.notify_statement`: the statement that tells other processes, run inside the write unit
+  that changed the session, or ``None``.
+* :meth:`SqlEngine.fenced_append_statement`: one statement doing a whole fenced append (bump the counter,
+  notify, insert), or ``None`` to use the portable multi-statement write unit.
+* :meth:`SqlEngine.is_unique_violation`: whether a driver error is a unique or primary-key violation.
+* :meth:`SqlEngine.with_client`: the same engine over another client (a wrapper that traces or injects
+  faults), which must delegate the engine-specific properties (``path``, ``conninfo``) to the real client.
+
+The defaults of :class:`SqlEngine` are the portable behaviour (no channel, no notification, no
+one-statement append); an engine overrides only what it does better.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from importlib import resources
+from importlib.resources.abc import Traversable
+from typing import Any, ClassVar, Protocol, Self
+
+from openma.core.tail import WakeHub
+from openma.errors import ConfigError
+from openma.ports.lease import LeaseLock
+from openma.ports.sql import Dialect, SqlClient, Statement
+from openma.ports.telemetry import Telemetry
+
+__all__ = ["SqlEngine", "WakeupChannel", "engine_of", "migrations_folder"]
+
+
+def migrations_folder(name: str) -> Traversable:
+    """The shipped migrations folder ``openma/adapters/sql/migrations/<name>``."""
+    return resources.files("openma.adapters.sql") / "migrations" / name
+
+
+class WakeupChannel(Protocol):
+    """A background listener that turns other processes' notifications into wake-ups on a ``WakeHub``.
+
+    While it is not :attr:`healthy`, followers poll; on every (re)connect it wakes every follower
+    (``hub.notify_all()``), since notifications may have been missed meanwhile.
+    """
+
+    #: Where the channel reports failures it recovers from (``silent_catch``).
+    telemetry: Telemetry
+
+    @property
+    def healthy(self) -> bool:
+        """True while notifications are being received."""
+        ...
+
+    def start(self) -> None:
+        """Start listening in the background; idempotent."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop listening and release the connection; idempotent."""
+        ...
+
+
+class SqlEngine(abc.ABC):
+    """One database engine under the SQL store family: its client and the hooks where engines differ."""
+
+    #: The folder of this engine's migration files (see :func:`migrations_folder`).
+    migrations: ClassVar[Traversable]
+
+    def __init__(self, client: SqlClient) -> None:
+        self._client = client
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._client!r})"
+
+    @property
+    def client(self) -> SqlClient:
+        """The client every store of the backend runs on."""
+        return self._client
+
+    @property
+    def dialect(self) -> Dialect:
+        """The client's SQL dialect."""
+        return self._client.dialect
+
+    def with_client(self, client: SqlClient) -> Self:
+        """This engine over ``client`` (a wrapper of this engine's client); the hooks stay this engine's."""
+        return type(self)(client)
+
+    @abc.abstractmethod
+    def lease_lock(self, telemetry: Telemetry) -> LeaseLock:
+        """A new lease lock for session actors, shared by every process on the same database.
+
+        It must be exclusive across processes and freed as soon as its holder dies (see
+        :mod:`openma.ports.lease`). The backend creates one and closes it with itself.
+        """
+
+    def wakeup_channel(self, hub: WakeHub, telemetry: Telemetry) -> WakeupChannel | None:
+        """A listener that feeds ``hub`` with other processes' writes (not started), or ``None``.
+
+        ``None`` (the default) means the engine has no channel: followers re-read every poll interval.
+        Keys put on ``hub`` are ``(kind, tenant_id, session_id)`` tuples, ``kind`` one of
+        :data:`openma.adapters.sql.wakeups.EVENTS` and :data:`~openma.adapters.sql.wakeups.INBOX`.
+        """
+        return None
+
+    def notify_statement(self, kind: str, tenant_id: str, session_id: str) -> Statement | None:
+        """The statement that tells other processes that ``kind`` changed for a session, or ``None``.
+
+        Run inside the write unit that made the change, so the notification goes out if and only if the
+        write commits. ``None`` (the default) when the engine has no wake-up channel.
+        """
+        return None
+
+    def fenced_append_statement(
+        self,
+        *,
+        tenant_id: str,
+        session_id: str,
+        count: int,
+        guard_sql: str,
+        guard_params: Sequence[Any],
+        insert_sql: str,
+        values_sql: str,
+        insert_params: Sequence[Any],
+    ) -> Statement | None:
+        """One statement that appends ``count`` events to a session, or ``None`` for the portable write unit.
+
+        The statement must, atomically: add ``count`` to ``sessions.last_seq`` of the live (not deleted)
+        session ``(tenant_id, session_id)`` only when ``guard_sql`` holds (conditions starting with
+        ``" AND "``, with ``guard_params``: the lease epoch fence, the dedup check); notify other processes
+        (kind ``EVENTS``) when it did; and run ``insert_sql`` (an ``INSERT ... SELECT`` head whose select
+        list reads the bumped session as ``s`` with columns ``tenant_id, id, last_seq`` and the new rows as
+        ``v``, from ``(VALUES values_sql) AS v``; ``insert_params`` are the parameters of the head and then
+        of ``values_sql``), returning ``seq, event_id`` of every inserted row (``fetch=True``). When the
+        guard fails it changes nothing and returns no rows.
+
+        ``None`` (the default) means "run the portable multi-statement unit" (a checked ``UPDATE``, the
+        ``INSERT``, then :meth:`notify_statement`).
+        """
+        return None
+
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        """True when ``exc`` is this engine's unique or primary-key violation."""
+        return self.dialect.is_unique_violation(exc)
+
+
+def engine_of(source: SqlEngine | SqlClient) -> SqlEngine:
+    """``source`` if it is an engine; else the engine of a built-in engine's client, bound to that client.
+
+    Clients of the built-in engines have an ``engine()`` method. A wrapper that delegates attribute access
+    to such a client gets its engine rebound to the wrapper (:meth:`SqlEngine.with_client`), so the wrapper's
+    calls are the ones the stores make.
+    """
+    if isinstance(source, SqlEngine):
+        return source
+    make = getattr(source, "engine", None)
+    if not callable(make):
+        raise ConfigError(
+            f"{source!r} is not a SqlEngine and names none; pass an engine "
+            "(openma.adapters.sql.sqlite_engine.SqliteEngine, ...postgres_engine.PostgresEngine, or your own)"
+        )
+    engine = make()
+    if not isinstance(engine, SqlEngine):
+        raise ConfigError(f"{source!r}.engine() returned {engine!r}, not a SqlEngine")
+    return engine if engine.client is source else engine.with_client(source)

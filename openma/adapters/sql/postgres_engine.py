@@ -1,0 +1,109 @@
+"""The "pg" store backend: the SQL store family on Postgres (psycopg 3).
+
+What Postgres does its own way:
+
+* Lease locks are session-level advisory locks, each on a dedicated connection: exclusive across hosts,
+  freed by the server when the holder's connection drops.
+* Wake-ups cross processes: every write unit that moves a session runs ``SELECT pg_notify(...)`` (so the
+  notification goes out if and only if the write commits), and one dedicated ``LISTEN`` connection per
+  process (:class:`~openma.adapters.pg_notify.PgListener`) feeds the in-process hub.
+* An append is one statement (a CTE that bumps the fenced counter, notifies and inserts): one round trip.
+* A unique violation is SQLSTATE ``23505``.
+
+The driver is imported when a client or a lock opens, not when this module is imported, so a bare install
+without the ``pg`` extra imports everything the SQLite engine needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from openma.adapters.locks.pg_advisory import PgAdvisoryLeaseLock
+from openma.adapters.pg_connect import load_driver
+from openma.adapters.pg_notify import CHANNEL, PgListener, payload
+from openma.adapters.postgres import open_postgres_client
+from openma.adapters.sql.backend import SqlStoreBackend
+from openma.adapters.sql.engine import SqlEngine, migrations_folder
+from openma.adapters.sql.wakeups import EVENTS
+from openma.core.tail import WakeHub
+from openma.ports.lease import LeaseLock
+from openma.ports.sql import SqlClient, Statement
+from openma.ports.telemetry import Telemetry
+from openma.settings import Settings
+
+__all__ = ["PostgresEngine", "open_store_backend"]
+
+
+class PostgresLike(SqlClient, Protocol):
+    """A Postgres client (or a wrapper of one): a SqlClient that tells its connection string."""
+
+    @property
+    def conninfo(self) -> str:
+        """The connection string (with the password) for the dedicated lock and LISTEN connections."""
+        ...
+
+
+class PostgresEngine(SqlEngine):
+    """The Postgres engine: advisory lease locks, LISTEN/NOTIFY wake-ups, one-statement appends."""
+
+    migrations = migrations_folder("postgres")
+
+    def __init__(self, client: PostgresLike) -> None:
+        super().__init__(client)
+        self._pg = client
+
+    @property
+    def client(self) -> PostgresLike:
+        return self._pg
+
+    def lease_lock(self, telemetry: Telemetry) -> LeaseLock:
+        """Advisory locks, each held on its own connection to the client's database."""
+        psycopg, _ = load_driver()
+        return PgAdvisoryLeaseLock(self._pg.conninfo, psycopg, telemetry=telemetry)
+
+    def wakeup_channel(self, hub: WakeHub, telemetry: Telemetry) -> PgListener:
+        """One dedicated ``LISTEN`` connection on :data:`~openma.adapters.pg_notify.CHANNEL`."""
+        return PgListener(self._pg.conninfo, hub, telemetry=telemetry)
+
+    def notify_statement(self, kind: str, tenant_id: str, session_id: str) -> Statement:
+        return Statement("SELECT pg_notify(?, ?)", (CHANNEL, payload(kind, tenant_id, session_id)))
+
+    def fenced_append_statement(
+        self,
+        *,
+        tenant_id: str,
+        session_id: str,
+        count: int,
+        guard_sql: str,
+        guard_params: Sequence[Any],
+        insert_sql: str,
+        values_sql: str,
+        insert_params: Sequence[Any],
+    ) -> Statement:
+        """One statement: the bump (fenced), the notification and the insert; one round trip.
+
+        When the guard fails the ``UPDATE`` returns no row, so neither the notification nor the insert runs.
+        """
+        sql = (
+            "WITH s AS (UPDATE sessions SET last_seq = last_seq + ? WHERE tenant_id = ? AND id = ?"
+            f" AND deleted_at IS NULL{guard_sql} RETURNING tenant_id, id, last_seq),"
+            " w AS (SELECT pg_notify(?, ?) AS n FROM s) "
+            f"{insert_sql} FROM s, w, (VALUES {values_sql}) AS v RETURNING seq, event_id"
+        )
+        params = [
+            count,
+            tenant_id,
+            session_id,
+            *guard_params,
+            CHANNEL,
+            payload(EVENTS, tenant_id, session_id),
+            *insert_params,
+        ]
+        return Statement(sql, params, fetch=True)
+
+
+async def open_store_backend(settings: Settings) -> SqlStoreBackend:
+    """Entry point of the "pg" store backend."""
+    client = await open_postgres_client(settings)
+    return SqlStoreBackend("pg", PostgresEngine(client))
