@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import attrs
 
 T = TypeVar("T")
+
+Order = Literal["asc", "desc"]
 
 
 @attrs.frozen

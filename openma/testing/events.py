@@ -39,6 +39,7 @@ import pytest
 
 from openma.core import events as ev
 from openma.core.jsonutil import MAX_JSON_DEPTH
+from openma.core.tail import subscribe, wait_pending
 from openma.errors import (
     Conflict,
     InvalidInput,
@@ -249,7 +250,7 @@ class EventLogContract(_StoreContractBase):
             with pytest.raises(NotFound):
                 await call
         with pytest.raises(NotFound):
-            await b.store.subscribe(s.id).next(timeout=WAIT)
+            await subscribe(b.store, s.id).next(timeout=WAIT)
         assert len(await b.store.list()) == 0
         report = await b.store.gc(datetime.now(UTC) + timedelta(days=1))
         assert report.events == 0
@@ -424,7 +425,7 @@ class EventLogContract(_StoreContractBase):
             with pytest.raises(InvalidInput):
                 await call(s.id, events)
         assert (await env.store.get(s.id)).last_seq == 0
-        assert await env.store.pending(s.id) == []
+        assert (await env.store.pending(s.id)).items == []
 
     async def test_deeply_nested_and_oversized_events(self, env: LogEnv) -> None:
         s = await env.session()
@@ -449,7 +450,7 @@ class EventLogContract(_StoreContractBase):
         assert await env.store.append(s.id, sent) == await env.all_events(s.id)
         assert [e.data for e in await env.all_events(s.id)] == sent
         assert [(await env.store.get_event(s.id, e["id"])).data for e in sent] == sent
-        tail = env.store.subscribe(s.id)
+        tail = subscribe(env.store, s.id)
         with anyio.fail_after(WAIT):
             assert [(await tail.__anext__()).data for _ in sent] == sent
         await tail.aclose()
@@ -462,7 +463,7 @@ class EventLogContract(_StoreContractBase):
             for event in too_deep:
                 with pytest.raises(InvalidInput):
                     await call(s.id, [event])
-        assert (await env.store.get(s.id)).last_seq == 4 and await env.store.pending(s.id) == []
+        assert (await env.store.get(s.id)).last_seq == 4 and (await env.store.pending(s.id)).items == []
 
     async def test_unicode_and_sql_metacharacters_round_trip(self, env: LogEnv) -> None:
         s = await env.session()
@@ -537,7 +538,7 @@ class EventLogContract(_StoreContractBase):
         assert (await env.all_events(s.id))[1] == stored[1]
         assert await env.store.get_event(s.id, "big-1") == stored[1]
         with anyio.fail_after(WAIT):
-            tail = env.store.subscribe(s.id)
+            tail = subscribe(env.store, s.id)
             assert [await tail.__anext__() for _ in range(2)] == stored
         # A retry of the spilled event is a no-op and keeps its blob.
         assert await env.store.append(s.id, [big]) == [stored[1]]
@@ -559,7 +560,7 @@ class EventLogContract(_StoreContractBase):
         assert missing.value.event_id == "spilled-1" and missing.value.reason == "missing"
         assert "spilled-1" in str(missing.value)
         with pytest.raises(SpillIntegrityError):
-            await env.store.subscribe(s.id).next(timeout=WAIT)
+            await subscribe(env.store, s.id).next(timeout=WAIT)
 
     async def test_blob_write_failure_appends_nothing(
         self, store_backend: StoreBackend, env: LogEnv, settings: Settings
@@ -575,7 +576,7 @@ class EventLogContract(_StoreContractBase):
         with pytest.raises(StorageUnavailable):
             await broken.post(s.id, [_msg("x" * (self.spill_bytes * 2))])
         assert (await env.store.get(s.id)).last_seq == 0
-        assert await env.store.pending(s.id) == []
+        assert (await env.store.pending(s.id)).items == []
         assert await broken.append(s.id, [_msg("small events need no blob store")]) != []
 
     # ------------------------------------------------------------------ inbox
@@ -593,7 +594,7 @@ class EventLogContract(_StoreContractBase):
         assert await env.store.promote(s.id, ["m1"]) == [e1]  # exactly once
         e2, e3 = await env.store.promote(s.id, ["m2", "m3"])
         assert (e2.seq, e3.seq) == (2, 3)
-        assert await env.store.pending(s.id) == []
+        assert (await env.store.pending(s.id)).items == []
         assert [e.id for e in await env.all_events(s.id)] == ["m1", "m2", "m3"]
         with pytest.raises(NotFound):
             await env.store.promote(s.id, ["never-posted"])
@@ -608,7 +609,7 @@ class EventLogContract(_StoreContractBase):
             await env.store.promote(s.id, ["c1"])
         rest = await env.store.cancel(s.id, fence=0)
         assert [c.event_id for c in rest] == ["c0", "c2", "c3"]
-        assert await env.store.pending(s.id) == []
+        assert (await env.store.pending(s.id)).items == []
         assert (await env.store.get(s.id)).last_seq == 0
         # A cancelled id stays taken: posting it again returns the cancelled item.
         [again] = await env.store.post(s.id, [_msg("0", id="c0")])
@@ -619,7 +620,7 @@ class EventLogContract(_StoreContractBase):
         big = _msg("z" * (self.spill_bytes * 2), id="big-input")
         [item] = await env.store.post(s.id, [big])
         assert item.data == {**big, "id": "big-input"}
-        assert (await env.store.pending(s.id))[0].data == item.data
+        assert (await env.store.pending(s.id)).items[0].data == item.data
         [event] = await env.store.promote(s.id, ["big-input"])
         assert event.data == item.data
         assert (await env.store.get_event(s.id, "big-input")).data == item.data
@@ -648,14 +649,14 @@ class EventLogContract(_StoreContractBase):
 
     async def test_wait_pending_wakes_on_post(self, env: LogEnv) -> None:
         s = await env.session()
-        assert await env.store.wait_pending(s.id, timeout=0) == []
+        assert (await wait_pending(env.store, s.id, timeout=0)).items == []
         got: list[Any] = []
 
         calling = anyio.Event()
 
         async def waiter() -> None:
             calling.set()
-            got.extend(await env.store.wait_pending(s.id, timeout=WAIT))
+            got.extend(await wait_pending(env.store, s.id, timeout=WAIT))
 
         with anyio.fail_after(WAIT):
             async with anyio.create_task_group() as tg:
@@ -695,7 +696,7 @@ class EventLogContract(_StoreContractBase):
         assert await env.store.open_stream(s.id, stream_id=stream.id) == stream  # idempotent
         assert await env.store.append_stream(s.id, stream.id, ["Hel", "lo"], fence=0) == 2
         assert await env.store.append_stream(s.id, stream.id, [", wörld ☃"]) == 3
-        [listed] = await env.store.streams(s.id)
+        [listed] = (await env.store.streams(s.id)).items
         assert listed.text == "Hello, wörld ☃" and listed.chunks == 3
         done = await env.store.finalize_stream(s.id, stream.id, "completed")
         assert done.status == "completed" and done.finished_at is not None and done.text == listed.text
@@ -725,7 +726,7 @@ class EventLogContract(_StoreContractBase):
         await env.store.append(s.id, [_msg(str(i)) for i in range(5)])
         seen: list[int] = []
         with anyio.fail_after(WAIT):
-            async with env.store.subscribe(s.id, after=2) as tail:
+            async with subscribe(env.store, s.id, after=2) as tail:
                 seen += [(await tail.__anext__()).seq for _ in range(3)]
                 await env.store.append(s.id, [_msg("live")])
                 seen.append((await tail.__anext__()).seq)
@@ -748,7 +749,7 @@ class EventLogContract(_StoreContractBase):
             async with anyio.create_task_group() as tg:
                 for w in range(4):
                     tg.start_soon(writer, w)
-                async for event in env.store.subscribe(s.id):
+                async for event in subscribe(env.store, s.id):
                     seqs.append(event.seq)
                     if event.seq == total:
                         break
@@ -759,14 +760,14 @@ class EventLogContract(_StoreContractBase):
         await env.store.append(s.id, [_msg(str(i)) for i in range(10)])
         seqs: list[int] = []
         with anyio.fail_after(WAIT):
-            tail = env.store.subscribe(s.id)
+            tail = subscribe(env.store, s.id)
             for _ in range(4):
                 seqs.append((await tail.__anext__()).seq)
             await tail.aclose()  # the client disconnects
             with pytest.raises(StopAsyncIteration):
                 await tail.__anext__()
             await env.store.append(s.id, [_msg("while away")])
-            async for event in env.store.subscribe(s.id, after=seqs[-1]):  # and resumes from its last seq
+            async for event in subscribe(env.store, s.id, after=seqs[-1]):  # and resumes from its last seq
                 seqs.append(event.seq)
                 if event.seq == 11:
                     break
@@ -774,7 +775,7 @@ class EventLogContract(_StoreContractBase):
 
     async def test_a_slow_consumer_misses_nothing(self, env: LogEnv) -> None:
         s = await env.session()
-        tail = env.store.subscribe(s.id)
+        tail = subscribe(env.store, s.id)
         with anyio.fail_after(WAIT):
             first = await tail.next(timeout=0.01)
             assert first is None
@@ -786,15 +787,15 @@ class EventLogContract(_StoreContractBase):
     async def test_subscriber_below_retention_gets_resync(self, env: LogEnv) -> None:
         s = await env.session()
         await env.store.append(s.id, [_msg(str(i)) for i in range(10)])
-        behind = env.store.subscribe(s.id, after=3)  # a follower that has seen up to seq 3
+        behind = subscribe(env.store, s.id, after=3)  # a follower that has seen up to seq 3
         await env.store.prune(s.id, before_seq=6)
         with anyio.fail_after(WAIT), pytest.raises(ResyncRequired) as info:
             await behind.__anext__()
         assert info.value.retained_from == 6
         with anyio.fail_after(WAIT), pytest.raises(ResyncRequired):
-            await env.store.subscribe(s.id).__anext__()
+            await subscribe(env.store, s.id).__anext__()
         with anyio.fail_after(WAIT):
-            fresh = env.store.subscribe(s.id, after=info.value.retained_from - 1)
+            fresh = subscribe(env.store, s.id, after=info.value.retained_from - 1)
             assert [(await fresh.__anext__()).seq for _ in range(5)] == [6, 7, 8, 9, 10]
 
     # ------------------------------------------------------------------ retention
