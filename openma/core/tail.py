@@ -33,9 +33,19 @@ import anyio
 from openma.core.ids import check_id
 from openma.errors import InvalidInput
 from openma.models import Event, InboxItem, Page
-from openma.ports.sessions import EventLog, Inbox, SessionWakeups, StopSignal, Wakeup
+from openma.ports.sessions import SessionWakeups, StopSignal, Wakeup
 
-__all__ = ["DEFAULT_PAGE", "EventTail", "ReadAfter", "StopSignal", "WakeHub", "subscribe", "wait_pending"]
+__all__ = [
+    "DEFAULT_PAGE",
+    "EventTail",
+    "Followable",
+    "ReadAfter",
+    "StopSignal",
+    "WakeHub",
+    "Waitable",
+    "subscribe",
+    "wait_pending",
+]
 
 DEFAULT_PAGE: Final = 100
 
@@ -194,12 +204,16 @@ class EventTail:
         await self.aclose()
 
 
-class _Followed(EventLog, SessionWakeups, Protocol):
-    """What :func:`subscribe` needs of a store."""
+class Followable(SessionWakeups, Protocol):
+    """What :func:`subscribe` needs of a store: ``EventLog.read_after`` and the wake-up port."""
+
+    async def read_after(self, session_id: str, after: int, limit: int) -> list[Event]: ...
 
 
-class _Waited(Inbox, SessionWakeups, Protocol):
-    """What :func:`wait_pending` needs of a store."""
+class Waitable(SessionWakeups, Protocol):
+    """What :func:`wait_pending` needs of a store: ``Inbox.pending`` and the wake-up port."""
+
+    async def pending(self, session_id: str, *, limit: int = 100, cursor: str | None = None) -> Page[InboxItem]: ...
 
 
 def _seq(value: object, what: str) -> int:
@@ -208,7 +222,7 @@ def _seq(value: object, what: str) -> int:
     return value
 
 
-def subscribe(store: _Followed, session_id: str, *, after: int = 0, page_size: int = DEFAULT_PAGE) -> EventTail:
+def subscribe(store: Followable, session_id: str, *, after: int = 0, page_size: int = DEFAULT_PAGE) -> EventTail:
     """Every event of the session with ``seq > after``, in order, then new ones as they land (an
     :class:`EventTail`). Arguments are checked here; the session is read on the first ``start``/``next``."""
     check_id(session_id, "ses", what="session_id")
@@ -227,7 +241,7 @@ def subscribe(store: _Followed, session_id: str, *, after: int = 0, page_size: i
     )
 
 
-async def wait_pending(store: _Waited, session_id: str, *, timeout: float, limit: int = 100) -> Page[InboxItem]:
+async def wait_pending(store: Waitable, session_id: str, *, timeout: float, limit: int = 100) -> Page[InboxItem]:
     """``pending``, but wait up to ``timeout`` seconds for something to be posted when nothing waits.
 
     The wake-up is armed before each read, so a post that commits during the read is never slept through;
