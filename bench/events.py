@@ -5,7 +5,7 @@
 
 What is measured, for each engine (1 KB events, as in DESIGN section 8):
 
-* **append x1**: one event per transaction. openma: ``t.sessions.append(session, [event])`` (one write unit:
+* **append x1**: one event per transaction. openma: ``t.sessions.unfenced_append(session, [event])`` (one write unit:
   bump the session's counter, insert the row; on Postgres one statement that also notifies listeners).
   Raw, the same rows with the same counter: SQLite ``BEGIN IMMEDIATE`` / ``UPDATE … RETURNING`` / ``INSERT``
   / ``COMMIT`` on the event-loop thread (the floor: the loop blocks on every fsync) and through one
@@ -146,10 +146,10 @@ class OpenmaVariant(Variant):
         self.big_text = "x" * (1024 * 1024)
 
     async def append1(self, i: int) -> None:
-        await self.sessions.append(self.session_id, [event(i)])
+        await self.sessions.unfenced_append(self.session_id, [event(i)])
 
     async def append100(self, i: int) -> None:
-        await self.sessions.append(self.session_id, [event(i * 100 + k) for k in range(100)])
+        await self.sessions.unfenced_append(self.session_id, [event(i * 100 + k) for k in range(100)])
 
     async def read_all(self) -> int:
         n, after = 0, self.read_from
@@ -161,7 +161,7 @@ class OpenmaVariant(Variant):
             after = page.items[-1].seq
 
     async def append_big(self, i: int) -> None:
-        await self.sessions.append(self.big_session, [event(i, self.big_text)])
+        await self.sessions.unfenced_append(self.big_session, [event(i, self.big_text)])
 
     async def read_big(self) -> None:
         page = await self.sessions.events(self.big_session, order="desc", limit=1)
@@ -183,7 +183,7 @@ async def open_openma(stack: AsyncExitStack, settings: Settings) -> tuple[Openma
     mine = OpenmaVariant(t.sessions, await session(), await session())
     mine.read_session = await session()
     for k in range(10):
-        await t.sessions.append(mine.read_session, [event(k * 1000 + j) for j in range(1000)])
+        await t.sessions.unfenced_append(mine.read_session, [event(k * 1000 + j) for j in range(1000)])
     return mine, (t, session)
 
 
@@ -392,7 +392,7 @@ async def tail_in_process(sessions: Any, session_id: str, n: int) -> tuple[float
         for i in range(n):
             got = anyio.Event()
             sent = time.perf_counter()
-            await sessions.append(session_id, [event(i)])
+            await sessions.unfenced_append(session_id, [event(i)])
             await got.wait()
     return percentiles(latencies)
 
@@ -407,7 +407,8 @@ async def main(settings_json, tenant_id, session_id, n, gap):
     async with Platform.open(settings) as oma:
         t = oma.tenant(tenant_id)
         for i in range(int(n)):
-            await t.sessions.append(session_id, [{"type": "bench.tick", "t": time.clock_gettime(time.CLOCK_MONOTONIC)}])
+            tick = {"type": "bench.tick", "t": time.clock_gettime(time.CLOCK_MONOTONIC)}
+            await t.sessions.unfenced_append(session_id, [tick])
             await anyio.sleep(float(gap))
 
 anyio.run(main, *sys.argv[1:])

@@ -51,9 +51,9 @@ from typing import Final, Protocol
 
 from openma.core import validate
 from openma.core.jsonutil import MAX_JSON_DEPTH, dumps
-from openma.core.tail import EventTail, StopSignal
 from openma.errors import InvalidInput, ResyncRequired
 from openma.models import Event
+from openma.ports.sessions import EventFeed, StopSignal
 
 #: Response headers for an event stream (no caching, no proxy buffering). Hop-by-hop headers such as
 #: ``connection`` are left to the server (HTTP/2 and HTTP/3 forbid them).
@@ -70,7 +70,7 @@ MAX_SEQ_DIGITS: Final = 19
 class Subscribable(Protocol):
     """What :func:`session_events` needs: ``t.sessions`` or any sessions store."""
 
-    def subscribe(self, session_id: str, *, after: int = 0) -> EventTail: ...
+    def subscribe(self, session_id: str, *, after: int = 0) -> EventFeed: ...
 
 
 def event_json(event: Event) -> str:
@@ -122,7 +122,7 @@ def parse_position(value: object, what: str = "Last-Event-ID") -> int | None:
 
 
 async def stream(
-    tail: EventTail,
+    tail: EventFeed,
     *,
     heartbeat: float = DEFAULT_HEARTBEAT,
     retry_ms: int | None = DEFAULT_RETRY_MS,

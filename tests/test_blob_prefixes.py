@@ -47,7 +47,7 @@ async def test_a_tenant_cannot_touch_its_spilled_events_or_snapshots(platform_se
         env = await t.environments.create(name="py")
         session = await t.sessions.create(agent_id=agent.id, environment_id=env.id)
         body = {"type": "user.message", "content": [{"type": "text", "text": "x" * 2_000}]}
-        [event] = await t.sessions.append(session.id, [body])
+        [event] = await t.sessions.unfenced_append(session.id, [body])
         sandbox = await (await oma.sandbox_orchestrator()).get(t.tenant_id, session.id)
         await sandbox.write_file("a.txt", b"workspace")
         await sandbox.snapshot()

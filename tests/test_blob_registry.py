@@ -262,7 +262,7 @@ async def test_a_third_party_store_holds_spilled_events_and_tenant_blobs(tmp_pat
         env = await t.environments.create(name="py")
         session = await t.sessions.create(agent_id=agent.id, environment_id=env.id)
         body = {"type": "user.message", "content": [{"type": "text", "text": "x" * 2_000}]}
-        [event] = await t.sessions.append(session.id, [body])
+        [event] = await t.sessions.unfenced_append(session.id, [body])
         spilled = [k for k in store.objects if k.startswith(f"t/{t.tenant_id}/.openma/sessions/{session.id}/")]
         assert len(spilled) == 1, sorted(store.objects)
         [read] = (await t.sessions.events(session.id, after=0)).items

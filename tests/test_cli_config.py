@@ -43,11 +43,11 @@ async def make_history(settings: Settings) -> tuple[str, str]:
         session = await t.sessions.create(agent_id=agent.id, environment_id=environment.id)
         msg = {"type": "agent.message", "content": [{"type": "text", "text": "x"}]}
         big = {"type": "agent.message", "content": [{"type": "text", "text": "y" * 5_000}]}
-        await t.sessions.append(session.id, [msg] * 5 + [big])
+        await t.sessions.unfenced_append(session.id, [msg] * 5 + [big])
         stream = await t.sessions.open_stream(session.id)
         await t.sessions.finalize_stream(session.id, stream.id, "completed")
         await t.sessions.post(session.id, [{**msg, "id": "done"}, {**msg, "id": "dropped"}])
-        await t.sessions.promote(session.id, ["done"], fence=0)
+        await t.sessions.unfenced_promote(session.id, ["done"])
         await t.sessions.cancel(session.id, ["dropped"])
         return tenant.id, session.id
 

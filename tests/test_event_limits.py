@@ -55,12 +55,12 @@ async def test_a_larger_spill_threshold_does_not_lift_the_event_cap(
         agent = await t.agents.create(name="coder", model="m")
         env = await t.environments.create(name="py")
         session_id = (await t.sessions.create(agent_id=agent.id, environment_id=env.id)).id
-        [fits] = await t.sessions.append(session_id, [_msg(cap - 100)])
-        for call in (t.sessions.append, t.sessions.post):
+        [fits] = await t.sessions.unfenced_append(session_id, [_msg(cap - 100)])
+        for call in (t.sessions.unfenced_append, t.sessions.post):
             with pytest.raises(InvalidInput, match="too large"):
                 await call(session_id, [_msg(cap + 1)])
         assert (await t.sessions.get(session_id)).last_seq == fits.seq
-        assert await t.sessions.pending(session_id) == []
+        assert (await t.sessions.pending(session_id)).items == []
 
 
 async def test_an_archived_tenant_refuses_every_session_write_alike(oma: Platform) -> None:
@@ -69,7 +69,7 @@ async def test_an_archived_tenant_refuses_every_session_write_alike(oma: Platfor
     agent = await t.agents.create(name="coder", model="m")
     env = await t.environments.create(name="py")
     session_id = (await t.sessions.create(agent_id=agent.id, environment_id=env.id)).id
-    await t.sessions.append(session_id, [_msg(id="before")])
+    await t.sessions.unfenced_append(session_id, [_msg(id="before")])
     await t.sessions.post(session_id, [_msg(id="queued")])
     stream = await t.sessions.open_stream(session_id)
     await t.sessions.append_stream(session_id, stream.id, ["hello"])
@@ -81,16 +81,16 @@ async def test_an_archived_tenant_refuses_every_session_write_alike(oma: Platfor
     s = t.sessions
     big = SPILL * 3
     writes: dict[str, Any] = {
-        "append": lambda: s.append(session_id, [_msg()]),
-        "append spilled": lambda: s.append(session_id, [_msg(big)]),
-        "append mixed": lambda: s.append(session_id, [_msg(), _msg(big)]),
+        "append": lambda: s.unfenced_append(session_id, [_msg()]),
+        "append spilled": lambda: s.unfenced_append(session_id, [_msg(big)]),
+        "append mixed": lambda: s.unfenced_append(session_id, [_msg(), _msg(big)]),
         "post": lambda: s.post(session_id, [_msg()]),
         "post spilled": lambda: s.post(session_id, [_msg(big)]),
-        "set_status": lambda: s.set_status(session_id, "running", events=[{"type": "session.status_running"}]),
-        "set_status spilled": lambda: s.set_status(
+        "set_status": lambda: s.unfenced_set_status(session_id, "running", events=[{"type": "session.status_running"}]),
+        "set_status spilled": lambda: s.unfenced_set_status(
             session_id, "running", events=[{"type": "session.status_running", "pad": "p" * big}]
         ),
-        "promote": lambda: s.promote(session_id, ["queued"]),
+        "promote": lambda: s.unfenced_promote(session_id, ["queued"]),
         "cancel": lambda: s.cancel(session_id),
         "open_stream": lambda: s.open_stream(session_id),
         "append_stream": lambda: s.append_stream(session_id, stream.id, ["more"]),
@@ -117,7 +117,7 @@ async def test_an_archived_tenant_refuses_every_session_write_alike(oma: Platfor
 
     # An unknown tenant is refused before any I/O the same way on every path too (NotFound).
     ghost = oma.tenant("tnt_01h0000000000000000000000z")
-    for call in (ghost.sessions.append, ghost.sessions.post):
+    for call in (ghost.sessions.unfenced_append, ghost.sessions.post):
         for batch in ([_msg()], [_msg(big)]):
             with pytest.raises(NotFound):
                 await call(session_id, batch)

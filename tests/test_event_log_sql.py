@@ -177,3 +177,22 @@ async def test_listener_reconnects_after_its_connection_is_killed(pg_url: str) -
         assert seqs == [1, 2]
     finally:
         await backend.aclose()
+
+
+def test_engine_differences_live_in_one_module() -> None:
+    """Only ``_engine_bits`` of the sessions store knows which engine it runs on; no part imports another
+    module's private names."""
+    import ast
+    import pathlib
+
+    import openma.adapters.sql.sessions as pkg
+
+    root = pathlib.Path(pkg.__file__).parent
+    for path in sorted(root.glob("*.py")):
+        text = path.read_text()
+        if path.name != "_engine_bits.py":
+            assert "pg_notify" not in text and "dialect.name" not in text, path.name
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("openma."):
+                private = [a.name for a in node.names if a.name.startswith("_") and a.name != "_engine_bits"]
+                assert not private, (path.name, node.module, private)

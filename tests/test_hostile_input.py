@@ -125,7 +125,7 @@ async def test_lone_surrogates_are_invalid_input_everywhere(oma: Platform) -> No
             "sessions.create metadata": lambda: s.create(agent_id=agent.id, environment_id=env.id, metadata=deep),
             "sessions.update title": lambda: s.update(session.id, title=LONE),
             "sessions.update metadata": lambda: s.update(session.id, metadata={"k": LONE}),
-            "sessions.append payload": lambda: s.append(session.id, [{"type": "x", "d": deep}]),
+            "sessions.append payload": lambda: s.unfenced_append(session.id, [{"type": "x", "d": deep}]),
             "sessions.post payload": lambda: s.post(session.id, [{"type": "x", "d": deep}]),
             "sessions.events types": lambda: s.events(session.id, types=[LONE]),
             "sessions.open_stream kind": lambda: s.open_stream(session.id, kind=LONE),
@@ -162,7 +162,7 @@ async def test_nul_is_refused_in_text_and_kept_inside_json_on_every_engine(oma: 
     nul = {"k": "a\x00b", "nested": [{"v": "\x00"}]}
     made = await t.environments.create(name="n", config=nul)
     assert (await t.environments.get(made.id)).config == nul
-    [event] = await t.sessions.append(session.id, [{"type": "x", **nul}])
+    [event] = await t.sessions.unfenced_append(session.id, [{"type": "x", **nul}])
     [read] = (await t.sessions.events(session.id, after=event.seq - 1, limit=1)).items
     assert read.data == event.data and read.data["nested"] == nul["nested"]
 
@@ -216,7 +216,7 @@ async def test_tampered_cursors_are_invalid_input_on_every_list(oma: Platform) -
     await t.agents.update(agent.id, name="renamed")
     await t.environments.create(name="f")
     await t.sessions.create(agent_id=agent.id, environment_id=env.id)
-    await t.sessions.append(session.id, [{"type": "x"}, {"type": "y"}])
+    await t.sessions.unfenced_append(session.id, [{"type": "x"}, {"type": "y"}])
     for key in ("a", "b"):
         await t.kv.put(key, "v")
         await t.blobs.put(key, b"v")
@@ -266,8 +266,8 @@ async def test_wrong_typed_arguments_are_invalid_input(oma: Platform) -> None:
         "events order=1": lambda: s.events(session.id, order=1),  # type: ignore[arg-type]
         "subscribe after=True": lambda: _first(s.subscribe(session.id, after=True)),
         "post events=str": lambda: s.post(session.id, "x"),  # type: ignore[arg-type]
-        "append fence=2**70": lambda: s.append(session.id, [{"type": "x"}], fence=2**70),
-        "append fence='1'": lambda: s.append(session.id, [{"type": "x"}], fence="1"),  # type: ignore[arg-type]
+        "append fence=2**70": lambda: s.store.append(session.id, [{"type": "x"}], fence=2**70),
+        "append fence='1'": lambda: s.store.append(session.id, [{"type": "x"}], fence="1"),  # type: ignore[arg-type]
         "open_stream fence=2**64": lambda: s.open_stream(session.id, fence=2**64),
         "prune keep_last='3'": lambda: s.prune(session.id, keep_last="3"),  # type: ignore[arg-type]
         "prune batch_size=True": lambda: s.prune(session.id, keep_last=1, batch_size=True),
@@ -311,7 +311,7 @@ async def test_deep_json_is_invalid_input_not_a_recursion_error(oma: Platform) -
             "agent tools": lambda: t.agents.create(name="x", model="m", tools=[{"d": deep}]),
             "environment config": lambda: t.environments.create(name="x", config={"d": deep}),
             "session metadata": lambda: t.sessions.update(session.id, metadata={"d": deep}),
-            "event payload": lambda: t.sessions.append(session.id, [{"type": "x", "d": deep}]),
+            "event payload": lambda: t.sessions.unfenced_append(session.id, [{"type": "x", "d": deep}]),
         },
     )
 

@@ -136,7 +136,7 @@ async def test_events_at_the_limit_read_back_on_every_path(t: TenantScope, spill
     session_id = await _session(t)
     sent = event(LIMIT, spilled=spilled, id="at-limit")
     assert json_depth(sent) == LIMIT
-    [stored] = await t.sessions.append(session_id, [sent])
+    [stored] = await t.sessions.unfenced_append(session_id, [sent])
     assert stored.data == sent
     assert (await t.sessions.events(session_id)).items[0].data == sent
     assert (await t.sessions.events(session_id, order="desc")).items[0].data == sent
@@ -150,15 +150,15 @@ async def test_events_at_the_limit_read_back_on_every_path(t: TenantScope, spill
     [item] = await t.sessions.post(session_id, [queued])
     assert item.data == queued
     assert [i.data for i in await t.sessions.pending(session_id)] == [queued]
-    [promoted] = await t.sessions.promote(session_id, ["queued"])
+    [promoted] = await t.sessions.unfenced_promote(session_id, ["queued"])
     assert promoted.data == queued and promoted.seq == 2
     assert (await t.sessions.get_event(session_id, "queued")).data == queued
     assert await _first_from_tail(t, session_id, 1) == queued
 
     # A status change's stop_reason is part of its event and held to the same limit.
-    await t.sessions.set_status(session_id, "running", events=[{"type": "session.status_running"}])
+    await t.sessions.unfenced_set_status(session_id, "running", events=[{"type": "session.status_running"}])
     reason = {"type": "session.status_idle", "stop_reason": obj(LIMIT - 1)}
-    _, [status_event] = await t.sessions.set_status(session_id, "idle", events=[reason])
+    _, [status_event] = await t.sessions.unfenced_set_status(session_id, "idle", events=[reason])
     assert status_event.data["stop_reason"] == reason["stop_reason"]
     assert (await t.sessions.events(session_id, after=3)).items[0].data["stop_reason"] == reason["stop_reason"]
 
@@ -171,25 +171,25 @@ async def test_events_past_the_limit_are_refused_and_nothing_is_written(
     ok = {"type": "fine"}
     too_deep = event(LIMIT + 1, spilled=spilled)
     with pytest.raises(InvalidInput) as exc:
-        await t.sessions.append(session_id, [ok, too_deep])
+        await t.sessions.unfenced_append(session_id, [ok, too_deep])
     assert field_of(exc) == "events" and exc.value.details["index"] == 1
     with pytest.raises(InvalidInput) as exc:
         await t.sessions.post(session_id, [ok, too_deep])
     assert field_of(exc) == "events" and exc.value.details["index"] == 1
-    await t.sessions.set_status(session_id, "running", events=[{"type": "session.status_running"}])
+    await t.sessions.unfenced_set_status(session_id, "running", events=[{"type": "session.status_running"}])
     with pytest.raises(InvalidInput) as exc:
-        await t.sessions.set_status(
+        await t.sessions.unfenced_set_status(
             session_id, "idle", events=[{"type": "session.status_idle", "stop_reason": obj(LIMIT)}]
         )
     assert field_of(exc) == "events"
     session = await t.sessions.get(session_id)
     assert session.last_seq == 1 and session.status == "running"  # only the status_running event
-    assert await t.sessions.pending(session_id) == []
+    assert (await t.sessions.pending(session_id)).items == []
     internal = oma.blobs.for_tenant(t.tenant_id, internal=True)
     assert [b.key for b in await internal.list(keys.spill_prefix(session_id))] == []
     # A 100 000-deep event is refused the same way, not with a RecursionError.
     with pytest.raises(InvalidInput):
-        await t.sessions.append(session_id, [{"type": "x", "v": nested(100_000)}])
+        await t.sessions.unfenced_append(session_id, [{"type": "x", "v": nested(100_000)}])
 
 
 async def test_entity_json_at_the_limit_reads_back_and_one_more_is_refused(oma: Platform, t: TenantScope) -> None:

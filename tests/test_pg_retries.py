@@ -147,7 +147,7 @@ async def test_promoting_inputs_already_in_the_log(
     assert promoted[1] == logged
     for _ in range(ROUNDS):
         assert await store.promote(sid, ["evt_0", "evt_1", "evt_2"]) == promoted
-    assert await store.pending(sid) == []
+    assert (await store.pending(sid)).items == []
     page = await store.events(sid)
     assert [e.id for e in page.items] == ["evt_1", "evt_0", "evt_2"]
     assert [e.seq for e in page.items] == [1, 2, 3]

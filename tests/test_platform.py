@@ -371,12 +371,12 @@ async def test_gc_dry_run_matches_the_real_pass(
         for _ in range(3):
             session = await t.sessions.create(agent_id=agent.id, environment_id=environment.id)
             ids.append(session.id)
-            await t.sessions.append(session.id, [msg, big, msg])
+            await t.sessions.unfenced_append(session.id, [msg, big, msg])
             stream = await t.sessions.open_stream(session.id)
             await t.sessions.finalize_stream(session.id, stream.id, "completed")
             await t.sessions.open_stream(session.id)  # still open: kept
             await t.sessions.post(session.id, [{**msg, "id": "p"}, {**msg, "id": "c"}, {**msg, "id": "w"}])
-            await t.sessions.promote(session.id, ["p"], fence=0)
+            await t.sessions.unfenced_promote(session.id, ["p"])
             await t.sessions.cancel(session.id, ["c"])
         cutoff = datetime.now(UTC) + timedelta(seconds=1)  # past every row, whatever the clock's resolution
         dry = await t.sessions.gc(cutoff, batch_size=2, dry_run=True)

@@ -360,7 +360,7 @@ events_lists = st.one_of(
 def test_session_append_and_post(h: Harness, events: Any, via: str) -> None:
     s = h.t.sessions
     if via == "append":
-        written = h.attempt(lambda: s.append(h.session.id, events))
+        written = h.attempt(lambda: s.unfenced_append(h.session.id, events))
         for w in written or []:  # an id logged before returns the stored event, with its own seq
             assert h.run(lambda w=w: s.get_event(h.session.id, w.id)) == w  # type: ignore[misc]
         if written and not any("id" in e for e in events):  # with given ids, a retry returns the first version
@@ -504,8 +504,8 @@ def test_calls_by_id(h: Harness, op: str, ident: Any, other: Any) -> None:
         "get_event": lambda: s.get_event(sid, ident),
         "get_stream": lambda: s.get_stream(sid, ident),
         "cancel": lambda: s.cancel(sid, [ident]),
-        "promote": lambda: s.promote(sid, [ident]),
-        "set_status": lambda: s.set_status(h.scratch.id, ident, from_statuses=other),
+        "promote": lambda: s.unfenced_promote(sid, [ident]),
+        "set_status": lambda: s.unfenced_set_status(h.scratch.id, ident, from_statuses=other),
         "prune_streams": lambda: s.prune_streams(sid, older_than=other),
         "gc": lambda: s.gc(other, batch_size=ident),
     }

@@ -35,8 +35,10 @@ async def test_design_example(settings: Settings) -> None:
         [queued] = await t.sessions.post(
             session.id, [{"type": "user.message", "content": [{"type": "text", "text": "hi"}]}]
         )
-        [promoted] = await t.sessions.promote(session.id, [queued.event_id], fence=0)
-        await t.sessions.append(session.id, [{"type": "agent.message", "content": [{"type": "text", "text": "hello"}]}])
+        [promoted] = await t.sessions.unfenced_promote(session.id, [queued.event_id])
+        await t.sessions.unfenced_append(
+            session.id, [{"type": "agent.message", "content": [{"type": "text", "text": "hello"}]}]
+        )
         page = await t.sessions.events(session.id, after=0, limit=100)
         assert [e.type for e in page] == ["user.message", "agent.message"] and page.next_cursor is None
         assert page.items[0] == promoted
@@ -87,7 +89,7 @@ async def test_spilled_events_live_in_the_tenants_blob_store(settings: Settings)
         env = await t.environments.create(name="py")
         session = await t.sessions.create(agent_id=agent.id, environment_id=env.id)
         big = {"type": "user.message", "content": [{"type": "text", "text": "ж" * 5_000}]}
-        [event] = await t.sessions.append(session.id, [big])
+        [event] = await t.sessions.unfenced_append(session.id, [big])
         internal = oma.blobs.for_tenant(t.tenant_id, internal=True)
         [blob] = (await internal.list(f".openma/sessions/{session.id}/")).items
         assert blob.key.startswith(f".openma/sessions/{session.id}/events/{event.id}.")
@@ -112,7 +114,7 @@ async def test_sessions_on_postgres_agents_on_sqlite(tmp_path: Path, pg_server: 
         agent = await t.agents.create(name="coder", model="m", system="be brief")
         env = await t.environments.create(name="py")
         session = await t.sessions.create(agent_id=agent.id, environment_id=env.id)
-        await t.sessions.append(session.id, [{"type": "agent.message", "content": []}])
+        await t.sessions.unfenced_append(session.id, [{"type": "agent.message", "content": []}])
         assert pg_server.execute("SELECT id, agent_id FROM sessions", dbname=dbname) == [(session.id, agent.id)]
         assert pg_server.execute("SELECT seq, type FROM session_events", dbname=dbname) == [(1, "agent.message")]
         assert (await t.sessions.get(session.id)).agent["system"] == "be brief"

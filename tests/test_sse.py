@@ -163,7 +163,7 @@ async def _session(t: TenantScope) -> str:
 @pytest.mark.slow
 async def test_disconnect_and_resume_with_no_gap(server: str, tenant: TenantScope) -> None:
     session_id = await _session(tenant)
-    await tenant.sessions.append(session_id, [{"type": "user.message", "n": i} for i in range(5)])
+    await tenant.sessions.unfenced_append(session_id, [{"type": "user.message", "n": i} for i in range(5)])
     path = f"/tenants/{tenant.tenant_id}/sessions/{session_id}/events"
     async with httpx.AsyncClient(base_url=server, timeout=WAIT) as client:
         await _ready(client)
@@ -174,7 +174,7 @@ async def test_disconnect_and_resume_with_no_gap(server: str, tenant: TenantScop
                 first = await _frames(response.aiter_lines(), lambda f: f.get("id") == "3")
             # The client dropped the connection after seq 3. Events land meanwhile: some from this process
             # (the server sees them by polling), some through the server itself (in-process wake-ups).
-            await tenant.sessions.append(session_id, [{"type": "agent.message", "n": i} for i in range(3)])
+            await tenant.sessions.unfenced_append(session_id, [{"type": "agent.message", "n": i} for i in range(3)])
             posted = await client.post(path, json=[{"type": "agent.message", "via": "http"}, {"type": "x.custom"}])
             assert posted.status_code == 201 and [e["seq"] for e in posted.json()] == [9, 10]
             async with client.stream("GET", path, headers={"last-event-id": "3"}) as response:
@@ -186,7 +186,7 @@ async def test_disconnect_and_resume_with_no_gap(server: str, tenant: TenantScop
 
                     async def late() -> None:
                         await anyio.sleep(0.05)
-                        await tenant.sessions.append(session_id, [{"type": "agent.message", "n": "late"}])
+                        await tenant.sessions.unfenced_append(session_id, [{"type": "agent.message", "n": "late"}])
 
                     tg.start_soon(late)
                     live = await _frames(lines, lambda f: "id" in f)
@@ -203,7 +203,7 @@ async def test_disconnect_and_resume_with_no_gap(server: str, tenant: TenantScop
 
 async def test_resync_bad_positions_and_missing_sessions(server: str, tenant: TenantScope) -> None:
     session_id = await _session(tenant)
-    await tenant.sessions.append(session_id, [{"type": "user.message", "n": i} for i in range(6)])
+    await tenant.sessions.unfenced_append(session_id, [{"type": "user.message", "n": i} for i in range(6)])
     await tenant.sessions.prune(session_id, before_seq=5)
     path = f"/tenants/{tenant.tenant_id}/sessions/{session_id}/events"
     async with httpx.AsyncClient(base_url=server, timeout=WAIT) as client:
@@ -227,7 +227,7 @@ async def test_stream_helper_heartbeats_and_closes_the_tail(tenant: TenantScope)
     from openma import sse
 
     session_id = await _session(tenant)
-    await tenant.sessions.append(session_id, [{"type": "a"}])
+    await tenant.sessions.unfenced_append(session_id, [{"type": "a"}])
     body = await sse.session_events(tenant.sessions, session_id, heartbeat=0.01, retry_ms=None)
     got: list[bytes] = []
     with anyio.fail_after(WAIT):
@@ -249,7 +249,7 @@ async def test_a_missing_session_fails_before_the_first_frame(tenant: TenantScop
         await sse.session_events(tenant.sessions, "ses_01h0000000000000000000000z")
     # A position below retention is not an error of the request: the stream says so with a resync frame.
     session_id = await _session(tenant)
-    await tenant.sessions.append(session_id, [{"type": "a"}, {"type": "b"}, {"type": "c"}])
+    await tenant.sessions.unfenced_append(session_id, [{"type": "a"}, {"type": "b"}, {"type": "c"}])
     await tenant.sessions.prune(session_id, before_seq=3)
     body = await sse.session_events(tenant.sessions, session_id, after=1, retry_ms=None)
     with anyio.fail_after(WAIT):
@@ -262,7 +262,7 @@ async def test_stop_ends_an_idle_stream_and_closes_the_tail(tenant: TenantScope,
     from openma import sse
 
     session_id = await _session(tenant)
-    await tenant.sessions.append(session_id, [{"type": "a"}])
+    await tenant.sessions.unfenced_append(session_id, [{"type": "a"}])
     stop = anyio.Event()
     body = await sse.session_events(tenant.sessions, session_id, heartbeat=3600, retry_ms=None, stop=stop)
     got: list[bytes] = []
@@ -289,7 +289,7 @@ async def test_stop_ends_an_idle_stream_and_closes_the_tail(tenant: TenantScope,
 async def test_server_shutdown_ends_open_streams_cleanly(settings: Settings, tenant: TenantScope) -> None:
     """uvicorn waits for open responses before it exits: the example's server tells the streams to end."""
     session_id = await _session(tenant)
-    await tenant.sessions.append(session_id, [{"type": "user.message", "n": 1}])
+    await tenant.sessions.unfenced_append(session_id, [{"type": "user.message", "n": 1}])
     path = f"/tenants/{tenant.tenant_id}/sessions/{session_id}/events"
     with _example_server(settings) as (url, proc):
         async with httpx.AsyncClient(base_url=url, timeout=WAIT) as client:

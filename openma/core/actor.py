@@ -134,7 +134,7 @@ class SessionActor:
         and is itself logged; inputs posted after it are promoted after it.
         """
         fence = self._check()
-        pending = await self._store.pending(self.session_id, limit=limit)
+        pending = (await self._store.pending(self.session_id, limit=limit)).items
         if not pending:
             return []
         interrupts = [i for i, item in enumerate(pending) if item.type == "user.interrupt"]
@@ -298,9 +298,21 @@ async def _read_all(store: SessionStore, session: Session) -> list[dict[str, Any
         after = page.items[-1].seq
 
 
+async def _open_streams(store: SessionStore, session_id: str) -> list[Stream]:
+    """Every open stream of the session, page after page."""
+    out: list[Stream] = []
+    cursor: str | None = None
+    while True:
+        page = await store.streams(session_id, status="open", limit=1000, cursor=cursor)
+        out.extend(page.items)
+        if page.next_cursor is None:
+            return out
+        cursor = page.next_cursor
+
+
 async def _recover(actor: SessionActor, store: SessionStore, status: str) -> RecoveryPlan:
     session = await store.get(actor.session_id)
-    streams = await store.streams(actor.session_id, status="open", limit=1000)
+    streams = await _open_streams(store, actor.session_id)
     plan = recover_interrupted_state(
         actor.session_id,
         await _read_all(store, session),

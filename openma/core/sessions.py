@@ -5,9 +5,11 @@ store (``STORE_BACKENDS`` places each store on its own). So the snapshot is take
 tenant's agents and environments stores, and handed to the sessions store as plain JSON: later edits of
 the agent or environment never change a session that already runs.
 
-Everything else is the sessions store itself (:class:`~openma.ports.sessions.SessionStore`): the public
-calls (``get``, ``list``, ``post``, ``events``, ``subscribe``, ...) and the ones the session's actor makes
-with its lease epoch (``append``, ``promote``, streams, ``set_status``).
+The live tail (``subscribe``) and the inbox wait (``wait_pending``) are built here, once, by
+:mod:`openma.core.tail` over the store's ``read_after``/``pending`` and its wake-ups. The rest is the sessions
+store itself (:class:`~openma.ports.sessions.SessionStore`). Fenced writes belong to the session's actor
+(``t.sessions.actor(...)``); the admin forms that write around it say so in their names
+(``unfenced_append``, ``unfenced_set_status``, ``unfenced_promote``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
-from openma.core import validate
+from openma.core import tail, validate
 from openma.core.actor import SessionActor, acquire_actor
 from openma.core.ids import check_id
 from openma.core.orchestrator import SandboxOrchestrator
@@ -161,23 +163,24 @@ class Sessions:
         if orchestrator is not None:
             await orchestrator.release(session_id, snapshot=False)
 
-    async def set_status(
+    async def unfenced_set_status(
         self,
         session_id: str,
         status: str,
         *,
         from_statuses: Iterable[str] | None = None,
         events: Sequence[dict[str, Any]] = (),
-        fence: int | None = None,
     ) -> tuple[Session, builtins.list[Event]]:
-        return await self._store.set_status(session_id, status, from_statuses=from_statuses, events=events, fence=fence)
+        """Move the session to ``status`` without its actor's lease (an admin or maintenance path): the
+        transition is checked, but not fenced against a running actor. Actors use ``actor.set_status``."""
+        return await self._store.set_status(session_id, status, from_statuses=from_statuses, events=events)
 
     # -- event log
 
-    async def append(
-        self, session_id: str, events: Sequence[dict[str, Any]], *, fence: int | None = None
-    ) -> builtins.list[Event]:
-        return await self._store.append(session_id, events, fence=fence)
+    async def unfenced_append(self, session_id: str, events: Sequence[dict[str, Any]]) -> builtins.list[Event]:
+        """Append events without the actor's lease (admin, import and maintenance paths; ids already logged
+        are returned as stored). A session's actor appends with ``actor.append``, fenced by its epoch."""
+        return await self._store.append(session_id, events)
 
     async def events(
         self,
@@ -214,23 +217,25 @@ class Sessions:
         )
 
     def subscribe(self, session_id: str, *, after: int = 0) -> EventTail:
-        return self._store.subscribe(session_id, after=after)
+        """Every event with ``seq > after``, in order, then new ones as they land (see :mod:`openma.core.tail`)."""
+        return tail.subscribe(self._store, session_id, after=after)
 
     # -- inbox
 
     async def post(self, session_id: str, events: Sequence[dict[str, Any]]) -> builtins.list[InboxItem]:
         return await self._store.post(session_id, events)
 
-    async def pending(self, session_id: str, *, limit: int = 100) -> builtins.list[InboxItem]:
-        return await self._store.pending(session_id, limit=limit)
+    async def pending(self, session_id: str, *, limit: int = 100, cursor: str | None = None) -> Page[InboxItem]:
+        """What waits in the inbox, oldest first, a page at a time."""
+        return await self._store.pending(session_id, limit=limit, cursor=cursor)
 
-    async def wait_pending(self, session_id: str, *, timeout: float, limit: int = 100) -> builtins.list[InboxItem]:
-        return await self._store.wait_pending(session_id, timeout=timeout, limit=limit)
+    async def wait_pending(self, session_id: str, *, timeout: float, limit: int = 100) -> Page[InboxItem]:
+        """``pending``, but wait up to ``timeout`` seconds for something to be posted when nothing waits."""
+        return await tail.wait_pending(self._store, session_id, timeout=timeout, limit=limit)
 
-    async def promote(
-        self, session_id: str, event_ids: Sequence[str], *, fence: int | None = None
-    ) -> builtins.list[Event]:
-        return await self._store.promote(session_id, event_ids, fence=fence)
+    async def unfenced_promote(self, session_id: str, event_ids: Sequence[str]) -> builtins.list[Event]:
+        """Promote inputs into the log without the actor's lease (admin path); actors use ``actor.promote``."""
+        return await self._store.promote(session_id, event_ids)
 
     async def cancel(
         self, session_id: str, event_ids: Sequence[str] | None = None, *, fence: int | None = None
@@ -265,8 +270,11 @@ class Sessions:
     async def get_stream(self, session_id: str, stream_id: str) -> Stream:
         return await self._store.get_stream(session_id, stream_id)
 
-    async def streams(self, session_id: str, *, status: str | None = "open", limit: int = 100) -> builtins.list[Stream]:
-        return await self._store.streams(session_id, status=status, limit=limit)
+    async def streams(
+        self, session_id: str, *, status: str | None = "open", limit: int = 100, cursor: str | None = None
+    ) -> Page[Stream]:
+        """The session's model streams (``open`` ones by default), oldest first, a page at a time."""
+        return await self._store.streams(session_id, status=status, limit=limit, cursor=cursor)
 
     async def prune_streams(
         self, session_id: str, *, older_than: datetime | None = None, fence: int | None = None

@@ -1,4 +1,8 @@
-"""Live tail: read the log, then follow it, with no gap and no duplicate.
+"""Live tail and inbox wait, built once over the session ports: read, then follow, with no gap and no duplicate.
+
+:func:`subscribe` follows a session's log over :meth:`~openma.ports.sessions.EventLog.read_after` and the
+store's :class:`~openma.ports.sessions.SessionWakeups`; :func:`wait_pending` waits for inbox input over
+:meth:`~openma.ports.sessions.Inbox.pending` and the same wake-ups. No store carries its own copy of either loop.
 
 The follower never trusts a wake-up to carry data. A wake-up only says "the log may have grown"; the
 follower then re-reads the log after the last seq it delivered. So:
@@ -22,11 +26,26 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from types import TracebackType
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import anyio
 
-from openma.models import Event
+from openma.core.ids import check_id
+from openma.errors import InvalidInput
+from openma.models import Event, InboxItem, Page
+from openma.ports.sessions import SessionWakeups, StopSignal, Wakeup
+
+__all__ = [
+    "DEFAULT_PAGE",
+    "EventTail",
+    "Followable",
+    "ReadAfter",
+    "StopSignal",
+    "WakeHub",
+    "Waitable",
+    "subscribe",
+    "wait_pending",
+]
 
 DEFAULT_PAGE: Final = 100
 
@@ -69,14 +88,6 @@ class WakeHub:
 ReadAfter = Callable[[int, int], Awaitable[list[Event]]]
 
 
-class StopSignal(Protocol):
-    """Anything that says "stop now": an ``anyio.Event``, ``asyncio.Event`` or ``trio.Event``."""
-
-    def is_set(self) -> bool: ...
-
-    async def wait(self) -> Any: ...
-
-
 class EventTail:
     """An async iterator over a session's events after ``after``, following new ones as they land.
 
@@ -87,7 +98,7 @@ class EventTail:
     def __init__(
         self,
         read: ReadAfter,
-        hub: WakeHub,
+        arm: Callable[[], Wakeup],
         key: Hashable,
         *,
         after: int = 0,
@@ -95,7 +106,7 @@ class EventTail:
         page_size: int = DEFAULT_PAGE,
     ) -> None:
         self._read = read
-        self._hub = hub
+        self._arm = arm
         self._key = key
         self._after = after
         self._wait_timeout = wait_timeout
@@ -114,9 +125,9 @@ class EventTail:
     def __aiter__(self) -> EventTail:
         return self
 
-    async def _fill(self) -> anyio.Event:
+    async def _fill(self) -> Wakeup:
         """Read the page after the last delivered seq into the buffer; return the wake-up armed before it."""
-        woken = self._hub.arm(self._key)  # before the read: an append racing it re-arms the loop
+        woken = self._arm()  # before the read: an append racing it re-arms the loop
         page = await self._read(self._after, self._page_size)
         self._buffer.extend(e for e in page if e.seq > self._after)
         return woken
@@ -191,3 +202,59 @@ class EventTail:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+
+class Followable(SessionWakeups, Protocol):
+    """What :func:`subscribe` needs of a store: ``EventLog.read_after`` and the wake-up port."""
+
+    async def read_after(self, session_id: str, after: int, limit: int) -> list[Event]: ...
+
+
+class Waitable(SessionWakeups, Protocol):
+    """What :func:`wait_pending` needs of a store: ``Inbox.pending`` and the wake-up port."""
+
+    async def pending(self, session_id: str, *, limit: int = 100, cursor: str | None = None) -> Page[InboxItem]: ...
+
+
+def _seq(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**62:
+        raise InvalidInput(f"{what} must be an integer between 0 and {2**62}", field=what)
+    return value
+
+
+def subscribe(store: Followable, session_id: str, *, after: int = 0, page_size: int = DEFAULT_PAGE) -> EventTail:
+    """Every event of the session with ``seq > after``, in order, then new ones as they land (an
+    :class:`EventTail`). Arguments are checked here; the session is read on the first ``start``/``next``."""
+    check_id(session_id, "ses", what="session_id")
+    after = _seq(after, "after")
+
+    async def read(position: int, limit: int) -> list[Event]:
+        return await store.read_after(session_id, position, limit)
+
+    return EventTail(
+        read,
+        lambda: store.arm(session_id, "events"),
+        ("events", session_id),
+        after=after,
+        wait_timeout=store.poll_timeout,
+        page_size=page_size,
+    )
+
+
+async def wait_pending(store: Waitable, session_id: str, *, timeout: float, limit: int = 100) -> Page[InboxItem]:
+    """``pending``, but wait up to ``timeout`` seconds for something to be posted when nothing waits.
+
+    The wake-up is armed before each read, so a post that commits during the read is never slept through;
+    each wait is bounded by the store's poll timeout.
+    """
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+        raise InvalidInput("timeout must be a number of seconds >= 0", field="timeout")
+    deadline = anyio.current_time() + timeout
+    while True:
+        woken = store.arm(session_id, "inbox")
+        page = await store.pending(session_id, limit=limit)
+        remaining = deadline - anyio.current_time()
+        if page.items or remaining <= 0:
+            return page
+        with anyio.move_on_after(min(remaining, store.poll_timeout())):
+            await woken.wait()

@@ -290,7 +290,7 @@ class ActorContract(_StoreContractBase):
         assert promoted[1].data["content"][0]["text"] == "fresh"
         log = await _log(actor_env, s.id)
         assert [e["type"] for e in log] == ["user.interrupt", "user.message"]
-        assert await actor_env.store.pending(s.id) == []
+        assert (await actor_env.store.pending(s.id)).items == []
 
     async def test_a_holder_that_fails_leaves_recovery_to_the_next(self, actor_env: ActorEnv) -> None:
         s = await actor_env.session()

@@ -5,37 +5,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import anyio
-
-from openma.adapters import pg_notify
-from openma.adapters.sql.sessions._base import (
-    _EVENT_COLUMNS,
-    _INSERT_EVENT,
+from openma.adapters.sql.sessions import _engine_bits
+from openma.adapters.sql.sessions.context import (
+    EVENT_COLUMNS,
+    INSERT_EVENT,
     MAX_EVENTS_LIMIT,
     WRITE_RETRIES,
-    SessionStoreBase,
-    _check_fence,
-    _placeholders,
+    SessionPart,
+    check_fence,
+    placeholders,
 )
 from openma.core import events as ev
 from openma.core.clock import ms_to_datetime
 from openma.core.ids import check_id
-from openma.core.pagination import (
-    check_limit,
-)
+from openma.core.pagination import Keyset, check_limit, decode_cursor, encode_cursor, scope_of, split_page
 from openma.errors import (
     Conflict,
-    InvalidInput,
     NotFound,
     OpenmaError,
     StorageUnavailable,
 )
-from openma.models import Event, InboxItem
+from openma.models import Event, InboxItem, Page
 from openma.ports.sql import Row, Statement
 
 
-class InboxMixin(SessionStoreBase):
-    """Post, list pending, wait, promote, cancel."""
+class SqlInbox(SessionPart):
+    """The :class:`~openma.ports.sessions.Inbox` port: post, page what is pending, promote, cancel."""
 
     def _inbox_item(self, row: Row, data: dict[str, Any]) -> InboxItem:
         return InboxItem(
@@ -50,25 +45,25 @@ class InboxMixin(SessionStoreBase):
         )
 
     async def _inbox_items(self, rows: Sequence[Row]) -> list[InboxItem]:
-        return [self._inbox_item(r, data) for r, data in await self._hydrate(rows)]
+        return [self._inbox_item(r, data) for r, data in await self._ctx.hydrate(rows)]
 
     async def _inbox_by_id(self, session_id: str, ids: Sequence[str]) -> dict[str, Row]:
         if not ids:
             return {}
-        rows = await self._db.fetch_all(
+        rows = await self._ctx.db.fetch_all(
             "SELECT * FROM session_inbox WHERE tenant_id = ? AND session_id = ?"
-            f" AND event_id IN ({_placeholders(len(ids))})",
+            f" AND event_id IN ({placeholders(len(ids))})",
             (self.tenant_id, session_id, *ids),
         )
         return {r["event_id"]: r for r in rows}
 
     async def post(self, session_id: str, events: Sequence[dict[str, Any]]) -> list[InboxItem]:
         check_id(session_id, "ses", what="session_id")
-        prepared = ev.prepare_batch(events, max_bytes=self._max_event_bytes)
+        prepared = ev.prepare_batch(events, max_bytes=self._ctx.max_event_bytes)
         if not prepared:
-            await self._row(session_id)
+            await self._ctx.row(session_id)
             return []
-        items, written = await self._spill(session_id, ev.unique(prepared))
+        items, written = await self._ctx.spill(session_id, ev.unique(prepared))
         stored: dict[str, tuple[InboxItem, str | None]] = {}
         definite = False
         try:
@@ -76,8 +71,8 @@ class InboxMixin(SessionStoreBase):
             for _ in range(WRITE_RETRIES):
                 if not todo:
                     break
-                now = self._clock.now_ms()
-                values, value_params = self._values(todo)
+                now = self._ctx.clock.now_ms()
+                values, value_params = self._ctx.values(todo)
                 # Lock the session row, insert the ids not in the inbox yet (the insert's snapshot is taken
                 # with the lock held, so it sees every earlier post), then move the counter past what was
                 # inserted: a retried post inserts nothing and raises nothing, and positions stay gapless.
@@ -107,15 +102,15 @@ class InboxMixin(SessionStoreBase):
                         (self.tenant_id, session_id),
                     ),
                 ]
-                notify = self._wakeups.notify_statement(pg_notify.INBOX, self.tenant_id, session_id)
+                notify = self._ctx.wakeups.notify_statement(_engine_bits.INBOX, self.tenant_id, session_id)
                 if notify is not None:
                     statements.append(notify)
                 try:
-                    result = await self._db.run_batch(statements)
+                    result = await self._ctx.db.run_batch(statements)
                 except StorageUnavailable:
                     raise
                 except Exception as exc:
-                    if not self._db.dialect.is_unique_violation(exc):
+                    if not self._ctx.db.dialect.is_unique_violation(exc):
                         definite = True
                         raise
                     found = await self._inbox_by_id(session_id, [it.id for it in todo])
@@ -139,7 +134,7 @@ class InboxMixin(SessionStoreBase):
                         it.key,
                     )
                 if result.rows[1]:
-                    self._wakeups.notify_local(pg_notify.INBOX, self.tenant_id, session_id)
+                    self._ctx.wakeups.notify_local(_engine_bits.INBOX, self.tenant_id, session_id)
                 if by_id:  # posted before (a retry): return them as they are
                     found = await self._inbox_by_id(session_id, list(by_id))
                     rows = list(found.values())
@@ -156,58 +151,48 @@ class InboxMixin(SessionStoreBase):
         finally:
             if definite and written:
                 keep = {key for _, key in stored.values() if key is not None}
-                await self._drop_blobs(k for k in written if k not in keep)
+                await self._ctx.drop_blobs(k for k in written if k not in keep)
         return [stored[p.id][0] for p in prepared]
 
     async def _post_refusal(self, session_id: str) -> OpenmaError:
-        row = await self._row(session_id)
+        row = await self._ctx.row(session_id)
         if row["archived_at"] is not None:
             return Conflict(f"session {session_id} is archived; it takes no new input", session_id=session_id)
         if row["status"] == "terminated":
             return Conflict(f"session {session_id} is terminated; it takes no new input", session_id=session_id)
         return Conflict(f"session {session_id} changed during the post; retry", session_id=session_id)
 
-    async def pending(self, session_id: str, *, limit: int = 100) -> list[InboxItem]:
+    async def pending(self, session_id: str, *, limit: int = 100, cursor: str | None = None) -> Page[InboxItem]:
         check_id(session_id, "ses", what="session_id")
         limit = check_limit(limit, maximum=MAX_EVENTS_LIMIT)
-        rows = await self._db.fetch_all(
+        scope = scope_of("session_inbox", self.tenant_id, session_id, "pending")
+        after = decode_cursor(cursor, scope).created_at if cursor is not None else 0
+        rows = await self._ctx.db.fetch_all(
             "SELECT * FROM session_inbox WHERE tenant_id = ? AND session_id = ? AND state = 'pending'"
-            " ORDER BY pos LIMIT ?",
-            (self.tenant_id, session_id, limit),
+            " AND pos > ? ORDER BY pos LIMIT ?",
+            (self.tenant_id, session_id, after, limit + 1),
         )
         if not rows:
-            await self._row(session_id)
-            return []
-        return await self._inbox_items(rows)
-
-    async def wait_pending(self, session_id: str, *, timeout: float, limit: int = 100) -> list[InboxItem]:
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
-            raise InvalidInput("timeout must be a number of seconds >= 0", field="timeout")
-        deadline = anyio.current_time() + timeout
-        self._wakeups.start()
-        while True:
-            woken = self._wakeups.hub.arm((pg_notify.INBOX, self.tenant_id, session_id))
-            items = await self.pending(session_id, limit=limit)
-            remaining = deadline - anyio.current_time()
-            if items or remaining <= 0:
-                return items
-            with anyio.move_on_after(min(remaining, self._wakeups.wait_timeout())):
-                await woken.wait()
+            await self._ctx.row(session_id)
+            return Page([])
+        page, more = split_page(rows, limit)
+        next_cursor = encode_cursor(scope, Keyset(int(page[-1]["pos"]), str(page[-1]["event_id"]))) if more else None
+        return Page(await self._inbox_items(page), next_cursor)
 
     async def promote(self, session_id: str, event_ids: Sequence[str], *, fence: int | None = None) -> list[Event]:
         check_id(session_id, "ses", what="session_id")
-        fence = _check_fence(fence)
+        fence = check_fence(fence)
         ids = list(dict.fromkeys(ev.check_event_ids(event_ids)))
         if not ids:
-            await self._row(session_id)
+            await self._ctx.row(session_id)
             return []
-        await self._tenant.ensure()
+        await self._ctx.tenant.ensure()
         done: dict[str, Event] = {}
         todo = ids
         for _ in range(WRITE_RETRIES + len(ids)):
             if not todo:
                 break
-            now = self._clock.now_ms()
+            now = self._ctx.clock.now_ms()
             n = len(todo)
             fence_sql, fence_params = (" AND lease_epoch = ?", [fence]) if fence is not None else ("", [])
             statements = [
@@ -245,25 +230,25 @@ class InboxMixin(SessionStoreBase):
             insert_at = len(statements)
             statements.append(
                 Statement(
-                    f"{_INSERT_EVENT}SELECT tenant_id, session_id, seq, event_id, type, data, blob_key, ?"
+                    f"{INSERT_EVENT}SELECT tenant_id, session_id, seq, event_id, type, data, blob_key, ?"
                     " FROM session_inbox WHERE tenant_id = ? AND session_id = ? AND state = 'promoted'"
-                    f" AND event_id IN ({_placeholders(n)}) RETURNING {_EVENT_COLUMNS}",
+                    f" AND event_id IN ({placeholders(n)}) RETURNING {EVENT_COLUMNS}",
                     (now, self.tenant_id, session_id, *todo),
                     fetch=True,
                 )
             )
-            notify = self._wakeups.notify_statement(pg_notify.EVENTS, self.tenant_id, session_id)
+            notify = self._ctx.wakeups.notify_statement(_engine_bits.EVENTS, self.tenant_id, session_id)
             if notify is not None:
                 statements.append(notify)
             try:
-                result = await self._db.run_batch(statements)
+                result = await self._ctx.db.run_batch(statements)
             except StorageUnavailable:
                 raise
             except Exception as exc:
-                if not self._db.dialect.is_unique_violation(exc):
+                if not self._ctx.db.dialect.is_unique_violation(exc):
                     raise
                 # Some ids are in the log already (appended there directly): settle their inbox rows.
-                found = await self._events_by_id(session_id, todo)
+                found = await self._ctx.events_by_id(session_id, todo)
                 if not found:
                     raise
                 await self._settle_promoted(session_id, {eid: e.seq for eid, (e, _) in found.items()}, fence)
@@ -271,13 +256,13 @@ class InboxMixin(SessionStoreBase):
                 todo = [i for i in todo if i not in found]
                 continue
             if result.committed:
-                for event in await self._to_events(result.rows[insert_at]):
+                for event in await self._ctx.to_events(result.rows[insert_at]):
                     done[event.id] = event
-                self._wakeups.notify_local(pg_notify.EVENTS, self.tenant_id, session_id)
+                self._ctx.wakeups.notify_local(_engine_bits.EVENTS, self.tenant_id, session_id)
                 todo = []
                 break
             if result.aborted_at == 0:
-                raise await self._refusal(session_id, fence) or Conflict("promotion refused")
+                raise await self._ctx.refusal(session_id, fence) or Conflict("promotion refused")
             assert result.aborted_at is not None
             stuck = todo[result.aborted_at - 1]
             row = (await self._inbox_by_id(session_id, [stuck])).get(stuck)
@@ -286,13 +271,13 @@ class InboxMixin(SessionStoreBase):
             if row["state"] == "cancelled":
                 raise Conflict(f"input {stuck} was cancelled and cannot be promoted", event_id=stuck)
             if row["state"] == "promoted":  # promoted before: exactly once, so return what the log holds
-                found = await self._events_by_id(session_id, [stuck])
+                found = await self._ctx.events_by_id(session_id, [stuck])
                 if stuck not in found:
                     raise NotFound(f"input {stuck} was promoted but its event is gone (pruned)", event_id=stuck)
                 done[stuck] = found[stuck][0]
                 todo = [i for i in todo if i != stuck]
             elif row["state"] == "pending":  # its id is in the log already: settle the inbox row to that event
-                found = await self._events_by_id(session_id, [stuck])
+                found = await self._ctx.events_by_id(session_id, [stuck])
                 if stuck in found:
                     event = found[stuck][0]
                     await self._settle_promoted(session_id, {stuck: event.seq}, fence)
@@ -304,7 +289,7 @@ class InboxMixin(SessionStoreBase):
 
     async def _settle_promoted(self, session_id: str, seqs: dict[str, int], fence: int | None) -> None:
         fence_sql, fence_params = (" AND lease_epoch = ?", [fence]) if fence is not None else ("", [])
-        now = self._clock.now_ms()
+        now = self._ctx.clock.now_ms()
         statements = [
             Statement(
                 f"UPDATE sessions SET lease_epoch = lease_epoch WHERE tenant_id = ? AND id = ?{fence_sql}",
@@ -320,24 +305,24 @@ class InboxMixin(SessionStoreBase):
                     (seq, now, self.tenant_id, session_id, event_id),
                 )
             )
-        result = await self._db.run_batch(statements)
+        result = await self._ctx.db.run_batch(statements)
         if not result.committed:
-            raise await self._refusal(session_id, fence) or Conflict("promotion refused")
+            raise await self._ctx.refusal(session_id, fence) or Conflict("promotion refused")
 
     async def cancel(
         self, session_id: str, event_ids: Sequence[str] | None = None, *, fence: int | None = None
     ) -> list[InboxItem]:
         check_id(session_id, "ses", what="session_id")
-        fence = _check_fence(fence)
+        fence = check_fence(fence)
         ids = None if event_ids is None else list(dict.fromkeys(ev.check_event_ids(event_ids)))
         if ids == []:
-            await self._row(session_id)
+            await self._ctx.row(session_id)
             return []
-        await self._tenant.ensure()
+        await self._ctx.tenant.ensure()
         fence_sql, fence_params = (" AND lease_epoch = ?", [fence]) if fence is not None else ("", [])
-        now = self._clock.now_ms()
-        which, which_params = ("", []) if ids is None else (f" AND event_id IN ({_placeholders(len(ids))})", ids)
-        result = await self._db.run_batch(
+        now = self._ctx.clock.now_ms()
+        which, which_params = ("", []) if ids is None else (f" AND event_id IN ({placeholders(len(ids))})", ids)
+        result = await self._ctx.db.run_batch(
             [
                 Statement(
                     "UPDATE sessions SET lease_epoch = lease_epoch WHERE tenant_id = ? AND id = ?"
@@ -354,6 +339,6 @@ class InboxMixin(SessionStoreBase):
             ]
         )
         if not result.committed:
-            raise await self._refusal(session_id, fence) or Conflict("cancel refused")
+            raise await self._ctx.refusal(session_id, fence) or Conflict("cancel refused")
         rows = sorted(result.rows[1], key=lambda r: int(r["pos"]))
         return await self._inbox_items(rows)

@@ -1,28 +1,26 @@
-"""The event log: fenced, deduplicated appends with seqs minted in the write unit; reads; the live tail."""
+"""The event log: fenced, deduplicated appends with seqs minted in the write unit; paged reads; ``read_after``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from openma.adapters import pg_notify
-from openma.adapters.sql.sessions._base import (
-    _ALL,
-    _EVENT_COLUMNS,
-    _INSERT_EVENT,
+from openma.adapters.sql.sessions import _engine_bits
+from openma.adapters.sql.sessions.context import (
+    ALL_SEQS,
+    EVENT_COLUMNS,
+    INSERT_EVENT,
     MAX_EVENTS_LIMIT,
     WRITE_RETRIES,
-    SessionStoreBase,
-    _check_fence,
-    _Item,
-    _placeholders,
-    _seq_arg,
-    _session,
+    Item,
+    SessionPart,
+    check_fence,
+    placeholders,
+    seq_arg,
 )
 from openma.core import events as ev
 from openma.core.clock import ms_to_datetime
 from openma.core.ids import check_id
-from openma.core.lifecycle import check_status, sources_for
 from openma.core.pagination import (
     Keyset,
     Order,
@@ -33,7 +31,6 @@ from openma.core.pagination import (
     scope_of,
     split_page,
 )
-from openma.core.tail import EventTail
 from openma.errors import (
     Conflict,
     InvalidInput,
@@ -41,49 +38,29 @@ from openma.errors import (
     NotFound,
     StorageUnavailable,
 )
-from openma.models import Event, Page, Session
+from openma.models import Event, Page
 from openma.ports.sql import Row, Statement
 
 
-class EventLogMixin(SessionStoreBase):
-    """Appends, status changes, reads and the live tail."""
-
-    async def set_status(
-        self,
-        session_id: str,
-        status: str,
-        *,
-        from_statuses: Iterable[str] | None = None,
-        events: Sequence[dict[str, Any]] = (),
-        fence: int | None = None,
-    ) -> tuple[Session, list[Event]]:
-        check_id(session_id, "ses", what="session_id")
-        target = check_status(status)
-        sources = tuple(sources_for(target) if from_statuses is None else [check_status(s) for s in from_statuses])
-        if not sources:
-            raise InvalidInput("from_statuses must not be empty", field="from_statuses")
-        fence = _check_fence(fence)
-        prepared = ev.prepare_batch(events, max_bytes=self._max_event_bytes)
-        written, row = await self._write_events(session_id, prepared, fence=fence, status=(target, sources))
-        assert row is not None
-        return _session(row), written
+class SqlEventLog(SessionPart):
+    """The :class:`~openma.ports.sessions.EventLog` port: appends (also the unit of a status change) and reads."""
 
     async def append(
         self, session_id: str, events: Sequence[dict[str, Any]], *, fence: int | None = None
     ) -> list[Event]:
         check_id(session_id, "ses", what="session_id")
-        fence = _check_fence(fence)
-        prepared = ev.prepare_batch(events, max_bytes=self._max_event_bytes)
+        fence = check_fence(fence)
+        prepared = ev.prepare_batch(events, max_bytes=self._ctx.max_event_bytes)
         if not prepared:
-            await self._row(session_id)
+            await self._ctx.row(session_id)
             return []
-        written, _ = await self._write_events(session_id, prepared, fence=fence)
+        written, _ = await self.write_events(session_id, prepared, fence=fence)
         return written
 
     def _append_statements(
         self,
         session_id: str,
-        items: Sequence[_Item],
+        items: Sequence[Item],
         now: int,
         fence: int | None,
         status: tuple[str, tuple[str, ...]] | None,
@@ -96,31 +73,25 @@ class EventLogMixin(SessionStoreBase):
             # None of the ids may be in the log already: a retried write is refused here, it never raises.
             fence_sql += (
                 " AND NOT EXISTS (SELECT 1 FROM session_events e WHERE e.tenant_id = ? AND e.session_id = ?"
-                f" AND e.event_id IN ({_placeholders(n)}))"
+                f" AND e.event_id IN ({placeholders(n)}))"
             )
             guard_params += [self.tenant_id, session_id, *(it.id for it in items)]
-        values, value_params = self._values(items)
+        values, value_params = self._ctx.values(items)
         select = "SELECT s.tenant_id, s.id, s.last_seq - ? + v.column1, v.column2, v.column3, v.column4, v.column5, ?"
-        if self._postgres and status is None:
-            # One statement: the bump (fenced), the notification and the insert; one round trip.
-            sql = (
-                "WITH s AS (UPDATE sessions SET last_seq = last_seq + ? WHERE tenant_id = ? AND id = ?"
-                f" AND deleted_at IS NULL{fence_sql} RETURNING tenant_id, id, last_seq),"
-                " w AS (SELECT pg_notify(?, ?) AS n FROM s) "
-                f"{_INSERT_EVENT}{select} FROM s, w, (VALUES {values}) AS v RETURNING seq, event_id"
+        if self._ctx.postgres and status is None:
+            statement = _engine_bits.one_statement_append(
+                tenant_id=self.tenant_id,
+                session_id=session_id,
+                n=n,
+                fence_sql=fence_sql,
+                guard_params=guard_params,
+                insert_event=INSERT_EVENT,
+                select=select,
+                values=values,
+                value_params=value_params,
+                now=now,
             )
-            params = [
-                n,
-                self.tenant_id,
-                session_id,
-                *guard_params,
-                pg_notify.CHANNEL,
-                pg_notify.payload(pg_notify.EVENTS, self.tenant_id, session_id),
-                n,
-                now,
-                *value_params,
-            ]
-            return [Statement(sql, params, fetch=True)], 0
+            return [statement], 0
         sets = "last_seq = last_seq + ?"
         set_params: list[Any] = [n]
         status_sql = ""
@@ -128,7 +99,7 @@ class EventLogMixin(SessionStoreBase):
         if status is not None:
             sets += ", status = ?, updated_at = ?"
             set_params += [status[0], now]
-            status_sql = f" AND status IN ({_placeholders(len(status[1]))})"
+            status_sql = f" AND status IN ({placeholders(len(status[1]))})"
             status_params = list(status[1])
         statements = [
             Statement(
@@ -144,18 +115,18 @@ class EventLogMixin(SessionStoreBase):
             insert_at = len(statements)
             statements.append(
                 Statement(
-                    f"{_INSERT_EVENT}{select} FROM sessions s, (VALUES {values}) AS v"
+                    f"{INSERT_EVENT}{select} FROM sessions s, (VALUES {values}) AS v"
                     " WHERE s.tenant_id = ? AND s.id = ? RETURNING seq, event_id",
                     [n, now, *value_params, self.tenant_id, session_id],
                     fetch=True,
                 )
             )
-            notify = self._wakeups.notify_statement(pg_notify.EVENTS, self.tenant_id, session_id)
+            notify = self._ctx.wakeups.notify_statement(_engine_bits.EVENTS, self.tenant_id, session_id)
             if notify is not None:
                 statements.append(notify)
         return statements, insert_at
 
-    async def _write_events(
+    async def write_events(
         self,
         session_id: str,
         prepared: Sequence[ev.PreparedEvent],
@@ -164,24 +135,24 @@ class EventLogMixin(SessionStoreBase):
         status: tuple[str, tuple[str, ...]] | None = None,
     ) -> tuple[list[Event], Row | None]:
         """Append ``prepared`` (and change the status, if asked) in one unit, deduplicating by event id."""
-        items, written = await self._spill(session_id, ev.unique(prepared))
+        items, written = await self._ctx.spill(session_id, ev.unique(prepared))
         stored: dict[str, tuple[Event, str | None]] = {}
         session_row: Row | None = None
         definite = False  # whether the outcome is known (an in-doubt commit keeps its blobs)
         try:
             todo = items
             for _ in range(WRITE_RETRIES):
-                now = self._clock.now_ms()
+                now = self._ctx.clock.now_ms()
                 statements, insert_at = self._append_statements(session_id, todo, now, fence, status)
                 try:
-                    result = await self._db.run_batch(statements)
+                    result = await self._ctx.db.run_batch(statements)
                 except StorageUnavailable:
                     raise
                 except Exception as exc:
-                    if not self._db.dialect.is_unique_violation(exc):
+                    if not self._ctx.db.dialect.is_unique_violation(exc):
                         definite = True
                         raise
-                    found = await self._events_by_id(session_id, [it.id for it in todo])
+                    found = await self._ctx.events_by_id(session_id, [it.id for it in todo])
                     if not found:
                         definite = True
                         raise
@@ -195,11 +166,11 @@ class EventLogMixin(SessionStoreBase):
                 refused = not result.committed or (insert_at is not None and not result.rows[insert_at])
                 if refused:
                     definite = True
-                    refusal = await self._refusal(session_id, fence, status)
+                    refusal = await self._ctx.refusal(session_id, fence, status)
                     stale = isinstance(refusal, NotFound | LeaseLost) or (
                         refusal is not None and "status" in refusal.details
                     )
-                    found = {} if stale else await self._events_by_id(session_id, [it.id for it in todo])
+                    found = {} if stale else await self._ctx.events_by_id(session_id, [it.id for it in todo])
                     if found:  # a retry: some ids are in the log already; write the others (or nothing)
                         stored.update(found)
                         todo = [it for it in todo if it.id not in found]
@@ -207,10 +178,10 @@ class EventLogMixin(SessionStoreBase):
                             break
                         continue
                     if refusal is None:  # already in the target status: a retried transition
-                        found = await self._events_by_id(session_id, [it.id for it in todo])
+                        found = await self._ctx.events_by_id(session_id, [it.id for it in todo])
                         if len(found) == len(todo):
                             stored.update(found)
-                            session_row = await self._row(session_id)
+                            session_row = await self._ctx.row(session_id)
                             break
                         refusal = Conflict(f"session {session_id} is already in that status", session_id=session_id)
                     raise refusal
@@ -223,7 +194,7 @@ class EventLogMixin(SessionStoreBase):
                         it = by_id[got["event_id"]]
                         event = Event(it.id, it.type, int(got["seq"]), ms_to_datetime(now), it.data)
                         stored[it.id] = (event, it.key)
-                    self._wakeups.notify_local(pg_notify.EVENTS, self.tenant_id, session_id)
+                    self._ctx.wakeups.notify_local(_engine_bits.EVENTS, self.tenant_id, session_id)
                 break
             else:
                 raise Conflict(
@@ -233,7 +204,7 @@ class EventLogMixin(SessionStoreBase):
         finally:
             if definite and written:
                 keep = {key for _, key in stored.values() if key is not None}
-                await self._drop_blobs(k for k in written if k not in keep)
+                await self._ctx.drop_blobs(k for k in written if k not in keep)
         return [stored[p.id][0] for p in prepared], session_row
 
     async def _read(
@@ -258,11 +229,11 @@ class EventLogMixin(SessionStoreBase):
             where += " AND seq < ?"
             params.append(before)
         if types:
-            where += f" AND type IN ({_placeholders(len(types))})"
+            where += f" AND type IN ({placeholders(len(types))})"
             params += list(types)
         direction = "ASC" if order == "asc" else "DESC"
-        rows = await self._db.fetch_all(
-            f"SELECT {_EVENT_COLUMNS}, (SELECT retained_from_seq FROM sessions WHERE tenant_id = ? AND id = ?"
+        rows = await self._ctx.db.fetch_all(
+            f"SELECT {EVENT_COLUMNS}, (SELECT retained_from_seq FROM sessions WHERE tenant_id = ? AND id = ?"
             f" AND deleted_at IS NULL) AS retained_from_seq FROM session_events WHERE {where}"
             f" ORDER BY seq {direction} LIMIT ?",
             (self.tenant_id, session_id, *params, limit),
@@ -273,7 +244,7 @@ class EventLogMixin(SessionStoreBase):
         return rows, int(mark)
 
     async def _retained_from(self, session_id: str) -> int | None:
-        row = await self._db.fetch_one(
+        row = await self._ctx.db.fetch_one(
             "SELECT retained_from_seq FROM sessions WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL",
             (self.tenant_id, session_id),
         )
@@ -291,9 +262,9 @@ class EventLogMixin(SessionStoreBase):
         order: Order = "asc",
     ) -> Page[Event]:
         check_id(session_id, "ses", what="session_id")
-        after = _seq_arg(after, "after")
+        after = seq_arg(after, "after")
         if before is not None:
-            before = _seq_arg(before, "before", minimum=1)
+            before = seq_arg(before, "before", minimum=1)
         limit = check_limit(limit, maximum=MAX_EVENTS_LIMIT)
         order = check_order(order)
         type_list: list[str] | None = None
@@ -305,7 +276,7 @@ class EventLogMixin(SessionStoreBase):
         lo, hi = after, before
         if cursor is not None:
             mark = decode_cursor(cursor, scope).created_at
-            if not 0 <= mark <= _ALL:
+            if not 0 <= mark <= ALL_SEQS:
                 raise InvalidInput("cursor is malformed", field="cursor")
             if order == "asc":
                 lo = max(lo, mark)
@@ -317,48 +288,33 @@ class EventLogMixin(SessionStoreBase):
         page, more = split_page(rows, limit)
         gap = retained_from > lo + 1 and (hi is None or hi > lo + 1)
         if gap and (order == "asc" or not more):
-            raise self._resync(session_id, lo, retained_from)
+            raise self._ctx.resync(session_id, lo, retained_from)
         next_cursor = None
         if more:
             last = page[-1]
             next_cursor = encode_cursor(scope, Keyset(int(last["seq"]), str(last["event_id"])))
-        return Page(await self._to_events(page), next_cursor)
+        return Page(await self._ctx.to_events(page), next_cursor)
 
-    async def _read_after(self, session_id: str, after: int, limit: int) -> list[Event]:
-        self._wakeups.start()
+    async def read_after(self, session_id: str, after: int, limit: int) -> list[Event]:
+        """Up to ``limit`` events with ``seq > after`` in order; ``ResyncRequired`` below the retained range."""
+        self._ctx.wakeups.start()
         rows, retained_from = await self._read(
             session_id, after=after, before=None, limit=limit, types=None, order="asc"
         )
         if retained_from > after + 1:
-            raise self._resync(session_id, after, retained_from)
-        return await self._to_events(rows)
+            raise self._ctx.resync(session_id, after, retained_from)
+        return await self._ctx.to_events(rows)
 
     async def get_event(self, session_id: str, event_id: str) -> Event:
         check_id(session_id, "ses", what="session_id")
         ev.check_event_id(event_id, "event_id")
-        rows = await self._db.fetch_all(
+        rows = await self._ctx.db.fetch_all(
             "SELECT e.seq, e.event_id, e.type, e.data, e.blob_key, e.created_at FROM session_events e"
             " JOIN sessions s ON s.tenant_id = e.tenant_id AND s.id = e.session_id"
             " WHERE e.tenant_id = ? AND e.session_id = ? AND e.event_id = ? AND s.deleted_at IS NULL",
             (self.tenant_id, session_id, event_id),
         )
         if not rows:
-            await self._row(session_id)
+            await self._ctx.row(session_id)
             raise NotFound(f"event {event_id} not found in session {session_id}", event_id=event_id)
-        return (await self._to_events(rows))[0]
-
-    def subscribe(self, session_id: str, *, after: int = 0) -> EventTail:
-        """Every event with ``seq > after``, in order, then new ones as they land (see :mod:`openma.core.tail`)."""
-        check_id(session_id, "ses", what="session_id")
-        after = _seq_arg(after, "after")
-
-        async def read(position: int, limit: int) -> list[Event]:
-            return await self._read_after(session_id, position, limit)
-
-        return EventTail(
-            read,
-            self._wakeups.hub,
-            (pg_notify.EVENTS, self.tenant_id, session_id),
-            after=after,
-            wait_timeout=self._wakeups.wait_timeout,
-        )
+        return (await self._ctx.to_events(rows))[0]

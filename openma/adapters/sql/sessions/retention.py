@@ -8,19 +8,24 @@ sweeps the tenant's expired blobs (``GcReport.expired_blobs``).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from openma.adapters.sql.sessions._base import (
-    _ALL,
+from openma.adapters.sql.sessions.context import (
+    ALL_SEQS,
     DEFAULT_BATCH,
-    _batch_arg,
-    _placeholders,
-    _seq_arg,
+    SessionContext,
+    SessionPart,
+    batch_arg,
+    check_fence,
+    placeholders,
+    seq_arg,
 )
-from openma.adapters.sql.sessions.streams import StreamsMixin
+from openma.adapters.sql.sessions.streams import SqlStreams
 from openma.core import events as ev
 from openma.core import keys, validate
 from openma.core.ids import check_id
 from openma.errors import (
+    Conflict,
     InvalidInput,
 )
 from openma.models import GcReport
@@ -28,8 +33,12 @@ from openma.ports.blobs import BlobStore
 from openma.ports.sql import Statement
 
 
-class RetentionMixin(StreamsMixin):
-    """Prune, gc and purge, always in bounded batches."""
+class SqlRetention(SessionPart):
+    """The :class:`~openma.ports.sessions.Retention` port: prune, gc and purge, always in bounded batches."""
+
+    def __init__(self, ctx: SessionContext, streams: SqlStreams) -> None:
+        super().__init__(ctx)
+        self._streams = streams
 
     async def prune(
         self,
@@ -41,7 +50,7 @@ class RetentionMixin(StreamsMixin):
         batch_size: int = DEFAULT_BATCH,
     ) -> int:
         check_id(session_id, "ses", what="session_id")
-        batch_size = _batch_arg(batch_size)
+        batch_size = batch_arg(batch_size)
         given = [
             name
             for name, v in (("before_seq", before_seq), ("older_than", older_than), ("keep_last", keep_last))
@@ -49,12 +58,12 @@ class RetentionMixin(StreamsMixin):
         ]
         if len(given) != 1:
             raise InvalidInput("prune takes exactly one of before_seq, older_than, keep_last", field="prune")
-        row = await self._row(session_id)
+        row = await self._ctx.row(session_id)
         last = int(row["last_seq"])
         if before_seq is not None:
-            upto = min(_seq_arg(before_seq, "before_seq", minimum=1), last + 1)
+            upto = min(seq_arg(before_seq, "before_seq", minimum=1), last + 1)
         elif keep_last is not None:
-            upto = last + 1 - _seq_arg(keep_last, "keep_last")
+            upto = last + 1 - seq_arg(keep_last, "keep_last")
         else:
             cutoff = validate.time_bound(older_than, "older_than")
             assert cutoff is not None
@@ -65,7 +74,7 @@ class RetentionMixin(StreamsMixin):
     async def _first_newer(self, session_id: str, retained_from: int, last: int, cutoff: int) -> int:
         """The seq of the first retained event created at or after ``cutoff`` (``last + 1`` if none): pruning
         below it removes a prefix, so the log stays gapless even if clocks made ``created_at`` wobble."""
-        row = await self._db.fetch_one(
+        row = await self._ctx.db.fetch_one(
             "SELECT seq FROM session_events WHERE tenant_id = ? AND session_id = ? AND seq >= ? AND created_at >= ?"
             " ORDER BY seq LIMIT 1",
             (self.tenant_id, session_id, retained_from, cutoff),
@@ -76,7 +85,7 @@ class RetentionMixin(StreamsMixin):
         """Remove events with ``seq < upto`` in batches; each batch advances the low-water mark with it."""
         removed = blobs = 0
         while True:
-            row = await self._db.fetch_one(
+            row = await self._ctx.db.fetch_one(
                 "SELECT retained_from_seq, last_seq FROM sessions WHERE tenant_id = ? AND id = ?",
                 (self.tenant_id, session_id),
             )
@@ -87,12 +96,12 @@ class RetentionMixin(StreamsMixin):
             if lo >= target:
                 return removed, blobs
             hi = min(target, lo + batch_size)
-            keyed = await self._db.fetch_all(
+            keyed = await self._ctx.db.fetch_all(
                 "SELECT event_id, blob_key FROM session_events WHERE tenant_id = ? AND session_id = ? AND seq >= ?"
                 " AND seq < ? AND blob_key IS NOT NULL",
                 (self.tenant_id, session_id, lo, hi),
             )
-            result = await self._db.run_batch(
+            result = await self._ctx.db.run_batch(
                 [
                     Statement(
                         "UPDATE sessions SET retained_from_seq = ? WHERE tenant_id = ? AND id = ?"
@@ -116,20 +125,20 @@ class RetentionMixin(StreamsMixin):
             removed += result.rowcounts[1]
             keys = [r["blob_key"] for r in keyed]
             if keys:
-                in_use = await self._db.fetch_all(
+                in_use = await self._ctx.db.fetch_all(
                     "SELECT blob_key FROM session_inbox WHERE tenant_id = ? AND session_id = ? AND state = 'pending'"
-                    f" AND blob_key IN ({_placeholders(len(keys))})",
+                    f" AND blob_key IN ({placeholders(len(keys))})",
                     (self.tenant_id, session_id, *keys),
                 )
                 busy = {r["blob_key"] for r in in_use}
-                blobs += await self._drop_blobs(k for k in keys if k not in busy)
+                blobs += await self._ctx.drop_blobs(k for k in keys if k not in busy)
 
-    async def _purge(self, session_id: str, batch_size: int) -> int:
+    async def purge(self, session_id: str, batch_size: int) -> int:
         """Empty a session marked deleted, batch by batch, then remove its row. Returns blobs removed."""
-        _, blobs = await self._prune_upto(session_id, _ALL, batch_size)
+        _, blobs = await self._prune_upto(session_id, ALL_SEQS, batch_size)
         key = (self.tenant_id, session_id)
         while (
-            await self._db.execute(
+            await self._ctx.db.execute(
                 "DELETE FROM session_inbox WHERE tenant_id = ? AND session_id = ? AND pos IN (SELECT pos FROM"
                 " session_inbox WHERE tenant_id = ? AND session_id = ? ORDER BY pos LIMIT ?)",
                 (*key, *key, batch_size),
@@ -138,26 +147,28 @@ class RetentionMixin(StreamsMixin):
         ):
             pass
         while True:
-            rows = await self._db.fetch_all(
+            rows = await self._ctx.db.fetch_all(
                 "SELECT id FROM session_streams WHERE tenant_id = ? AND session_id = ? ORDER BY id LIMIT ?",
                 (*key, batch_size),
             )
             for r in rows:
-                await self._delete_stream(session_id, r["id"], batch_size)
+                await self._streams.delete_stream(session_id, r["id"], batch_size)
             if len(rows) < batch_size:
                 break
         blobs += await self._sweep_blobs(ev.session_blob_prefix(session_id))
         blobs += await self._sweep_blobs(keys.legacy_spill_prefix(session_id))
         blobs += await self._sweep_blobs(keys.snapshot_prefix(session_id))
         # Snapshots taken before they moved under the tenant: the internal view knows where they are.
-        legacy = getattr(self._blobs, "legacy_snapshots", None)
+        legacy = getattr(self._ctx.blobs, "legacy_snapshots", None)
         if legacy is not None:
             blobs += await self._sweep_blobs(f"{session_id}/", legacy)
-        await self._db.execute("DELETE FROM sessions WHERE tenant_id = ? AND id = ? AND deleted_at IS NOT NULL", key)
+        await self._ctx.db.execute(
+            "DELETE FROM sessions WHERE tenant_id = ? AND id = ? AND deleted_at IS NOT NULL", key
+        )
         return blobs
 
     async def _sweep_blobs(self, prefix: str, blobs: BlobStore | None = None) -> int:
-        store = blobs if blobs is not None else self._blobs
+        store = blobs if blobs is not None else self._ctx.blobs
         if store is None:
             return 0
         removed = 0
@@ -171,6 +182,33 @@ class RetentionMixin(StreamsMixin):
                 return removed
             cursor = page.next_cursor
 
+    async def prune_streams(
+        self, session_id: str, *, older_than: datetime | None = None, fence: int | None = None
+    ) -> int:
+        check_id(session_id, "ses", what="session_id")
+        fence = check_fence(fence)
+        cutoff = validate.time_bound(older_than, "older_than")
+        if fence is not None:
+            result = await self._ctx.db.run_batch([self._ctx.fence_statement(session_id, fence)])
+            if not result.committed:
+                raise await self._ctx.refusal(session_id, fence) or Conflict("prune_streams refused")
+        else:
+            await self._ctx.row(session_id)
+        where = "tenant_id = ? AND session_id = ? AND status <> 'open'"
+        params: list[Any] = [self.tenant_id, session_id]
+        if cutoff is not None:
+            where += " AND finished_at < ?"
+            params.append(cutoff)
+        removed = 0
+        while True:
+            rows = await self._ctx.db.fetch_all(
+                f"SELECT id FROM session_streams WHERE {where} ORDER BY id LIMIT ?", (*params, DEFAULT_BATCH)
+            )
+            for r in rows:
+                removed += await self._streams.delete_stream(session_id, r["id"])
+            if len(rows) < DEFAULT_BATCH:
+                return removed
+
     async def gc(self, cutoff: datetime, *, batch_size: int = DEFAULT_BATCH, dry_run: bool = False) -> GcReport:
         """Tenant-wide retention pass (see the port's docstring); every step runs in bounded batches.
 
@@ -180,7 +218,7 @@ class RetentionMixin(StreamsMixin):
         cut = validate.time_bound(cutoff, "cutoff")
         if cut is None:
             raise InvalidInput("cutoff must be a timezone-aware datetime, not None", field="cutoff")
-        batch_size = _batch_arg(batch_size)
+        batch_size = batch_arg(batch_size)
         if not isinstance(dry_run, bool):
             raise InvalidInput("dry_run must be True or False", field="dry_run")
         if dry_run:
@@ -188,19 +226,19 @@ class RetentionMixin(StreamsMixin):
         events = inbox = streams = sessions = blobs = 0
         # 1. Finish deletes that a crash interrupted.
         while True:
-            rows = await self._db.fetch_all(
+            rows = await self._ctx.db.fetch_all(
                 "SELECT id FROM sessions WHERE tenant_id = ? AND deleted_at IS NOT NULL ORDER BY id LIMIT ?",
                 (self.tenant_id, batch_size),
             )
             for r in rows:
-                blobs += await self._purge(r["id"], batch_size)
+                blobs += await self.purge(r["id"], batch_size)
                 sessions += 1
             if len(rows) < batch_size:
                 break
         # 2. Events older than the cutoff, session by session (a prefix of each log).
         last_id = ""
         while True:
-            rows = await self._db.fetch_all(
+            rows = await self._ctx.db.fetch_all(
                 "SELECT s.id AS id, s.retained_from_seq AS retained_from_seq, s.last_seq AS last_seq,"
                 " e.created_at AS oldest FROM sessions s JOIN session_events e ON e.tenant_id = s.tenant_id"
                 " AND e.session_id = s.id AND e.seq = s.retained_from_seq WHERE s.tenant_id = ? AND s.id > ?"
@@ -218,41 +256,41 @@ class RetentionMixin(StreamsMixin):
             last_id = rows[-1]["id"]
         # 3. Finalized streams finished before the cutoff.
         while True:
-            rows = await self._db.fetch_all(
+            rows = await self._ctx.db.fetch_all(
                 "SELECT session_id, id FROM session_streams WHERE tenant_id = ? AND status <> 'open'"
                 " AND finished_at < ? ORDER BY session_id, id LIMIT ?",
                 (self.tenant_id, cut, batch_size),
             )
             for r in rows:
-                streams += await self._delete_stream(r["session_id"], r["id"], batch_size)
+                streams += await self._streams.delete_stream(r["session_id"], r["id"], batch_size)
             if len(rows) < batch_size:
                 break
         # 4. Settled inbox rows (promoted or cancelled) last touched before the cutoff.
         while True:
-            rows = await self._db.fetch_all(
+            rows = await self._ctx.db.fetch_all(
                 "SELECT session_id, pos, event_id, blob_key, state FROM session_inbox WHERE tenant_id = ?"
                 " AND state <> 'pending' AND updated_at < ? ORDER BY session_id, pos LIMIT ?",
                 (self.tenant_id, cut, batch_size),
             )
             for r in rows:
-                inbox += await self._db.execute(
+                inbox += await self._ctx.db.execute(
                     "DELETE FROM session_inbox WHERE tenant_id = ? AND session_id = ? AND pos = ?"
                     " AND state <> 'pending'",
                     (self.tenant_id, r["session_id"], r["pos"]),
                 )
             cancelled = [r for r in rows if r["state"] == "cancelled" and r["blob_key"] is not None]
             for r in cancelled:
-                logged = await self._db.fetch_one(
+                logged = await self._ctx.db.fetch_one(
                     "SELECT blob_key FROM session_events WHERE tenant_id = ? AND session_id = ? AND event_id = ?",
                     (self.tenant_id, r["session_id"], r["event_id"]),
                 )
                 if logged is None or logged["blob_key"] != r["blob_key"]:
-                    blobs += await self._drop_blobs([r["blob_key"]])
+                    blobs += await self._ctx.drop_blobs([r["blob_key"]])
             if len(rows) < batch_size:
                 break
         # 5. Blobs past their TTL (snapshots, anything the tenant stored with a TTL): reclaim the space.
-        expired = await self._blobs.sweep_expired() if self._blobs is not None else 0
-        legacy = getattr(self._blobs, "legacy_snapshots", None)
+        expired = await self._ctx.blobs.sweep_expired() if self._ctx.blobs is not None else 0
+        legacy = getattr(self._ctx.blobs, "legacy_snapshots", None)
         if legacy is not None:
             expired += await legacy.sweep_expired()
         return GcReport(
@@ -263,11 +301,11 @@ class RetentionMixin(StreamsMixin):
         """What :meth:`gc` would remove now, counted without writing."""
         t = self.tenant_id
         deleted = "SELECT id FROM sessions WHERE tenant_id = ? AND deleted_at IS NOT NULL"
-        row = await self._db.fetch_one(
+        row = await self._ctx.db.fetch_one(
             "SELECT COUNT(*) AS n FROM sessions WHERE tenant_id = ? AND deleted_at IS NOT NULL", (t,)
         )
         sessions = int(row["n"]) if row else 0
-        row = await self._db.fetch_one(
+        row = await self._ctx.db.fetch_one(
             f"SELECT COUNT(blob_key) AS n FROM session_events WHERE tenant_id = ? AND session_id IN ({deleted})",
             (t, t),
         )
@@ -275,7 +313,7 @@ class RetentionMixin(StreamsMixin):
         events = 0
         last_id = ""
         while True:
-            rows = await self._db.fetch_all(
+            rows = await self._ctx.db.fetch_all(
                 "SELECT s.id AS id, s.retained_from_seq AS retained_from_seq, s.last_seq AS last_seq,"
                 " e.created_at AS oldest FROM sessions s JOIN session_events e ON e.tenant_id = s.tenant_id"
                 " AND e.session_id = s.id AND e.seq = s.retained_from_seq WHERE s.tenant_id = ? AND s.id > ?"
@@ -286,7 +324,7 @@ class RetentionMixin(StreamsMixin):
                 if int(r["oldest"]) < cut:
                     lo = int(r["retained_from_seq"])
                     upto = await self._first_newer(r["id"], lo, int(r["last_seq"]), cut)
-                    found = await self._db.fetch_one(
+                    found = await self._ctx.db.fetch_one(
                         "SELECT COUNT(*) AS n, COUNT(blob_key) AS b FROM session_events WHERE tenant_id = ?"
                         " AND session_id = ? AND seq >= ? AND seq < ?",
                         (t, r["id"], lo, upto),
@@ -297,14 +335,14 @@ class RetentionMixin(StreamsMixin):
             if len(rows) < batch_size:
                 break
             last_id = rows[-1]["id"]
-        row = await self._db.fetch_one(
+        row = await self._ctx.db.fetch_one(
             "SELECT COUNT(*) AS n FROM session_streams WHERE tenant_id = ? AND status <> 'open' AND finished_at < ?"
             f" AND session_id NOT IN ({deleted})",
             (t, cut, t),
         )
         streams = int(row["n"]) if row else 0
         # Settled rows, less the promoted ones whose events the pass prunes (they go with them, uncounted).
-        row = await self._db.fetch_one(
+        row = await self._ctx.db.fetch_one(
             "SELECT COUNT(*) AS n FROM session_inbox i WHERE i.tenant_id = ? AND i.state <> 'pending'"
             f" AND i.updated_at < ? AND i.session_id NOT IN ({deleted}) AND (i.state <> 'promoted' OR EXISTS"
             " (SELECT 1 FROM session_events e WHERE e.tenant_id = i.tenant_id AND e.session_id = i.session_id"
@@ -312,7 +350,7 @@ class RetentionMixin(StreamsMixin):
             (t, cut, t, cut),
         )
         inbox = int(row["n"]) if row else 0
-        row = await self._db.fetch_one(
+        row = await self._ctx.db.fetch_one(
             "SELECT COUNT(*) AS n FROM session_inbox i WHERE i.tenant_id = ? AND i.state = 'cancelled'"
             " AND i.updated_at < ? AND i.blob_key IS NOT NULL AND NOT EXISTS (SELECT 1 FROM session_events e"
             " WHERE e.tenant_id = i.tenant_id AND e.session_id = i.session_id AND e.event_id = i.event_id"

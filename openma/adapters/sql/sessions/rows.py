@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import builtins
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from openma.adapters import pg_notify
 from openma.adapters.sql.archive import archive_row
 from openma.adapters.sql.listing import created_between, list_page
 from openma.adapters.sql.partial import PartialUpdate
-from openma.adapters.sql.sessions._base import (
+from openma.adapters.sql.sessions import _engine_bits
+from openma.adapters.sql.sessions.context import (
     DEFAULT_BATCH,
     WRITE_RETRIES,
-    _session,
-    _snapshot_text,
-    _title,
+    SessionContext,
+    SessionPart,
+    check_fence,
+    check_title,
+    session_of,
+    snapshot_text,
 )
-from openma.adapters.sql.sessions.retention import RetentionMixin
+from openma.adapters.sql.sessions.log import SqlEventLog
+from openma.adapters.sql.sessions.retention import SqlRetention
+from openma.core import events as ev
 from openma.core import validate
 from openma.core.clock import ms_to_datetime
 from openma.core.ids import check_id, new_id
 from openma.core.jsonutil import dumps, loads
-from openma.core.lifecycle import check_status
+from openma.core.lifecycle import check_status, sources_for
 from openma.core.pagination import (
     Order,
 )
@@ -30,13 +37,18 @@ from openma.errors import (
     InvalidInput,
     NotFound,
 )
-from openma.models import Page, Session
+from openma.models import Event, Page, Session
 from openma.ports.sessions import UNSET
 from openma.ports.sql import Statement
 
 
-class SessionRowsMixin(RetentionMixin):
-    """Create, read, list, update, archive and delete session rows."""
+class SqlSessionRows(SessionPart):
+    """The :class:`~openma.ports.sessions.SessionRows` port: create, read, list, update, archive, delete, status."""
+
+    def __init__(self, ctx: SessionContext, log: SqlEventLog, retention: SqlRetention) -> None:
+        super().__init__(ctx)
+        self._log = log
+        self._retention = retention
 
     async def create(
         self,
@@ -50,14 +62,14 @@ class SessionRowsMixin(RetentionMixin):
     ) -> Session:
         check_id(agent_id, "agt", what="agent_id")
         check_id(environment_id, "env", what="environment_id")
-        agent_text = _snapshot_text(agent_snapshot, "agent_snapshot")
-        environment_text = _snapshot_text(environment_snapshot, "environment_snapshot")
-        title = _title(title)
+        agent_text = snapshot_text(agent_snapshot, "agent_snapshot")
+        environment_text = snapshot_text(environment_snapshot, "environment_snapshot")
+        title = check_title(title)
         meta = validate.metadata(metadata)
-        await self._tenant.ensure()
-        now = self._clock.now_ms()
+        await self._ctx.tenant.ensure()
+        now = self._ctx.clock.now_ms()
         session_id = new_id("ses", now_ms=now)
-        await self._db.run_batch(
+        await self._ctx.db.run_batch(
             [
                 Statement(
                     "INSERT INTO sessions (tenant_id, id, agent_id, environment_id, agent_snapshot,"
@@ -96,7 +108,7 @@ class SessionRowsMixin(RetentionMixin):
         )
 
     async def get(self, session_id: str) -> Session:
-        return _session(await self._row(session_id))
+        return session_of(await self._ctx.row(session_id))
 
     async def list(
         self,
@@ -127,7 +139,7 @@ class SessionRowsMixin(RetentionMixin):
             params.append(check_status(status))
         after, before = created_between(where, params, created_after, created_before)
         return await list_page(
-            self._db,
+            self._ctx.db,
             table="sessions",
             where=where,
             params=params,
@@ -135,7 +147,7 @@ class SessionRowsMixin(RetentionMixin):
             cursor=cursor,
             order=order,
             limit=limit,
-            to_model=_session,
+            to_model=session_of,
         )
 
     async def update(
@@ -147,57 +159,57 @@ class SessionRowsMixin(RetentionMixin):
         in the same statement, so a concurrent update of another field (or of other metadata keys) is never
         reverted. An update that changes nothing returns the session as read, without a write.
         """
-        new_title = UNSET if title is UNSET else _title(title)
+        new_title = UNSET if title is UNSET else check_title(title)
         if metadata is not None and not isinstance(metadata, dict):
             raise InvalidInput("metadata must be an object", field="metadata")
-        await self._tenant.ensure()
+        await self._ctx.tenant.ensure()
         for _ in range(WRITE_RETRIES):
-            row = await self._row(session_id)
+            row = await self._ctx.row(session_id)
             if row["archived_at"] is not None:
                 raise Conflict(f"session {session_id} is archived and cannot be updated", session_id=session_id)
             current_meta = loads(row["metadata"])
             # Validates the patch and the merged size against the current row (clear errors before writing).
             meta = validate.merge_metadata(current_meta, metadata) if metadata is not None else current_meta
             if (new_title is UNSET or new_title == row["title"]) and meta == current_meta:
-                return _session(row)
-            update = PartialUpdate(self._db.dialect)
+                return session_of(row)
+            update = PartialUpdate(self._ctx.db.dialect)
             if new_title is not UNSET:
                 update.set("title", new_title)
             if metadata:
                 update.merge("metadata", metadata, read=(row["metadata"], meta))
-            result = await self._db.run_batch(
+            result = await self._ctx.db.run_batch(
                 [
                     update.statement(
                         "sessions",
                         "tenant_id = ? AND id = ? AND deleted_at IS NULL AND archived_at IS NULL",
                         (self.tenant_id, session_id),
-                        self._clock.now_ms(),
+                        self._ctx.clock.now_ms(),
                     )
                 ]
             )
             if result.committed:
-                return _session(result.rows[0][0])
+                return session_of(result.rows[0][0])
             # Deleted, archived, or the merged metadata would now be over its limits: re-read and report.
         raise Conflict(f"session {session_id} kept changing under this update; retry", session_id=session_id)
 
     async def archive(self, session_id: str) -> Session:
         check_id(session_id, "ses", what="session_id")
         row = await archive_row(
-            self._db,
+            self._ctx.db,
             "sessions",
             tenant_id=self.tenant_id,
             row_id=session_id,
-            now=self._clock.now_ms(),
+            now=self._ctx.clock.now_ms(),
             extra_where=" AND deleted_at IS NULL",
         )
         if row is None:
             raise NotFound(f"session {session_id} not found", session_id=session_id)
-        return _session(row)
+        return session_of(row)
 
     async def delete(self, session_id: str) -> None:
         check_id(session_id, "ses", what="session_id")
-        now = self._clock.now_ms()
-        result = await self._db.run_batch(
+        now = self._ctx.clock.now_ms()
+        result = await self._ctx.db.run_batch(
             [
                 Statement(
                     "UPDATE sessions SET deleted_at = ?, updated_at = ? WHERE tenant_id = ? AND id = ?"
@@ -209,5 +221,25 @@ class SessionRowsMixin(RetentionMixin):
         )
         if not result.committed:
             raise NotFound(f"session {session_id} not found", session_id=session_id)
-        self._wakeups.notify_local(pg_notify.EVENTS, self.tenant_id, session_id)
-        await self._purge(session_id, DEFAULT_BATCH)
+        self._ctx.wakeups.notify_local(_engine_bits.EVENTS, self.tenant_id, session_id)
+        await self._retention.purge(session_id, DEFAULT_BATCH)
+
+    async def set_status(
+        self,
+        session_id: str,
+        status: str,
+        *,
+        from_statuses: Iterable[str] | None = None,
+        events: Sequence[dict[str, Any]] = (),
+        fence: int | None = None,
+    ) -> tuple[Session, builtins.list[Event]]:
+        check_id(session_id, "ses", what="session_id")
+        target = check_status(status)
+        sources = tuple(sources_for(target) if from_statuses is None else [check_status(s) for s in from_statuses])
+        if not sources:
+            raise InvalidInput("from_statuses must not be empty", field="from_statuses")
+        fence = check_fence(fence)
+        prepared = ev.prepare_batch(events, max_bytes=self._ctx.max_event_bytes)
+        written, row = await self._log.write_events(session_id, prepared, fence=fence, status=(target, sources))
+        assert row is not None
+        return session_of(row), written

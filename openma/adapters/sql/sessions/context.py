@@ -1,4 +1,9 @@
-"""What every part of the SQL sessions store shares: its state, row mapping, spill and hydration."""
+"""What every part of the SQL sessions store shares: one :class:`SessionContext` (client, tenant, clock, blobs,
+wake-ups, spill settings, telemetry) with the helpers the parts call, and the row mapping and argument checks.
+
+Each port of :mod:`openma.ports.sessions` is one part class in its own module, built on the same context
+(:class:`SessionPart`); nothing here is private to one module, and no part imports another's internals.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Any, Final
 import anyio
 import attrs
 
+from openma.adapters.sql.sessions._engine_bits import is_postgres
 from openma.adapters.sql.wakeups import SessionWakeups
 from openma.core import events as ev
 from openma.core import validate
@@ -40,16 +46,16 @@ BLOB_CONCURRENCY: Final = 8
 DEFAULT_BATCH: Final = 1000
 MAX_BATCH: Final = 10_000
 #: A seq above any real one ("everything").
-_ALL: Final = 2**62
+ALL_SEQS: Final = 2**62
 
-_EVENT_COLUMNS: Final = "seq, event_id, type, data, blob_key, created_at"
-_INSERT_EVENT: Final = (
+EVENT_COLUMNS: Final = "seq, event_id, type, data, blob_key, created_at"
+INSERT_EVENT: Final = (
     "INSERT INTO session_events (tenant_id, session_id, seq, event_id, type, data, blob_key, created_at) "
 )
 
 
 @attrs.frozen
-class _Item:
+class Item:
     """An event or input ready for its row: stored text (the JSON, or a spill stub) and the full payload."""
 
     id: str
@@ -59,33 +65,33 @@ class _Item:
     data: dict[str, Any]
 
 
-def _check_fence(fence: object) -> int | None:
+def check_fence(fence: object) -> int | None:
     if fence is None:
         return None
-    if isinstance(fence, bool) or not isinstance(fence, int) or not 0 <= fence <= _ALL:
-        raise InvalidInput(f"fence must be a lease epoch (an integer between 0 and {_ALL}) or None", field="fence")
+    if isinstance(fence, bool) or not isinstance(fence, int) or not 0 <= fence <= ALL_SEQS:
+        raise InvalidInput(f"fence must be a lease epoch (an integer between 0 and {ALL_SEQS}) or None", field="fence")
     return fence
 
 
-def _seq_arg(value: object, what: str, *, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= _ALL:
-        raise InvalidInput(f"{what} must be an integer between {minimum} and {_ALL}", field=what)
+def seq_arg(value: object, what: str, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= ALL_SEQS:
+        raise InvalidInput(f"{what} must be an integer between {minimum} and {ALL_SEQS}", field=what)
     return value
 
 
-def _batch_arg(value: object) -> int:
+def batch_arg(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BATCH:
         raise InvalidInput(f"batch_size must be an integer between 1 and {MAX_BATCH}", field="batch_size")
     return value
 
 
-def _title(value: object) -> str | None:
+def check_title(value: object) -> str | None:
     if value is None:
         return None
     return validate.text(value, "title", max_len=MAX_TITLE)
 
 
-def _snapshot_text(value: object, what: str) -> str:
+def snapshot_text(value: object, what: str) -> str:
     # A snapshot embeds checked values one level down (an agent's tools), so it may nest one level deeper.
     snapshot = check_json_object(value, what=what)
     text = dumps(snapshot, what=what, max_depth=MAX_JSON_DEPTH + 1)
@@ -98,11 +104,11 @@ def _snapshot_text(value: object, what: str) -> str:
     return text
 
 
-def _placeholders(n: int) -> str:
+def placeholders(n: int) -> str:
     return ", ".join(["?"] * n)
 
 
-def _session(row: Row) -> Session:
+def session_of(row: Row) -> Session:
     return Session(
         id=row["id"],
         tenant_id=row["tenant_id"],
@@ -121,7 +127,7 @@ def _session(row: Row) -> Session:
     )
 
 
-def _stream(row: Row, text: str) -> Stream:
+def stream_of(row: Row, text: str) -> Stream:
     return Stream(
         id=row["id"],
         session_id=row["session_id"],
@@ -136,8 +142,8 @@ def _stream(row: Row, text: str) -> Stream:
     )
 
 
-class SessionStoreBase:
-    """State and helpers shared by the parts of the sessions store."""
+class SessionContext:
+    """State and helpers shared by the parts of one tenant's sessions store."""
 
     def __init__(
         self,
@@ -151,24 +157,24 @@ class SessionStoreBase:
         max_event_bytes: int = ev.MAX_EVENT_BYTES,
         telemetry: Telemetry | None = None,
     ) -> None:
-        self._db = client
-        self._tenant = tenant
+        self.db = client
+        self.tenant = tenant
         self.tenant_id = tenant.tenant_id
-        self._clock = clock or SystemClock()
-        self._wakeups = wakeups or SessionWakeups(client)
-        self._blobs = blobs
-        self._spill_bytes = spill_bytes
-        self._max_event_bytes = min(max_event_bytes, ev.MAX_EVENT_BYTES)  # a fixed cap, whatever spill_bytes is
-        self._postgres = client.dialect.name == "postgres"
+        self.clock = clock or SystemClock()
+        self.wakeups = wakeups or SessionWakeups(client)
+        self.blobs = blobs
+        self.spill_bytes = spill_bytes
+        self.max_event_bytes = min(max_event_bytes, ev.MAX_EVENT_BYTES)  # a fixed cap, whatever spill_bytes is
+        self.postgres = is_postgres(client)
         #: Where failures this store recovers from are reported (``silent_catch``).
         self.telemetry: Telemetry = telemetry or NullTelemetry()
 
     def __repr__(self) -> str:
-        return f"SqlSessionStore(tenant_id={self.tenant_id!r})"
+        return f"SessionContext(tenant_id={self.tenant_id!r})"
 
-    async def _row(self, session_id: str) -> Row:
+    async def row(self, session_id: str) -> Row:
         check_id(session_id, "ses", what="session_id")
-        row = await self._db.fetch_one(
+        row = await self.db.fetch_one(
             "SELECT * FROM sessions WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL",
             (self.tenant_id, session_id),
         )
@@ -176,50 +182,50 @@ class SessionStoreBase:
             raise NotFound(f"session {session_id} not found", session_id=session_id)
         return row
 
-    async def _spill(self, session_id: str, prepared: Sequence[ev.PreparedEvent]) -> tuple[list[_Item], list[str]]:
+    async def spill(self, session_id: str, prepared: Sequence[ev.PreparedEvent]) -> tuple[list[Item], list[str]]:
         """Write the blobs of the events above the threshold; return the rows to store and the keys written.
 
         The tenant is checked first, so a tenant that may not write (archived, unknown) is refused the same
         way whether or not an event spills, and before any blob exists.
         """
-        await self._tenant.ensure()
-        big = [p for p in prepared if p.size > self._spill_bytes]
-        if big and self._blobs is None:
+        await self.tenant.ensure()
+        big = [p for p in prepared if p.size > self.spill_bytes]
+        if big and self.blobs is None:
             raise InvalidInput(
-                f"event {big[0].id} is {big[0].size} bytes, over the spill threshold ({self._spill_bytes} bytes), "
+                f"event {big[0].id} is {big[0].size} bytes, over the spill threshold ({self.spill_bytes} bytes), "
                 "and this store has no blob store to spill it to",
                 field="events",
             )
-        items: list[_Item] = []
+        items: list[Item] = []
         written: list[str] = []
         try:
             for p in prepared:
-                if p.size > self._spill_bytes:
-                    assert self._blobs is not None
+                if p.size > self.spill_bytes:
+                    assert self.blobs is not None
                     spill = ev.spill_key(session_id, p)
-                    await self._blobs.put(spill.key, p.body, content_type=ev.SPILL_CONTENT_TYPE)
+                    await self.blobs.put(spill.key, p.body, content_type=ev.SPILL_CONTENT_TYPE)
                     written.append(spill.key)
-                    items.append(_Item(p.id, p.type, spill.stub(p.id, p.type), spill.key, p.data))
+                    items.append(Item(p.id, p.type, spill.stub(p.id, p.type), spill.key, p.data))
                 else:
-                    items.append(_Item(p.id, p.type, p.text, None, p.data))
+                    items.append(Item(p.id, p.type, p.text, None, p.data))
         except BaseException:
-            await self._drop_blobs(written)
+            await self.drop_blobs(written)
             raise
         return items, written
 
-    async def _drop_blobs(self, keys: Iterable[str]) -> int:
+    async def drop_blobs(self, keys: Iterable[str]) -> int:
         """Delete blobs, best effort and shielded (used on paths that are already failing or cleaning up).
 
         A delete that fails is left for the session's sweep and reported as ``silent_catch`` telemetry.
         """
         keys = list(dict.fromkeys(keys))
-        if not keys or self._blobs is None:
+        if not keys or self.blobs is None:
             return 0
         done = 0
         with anyio.CancelScope(shield=True):
             for key in keys:
                 try:
-                    await self._blobs.delete(key)
+                    await self.blobs.delete(key)
                     done += 1
                 except Exception as exc:  # an orphan blob is swept with its session; never mask the real outcome
                     self.telemetry.emit(
@@ -233,16 +239,16 @@ class SessionStoreBase:
                     )
         return done
 
-    def _values(self, items: Sequence[_Item]) -> tuple[str, list[Any]]:
+    def values(self, items: Sequence[Item]) -> tuple[str, list[Any]]:
         values = ", ".join(["(?, ?, ?, ?, ?)"] * len(items))
         params = [x for k, it in enumerate(items, 1) for x in (k, it.id, it.type, it.text, it.key)]
         return values, params
 
-    async def _refusal(
+    async def refusal(
         self, session_id: str, fence: int | None, status: tuple[str, tuple[str, ...]] | None = None
     ) -> OpenmaError | None:
         """Why a fenced or conditional unit wrote nothing (``None``: already in the target status)."""
-        row = await self._db.fetch_one(
+        row = await self.db.fetch_one(
             "SELECT status, lease_epoch, archived_at, deleted_at FROM sessions WHERE tenant_id = ? AND id = ?",
             (self.tenant_id, session_id),
         )
@@ -266,12 +272,12 @@ class SessionStoreBase:
             )
         return Conflict(f"session {session_id} changed during the write; retry", session_id=session_id)
 
-    async def _fetch_blobs(self, keys: Sequence[tuple[str, str]]) -> dict[str, bytes | None]:
+    async def fetch_blobs(self, keys: Sequence[tuple[str, str]]) -> dict[str, bytes | None]:
         """The bytes of spilled events' blobs (``None`` where missing), by key; ``keys`` are (event id, key)."""
         out: dict[str, bytes | None] = {}
         if not keys:
             return out
-        if self._blobs is None:
+        if self.blobs is None:
             event_id, key = keys[0]
             raise SpillIntegrityError(
                 f"event {event_id} was spilled to {key!r} but this store has no blob store to read it from",
@@ -279,7 +285,7 @@ class SessionStoreBase:
                 key=key,
                 reason="no_blob_store",
             )
-        blobs = self._blobs
+        blobs = self.blobs
 
         async def one(key: str) -> None:
             try:
@@ -302,7 +308,7 @@ class SessionStoreBase:
                 tg.start_soon(limited, key)
         return out
 
-    async def _hydrate(self, rows: Sequence[Row]) -> list[tuple[Row, dict[str, Any]]]:
+    async def hydrate(self, rows: Sequence[Row]) -> list[tuple[Row, dict[str, Any]]]:
         """Each row with its payload, spilled ones read back from the blob store and verified."""
         parsed = [(r, loads(r["data"])) for r in rows]
         spills = {
@@ -310,7 +316,7 @@ class SessionStoreBase:
             for r, data in parsed
             if r["blob_key"] is not None
         }
-        fetched = await self._fetch_blobs([(eid, s.key) for eid, s in spills.items()])
+        fetched = await self.fetch_blobs([(eid, s.key) for eid, s in spills.items()])
         out = []
         for r, data in parsed:
             spill = spills.get(r["event_id"]) if r["blob_key"] is not None else None
@@ -319,25 +325,25 @@ class SessionStoreBase:
             out.append((r, data))
         return out
 
-    async def _to_events(self, rows: Sequence[Row]) -> list[Event]:
+    async def to_events(self, rows: Sequence[Row]) -> list[Event]:
         return [
             Event(r["event_id"], r["type"], int(r["seq"]), ms_to_datetime(r["created_at"]), data)
-            for r, data in await self._hydrate(rows)
+            for r, data in await self.hydrate(rows)
         ]
 
-    async def _events_by_id(self, session_id: str, ids: Sequence[str]) -> dict[str, tuple[Event, str | None]]:
+    async def events_by_id(self, session_id: str, ids: Sequence[str]) -> dict[str, tuple[Event, str | None]]:
         if not ids:
             return {}
-        rows = await self._db.fetch_all(
-            f"SELECT {_EVENT_COLUMNS} FROM session_events WHERE tenant_id = ? AND session_id = ?"
-            f" AND event_id IN ({_placeholders(len(ids))})",
+        rows = await self.db.fetch_all(
+            f"SELECT {EVENT_COLUMNS} FROM session_events WHERE tenant_id = ? AND session_id = ?"
+            f" AND event_id IN ({placeholders(len(ids))})",
             (self.tenant_id, session_id, *ids),
         )
-        events = await self._to_events(rows)
+        events = await self.to_events(rows)
         return {e.id: (e, r["blob_key"]) for e, r in zip(events, rows, strict=True)}
 
     @staticmethod
-    def _resync(session_id: str, after: int, retained_from: int) -> ResyncRequired:
+    def resync(session_id: str, after: int, retained_from: int) -> ResyncRequired:
         return ResyncRequired(
             f"session {session_id}: events after seq {after} up to {retained_from - 1} were removed by retention; "
             f"resync, then read from after={retained_from - 1}",
@@ -346,7 +352,7 @@ class SessionStoreBase:
             after=after,
         )
 
-    def _fence_statement(self, session_id: str, fence: int | None) -> Statement:
+    def fence_statement(self, session_id: str, fence: int | None) -> Statement:
         """Lock the session row (and check the epoch): the first statement of a fenced unit."""
         fence_sql, fence_params = (" AND lease_epoch = ?", [fence]) if fence is not None else ("", [])
         return Statement(
@@ -355,3 +361,14 @@ class SessionStoreBase:
             (self.tenant_id, session_id, *fence_params),
             expect_rows=True,
         )
+
+
+class SessionPart:
+    """One part of the store (one port): holds the shared context; ``tenant_id`` is the context's."""
+
+    def __init__(self, ctx: SessionContext) -> None:
+        self._ctx = ctx
+        self.tenant_id = ctx.tenant_id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(tenant_id={self.tenant_id!r})"
