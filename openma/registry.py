@@ -128,9 +128,9 @@ store_backends: Final = Registry(
     "store backend",
     "openma.store_backends",
     {
-        "cf": _Builtin("openma.adapters.sql.sqlite_engine:open_store_backend"),
+        "cf": _Builtin("openma.adapters.sqlite_engine:open_store_backend"),
         "pg": _Builtin(
-            "openma.adapters.sql.postgres_engine:open_store_backend", extra="pg", needs=("psycopg", "psycopg_pool")
+            "openma.adapters.postgres_engine:open_store_backend", extra="pg", needs=("psycopg", "psycopg_pool")
         ),
     },
 )

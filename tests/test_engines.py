@@ -15,14 +15,14 @@ import pytest
 
 from openma.adapters import pg_notify
 from openma.adapters.locks.flock import FlockLeaseLock
+from openma.adapters.postgres_engine import PostgresEngine
 from openma.adapters.sql import wakeups
 from openma.adapters.sql.backend import SqlStoreBackend
 from openma.adapters.sql.engine import SqlEngine, engine_of
 from openma.adapters.sql.migrate import load_migrations
-from openma.adapters.sql.postgres_engine import PostgresEngine
-from openma.adapters.sql.sqlite_engine import SqliteEngine
 from openma.adapters.sql.wakeups import SessionWakeups
 from openma.adapters.sqlite import SqliteClient
+from openma.adapters.sqlite_engine import SqliteEngine
 from openma.core.tail import WakeHub
 from openma.errors import ConfigError
 from openma.ports.sql import Statement
@@ -199,7 +199,7 @@ async def test_a_third_party_engine_needs_only_a_lease_lock(sqlite_client: Sqlit
 
 
 def test_the_registry_points_at_the_engine_modules() -> None:
-    from openma.adapters.sql import postgres_engine, sqlite_engine
+    from openma.adapters import postgres_engine, sqlite_engine
 
     assert store_backends.load("cf") is sqlite_engine.open_store_backend
     assert store_backends.load("pg") is postgres_engine.open_store_backend
@@ -208,7 +208,7 @@ def test_the_registry_points_at_the_engine_modules() -> None:
 def test_everything_sqlite_needs_imports_without_the_postgres_driver(tmp_path: Path) -> None:
     code = (
         "import sys, anyio; sys.modules['psycopg'] = None; sys.modules['psycopg_pool'] = None\n"
-        "import openma, openma.adapters.sql.postgres_engine\n"
+        "import openma, openma.adapters.postgres_engine\n"
         "from openma.registry import store_backends\n"
         "async def main():\n"
         f"    backend = await store_backends.load('cf')(openma.Settings(sqlite_path={str(tmp_path / 'x.db')!r}))\n"

@@ -18,8 +18,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "openma"
 SQL = PACKAGE / "adapters" / "sql"
-#: Modules of one engine, where that engine's own SQL (``pg_notify``) may appear; never ``dialect.name``.
-PER_ENGINE = {SQL / "sqlite_engine.py", SQL / "postgres_engine.py"}
 MAX_LINES = 500
 #: What a port may import besides the standard library and other ports.
 PORT_ALLOWED = {"openma.models", "openma.errors", "attrs", "typing_extensions", "__future__"}
@@ -138,11 +136,7 @@ def _port_params() -> Iterator[object]:
     for name in MODULES:
         if not name.startswith("openma.ports.") or name == "openma.ports":
             continue
-        if name == "openma.ports.sessions" or name.startswith("openma.ports.sessions."):
-            reason = "the sessions port imports openma.core (Order, EventTail) until it is split into small ports"
-            yield pytest.param(name, marks=pytest.mark.xfail(strict=False, reason=reason), id=name)
-        else:
-            yield pytest.param(name, id=name)
+        yield pytest.param(name, id=name)
 
 
 def _port_may_import(module: str) -> bool:
@@ -173,21 +167,11 @@ def _mentions(paths: Iterable[Path], pattern: str) -> list[str]:
 
 
 def test_portable_sql_never_branches_on_the_engine() -> None:
-    """Outside the session parts, no module of openma/adapters/sql names the dialect or a Postgres module;
-    the per-engine modules may hold their engine's SQL, and never test ``dialect.name`` either."""
-    portable = {p for p in SQL.rglob("*.py") if not p.is_relative_to(SQL / "sessions")}
-    assert _mentions(portable, r"dialect\.name") == []
-    assert _mentions(portable - PER_ENGINE, r"pg_notify") == []
+    """No module of openma/adapters/sql (the session parts included) tests the dialect's name or speaks
+    Postgres's NOTIFY: what differs lives in the engine classes beside the engines' clients."""
+    assert _mentions(SQL.rglob("*.py"), r"dialect\.name|pg_notify") == []
 
 
-@pytest.mark.xfail(strict=False, reason="session parts move their engine bits next")
-def test_session_parts_never_branch_on_the_engine() -> None:
-    assert _mentions((SQL / "sessions").rglob("*.py"), r"dialect\.name|pg_notify") == []
-
-
-@pytest.mark.xfail(
-    strict=False, reason="openma/testing/events.py and openma/testing/stores.py are being split under 500 lines"
-)
 def test_no_module_is_over_500_lines() -> None:
     long = {
         name: n

@@ -16,7 +16,7 @@ from openma.adapters.postgres import (
     PostgresDialect,
     translate,
 )
-from openma.adapters.sql.postgres_engine import open_store_backend
+from openma.adapters.postgres_engine import open_store_backend
 from openma.errors import ConfigError, StorageUnavailable
 from openma.ports.sql import Statement
 from openma.testing.pgserver import PgServer

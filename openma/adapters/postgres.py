@@ -1,7 +1,7 @@
 """The "pg" engine's client: Postgres through psycopg 3 and a ``psycopg_pool.AsyncConnectionPool``.
 
 What the store family needs from Postgres besides SQL (advisory lease locks, LISTEN/NOTIFY, the
-one-statement append) is the engine's, in :mod:`openma.adapters.sql.postgres_engine`, which also opens the
+one-statement append) is the engine's, in :mod:`openma.adapters.postgres_engine`, which also opens the
 "pg" store backend.
 
 * The driver is imported when a client opens, not when this module is imported: without the ``pg`` extra,
@@ -88,8 +88,8 @@ if TYPE_CHECKING:
     from psycopg import AsyncConnection, AsyncCursor
     from psycopg_pool import AsyncConnectionPool
 
+    from openma.adapters.postgres_engine import PostgresEngine
     from openma.adapters.sql.backend import SqlStoreBackend
-    from openma.adapters.sql.postgres_engine import PostgresEngine
 
     Conn = AsyncConnection[Row]
 
@@ -205,7 +205,7 @@ class PostgresClient:
 
     def engine(self) -> PostgresEngine:
         """The Postgres engine over this client (what a store backend needs besides the client)."""
-        from openma.adapters.sql.postgres_engine import PostgresEngine
+        from openma.adapters.postgres_engine import PostgresEngine
 
         return PostgresEngine(self)
 
@@ -479,7 +479,7 @@ async def open_postgres_client(settings: Settings) -> PostgresClient:
 
 
 async def open_store_backend(settings: Settings) -> SqlStoreBackend:
-    """The "pg" store backend; moved: import it from :mod:`openma.adapters.sql.postgres_engine`."""
-    from openma.adapters.sql.postgres_engine import open_store_backend as open_pg
+    """The "pg" store backend; moved: import it from :mod:`openma.adapters.postgres_engine`."""
+    from openma.adapters.postgres_engine import open_store_backend as open_pg
 
     return await open_pg(settings)

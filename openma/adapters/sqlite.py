@@ -1,7 +1,7 @@
 """The "cf" engine's client: SQLite (the engine under Cloudflare D1) through the stdlib ``sqlite3`` driver.
 
 What the store family needs from SQLite besides SQL (lease locks, no wake-up channel) is the engine's, in
-:mod:`openma.adapters.sql.sqlite_engine`, which also opens the "cf" store backend.
+:mod:`openma.adapters.sqlite_engine`, which also opens the "cf" store backend.
 
 * WAL journal, ``busy_timeout``, and ``BEGIN IMMEDIATE`` for every write, so writers queue on the database
   lock instead of failing half-way, and readers never wait for writers.
@@ -31,7 +31,7 @@ from openma.settings import Settings
 
 if TYPE_CHECKING:
     from openma.adapters.sql.backend import SqlStoreBackend
-    from openma.adapters.sql.sqlite_engine import SqliteEngine
+    from openma.adapters.sqlite_engine import SqliteEngine
 
 T = TypeVar("T")
 
@@ -253,7 +253,7 @@ class SqliteClient:
 
     def engine(self) -> SqliteEngine:
         """The SQLite engine over this client (what a store backend needs besides the client)."""
-        from openma.adapters.sql.sqlite_engine import SqliteEngine
+        from openma.adapters.sqlite_engine import SqliteEngine
 
         return SqliteEngine(self)
 
@@ -413,7 +413,7 @@ async def open_sqlite_client(settings: Settings) -> SqliteClient:
 
 
 async def open_store_backend(settings: Settings) -> SqlStoreBackend:
-    """The "cf" store backend; moved: import it from :mod:`openma.adapters.sql.sqlite_engine`."""
-    from openma.adapters.sql.sqlite_engine import open_store_backend as open_cf
+    """The "cf" store backend; moved: import it from :mod:`openma.adapters.sqlite_engine`."""
+    from openma.adapters.sqlite_engine import open_store_backend as open_cf
 
     return await open_cf(settings)

@@ -2,8 +2,8 @@
 
 The stores in ``openma/adapters/sql`` are written once, in portable SQL over a
 :class:`~openma.ports.sql.SqlClient`. What really differs between engines lives in one class per engine
-(:class:`~openma.adapters.sql.sqlite_engine.SqliteEngine`,
-:class:`~openma.adapters.sql.postgres_engine.PostgresEngine`), subclasses of :class:`SqlEngine` that
+(:class:`~openma.adapters.sqlite_engine.SqliteEngine`,
+:class:`~openma.adapters.postgres_engine.PostgresEngine`), subclasses of :class:`SqlEngine` that
 override a few hooks, in the way DBOS keeps one system-database class with per-dialect subclasses.
 :class:`~openma.adapters.sql.backend.SqlStoreBackend` receives its engine; the portable code asks the
 engine, never the engine's name.
@@ -171,7 +171,7 @@ def engine_of(source: SqlEngine | SqlClient) -> SqlEngine:
     if not callable(make):
         raise ConfigError(
             f"{source!r} is not a SqlEngine and names none; pass an engine "
-            "(openma.adapters.sql.sqlite_engine.SqliteEngine, ...postgres_engine.PostgresEngine, or your own)"
+            "(openma.adapters.sqlite_engine.SqliteEngine, ...postgres_engine.PostgresEngine, or your own)"
         )
     engine = make()
     if not isinstance(engine, SqlEngine):

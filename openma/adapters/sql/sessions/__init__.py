@@ -28,7 +28,7 @@ How the contract of :mod:`openma.ports.sessions` is kept, in SQL that both engin
 **Parts.** :class:`SqlSessionStore` composes one part per port (:mod:`.rows`, :mod:`.log`, :mod:`.inbox`,
 :mod:`.streams`, :mod:`.retention`, :mod:`.lease`, :mod:`.wake`) over one shared
 :class:`~openma.adapters.sql.sessions.context.SessionContext`; its methods are the parts' own bound methods.
-What differs between engines is gathered in :mod:`openma.adapters.sql.sessions._engine_bits`.
+What differs between engines is asked of the engine (:class:`~openma.adapters.sql.engine.SqlEngine`).
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ from typing import Any, Final
 import anyio
 import attrs
 
-from openma.adapters.sql.sessions._engine_bits import is_postgres
 from openma.adapters.sql.wakeups import SessionWakeups
 from openma.core import events as ev
 from openma.core import validate
@@ -165,7 +164,8 @@ class SessionContext:
         self.blobs = blobs
         self.spill_bytes = spill_bytes
         self.max_event_bytes = min(max_event_bytes, ev.MAX_EVENT_BYTES)  # a fixed cap, whatever spill_bytes is
-        self.postgres = is_postgres(client)
+        #: The engine's hooks (one-statement append, notifications), through the shared wake-ups.
+        self.engine = self.wakeups.engine
         #: Where failures this store recovers from are reported (``silent_catch``).
         self.telemetry: Telemetry = telemetry or NullTelemetry()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from openma.adapters.sql.sessions import _engine_bits
 from openma.adapters.sql.sessions.context import (
     EVENT_COLUMNS,
     INSERT_EVENT,
@@ -15,6 +14,7 @@ from openma.adapters.sql.sessions.context import (
     check_fence,
     placeholders,
 )
+from openma.adapters.sql.wakeups import EVENTS, INBOX
 from openma.core import events as ev
 from openma.core.clock import ms_to_datetime
 from openma.core.ids import check_id
@@ -102,7 +102,7 @@ class SqlInbox(SessionPart):
                         (self.tenant_id, session_id),
                     ),
                 ]
-                notify = self._ctx.wakeups.notify_statement(_engine_bits.INBOX, self.tenant_id, session_id)
+                notify = self._ctx.wakeups.notify_statement(INBOX, self.tenant_id, session_id)
                 if notify is not None:
                     statements.append(notify)
                 try:
@@ -134,7 +134,7 @@ class SqlInbox(SessionPart):
                         it.key,
                     )
                 if result.rows[1]:
-                    self._ctx.wakeups.notify_local(_engine_bits.INBOX, self.tenant_id, session_id)
+                    self._ctx.wakeups.notify_local(INBOX, self.tenant_id, session_id)
                 if by_id:  # posted before (a retry): return them as they are
                     found = await self._inbox_by_id(session_id, list(by_id))
                     rows = list(found.values())
@@ -237,7 +237,7 @@ class SqlInbox(SessionPart):
                     fetch=True,
                 )
             )
-            notify = self._ctx.wakeups.notify_statement(_engine_bits.EVENTS, self.tenant_id, session_id)
+            notify = self._ctx.wakeups.notify_statement(EVENTS, self.tenant_id, session_id)
             if notify is not None:
                 statements.append(notify)
             try:
@@ -258,7 +258,7 @@ class SqlInbox(SessionPart):
             if result.committed:
                 for event in await self._ctx.to_events(result.rows[insert_at]):
                     done[event.id] = event
-                self._ctx.wakeups.notify_local(_engine_bits.EVENTS, self.tenant_id, session_id)
+                self._ctx.wakeups.notify_local(EVENTS, self.tenant_id, session_id)
                 todo = []
                 break
             if result.aborted_at == 0:

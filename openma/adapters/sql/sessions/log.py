@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from openma.adapters.sql.sessions import _engine_bits
 from openma.adapters.sql.sessions.context import (
     ALL_SEQS,
     EVENT_COLUMNS,
@@ -18,6 +17,7 @@ from openma.adapters.sql.sessions.context import (
     placeholders,
     seq_arg,
 )
+from openma.adapters.sql.wakeups import EVENTS
 from openma.core import events as ev
 from openma.core.clock import ms_to_datetime
 from openma.core.ids import check_id
@@ -78,20 +78,21 @@ class SqlEventLog(SessionPart):
             guard_params += [self.tenant_id, session_id, *(it.id for it in items)]
         values, value_params = self._ctx.values(items)
         select = "SELECT s.tenant_id, s.id, s.last_seq - ? + v.column1, v.column2, v.column3, v.column4, v.column5, ?"
-        if self._ctx.postgres and status is None:
-            statement = _engine_bits.one_statement_append(
+        if status is None:
+            # An engine that can do the bump, the check, the notification and the insert in one statement
+            # (Postgres) says so; the others run the portable unit below.
+            statement = self._ctx.engine.fenced_append_statement(
                 tenant_id=self.tenant_id,
                 session_id=session_id,
-                n=n,
-                fence_sql=fence_sql,
+                count=n,
+                guard_sql=fence_sql,
                 guard_params=guard_params,
-                insert_event=INSERT_EVENT,
-                select=select,
-                values=values,
-                value_params=value_params,
-                now=now,
+                insert_sql=INSERT_EVENT + select,
+                values_sql=values,
+                insert_params=[n, now, *value_params],
             )
-            return [statement], 0
+            if statement is not None:
+                return [statement], 0
         sets = "last_seq = last_seq + ?"
         set_params: list[Any] = [n]
         status_sql = ""
@@ -121,7 +122,7 @@ class SqlEventLog(SessionPart):
                     fetch=True,
                 )
             )
-            notify = self._ctx.wakeups.notify_statement(_engine_bits.EVENTS, self.tenant_id, session_id)
+            notify = self._ctx.wakeups.notify_statement(EVENTS, self.tenant_id, session_id)
             if notify is not None:
                 statements.append(notify)
         return statements, insert_at
@@ -194,7 +195,7 @@ class SqlEventLog(SessionPart):
                         it = by_id[got["event_id"]]
                         event = Event(it.id, it.type, int(got["seq"]), ms_to_datetime(now), it.data)
                         stored[it.id] = (event, it.key)
-                    self._ctx.wakeups.notify_local(_engine_bits.EVENTS, self.tenant_id, session_id)
+                    self._ctx.wakeups.notify_local(EVENTS, self.tenant_id, session_id)
                 break
             else:
                 raise Conflict(

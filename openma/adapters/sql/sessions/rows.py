@@ -10,7 +10,6 @@ from typing import Any
 from openma.adapters.sql.archive import archive_row
 from openma.adapters.sql.listing import created_between, list_page
 from openma.adapters.sql.partial import PartialUpdate
-from openma.adapters.sql.sessions import _engine_bits
 from openma.adapters.sql.sessions.context import (
     DEFAULT_BATCH,
     WRITE_RETRIES,
@@ -23,6 +22,7 @@ from openma.adapters.sql.sessions.context import (
 )
 from openma.adapters.sql.sessions.log import SqlEventLog
 from openma.adapters.sql.sessions.retention import SqlRetention
+from openma.adapters.sql.wakeups import EVENTS
 from openma.core import events as ev
 from openma.core import validate
 from openma.core.clock import ms_to_datetime
@@ -221,7 +221,7 @@ class SqlSessionRows(SessionPart):
         )
         if not result.committed:
             raise NotFound(f"session {session_id} not found", session_id=session_id)
-        self._ctx.wakeups.notify_local(_engine_bits.EVENTS, self.tenant_id, session_id)
+        self._ctx.wakeups.notify_local(EVENTS, self.tenant_id, session_id)
         await self._retention.purge(session_id, DEFAULT_BATCH)
 
     async def set_status(

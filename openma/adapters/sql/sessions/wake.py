@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from openma.adapters.sql.sessions._engine_bits import KIND_CODES
+from typing import Final
+
 from openma.adapters.sql.sessions.context import SessionPart
+from openma.adapters.sql.wakeups import EVENTS, INBOX
 from openma.ports.sessions import WakeKind, Wakeup
+
+#: The notification kind of each wake-up kind of the port.
+KIND_CODES: Final[dict[WakeKind, str]] = {"events": EVENTS, "inbox": INBOX}
 
 
 class SqlWakeups(SessionPart):
