@@ -104,6 +104,18 @@ class SandboxTimeout(SandboxError):
     http_status = 504
 
 
+class ModelError(OpenmaError):
+    """A model call failed. ``retryable`` is true for rate limits, overload, a dropped connection or a stalled
+    stream (the turn loop backs off and retries those); anything else ends the turn with ``error``."""
+
+    code = "model_error"
+    http_status = 502
+
+    def __init__(self, message: str, *, retryable: bool = False, **details: Any) -> None:
+        super().__init__(message, retryable=retryable, **details)
+        self.retryable = retryable
+
+
 class SandboxRateLimited(SandboxError):
     """The sandbox provider refused the call for a rate or concurrency limit; retry later."""
 
