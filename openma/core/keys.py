@@ -262,15 +262,16 @@ _CURSOR_VERSION: Final = 1
 MAX_CURSOR_CHARS: Final = 4096
 
 
-def encode_key_cursor(scope: str, last_key: str) -> str:
-    """An opaque cursor for a list ordered by key: the last key returned plus the list's fingerprint."""
-    payload = json.dumps({"v": _CURSOR_VERSION, "s": scope, "k": last_key}, separators=(",", ":"))
+def encode_scoped_cursor(scope: str, value: str, *, field: str = "k") -> str:
+    """An opaque cursor holding ``value`` under ``field``, bound to a list's fingerprint ``scope``."""
+    payload = json.dumps({"v": _CURSOR_VERSION, "s": scope, field: value}, separators=(",", ":"))
     return base64.urlsafe_b64encode(payload.encode("utf-8")).decode("ascii").rstrip("=")
 
 
-def decode_key_cursor(cursor: object, scope: str) -> str:
-    """The last key of the previous page, or ``InvalidInput`` for a malformed or foreign cursor."""
-    if not isinstance(cursor, str) or not cursor or len(cursor) > MAX_CURSOR_CHARS:
+def decode_scoped_cursor(cursor: object, scope: str, *, field: str = "k", max_chars: int = MAX_CURSOR_CHARS) -> str:
+    """The value an :func:`encode_scoped_cursor` cursor holds, or ``InvalidInput`` for a malformed cursor or
+    one of another list (a different fingerprint)."""
+    if not isinstance(cursor, str) or not cursor or len(cursor) > max_chars:
         raise InvalidInput("cursor is malformed", field="cursor")
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
@@ -278,16 +279,49 @@ def decode_key_cursor(cursor: object, scope: str) -> str:
         raise InvalidInput("cursor is malformed", field="cursor") from None
     if (
         not isinstance(data, dict)
-        or data.get("v") != _CURSOR_VERSION
         or isinstance(data.get("v"), bool)
+        or data.get("v") != _CURSOR_VERSION
         or not isinstance(data.get("s"), str)
-        or not isinstance(data.get("k"), str)
+        or not isinstance(data.get(field), str)
+        or not data[field]
     ):
         raise InvalidInput("cursor is malformed", field="cursor")
     if data["s"] != scope:
         raise InvalidInput("cursor belongs to another list (a different prefix, store or tenant)", field="cursor")
+    value: str = data[field]
+    return value
+
+
+def encode_key_cursor(scope: str, last_key: str) -> str:
+    """An opaque cursor for a list ordered by key: the last key returned plus the list's fingerprint."""
+    return encode_scoped_cursor(scope, last_key)
+
+
+def decode_key_cursor(cursor: object, scope: str) -> str:
+    """The last key of the previous page, or ``InvalidInput`` for a malformed or foreign cursor."""
+    last = decode_scoped_cursor(cursor, scope)
     try:
-        key: str = kv_key(data["k"], "cursor")  # a tampered key (NUL, surrogate, oversized) never reaches a query
+        key: str = kv_key(last, "cursor")  # a tampered key (NUL, surrogate, oversized) never reaches a query
     except InvalidInput:
         raise InvalidInput("cursor is malformed", field="cursor") from None
     return key
+
+
+def view_key(scope: str, key: object) -> str:
+    """``key`` checked for a view of ``scope`` (relative to the view's prefix)."""
+    if scope == "tenant":
+        return tenant_blob_key(key)
+    if scope == "internal":
+        return internal_blob_key(key)
+    return blob_key(key)
+
+
+def view_list_prefix(scope: str, prefix: object) -> str:
+    """A list ``prefix`` checked for a view of ``scope``."""
+    return tenant_blob_prefix(prefix) if scope == "tenant" else blob_prefix(prefix)
+
+
+def view_shows(scope: str, relative_key: str) -> bool:
+    """Whether an object at ``relative_key`` (below the view's prefix) belongs to a view of ``scope``: a tenant
+    view never shows openma's reserved areas."""
+    return scope != "tenant" or not tenant_reserved(relative_key)

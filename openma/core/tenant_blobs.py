@@ -24,9 +24,6 @@ invisible to every view anyway) and returns the count of the whole store.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -48,7 +45,6 @@ Scope: TypeAlias = Literal["root", "tenant", "internal"]
 Ensure: TypeAlias = Callable[[], Awaitable[None]]
 
 MAX_LIST_LIMIT: Final = 1000
-_CURSOR_VERSION: Final = 1
 _MAX_CURSOR_CHARS: Final = 8192
 
 
@@ -110,18 +106,14 @@ class PrefixedBlobs:
     # -- keys
 
     def _full(self, key: object) -> str:
-        if self._scope == "tenant":
-            return self._prefix + keys.tenant_blob_key(key)
-        if self._scope == "internal":
-            return self._prefix + keys.internal_blob_key(key)
-        return self._prefix + keys.blob_key(key)
+        return self._prefix + keys.view_key(self._scope, key)
 
     def _list_prefix(self, prefix: object) -> str:
-        return keys.tenant_blob_prefix(prefix) if self._scope == "tenant" else keys.blob_prefix(prefix)
+        return keys.view_list_prefix(self._scope, prefix)
 
     def _visible(self, info: BlobInfo) -> bool:
         """Whether an object of the inner store belongs to this view (a tenant view skips the reserved areas)."""
-        return self._scope != "tenant" or not keys.tenant_reserved(info.key[len(self._prefix) :])
+        return keys.view_shows(self._scope, info.key[len(self._prefix) :])
 
     def _strip(self, info: BlobInfo) -> BlobInfo:
         return attrs.evolve(info, key=info.key[len(self._prefix) :])
@@ -223,28 +215,9 @@ class PrefixedBlobs:
 
 
 def _encode_cursor(scope: str, inner: str) -> str:
-    payload = json.dumps({"v": _CURSOR_VERSION, "s": scope, "c": inner}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(payload.encode("utf-8")).decode("ascii").rstrip("=")
+    return keys.encode_scoped_cursor(scope, inner, field="c")
 
 
 def _decode_cursor(cursor: object, scope: str) -> str:
     """The inner store's cursor, or ``InvalidInput`` for a malformed cursor or one of another list."""
-    if not isinstance(cursor, str) or not cursor or len(cursor) > _MAX_CURSOR_CHARS:
-        raise InvalidInput("cursor is malformed", field="cursor")
-    try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise InvalidInput("cursor is malformed", field="cursor") from None
-    if (
-        not isinstance(data, dict)
-        or isinstance(data.get("v"), bool)
-        or data.get("v") != _CURSOR_VERSION
-        or not isinstance(data.get("s"), str)
-        or not isinstance(data.get("c"), str)
-        or not data["c"]
-    ):
-        raise InvalidInput("cursor is malformed", field="cursor")
-    if data["s"] != scope:
-        raise InvalidInput("cursor belongs to another list (a different prefix, store or tenant)", field="cursor")
-    inner: str = data["c"]
-    return inner
+    return keys.decode_scoped_cursor(cursor, scope, field="c", max_chars=_MAX_CURSOR_CHARS)

@@ -209,18 +209,14 @@ class FsspecBlobStore:
     # -- the port
 
     def _full(self, key: object) -> str:
-        if self._scope == "tenant":
-            return self._prefix + check.tenant_blob_key(key)
-        if self._scope == "internal":
-            return self._prefix + check.internal_blob_key(key)
-        return self._prefix + check.blob_key(key)
+        return self._prefix + check.view_key(self._scope, key)
 
     def _list_prefix(self, prefix: object) -> str:
-        return check.tenant_blob_prefix(prefix) if self._scope == "tenant" else check.blob_prefix(prefix)
+        return check.view_list_prefix(self._scope, prefix)
 
     def _visible(self, meta: Meta) -> bool:
         """Whether an object found by a scan belongs to this view (a tenant view skips the reserved areas)."""
-        return self._scope != "tenant" or not check.tenant_reserved(meta.key[len(self._prefix) :])
+        return check.view_shows(self._scope, meta.key[len(self._prefix) :])
 
     async def put(
         self,
