@@ -1,8 +1,8 @@
 """One frozen ``attrs`` configuration class per part of the platform, composed by :class:`openma.Settings`.
 
 :class:`SQLiteConfig`, :class:`PostgresConfig`, :class:`BlobConfig`, :class:`LocalSandboxConfig`,
-:class:`E2BConfig`, :class:`DaytonaConfig`, :class:`UpkeepConfig` and :class:`ModelConfig` each hold the knobs of one adapter (or
-one job), validated at construction exactly like ``Settings``: a bad value is a
+:class:`E2BConfig`, :class:`DaytonaConfig`, :class:`UpkeepConfig` and :class:`ModelConfig` each hold the knobs
+of one adapter (or one job), validated at construction exactly like ``Settings``: a bad value is a
 :class:`~openma.errors.ConfigError` whose ``details["field"]`` is the field's *setting name*, the flat name
 it has on ``Settings`` and in the docs (``sqlite_readers``, not ``readers``).
 

@@ -79,11 +79,10 @@ class ScriptedSSE:
         if scope["path"] not in self.paths:
             await self._json(send, 404, {"error": {"type": "not_found_error", "message": scope["path"]}}, {})
             return
-        if self.expected_auth:
-            if not any(headers.get(name) == value for name, value in self.expected_auth):
-                error = {"type": "authentication_error", "message": "invalid x-api-key", "code": "invalid_api_key"}
-                await self._json(send, 401, {"type": "error", "error": error}, {})
-                return
+        if self.expected_auth and not any(headers.get(name) == value for name, value in self.expected_auth):
+            error = {"type": "authentication_error", "message": "invalid API key", "code": "invalid_api_key"}
+            await self._json(send, 401, {"type": "error", "error": error}, {})
+            return
         if reply is None:
             await self._json(send, 500, {"error": {"type": "api_error", "message": "the script is empty"}}, {})
             return

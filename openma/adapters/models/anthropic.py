@@ -183,9 +183,8 @@ def _status_error(exc: anthropic.APIStatusError) -> ModelError:
             details["retry_after"] = wait
     if exc.request_id:
         details["request_id"] = exc.request_id
-    return ModelError(
-        f"anthropic: {where} {error_type or ''}: {text}".replace("  ", " "), retryable=retryable, **details
-    )
+    message = f"anthropic: {where} {error_type}: {text}" if error_type else f"anthropic: {where}: {text}"
+    return ModelError(message, retryable=retryable, **details)
 
 
 class AnthropicModel(StreamingModel):
