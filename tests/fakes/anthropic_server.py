@@ -42,7 +42,7 @@ class FakeAnthropic:
 def message(
     blocks: list[dict[str, Any]],
     *,
-    stop_reason: str = "end_turn",
+    stop_reason: str | None = None,
     input_tokens: int = 12,
     output_tokens: int = 34,
     cache_read: int | None = None,
@@ -50,7 +50,8 @@ def message(
     model: str = "claude-fake",
 ) -> list[Frame]:
     """The SSE frames of one streamed message of ``blocks`` (text, thinking with signature, tool_use): text
-    and thinking cut into ``chunk``-character deltas, tool input JSON into ``chunk``-character pieces."""
+    and thinking cut into ``chunk``-character deltas, tool input JSON into ``chunk``-character pieces.
+    ``stop_reason`` defaults to ``tool_use`` when a tool is called, else ``end_turn``."""
     import json
 
     usage: dict[str, Any] = {"input_tokens": input_tokens, "output_tokens": 1}
@@ -93,12 +94,13 @@ def message(
         frames.append(("content_block_start", {"type": "content_block_start", "index": index, "content_block": start}))
         frames += [("content_block_delta", {"type": "content_block_delta", "index": index, "delta": d}) for d in deltas]
         frames.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+    default_stop = "tool_use" if any(b["type"] == "tool_use" for b in blocks) else "end_turn"
     frames.append(
         (
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                "delta": {"stop_reason": stop_reason or default_stop, "stop_sequence": None},
                 "usage": {"output_tokens": output_tokens},
             },
         )

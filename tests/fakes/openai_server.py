@@ -111,9 +111,11 @@ def completion(
     return frames
 
 
-def error_object(message: str = "The server is overloaded", code: Any = "server_error") -> Frame:
+def error_object(
+    message: str = "The server is overloaded", code: Any = "server_error", kind: str = "server_error"
+) -> Frame:
     """An error object sent in place of a chunk (what OpenAI and vLLM do when a stream fails)."""
-    return (None, {"error": {"message": message, "type": "server_error", "param": None, "code": code}})
+    return (None, {"error": {"message": message, "type": kind, "param": None, "code": code}})
 
 
 def http_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Reply:

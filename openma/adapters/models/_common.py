@@ -158,7 +158,8 @@ class StreamingModel:
             error = self._error(exc)
         secrets = self._secrets()
         if any(s and s in error.message for s in secrets):
-            error = ModelError(redact(error.message, *secrets), retryable=error.retryable, **error.details)
+            details = {k: v for k, v in error.details.items() if k != "retryable"}
+            error = ModelError(redact(error.message, *secrets), retryable=error.retryable, **details)
         return error
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
@@ -181,7 +182,10 @@ class StreamingModel:
                         yield event
                 events = list(translator.finish())
             except Exception as exc:
-                raise self._wrap(exc) from exc
+                error = self._wrap(exc)
+                if any(s and s in str(exc) for s in self._secrets()):
+                    raise error from None  # the SDK's message quotes a secret: do not chain it
+                raise error from exc
             for event in events:
                 yield event
         finally:
