@@ -460,8 +460,9 @@ def _check_fields(overrides: Mapping[str, Any]) -> None:
 
 _TRUE: Final = {"1", "true", "yes", "on"}
 _FALSE: Final = {"0", "false", "no", "off"}
-_INT_TEXT: Final = re.compile(r"^\s*[+-]?\d+\s*$")
-_FLOAT_TEXT: Final = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
+#: ASCII only: ``int()`` / ``float()`` take fewer spaces (``\x1f``) than Unicode ``\s`` matches.
+_INT_TEXT: Final = re.compile(r"^\s*[+-]?\d+\s*$", re.ASCII)
+_FLOAT_TEXT: Final = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$", re.ASCII)
 
 
 def _convert(var: str, raw: str, kind: str) -> Any:
