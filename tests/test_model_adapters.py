@@ -1,7 +1,7 @@
 """The ``anthropic`` and ``openai`` model adapters, each on its real SDK against a local fake server speaking
 that provider's streaming wire format: text, thinking, tool-use input split across chunks, usage, exactly one
 ``Finish``, errors before and in the middle of the stream, a stalled stream, a dropped connection, prompt
-close on cancellation, and no API key in any repr or error."""
+close on cancellation, and no API key in any repr or error; on asyncio and on trio."""
 
 from __future__ import annotations
 
@@ -61,6 +61,12 @@ class Provider:
 
     def body(self) -> Any:
         return self.fake.requests[-1].body
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The adapters run on asyncio and on trio (the SDKs' HTTP client is anyio-based)."""
+    return str(request.param)
 
 
 @pytest.fixture(scope="module", params=["anthropic", "openai"])

@@ -7,8 +7,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 from unittest import mock
 
+import anyio
 import pydantic
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from openma.adapters.models.anthropic import AnthropicModel
 from openma.adapters.models.openai import OpenAIModel
@@ -128,3 +132,39 @@ def vars_of(request: ModelRequest) -> dict[str, Any]:
     import attrs
 
     return attrs.asdict(request, recurse=False)
+
+
+# -- any split of a tool's input JSON gives the same parsed input -----------------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(
+    tool_input=st.dictionaries(st.text(max_size=6), _JSON, max_size=4),
+    text=st.text(max_size=20),
+    chunk=st.integers(1, 7),
+    which=st.sampled_from(["anthropic", "openai"]),
+)
+def test_any_split_of_text_and_tool_input_streams_back_whole(
+    tool_input: dict[str, Any], text: str, chunk: int, which: str
+) -> None:
+    blocks = [{"type": "text", "text": text}, {"type": "tool_use", "id": "t", "name": "f", "input": tool_input}]
+    if which == "anthropic":
+        client, _ = anthropic_client(anthropic_server.message(blocks, chunk=chunk))
+        model: Any = AnthropicModel(api_key="k" * 20, model="m", client=client)
+    else:
+        client, _ = openai_client(openai_server.completion(blocks, chunk=chunk))
+        model = OpenAIModel(api_key="k" * 20, model="m", client=client)
+
+    async def run() -> list[Any]:
+        return [e async for e in model.stream(REQUEST)]
+
+    events = anyio.run(run)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == text
+    assert [e for e in events if isinstance(e, ToolUse)] == [ToolUse("t", "f", tool_input)]
+    assert [e for e in events if isinstance(e, Finish)] == [events[-1]] and events[-1].reason == "tool_use"

@@ -62,6 +62,13 @@ _RESERVED: Final = ("model", "messages", "max_tokens", "system", "tools", "strea
 
 
 def _block(block: Mapping[str, Any]) -> dict[str, Any] | None:
+    out = _known(block)
+    if out is not None and "cache_control" in block:  # prompt-caching breakpoints are kept on any block
+        out["cache_control"] = block["cache_control"]
+    return out
+
+
+def _known(block: Mapping[str, Any]) -> dict[str, Any] | None:
     kind = block.get("type")
     if kind == "text":
         return {"type": "text", "text": block["text"]}
