@@ -22,13 +22,22 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
 from openma import registry
 from openma.errors import ConfigError
 from openma.ports.model import Model
+
+if TYPE_CHECKING:
+    from openma.adapters.models.anthropic import AnthropicModel
+    from openma.adapters.models.openai import OpenAIModel
+    from openma.settings import Settings
+
+    def _conforms(a: AnthropicModel, o: OpenAIModel) -> tuple[Model, Model]:
+        return a, o  # the type checker proves both adapters satisfy the port
+
 
 __all__ = ["ModelSpec", "open_model", "resolve_model"]
 
@@ -80,7 +89,7 @@ def _family(model_id: str) -> str | None:
     return None
 
 
-def resolve_model(settings: Any, spec: object = None) -> ModelSpec:
+def resolve_model(settings: Settings, spec: object = None) -> ModelSpec:
     """The :class:`ModelSpec` an agent's ``model`` (``spec``) names, resolved through ``settings`` (see the
     module docstring). Imports nothing; an unknown provider or an unusable spec is a ``ConfigError``."""
     default: str | None = settings.models.default
@@ -130,7 +139,7 @@ def resolve_model(settings: Any, spec: object = None) -> ModelSpec:
     return ModelSpec(provider, model_id, options)
 
 
-async def open_model(settings: Any, spec: object = None) -> Model:
+async def open_model(settings: Settings, spec: object = None) -> Model:
     """Open the adapter for ``spec`` (an agent's ``model``; ``None`` for ``OPENMA_MODEL``).
 
     The adapter is bound to the resolved model id (a request whose ``model`` is ``""`` uses it). Call its

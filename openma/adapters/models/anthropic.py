@@ -22,7 +22,7 @@ is not. The SDK's own retries are off (``max_retries=0``): the turn loop owns re
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anthropic
 import httpx2
@@ -46,6 +46,9 @@ from openma.ports.model import (
     ToolUse,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from openma.settings import Settings
 
 __all__ = ["AnthropicModel", "open_model", "to_anthropic_messages"]
 
@@ -256,7 +259,7 @@ class AnthropicModel(StreamingModel):
         await self._client.close()
 
 
-def open_model(settings: Any, *, model: str) -> AnthropicModel:
+def open_model(settings: Settings, *, model: str) -> AnthropicModel:
     """The registry factory: an :class:`AnthropicModel` for ``model`` from ``settings.models``."""
     config = settings.models
     if not config.anthropic_api_key:

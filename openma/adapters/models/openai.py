@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx2
 import openai
@@ -52,6 +52,9 @@ from openma.ports.model import (
     ToolUse,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from openma.settings import Settings
 
 __all__ = ["OpenAIModel", "open_model", "to_openai_messages"]
 
@@ -278,7 +281,7 @@ class OpenAIModel(StreamingModel):
         await self._client.close()
 
 
-def open_model(settings: Any, *, model: str) -> OpenAIModel:
+def open_model(settings: Settings, *, model: str) -> OpenAIModel:
     """The registry factory: an :class:`OpenAIModel` for ``model`` from ``settings.models``."""
     config = settings.models
     return OpenAIModel(
