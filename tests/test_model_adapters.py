@@ -287,6 +287,14 @@ async def test_a_dropped_connection_is_retryable(provider: Provider, after: int)
     assert info.value.retryable
 
 
+async def test_a_refused_connection_is_retryable(provider: Provider) -> None:
+    model = provider.model()
+    model._client = model._client.with_options(base_url="http://127.0.0.1:1/v1")  # nothing listens there
+    with pytest.raises(ModelError) as info:
+        await collect(model, request())
+    assert info.value.retryable and "connection failed" in info.value.message
+
+
 async def test_a_stream_that_ends_early_is_a_dropped_connection(provider: Provider) -> None:
     frames = provider.frames([{"type": "text", "text": "Hello there"}])
     cut = [f for f in frames if not (f[0] == "message_stop" or "finish_reason" in json.dumps(f[1]))]
