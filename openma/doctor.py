@@ -1,8 +1,9 @@
 """``python -m openma doctor``: check every configured part without creating anything.
 
-Each store backend, the blob store and the sandbox provider is checked in turn, and every problem is
-reported (one failing part does not hide the next). Checking a part imports its driver (``psycopg``,
-``s3fs``, the ``e2b`` or ``daytona`` SDK), so a missing extra is found here rather than at the first call.
+Each store backend, the blob store, the sandbox provider and the default model is checked in turn, and every
+problem is reported (one failing part does not hide the next). Checking a part imports its driver
+(``psycopg``, ``s3fs``, the ``e2b``, ``daytona``, ``anthropic`` or ``openai`` SDK), so a missing extra is found
+here rather than at the first call. No model is called and no key is printed.
 Nothing is created: a SQLite file or a blob directory that does not exist yet is reported as such, with
 whether it could be created, and no migration is applied.
 """
@@ -17,7 +18,7 @@ import attrs
 
 from openma import registry
 from openma.errors import OpenmaError
-from openma.settings import STORE_NAMES, Settings
+from openma.settings import STORE_NAMES, Settings, redact_secrets
 
 
 @attrs.frozen
@@ -53,10 +54,11 @@ def _place(path_text: str, what: str, *, directory: bool) -> tuple[bool, str, bo
 
 
 async def diagnose(settings: Settings) -> list[Check]:
-    """Check every store backend, the blob store and the sandbox provider of ``settings``."""
+    """Check every store backend, the blob store, the sandbox provider and the default model of ``settings``."""
     checks = [await _backend(settings, name) for name in sorted({settings.backend_for(s) for s in STORE_NAMES})]
     checks.append(await _blobs(settings))
     checks.append(await _sandbox(settings))
+    checks.append(await _model(settings))
     return checks
 
 
@@ -146,3 +148,32 @@ async def _sandbox(settings: Settings) -> Check:
         ok, detail, _ = _place(settings.local_sandbox_root, "root", directory=True)
         return Check(part, ok, detail)
     return Check(part, True, "provider opens (SDK imported, credentials set)")
+
+
+#: The variable holding each built-in model adapter's key (named in the report; the key itself never is).
+_MODEL_KEYS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+
+
+async def _model(settings: Settings) -> Check:
+    """The default model (``OPENMA_MODEL``): its adapter imports and opens (its key is set). No call is made."""
+    from openma.adapters.models import open_model, resolve_model
+
+    if settings.model is None:
+        return Check("model", True, "no default model (OPENMA_MODEL unset); each agent's model names its own")
+    part = f"model {settings.model}"
+    try:
+        spec = resolve_model(settings)
+        part = f"model {spec}"
+        registry.models.check(spec.provider)
+        model = await open_model(settings)
+    except Exception as exc:
+        return _failure(part, exc)
+    try:
+        await model.aclose()
+    except Exception as exc:
+        return _failure(part, exc)
+    if spec.provider == "openai" and not settings.openai_api_key:
+        server = redact_secrets(settings.openai_base_url or "", settings.openai_base_url)
+        return Check(part, True, f"adapter openai imported; no key, server {server}")
+    key = _MODEL_KEYS.get(spec.provider)
+    return Check(part, True, f"adapter {spec.provider} imported; {key} set" if key else "adapter opens")

@@ -177,3 +177,15 @@ def blob_store_name(url: object) -> str:
         raise ConfigError(f"blob_url must be a URL such as file://./.openma/blobs, got {url!r}", field="blob_url")
     scheme = url.split("://", 1)[0].lower()
     return scheme if blob_stores.has(scheme) else DEFAULT_BLOB_STORE
+
+
+#: Model adapters: ``factory(settings, *, model: str) -> Model`` (or an awaitable of one), where ``model`` is
+#: the provider's model id. Third parties register under the ``openma.models`` entry-point group.
+models: Final = Registry(
+    "model",
+    "openma.models",
+    {
+        "anthropic": _Builtin("openma.adapters.models.anthropic:open_model", extra="anthropic", needs=("anthropic",)),
+        "openai": _Builtin("openma.adapters.models.openai:open_model", extra="openai", needs=("openai",)),
+    },
+)

@@ -8,7 +8,8 @@ replaced by a default, and no other exception escapes ``Settings(...)``: every f
 (a bool is not an int, an int is not a str, a float is not an int) and its range (no NaN, no infinity).
 
 Each part has its own class in :mod:`openma.config` (``settings.sqlite``, ``settings.postgres``,
-``settings.blobs``, ``settings.local_sandbox``, ``settings.e2b``, ``settings.daytona``, ``settings.upkeep``);
+``settings.blobs``, ``settings.local_sandbox``, ``settings.e2b``, ``settings.daytona``, ``settings.upkeep``,
+``settings.models``);
 every field of a part also has its flat name, read and written the same way as ever:
 ``Settings(sqlite_path="x.db").sqlite_path == settings.sqlite.path``, ``attrs.evolve(s, pg_pool_max_size=3)``.
 The variables ``from_env`` reads come from the fields' metadata (:func:`openma.config.setting`).
@@ -34,6 +35,7 @@ from openma.config import (
     DaytonaConfig,
     E2BConfig,
     LocalSandboxConfig,
+    ModelConfig,
     PostgresConfig,
     SQLiteConfig,
     UpkeepConfig,
@@ -247,6 +249,7 @@ class Settings:
     e2b: E2BConfig = attrs.field(factory=E2BConfig)
     daytona: DaytonaConfig = attrs.field(factory=DaytonaConfig)
     upkeep: UpkeepConfig = attrs.field(factory=UpkeepConfig)
+    models: ModelConfig = attrs.field(factory=ModelConfig)
 
     # -- the flat names (read-only views of the parts' fields; see the module docstring)
     sqlite_path = _Flat[str]("sqlite", "path")
@@ -289,6 +292,12 @@ class Settings:
     daytona_disk = _Flat[int | None]("daytona", "disk")
     sandbox_keepalive_interval = _Flat[float]("upkeep", "keepalive_interval")
     sandbox_idle_reap_after = _Flat[float]("upkeep", "idle_reap_after")
+    model = _Flat[str | None]("models", "default")
+    model_stall_timeout = _Flat[float]("models", "stall_timeout")
+    anthropic_api_key = _Flat[str | None]("models", "anthropic_api_key")
+    anthropic_base_url = _Flat[str | None]("models", "anthropic_base_url")
+    openai_api_key = _Flat[str | None]("models", "openai_api_key")
+    openai_base_url = _Flat[str | None]("models", "openai_base_url")
 
     def __init__(self, **fields: Any) -> None:
         parts: dict[str, Any] = {}
@@ -451,8 +460,9 @@ def _check_fields(overrides: Mapping[str, Any]) -> None:
 
 _TRUE: Final = {"1", "true", "yes", "on"}
 _FALSE: Final = {"0", "false", "no", "off"}
-_INT_TEXT: Final = re.compile(r"^\s*[+-]?\d+\s*$")
-_FLOAT_TEXT: Final = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
+#: ASCII only: ``int()`` / ``float()`` take fewer spaces (``\x1f``) than Unicode ``\s`` matches.
+_INT_TEXT: Final = re.compile(r"^\s*[+-]?\d+\s*$", re.ASCII)
+_FLOAT_TEXT: Final = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$", re.ASCII)
 
 
 def _convert(var: str, raw: str, kind: str) -> Any:

@@ -1,8 +1,8 @@
 """One frozen ``attrs`` configuration class per part of the platform, composed by :class:`openma.Settings`.
 
 :class:`SQLiteConfig`, :class:`PostgresConfig`, :class:`BlobConfig`, :class:`LocalSandboxConfig`,
-:class:`E2BConfig`, :class:`DaytonaConfig` and :class:`UpkeepConfig` each hold the knobs of one adapter (or
-one job), validated at construction exactly like ``Settings``: a bad value is a
+:class:`E2BConfig`, :class:`DaytonaConfig`, :class:`UpkeepConfig` and :class:`ModelConfig` each hold the knobs
+of one adapter (or one job), validated at construction exactly like ``Settings``: a bad value is a
 :class:`~openma.errors.ConfigError` whose ``details["field"]`` is the field's *setting name*, the flat name
 it has on ``Settings`` and in the docs (``sqlite_readers``, not ``readers``).
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from openma.config._field import markdown_table, render_docs, setting
+from openma.config.models import ModelConfig
 from openma.config.sandboxes import LOCAL_SANDBOX_PASS_ENV, DaytonaConfig, E2BConfig, LocalSandboxConfig, UpkeepConfig
 from openma.config.stores import PG_SCHEME, BlobConfig, PostgresConfig, SQLiteConfig, normalize_pg_url
 
@@ -31,6 +32,7 @@ PARTS: Final[dict[str, type[Any]]] = {
     "e2b": E2BConfig,
     "daytona": DaytonaConfig,
     "upkeep": UpkeepConfig,
+    "models": ModelConfig,
 }
 
 
@@ -42,6 +44,7 @@ __all__ = [
     "DaytonaConfig",
     "E2BConfig",
     "LocalSandboxConfig",
+    "ModelConfig",
     "PostgresConfig",
     "SQLiteConfig",
     "UpkeepConfig",
