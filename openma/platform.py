@@ -31,10 +31,12 @@ from openma.ports.kv import KVStore
 from openma.ports.telemetry import Telemetry
 from openma.ports.tenancy import TenantRef
 from openma.ports.tenants import TenantStore
+from openma.ports.vaults import CredentialStore, VaultStore
 from openma.settings import STORE_NAMES, Settings
 
 if TYPE_CHECKING:
     from openma.core.orchestrator import SandboxOrchestrator
+    from openma.core.secrets import KeyRing
 
 
 class TenantScope:
@@ -49,6 +51,8 @@ class TenantScope:
         self._kv: KVStore | None = None
         self._blobs: BlobStore | None = None
         self._sessions: Sessions | None = None
+        self._vaults: VaultStore | None = None
+        self._credentials: CredentialStore | None = None
 
     def __repr__(self) -> str:
         return f"TenantScope({self.tenant_id!r})"
@@ -75,6 +79,21 @@ class TenantScope:
         if self._kv is None:
             self._kv = self._platform.backend("kv").kv(self._ref)
         return self._kv
+
+    @property
+    def vaults(self) -> VaultStore:
+        """This tenant's vaults (``ConfigError`` on a platform without a root secret, see :attr:`Platform.keys`)."""
+        if self._vaults is None:
+            self._platform.keys  # noqa: B018 (a store holding secrets needs the key ring: fail here, not later)
+            self._vaults = self._platform.backend("vaults").vaults(self._ref)
+        return self._vaults
+
+    @property
+    def credentials(self) -> CredentialStore:
+        """This tenant's vault credentials: sealed at rest, redacted by ``get``/``list``, read by ``reveal``."""
+        if self._credentials is None:
+            self._credentials = self._platform.backend("vaults").credentials(self._ref, self._platform.keys)
+        return self._credentials
 
     @property
     def blobs(self) -> BlobStore:
@@ -122,6 +141,7 @@ class Platform:
         blobs: BlobStore | None = None,
         *,
         telemetry: Telemetry | None = None,
+        keys: KeyRing | None = None,
     ) -> None:
         given: object = settings
         if not isinstance(given, Settings):
@@ -138,6 +158,22 @@ class Platform:
         self._orchestrator_lock = anyio.Lock()
         self._task_group: TaskGroup | None = None
         self._closed = False
+        self._keys = keys
+
+    @property
+    def keys(self) -> KeyRing:
+        """The key ring that seals the stored secrets (see :mod:`openma.keyfile` for where it comes from).
+
+        ``ConfigError`` when no root secret is configured and the embedded default's key file does not
+        apply (the vault store is on a shared backend): set ``OPENMA_ROOT_SECRET``.
+        """
+        if self._keys is None:
+            from openma.keyfile import load_key_ring, missing_root_secret
+
+            self._keys = load_key_ring(self.settings)
+            if self._keys is None:
+                raise missing_root_secret(self.settings)
+        return self._keys
 
     def __repr__(self) -> str:
         placement = {s: self.settings.backend_for(s) for s in STORE_NAMES}
@@ -203,6 +239,9 @@ class Platform:
         elif not isinstance(given, Settings):
             hint = "; to open a database URL use Platform.from_url(url)" if isinstance(given, str) else ""
             raise ConfigError(f"settings must be an openma.Settings, got {type(given).__name__}{hint}")
+        from openma.keyfile import load_key_ring
+
+        keys = load_key_ring(settings)  # a bad root secret is a ConfigError before anything opens
         names = sorted({settings.backend_for(store) for store in STORE_NAMES})
         backends: dict[str, StoreBackend] = {}
         # blob_url is checked before any database file is created, the store set up after the backends open.
@@ -229,7 +268,7 @@ class Platform:
                 except Exception as close_exc:
                     exc.add_note(f"also failed to close the blob store: {close_exc!r}")
             raise
-        return cls(settings, backends, blobs, telemetry=telemetry)
+        return cls(settings, backends, blobs, telemetry=telemetry, keys=keys)
 
     def backend(self, store: str) -> StoreBackend:
         """The backend that holds ``store`` (``"agents"``, ``"sessions"``, ...)."""
