@@ -1,10 +1,11 @@
 """Where a platform's root secret comes from: ``OPENMA_ROOT_SECRET``, or the embedded default's key file.
 
 * ``root_secret`` set: it is the current key, ``root_secret_previous`` the retired ones.
-* Unset, and the vault store is on the embedded "cf" backend (one host, one SQLite file): a root secret is
+* Unset, and the stores holding secrets (:data:`SECRET_STORES`: vaults, and sessions with their secrets)
+  are on the embedded "cf" backend (one host, one SQLite file): a root secret is
   generated once into ``root_secret.key`` next to the SQLite file, created with mode 0600 and read back on
   later starts. Back it up with the database: without it the stored secrets cannot be read.
-* Unset, and the vault store is on any other backend (several hosts may share it, and a key generated on
+* Unset, and one of them is on any other backend (several hosts may share it, and a key generated on
   one of them would not be known to the others): there is no key ring, and opening a store that holds
   secrets is a ``ConfigError`` that names ``OPENMA_ROOT_SECRET``.
 """
@@ -21,6 +22,8 @@ from openma.errors import ConfigError
 from openma.settings import Settings
 
 KEY_FILE: Final = "root_secret.key"
+#: The stores that hold sealed secrets.
+SECRET_STORES: Final = ("vaults", "sessions")
 
 
 def key_file_path(settings: Settings) -> Path:
@@ -50,19 +53,19 @@ def load_key_ring(settings: Settings) -> KeyRing | None:
     """The platform's key ring (see the module), or ``None`` when no root secret is configured."""
     if settings.root_secret is not None:
         return KeyRing(settings.root_secret, settings.root_secret_previous)
-    if settings.backend_for("vaults") != "cf":
+    if any(settings.backend_for(store) != "cf" for store in SECRET_STORES):
         return None
     return KeyRing(_read_or_create(key_file_path(settings)), settings.root_secret_previous)
 
 
 def missing_root_secret(settings: Settings) -> ConfigError:
     """The error of a platform that opens a store holding secrets without a root secret."""
-    backend = settings.backend_for("vaults")
+    placed = ", ".join(f"{store} on {settings.backend_for(store)!r}" for store in SECRET_STORES)
     return ConfigError(
-        f"the vault store is on backend {backend!r} and no root secret is set; set OPENMA_ROOT_SECRET "
+        f"stores holding secrets ({placed}) need a root secret and none is set; set OPENMA_ROOT_SECRET "
         "(at least 16 characters) so every host derives the same keys",
         field="root_secret",
     )
 
 
-__all__ = ["KEY_FILE", "key_file_path", "load_key_ring", "missing_root_secret"]
+__all__ = ["KEY_FILE", "SECRET_STORES", "key_file_path", "load_key_ring", "missing_root_secret"]

@@ -191,7 +191,8 @@ class Session(Value):
 
     ``agent`` and ``environment`` are snapshots frozen at creation: later edits of the agent or environment
     do not change a running session. ``last_seq`` is the seq of the newest event (0 for an empty log) and
-    ``first_seq`` the oldest seq retention kept (1 until something is pruned).
+    ``first_seq`` the oldest seq retention kept (1 until something is pruned). ``vault_ids`` are the vaults
+    whose credentials the session may use (their secrets are never copied into it).
     """
 
     id: str
@@ -208,6 +209,8 @@ class Session(Value):
     created_at: datetime
     updated_at: datetime
     archived_at: datetime | None = None
+    #: The vaults whose credentials this session may use (given at creation).
+    vault_ids: list[str] = attrs.Factory(list)
 
 
 @attrs.frozen(unsafe_hash=False)

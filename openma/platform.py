@@ -30,6 +30,7 @@ from openma.ports.environments import EnvironmentStore
 from openma.ports.kv import KVStore
 from openma.ports.telemetry import Telemetry
 from openma.ports.tenancy import TenantRef
+from openma.ports.session_secrets import SessionSecretStore
 from openma.ports.tenants import TenantStore
 from openma.ports.vaults import CredentialStore, VaultStore
 from openma.settings import STORE_NAMES, Settings
@@ -53,6 +54,7 @@ class TenantScope:
         self._sessions: Sessions | None = None
         self._vaults: VaultStore | None = None
         self._credentials: CredentialStore | None = None
+        self._session_secrets: SessionSecretStore | None = None
 
     def __repr__(self) -> str:
         return f"TenantScope({self.tenant_id!r})"
@@ -96,6 +98,14 @@ class TenantScope:
         return self._credentials
 
     @property
+    def session_secrets(self) -> SessionSecretStore:
+        """Secret values of this tenant's sessions: sealed at rest, deleted with their session."""
+        if self._session_secrets is None:
+            backend = self._platform.backend("sessions")
+            self._session_secrets = backend.session_secrets(self._ref, self._platform.keys)
+        return self._session_secrets
+
+    @property
     def blobs(self) -> BlobStore:
         """This tenant's blobs: every key lives under ``t/<tenant_id>/`` of the platform's blob store.
 
@@ -127,6 +137,7 @@ class TenantScope:
                 telemetry=self._platform.telemetry,
                 sandboxes=self._platform.sandbox_orchestrator,
                 opened_sandboxes=lambda: self._platform._orchestrator,
+                vaults=lambda: self.vaults,
             )
         return self._sessions
 

@@ -229,8 +229,8 @@ class Settings:
         "OPENMA_ROOT_SECRET",
         "The root secret the keys of vault credentials and session secrets are derived from (HKDF-SHA256, "
         "one key per purpose; at least 16 characters). Unset: the embedded default keeps a generated one in "
-        "`root_secret.key` (mode 0600) next to the SQLite file; a vault store on another backend is a "
-        "`ConfigError`. Never printed. See docs/secrets.md.",
+        "`root_secret.key` (mode 0600) next to the SQLite file; vaults or sessions on another backend need it "
+        "set (else `ConfigError`). Never printed. See docs/secrets.md.",
         default=None,
         validator=string(optional=True),
         secret=True,

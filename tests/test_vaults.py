@@ -153,3 +153,51 @@ async def test_a_ciphertext_copied_to_another_row_does_not_decrypt(
                 await store.reveal(target)
             assert "ghp_victim" not in str(caught.value) and caught.value.key_id == oma.keys.key_id
         assert (await ta.credentials.reveal(victim.id))["token"] == "ghp_victim_token_0123"
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_sessions_name_their_vaults_and_keep_secrets_until_deleted(
+    engine: str, engine_url: str, tmp_path: Path, anyio_backend: str
+) -> None:
+    from openma import Conflict, InvalidInput, NotFound
+
+    url = f"sqlite:///{engine_url}" if engine == "sqlite" else engine_url
+    async with Platform.from_url(url, blob_url=f"file://{tmp_path}/b", root_secret=ROOT) as oma:
+        a, b = await oma.tenants.create(name="a"), await oma.tenants.create(name="b")
+        t, other = oma.tenant(a.id), oma.tenant(b.id)
+        agent = await t.agents.create(name="a", model="m")
+        env = await t.environments.create(name="e")
+        vault = await t.vaults.create(name="v")
+        foreign = await other.vaults.create(name="v")
+        session = await t.sessions.create(agent_id=agent.id, environment_id=env.id, vault_ids=[vault.id, vault.id])
+        assert session.vault_ids == [vault.id] and (await t.sessions.get(session.id)).vault_ids == [vault.id]
+        for bad, error in (([foreign.id], NotFound), (["vlt_" + "0" * 26], NotFound), (["x"], InvalidInput)):
+            with pytest.raises(error):
+                await t.sessions.create(agent_id=agent.id, environment_id=env.id, vault_ids=bad)
+        with pytest.raises(InvalidInput):
+            await t.sessions.create(agent_id=agent.id, environment_id=env.id, vault_ids=vault.id)  # type: ignore[arg-type]
+        await t.vaults.archive(vault.id)
+        with pytest.raises(Conflict):
+            await t.sessions.create(agent_id=agent.id, environment_id=env.id, vault_ids=[vault.id])
+
+        secrets = t.session_secrets
+        await secrets.put(session.id, "GITHUB_TOKEN", "ghp_session_secret_1")
+        await secrets.put(session.id, "GITHUB_TOKEN", "ghp_session_secret_2")
+        await secrets.put(session.id, "NPM_TOKEN", "npm_secret")
+        assert await secrets.names(session.id) == ["GITHUB_TOKEN", "NPM_TOKEN"]
+        assert await secrets.reveal(session.id, "GITHUB_TOKEN") == "ghp_session_secret_2"
+        with pytest.raises(NotFound):
+            await other.session_secrets.reveal(session.id, "GITHUB_TOKEN")
+        with pytest.raises(NotFound):
+            await other.session_secrets.put(session.id, "X", "y")
+        with pytest.raises(InvalidInput):
+            await secrets.put(session.id, "bad name", "y")
+        await secrets.remove(session.id, "NPM_TOKEN")
+        with pytest.raises(NotFound):
+            await secrets.remove(session.id, "NPM_TOKEN")
+        client = oma.backend("sessions").client  # type: ignore[attr-defined]
+        await t.sessions.delete(session.id)
+        rows = await client.fetch_all("SELECT name FROM session_secrets WHERE session_id = ?", (session.id,))
+        assert rows == []
+        with pytest.raises(NotFound):
+            await secrets.put(session.id, "GITHUB_TOKEN", "again")

@@ -14,6 +14,7 @@ from openma.ports.agents import AgentStore
 from openma.ports.blobs import BlobStore
 from openma.ports.environments import EnvironmentStore
 from openma.ports.kv import KVStore
+from openma.ports.session_secrets import SessionSecretStore
 from openma.ports.sessions import SessionStore
 from openma.ports.tenancy import TenantRef
 from openma.ports.tenants import TenantStore
@@ -41,6 +42,10 @@ class StoreBackend(Protocol):
 
     def credentials(self, tenant: TenantRef, keys: KeyRing) -> CredentialStore:
         """Credentials, sealed and opened with ``keys`` (the platform's key ring)."""
+        ...
+
+    def session_secrets(self, tenant: TenantRef, keys: KeyRing) -> SessionSecretStore:
+        """Per-session secrets, in the same store as the sessions (deleted with them)."""
         ...
 
     def sessions(

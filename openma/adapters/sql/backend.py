@@ -13,6 +13,7 @@ from openma.adapters.sql.credentials import SqlCredentialStore
 from openma.adapters.sql.engine import SqlEngine, engine_of
 from openma.adapters.sql.environments import SqlEnvironmentStore
 from openma.adapters.sql.kv import SqlKVStore
+from openma.adapters.sql.session_secrets import SqlSessionSecretStore
 from openma.adapters.sql.sessions import SqlSessionStore
 from openma.adapters.sql.tenants import SqlTenantStore
 from openma.adapters.sql.vaults import SqlVaultStore
@@ -78,6 +79,9 @@ class SqlStoreBackend:
 
     def credentials(self, tenant: TenantRef, keys: KeyRing) -> SqlCredentialStore:
         return SqlCredentialStore(self.client, tenant, keys, self.clock)
+
+    def session_secrets(self, tenant: TenantRef, keys: KeyRing) -> SqlSessionSecretStore:
+        return SqlSessionSecretStore(self.client, tenant, keys, self.clock)
 
     def sessions(
         self, tenant: TenantRef, *, blobs: BlobStore | None = None, settings: Settings | None = None
