@@ -28,9 +28,9 @@ from openma.ports.backend import StoreBackend
 from openma.ports.blobs import BlobStore
 from openma.ports.environments import EnvironmentStore
 from openma.ports.kv import KVStore
+from openma.ports.session_secrets import SessionSecretStore
 from openma.ports.telemetry import Telemetry
 from openma.ports.tenancy import TenantRef
-from openma.ports.session_secrets import SessionSecretStore
 from openma.ports.tenants import TenantStore
 from openma.ports.vaults import CredentialStore, VaultStore
 from openma.settings import STORE_NAMES, Settings
