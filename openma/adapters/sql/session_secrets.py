@@ -64,7 +64,8 @@ class SqlSessionSecretStore:
         name = _name(name)
         row = await self._db.fetch_one(
             "SELECT s.sealed FROM session_secrets s"
-            " JOIN sessions x ON x.tenant_id = s.tenant_id AND x.id = s.session_id WHERE s.tenant_id = ? AND s.session_id = ? AND s.name = ? AND x.deleted_at IS NULL",
+            " JOIN sessions x ON x.tenant_id = s.tenant_id AND x.id = s.session_id"
+            " WHERE s.tenant_id = ? AND s.session_id = ? AND s.name = ? AND x.deleted_at IS NULL",
             (self.tenant_id, session_id, name),
         )
         if row is None:
