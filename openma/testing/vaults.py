@@ -107,6 +107,7 @@ class CredentialContract(_VaultBase):
         cred = await credentials.create(vault_id=vault_id, display_name="gh bot", auth=bearer())
         assert cred.auth == {"type": "static_bearer", "hosts": ["api.github.com"], "token": None}
         assert cred.auth_preview == "…" + TOKEN[-4:]
+        assert await credentials.get(cred.id) == cred
         assert TOKEN not in repr(cred) and TOKEN not in repr(await credentials.list(vault_id=vault_id))
         assert await credentials.reveal(cred.id) == bearer()
         assert [c.id for c in (await credentials.list(vault_id=vault_id)).items] == [cred.id]

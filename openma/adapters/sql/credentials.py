@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from openma.adapters.sql.entity import Filter, TenantBoundStore
 from openma.core import validate
-from openma.core.clock import Clock
+from openma.core.clock import Clock, ms_to_datetime
 from openma.core.credentials import check_auth, preview, public_part
 from openma.core.ids import check_id
 from openma.core.jsonutil import dumps, loads
@@ -128,7 +128,18 @@ class SqlCredentialStore(TenantBoundStore[Credential]):
                 vault_id=vault_id,
                 limit=MAX_ACTIVE_PER_VAULT,
             )
-        return await self.get(credential_id)
+        created = ms_to_datetime(now)
+        return Credential(
+            id=credential_id,
+            tenant_id=self.tenant_id,
+            display_name=name,
+            vault_id=vault_id,
+            auth=public_part(checked),
+            auth_preview=values["auth_preview"],
+            metadata=meta,
+            created_at=created,
+            updated_at=created,
+        )
 
     @staticmethod
     def _mcp_taken(vault_id: str, url: str | None) -> Conflict:
