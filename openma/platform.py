@@ -252,7 +252,9 @@ class Platform:
             raise ConfigError(f"settings must be an openma.Settings, got {type(given).__name__}{hint}")
         from openma.keyfile import load_key_ring
 
-        keys = load_key_ring(settings)  # a bad root secret is a ConfigError before anything opens
+        # A bad root secret is a ConfigError before anything opens; a generated key file is made (or read)
+        # once the backends are open, so a configuration refused by them leaves no file behind.
+        keys = load_key_ring(settings) if settings.root_secret is not None else None
         names = sorted({settings.backend_for(store) for store in STORE_NAMES})
         backends: dict[str, StoreBackend] = {}
         # blob_url is checked before any database file is created, the store set up after the backends open.
@@ -267,6 +269,8 @@ class Platform:
             setup = getattr(blobs, "setup", None)
             if setup is not None:
                 await setup()
+            if keys is None:
+                keys = load_key_ring(settings)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 for backend in backends.values():
