@@ -201,3 +201,41 @@ async def test_sessions_name_their_vaults_and_keep_secrets_until_deleted(
         assert rows == []
         with pytest.raises(NotFound):
             await secrets.put(session.id, "GITHUB_TOKEN", "again")
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+_AUTH_KEYS = st.sampled_from(
+    ["type", "token", "hosts", "header", "mcp_server_url", "access_token", "refresh_token", "client_secret",
+     "token_endpoint", "client_id", "expires_at", "extra"]
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(_AUTH_KEYS, _JSON | st.sampled_from(["static_bearer", "mcp_oauth", "https://x.io/", ["a.io"]])))
+def test_any_auth_is_checked_or_refused_with_a_typed_error(auth: dict[str, object]) -> None:
+    from openma import InvalidInput
+    from openma.core.credentials import SECRET_FIELDS, check_auth, public_part
+
+    refused: InvalidInput | None = None
+    try:
+        checked = check_auth(auth)
+    except InvalidInput as exc:
+        refused = exc
+    if refused is not None:
+        assert refused.details.get("field", "").startswith("auth")
+        return
+    assert all(public_part(checked)[field] is None for field in SECRET_FIELDS[checked["type"]])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=80))
+def test_any_stored_text_opens_or_is_secret_unreadable(token: str) -> None:
+    ring = KeyRing(ROOT)
+    with pytest.raises(SecretUnreadable):
+        ring.open(token, "credentials", WHERE)
+    with pytest.raises(SecretUnreadable):
+        ring.open(f"{FORMAT}.{ring.key_id}.{token}", "credentials", WHERE)
