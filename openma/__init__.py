@@ -28,6 +28,7 @@ from openma.errors import (
     SandboxRateLimited,
     SandboxRestoreFailed,
     SandboxTimeout,
+    SecretUnreadable,
     SessionBusy,
     SpillIntegrityError,
     StorageUnavailable,
@@ -36,6 +37,7 @@ from openma.errors import (
 from openma.models import (
     Agent,
     AgentVersion,
+    Credential,
     Environment,
     Event,
     GcReport,
@@ -44,6 +46,7 @@ from openma.models import (
     Session,
     Stream,
     Tenant,
+    Vault,
     to_json,
 )
 from openma.platform import Platform, TenantScope
@@ -63,6 +66,7 @@ __all__ = [
     "BlobStore",
     "ConfigError",
     "Conflict",
+    "Credential",
     "Environment",
     "Event",
     "EventTail",
@@ -89,6 +93,7 @@ __all__ = [
     "SandboxRestoreFailed",
     "SandboxSpec",
     "SandboxTimeout",
+    "SecretUnreadable",
     "Session",
     "SessionActor",
     "SessionBusy",
@@ -101,6 +106,7 @@ __all__ = [
     "Telemetry",
     "Tenant",
     "TenantScope",
+    "Vault",
     "VersionConflict",
     "__version__",
     "sse",

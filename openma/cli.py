@@ -299,6 +299,89 @@ def gc(older_than: str, tenant_ids: tuple[str, ...], batch_size: int, dry_run: b
     _run(go)
 
 
+@main.group()
+def keys() -> None:
+    """Root secret operations: which key ids protect the stored secrets, and rotation to the current one."""
+
+
+def _sealed_by_backend(oma: Any) -> dict[str, tuple[Any, list[Any]]]:
+    """Each backend holding sealed columns, with those columns (credentials with vaults, secrets with sessions)."""
+    from openma.adapters.sql.rotate import SEALED
+
+    out: dict[str, tuple[Any, list[Any]]] = {}
+    for col in SEALED:
+        backend = oma.backend(col.store)
+        if getattr(backend, "client", None) is None:
+            raise click.ClickException(f"backend {backend.name!r} is not a SQL backend; it rotates its own secrets")
+        out.setdefault(backend.name, (backend.client, []))[1].append(col)
+    return out
+
+
+@keys.command("status")
+def keys_status() -> None:
+    """Show how many ciphertexts each key id still protects (a retired key can go once it protects none)."""
+    from openma.adapters.sql.rotate import admin_key_status
+    from openma.platform import Platform
+
+    settings = _settings()
+
+    async def go() -> None:
+        async with Platform.open(settings) as oma:
+            ring = oma.keys
+            counts: dict[str, int] = {}
+            for client, columns in _sealed_by_backend(oma).values():
+                for key_id, n in (await admin_key_status(client, columns)).items():
+                    counts[key_id] = counts.get(key_id, 0) + n
+        role = {key_id: "previous" for key_id in ring.key_ids[1:]} | {ring.key_id: "current"}
+        click.echo(f"current key id: {ring.key_id}")
+        for key_id in sorted(set(counts) | set(role), key=lambda k: (k != ring.key_id, k)):
+            click.echo(f"  {key_id}  {role.get(key_id, 'UNKNOWN'):<8}  {counts.get(key_id, 0)} ciphertext(s)")
+
+    _run(go)
+
+
+@keys.command("rotate")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=500, show_default=True)
+def keys_rotate(batch_size: int) -> None:
+    """Re-encrypt every stored secret under OPENMA_ROOT_SECRET, in batches; safe to stop and run again.
+
+    Keep the old secret in OPENMA_ROOT_SECRET_PREVIOUS until this reports nothing unreadable and
+    `keys status` shows it protects no ciphertext.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from openma.adapters.sql.rotate import RotationReport, admin_pending, admin_rotate
+    from openma.platform import Platform
+
+    settings = _settings()
+
+    async def go() -> RotationReport:
+        total = RotationReport()
+        async with Platform.open(settings) as oma:
+            ring = oma.keys
+            parts = _sealed_by_backend(oma)
+            pending = sum([await admin_pending(client, ring, columns) for client, columns in parts.values()])
+            columns_shown = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+            with Progress(*columns_shown, transient=False) as bar:
+                task = bar.add_task(f"re-encrypting under key id {ring.key_id}", total=pending)
+                for client, columns in parts.values():
+                    total = total + await admin_rotate(
+                        client, ring, columns=columns, batch_size=batch_size, progress=lambda n: bar.advance(task, n)
+                    )
+            click.echo(
+                f"rotated {total.rotated} ciphertext(s) to key id {ring.key_id}; "
+                f"{total.skipped} already current or changed meanwhile; {total.unreadable} unreadable"
+            )
+        return total
+
+    report = _run(go)
+    if report.unreadable:
+        raise click.ClickException(
+            f"{report.unreadable} ciphertext(s) could not be opened with the configured root secrets; "
+            "add their secret to OPENMA_ROOT_SECRET_PREVIOUS and run again (see: keys status)"
+        )
+
+
 def _gc_counts(report: Any, expired: int | None) -> str:
     kv = "kv not counted (expired keys are already invisible)" if expired is None else f"kv {expired}"
     return (

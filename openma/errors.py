@@ -173,6 +173,23 @@ class SpillIntegrityError(OpenmaError):
         self.reason = reason
 
 
+class SecretUnreadable(OpenmaError):
+    """A stored secret cannot be decrypted: its key id is unknown, or it does not authenticate.
+
+    ``key_id`` names the key the ciphertext says it was sealed with (never the key or the secret itself).
+    An unknown key id means neither ``OPENMA_ROOT_SECRET`` nor ``OPENMA_ROOT_SECRET_PREVIOUS`` holds the root
+    secret it came from; a known one that fails means the ciphertext was altered or moved to another row,
+    field or tenant (its associated data no longer matches).
+    """
+
+    code = "secret_unreadable"
+    http_status = 500
+
+    def __init__(self, message: str, *, key_id: str, **details: Any) -> None:
+        super().__init__(message, key_id=key_id, **details)
+        self.key_id = key_id
+
+
 __all__ = [
     "Conflict",
     "ConfigError",
@@ -185,6 +202,7 @@ __all__ = [
     "SandboxGone",
     "SandboxRateLimited",
     "SandboxTimeout",
+    "SecretUnreadable",
     "SessionBusy",
     "SpillIntegrityError",
     "StorageUnavailable",

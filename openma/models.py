@@ -5,7 +5,8 @@ Timestamps are timezone-aware UTC ``datetime`` values; JSON payloads stay plain 
 * **Frozen** means the attributes cannot be reassigned; the ``dict``/``list`` values inside (``metadata``,
   ``data``, ``tools``, ...) are ordinary containers, so treat them as read-only.
 * **Equality** is by value. **Hashing:** a model that holds such containers (``Page``, ``Tenant``, ``Agent``,
-  ``AgentVersion``, ``Environment``, ``Session``, ``Event``, ``InboxItem``) is deliberately unhashable:
+  ``AgentVersion``, ``Environment``, ``Vault``, ``Credential``, ``Session``, ``Event``, ``InboxItem``) is
+  deliberately unhashable:
   ``hash()`` raises ``TypeError`` naming the class; key a ``dict`` or ``set`` by its ``id`` instead.
   ``Stream`` and ``GcReport`` hold only immutable values and are hashable.
 * **JSON:** every model has ``to_dict()`` (JSON-ready: datetimes as ISO 8601 strings, nested models as
@@ -149,12 +150,49 @@ class Environment(Value):
 
 
 @attrs.frozen(unsafe_hash=False)
+class Vault(Value):
+    """A named group of credentials a session can be given (``vault_ids=``); holds no secret itself."""
+
+    id: str
+    tenant_id: str
+    name: str
+    description: str
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    archived_at: datetime | None = None
+
+
+@attrs.frozen(unsafe_hash=False)
+class Credential(Value):
+    """A credential of a vault, as ``get``/``list`` return it: its secret fields are ``None``.
+
+    ``auth`` keeps the public fields (``type``, ``hosts``, ``header``, ``mcp_server_url``, ...) and every
+    secret field (``token``, ``access_token``, ``refresh_token``, ``client_secret``) set to ``None``;
+    ``auth_preview`` is ``"…"`` and the last 4 characters of the token (just ``"…"`` for a token under 12
+    characters). ``credentials.reveal(id)`` is the one way to read the secret.
+    """
+
+    id: str
+    tenant_id: str
+    vault_id: str
+    display_name: str
+    auth: dict[str, Any]
+    auth_preview: str
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    archived_at: datetime | None = None
+
+
+@attrs.frozen(unsafe_hash=False)
 class Session(Value):
     """One conversation of an agent in an environment, with its event log.
 
     ``agent`` and ``environment`` are snapshots frozen at creation: later edits of the agent or environment
     do not change a running session. ``last_seq`` is the seq of the newest event (0 for an empty log) and
-    ``first_seq`` the oldest seq retention kept (1 until something is pruned).
+    ``first_seq`` the oldest seq retention kept (1 until something is pruned). ``vault_ids`` are the vaults
+    whose credentials the session may use (their secrets are never copied into it).
     """
 
     id: str
@@ -171,6 +209,8 @@ class Session(Value):
     created_at: datetime
     updated_at: datetime
     archived_at: datetime | None = None
+    #: The vaults whose credentials this session may use (given at creation).
+    vault_ids: list[str] = attrs.Factory(list)
 
 
 @attrs.frozen(unsafe_hash=False)

@@ -28,13 +28,16 @@ from openma.ports.backend import StoreBackend
 from openma.ports.blobs import BlobStore
 from openma.ports.environments import EnvironmentStore
 from openma.ports.kv import KVStore
+from openma.ports.session_secrets import SessionSecretStore
 from openma.ports.telemetry import Telemetry
 from openma.ports.tenancy import TenantRef
 from openma.ports.tenants import TenantStore
+from openma.ports.vaults import CredentialStore, VaultStore
 from openma.settings import STORE_NAMES, Settings
 
 if TYPE_CHECKING:
     from openma.core.orchestrator import SandboxOrchestrator
+    from openma.core.secrets import KeyRing
 
 
 class TenantScope:
@@ -49,6 +52,9 @@ class TenantScope:
         self._kv: KVStore | None = None
         self._blobs: BlobStore | None = None
         self._sessions: Sessions | None = None
+        self._vaults: VaultStore | None = None
+        self._credentials: CredentialStore | None = None
+        self._session_secrets: SessionSecretStore | None = None
 
     def __repr__(self) -> str:
         return f"TenantScope({self.tenant_id!r})"
@@ -75,6 +81,29 @@ class TenantScope:
         if self._kv is None:
             self._kv = self._platform.backend("kv").kv(self._ref)
         return self._kv
+
+    @property
+    def vaults(self) -> VaultStore:
+        """This tenant's vaults (``ConfigError`` on a platform without a root secret, see :attr:`Platform.keys`)."""
+        if self._vaults is None:
+            self._platform.keys  # noqa: B018 (a store holding secrets needs the key ring: fail here, not later)
+            self._vaults = self._platform.backend("vaults").vaults(self._ref)
+        return self._vaults
+
+    @property
+    def credentials(self) -> CredentialStore:
+        """This tenant's vault credentials: sealed at rest, redacted by ``get``/``list``, read by ``reveal``."""
+        if self._credentials is None:
+            self._credentials = self._platform.backend("vaults").credentials(self._ref, self._platform.keys)
+        return self._credentials
+
+    @property
+    def session_secrets(self) -> SessionSecretStore:
+        """Secret values of this tenant's sessions: sealed at rest, deleted with their session."""
+        if self._session_secrets is None:
+            backend = self._platform.backend("sessions")
+            self._session_secrets = backend.session_secrets(self._ref, self._platform.keys)
+        return self._session_secrets
 
     @property
     def blobs(self) -> BlobStore:
@@ -108,6 +137,7 @@ class TenantScope:
                 telemetry=self._platform.telemetry,
                 sandboxes=self._platform.sandbox_orchestrator,
                 opened_sandboxes=lambda: self._platform._orchestrator,
+                vaults=lambda: self.vaults,
             )
         return self._sessions
 
@@ -122,6 +152,7 @@ class Platform:
         blobs: BlobStore | None = None,
         *,
         telemetry: Telemetry | None = None,
+        keys: KeyRing | None = None,
     ) -> None:
         given: object = settings
         if not isinstance(given, Settings):
@@ -138,6 +169,22 @@ class Platform:
         self._orchestrator_lock = anyio.Lock()
         self._task_group: TaskGroup | None = None
         self._closed = False
+        self._keys = keys
+
+    @property
+    def keys(self) -> KeyRing:
+        """The key ring that seals the stored secrets (see :mod:`openma.keyfile` for where it comes from).
+
+        ``ConfigError`` when no root secret is configured and the embedded default's key file does not
+        apply (the vault store is on a shared backend): set ``OPENMA_ROOT_SECRET``.
+        """
+        if self._keys is None:
+            from openma.keyfile import load_key_ring, missing_root_secret
+
+            self._keys = load_key_ring(self.settings)
+            if self._keys is None:
+                raise missing_root_secret(self.settings)
+        return self._keys
 
     def __repr__(self) -> str:
         placement = {s: self.settings.backend_for(s) for s in STORE_NAMES}
@@ -203,6 +250,11 @@ class Platform:
         elif not isinstance(given, Settings):
             hint = "; to open a database URL use Platform.from_url(url)" if isinstance(given, str) else ""
             raise ConfigError(f"settings must be an openma.Settings, got {type(given).__name__}{hint}")
+        from openma.keyfile import load_key_ring
+
+        # A bad root secret is a ConfigError before anything opens; a generated key file is made (or read)
+        # once the backends are open, so a configuration refused by them leaves no file behind.
+        keys = load_key_ring(settings) if settings.root_secret is not None else None
         names = sorted({settings.backend_for(store) for store in STORE_NAMES})
         backends: dict[str, StoreBackend] = {}
         # blob_url is checked before any database file is created, the store set up after the backends open.
@@ -217,6 +269,8 @@ class Platform:
             setup = getattr(blobs, "setup", None)
             if setup is not None:
                 await setup()
+            if keys is None:
+                keys = load_key_ring(settings)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 for backend in backends.values():
@@ -229,7 +283,7 @@ class Platform:
                 except Exception as close_exc:
                     exc.add_note(f"also failed to close the blob store: {close_exc!r}")
             raise
-        return cls(settings, backends, blobs, telemetry=telemetry)
+        return cls(settings, backends, blobs, telemetry=telemetry, keys=keys)
 
     def backend(self, store: str) -> StoreBackend:
         """The backend that holds ``store`` (``"agents"``, ``"sessions"``, ...)."""

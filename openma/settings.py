@@ -41,14 +41,14 @@ from openma.config import (
     UpkeepConfig,
     setting,
 )
-from openma.config._field import MAX_SECONDS, default_of
+from openma.config._field import MAX_SECONDS, default_of, secret_list
 from openma.core.events import MAX_EVENT_BYTES
 from openma.errors import ConfigError
 
 __all__ = ["DEFAULT_KEY", "LOCAL_SANDBOX_PASS_ENV", "MAX_SECONDS", "STORE_NAMES", "Settings", "redact_secrets"]
 
 #: The stores whose backend can be chosen one by one in ``STORE_BACKENDS`` (each new store adds its name).
-STORE_NAMES: Final = ("tenants", "agents", "environments", "sessions", "kv")
+STORE_NAMES: Final = ("tenants", "agents", "environments", "sessions", "kv", "vaults")
 DEFAULT_KEY: Final = "default"
 T = TypeVar("T")
 
@@ -229,9 +229,22 @@ class Settings:
     root_secret: str | None = setting(
         "root_secret",
         "OPENMA_ROOT_SECRET",
-        "Reserved: used by vaults (the root secret their keys are derived from). Never printed.",
+        "The root secret the keys of vault credentials and session secrets are derived from (HKDF-SHA256, "
+        "one key per purpose; at least 16 characters). Unset: the embedded default keeps a generated one in "
+        "`root_secret.key` (mode 0600) next to the SQLite file; vaults or sessions on another backend need it "
+        "set (else `ConfigError`). Never printed. See docs/secrets.md.",
         default=None,
         validator=string(optional=True),
+        secret=True,
+    )
+    root_secret_previous: tuple[str, ...] = setting(
+        "root_secret_previous",
+        "OPENMA_ROOT_SECRET_PREVIOUS",
+        "Comma-separated retired root secrets that still decrypt (until `python -m openma keys rotate` has "
+        "re-encrypted everything under the current one). Never printed.",
+        default=(),
+        converter=secret_list,
+        kind="raw",
         secret=True,
     )
     per_tenant_db_enabled: bool = setting(

@@ -161,6 +161,6 @@ def test_a_bad_database_url_for_pg_names_the_variable(tmp_path: Path) -> None:
 
 
 def test_unknown_stores_are_refused_before_anything_opens(tmp_path: Path) -> None:
-    out = cli("migrate", cwd=tmp_path, env={"STORE_BACKENDS": '{"default": "cf", "vaults": "pg"}'})
-    assert out.returncode == 2 and "unknown store 'vaults'" in out.stderr
+    out = cli("migrate", cwd=tmp_path, env={"STORE_BACKENDS": '{"default": "cf", "vault": "pg"}'})
+    assert out.returncode == 2 and "unknown store 'vault'" in out.stderr
     assert files_under(tmp_path) == []

@@ -124,6 +124,7 @@ PUBLIC_NAMES = [
     "BlobStore",
     "ConfigError",
     "Conflict",
+    "Credential",
     "Environment",
     "Event",
     "EventTail",
@@ -150,6 +151,7 @@ PUBLIC_NAMES = [
     "SandboxRestoreFailed",
     "SandboxSpec",
     "SandboxTimeout",
+    "SecretUnreadable",
     "Session",
     "SessionActor",
     "SessionBusy",
@@ -162,6 +164,7 @@ PUBLIC_NAMES = [
     "Telemetry",
     "Tenant",
     "TenantScope",
+    "Vault",
     "VersionConflict",
     "__version__",
     "sse",
@@ -187,6 +190,7 @@ ERROR_CODES = {
     "SandboxGone": "sandbox_gone",
     "SandboxRestoreFailed": "sandbox_restore_failed",
     "SpillIntegrityError": "spill_integrity",
+    "SecretUnreadable": "secret_unreadable",
 }
 
 #: The HTTP status each error suggests to a host that speaks HTTP.
@@ -208,6 +212,7 @@ HTTP_STATUSES = {
     "SandboxGone": 410,
     "SandboxRestoreFailed": 503,
     "SpillIntegrityError": 500,
+    "SecretUnreadable": 500,
 }
 
 

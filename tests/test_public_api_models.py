@@ -94,6 +94,7 @@ async def test_a_host_test_records_telemetry_with_the_testing_fakes(tmp_path: Pa
         "AgentStoreContract",
         "BackendFactory",
         "BlobStoreContract",
+        "CredentialContract",
         "EnvironmentStoreContract",
         "EventLogContract",
         "KVContract",
@@ -101,6 +102,7 @@ async def test_a_host_test_records_telemetry_with_the_testing_fakes(tmp_path: Pa
         "SandboxContract",
         "TelemetryRecord",
         "TenantStoreContract",
+        "VaultContract",
         "requires",
     ]
     for name in openma.testing.__all__:

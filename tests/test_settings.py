@@ -127,7 +127,7 @@ def test_settings_are_frozen_and_evolve() -> None:
         ("42", "must be a JSON object"),
         ("null", "must be a JSON object"),
         ('{"agentz": "cf"}', "unknown store 'agentz'"),
-        ('{"vaults": "cf"}', "unknown store 'vaults'"),
+        ('{"vault": "cf"}', "unknown store 'vault'"),
         ('{"memory": "pg"}', "unknown store 'memory'"),
         ('{"files": "cf"}', "unknown store 'files'"),
         ('{"usage": "cf"}', "unknown store 'usage'"),
@@ -297,7 +297,7 @@ _ANY = st.one_of(
     st.sampled_from(["cf", "pg", "local", "e2b", "file://x", "memory://b", "postgresql://u@h/d", "[[[", "{}"]),
     st.binary(max_size=4),
     st.lists(st.text(max_size=4), max_size=3),
-    st.dictionaries(st.sampled_from(["default", *STORE_NAMES, "vaults", "x"]), st.sampled_from(["cf", "pg", 1])),
+    st.dictionaries(st.sampled_from(["default", *STORE_NAMES, "vault", "x"]), st.sampled_from(["cf", "pg", 1])),
     st.dictionaries(st.one_of(st.text(max_size=3), st.integers()), st.integers(), max_size=2),
 )
 

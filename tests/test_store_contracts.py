@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-from openma.testing import AgentStoreContract, EnvironmentStoreContract, TenantStoreContract
+from openma.testing import (
+    AgentStoreContract,
+    CredentialContract,
+    EnvironmentStoreContract,
+    TenantStoreContract,
+    VaultContract,
+)
 from tests.fixtures.engines import ANYIO_BACKENDS
 
 pytestmark = pytest.mark.usefixtures("adapter_capabilities")
@@ -28,4 +34,12 @@ class TestAgents(AgentStoreContract):
 
 
 class TestEnvironments(EnvironmentStoreContract):
+    pass
+
+
+class TestVaults(VaultContract):
+    pass
+
+
+class TestCredentials(CredentialContract):
     pass

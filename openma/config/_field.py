@@ -50,6 +50,17 @@ def setting(
     return attrs.field(default=default, validator=validator, converter=converter, repr=repr_, metadata=metadata)
 
 
+def secret_list(value: object) -> tuple[str, ...]:
+    """``root_secret_previous``: a comma-separated string (or a list of strings) as a tuple, blanks dropped."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(
+            "root_secret_previous must be a comma-separated string or a list of strings", field="root_secret_previous"
+        )
+    return tuple(v.strip() for v in value if v.strip())
+
+
 def optional_int(lo: int, hi: int) -> Validator:
     return attrs.validators.optional(integer_in(lo, hi))
 

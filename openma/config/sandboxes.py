@@ -32,10 +32,8 @@ def _parse_pass_env(value: object) -> tuple[str, ...]:
             raise ConfigError(
                 f"local_sandbox_pass_env has an invalid variable name {name!r}", field="local_sandbox_pass_env"
             )
-        if name == "OPENMA_ROOT_SECRET":
-            raise ConfigError(
-                "OPENMA_ROOT_SECRET can never be passed to sandboxed commands", field="local_sandbox_pass_env"
-            )
+        if name in ("OPENMA_ROOT_SECRET", "OPENMA_ROOT_SECRET_PREVIOUS"):
+            raise ConfigError(f"{name} can never be passed to sandboxed commands", field="local_sandbox_pass_env")
         out.append(name)
     return tuple(out)
 

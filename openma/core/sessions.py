@@ -32,6 +32,7 @@ from openma.ports.environments import EnvironmentStore
 from openma.ports.lease import LeaseLock
 from openma.ports.sessions import UNSET, SessionStore
 from openma.ports.telemetry import NullTelemetry, Telemetry
+from openma.ports.vaults import VaultStore
 
 
 def agent_snapshot(agent: Agent) -> dict[str, Any]:
@@ -74,8 +75,10 @@ class Sessions:
         telemetry: Telemetry | None = None,
         sandboxes: Callable[[], Awaitable[SandboxOrchestrator]] | None = None,
         opened_sandboxes: Callable[[], SandboxOrchestrator | None] | None = None,
+        vaults: Callable[[], VaultStore] | None = None,
     ) -> None:
         self._store = store
+        self._vaults = vaults
         self._agents = agents
         self._environments = environments
         self._lease_lock = lease_lock
@@ -101,8 +104,13 @@ class Sessions:
         environment_id: str,
         title: str | None = None,
         metadata: dict[str, Any] | None = None,
+        vault_ids: Sequence[str] = (),
     ) -> Session:
-        """A new ``idle`` session that freezes the agent and the environment as they are now."""
+        """A new ``idle`` session that freezes the agent and the environment as they are now.
+
+        ``vault_ids`` name the tenant's vaults whose credentials the session may use: an unknown vault, or
+        another tenant's, is ``NotFound``; an archived one is ``Conflict``.
+        """
         agent = await self._agents.get(agent_id)
         if agent.archived_at is not None:
             raise Conflict(f"agent {agent_id} is archived; it cannot start sessions", agent_id=agent_id)
@@ -111,6 +119,14 @@ class Sessions:
             raise Conflict(
                 f"environment {environment_id} is archived; it cannot host sessions", environment_id=environment_id
             )
+        if vault_ids:
+            if self._vaults is None:
+                raise ConfigError("these sessions have no vault store; vault_ids cannot be given")
+            vaults = self._vaults()
+            for vault_id in vault_ids if isinstance(vault_ids, list | tuple) else ():
+                vault = await vaults.get(vault_id)
+                if vault.archived_at is not None:
+                    raise Conflict(f"vault {vault_id} is archived", vault_id=vault_id)
         return await self._store.create(
             agent_id=agent.id,
             environment_id=environment.id,
@@ -118,6 +134,7 @@ class Sessions:
             environment_snapshot=environment_snapshot(environment),
             title=title,
             metadata=metadata,
+            vault_ids=vault_ids,
         )
 
     async def get(self, session_id: str) -> Session:

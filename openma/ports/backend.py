@@ -14,11 +14,14 @@ from openma.ports.agents import AgentStore
 from openma.ports.blobs import BlobStore
 from openma.ports.environments import EnvironmentStore
 from openma.ports.kv import KVStore
+from openma.ports.session_secrets import SessionSecretStore
 from openma.ports.sessions import SessionStore
 from openma.ports.tenancy import TenantRef
 from openma.ports.tenants import TenantStore
+from openma.ports.vaults import CredentialStore, VaultStore
 
 if TYPE_CHECKING:
+    from openma.core.secrets import KeyRing
     from openma.settings import Settings
 
 
@@ -34,6 +37,16 @@ class StoreBackend(Protocol):
     def environments(self, tenant: TenantRef) -> EnvironmentStore: ...
 
     def kv(self, tenant: TenantRef) -> KVStore: ...
+
+    def vaults(self, tenant: TenantRef) -> VaultStore: ...
+
+    def credentials(self, tenant: TenantRef, keys: KeyRing) -> CredentialStore:
+        """Credentials, sealed and opened with ``keys`` (the platform's key ring)."""
+        ...
+
+    def session_secrets(self, tenant: TenantRef, keys: KeyRing) -> SessionSecretStore:
+        """Per-session secrets, in the same store as the sessions (deleted with them)."""
+        ...
 
     def sessions(
         self, tenant: TenantRef, *, blobs: BlobStore | None = None, settings: Settings | None = None

@@ -27,6 +27,7 @@ from openma.testing.events import EventLogContract
 from openma.testing.kv import KVContract
 from openma.testing.sandbox import SandboxContract
 from openma.testing.stores import EnvironmentStoreContract, TenantStoreContract
+from openma.testing.vaults import CredentialContract, VaultContract
 
 __all__ = [
     "KNOWN_CAPABILITIES",
@@ -34,6 +35,7 @@ __all__ = [
     "AgentStoreContract",
     "BackendFactory",
     "BlobStoreContract",
+    "CredentialContract",
     "EnvironmentStoreContract",
     "EventLogContract",
     "KVContract",
@@ -41,5 +43,6 @@ __all__ = [
     "SandboxContract",
     "TelemetryRecord",
     "TenantStoreContract",
+    "VaultContract",
     "requires",
 ]

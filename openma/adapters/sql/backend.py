@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from openma.adapters.sql import migrate as migrations
 from openma.adapters.sql.agents import SqlAgentStore
+from openma.adapters.sql.credentials import SqlCredentialStore
 from openma.adapters.sql.engine import SqlEngine, engine_of
 from openma.adapters.sql.environments import SqlEnvironmentStore
 from openma.adapters.sql.kv import SqlKVStore
+from openma.adapters.sql.session_secrets import SqlSessionSecretStore
 from openma.adapters.sql.sessions import SqlSessionStore
 from openma.adapters.sql.tenants import SqlTenantStore
+from openma.adapters.sql.vaults import SqlVaultStore
 from openma.adapters.sql.wakeups import SessionWakeups
 from openma.core.clock import Clock, SystemClock
+from openma.core.secrets import KeyRing
 from openma.ports.blobs import BlobStore
 from openma.ports.lease import LeaseLock
 from openma.ports.sql import SqlClient
@@ -69,6 +73,15 @@ class SqlStoreBackend:
 
     def kv(self, tenant: TenantRef) -> SqlKVStore:
         return SqlKVStore(self.client, tenant, self.clock)
+
+    def vaults(self, tenant: TenantRef) -> SqlVaultStore:
+        return SqlVaultStore(self.client, tenant, self.clock)
+
+    def credentials(self, tenant: TenantRef, keys: KeyRing) -> SqlCredentialStore:
+        return SqlCredentialStore(self.client, tenant, keys, self.clock)
+
+    def session_secrets(self, tenant: TenantRef, keys: KeyRing) -> SqlSessionSecretStore:
+        return SqlSessionSecretStore(self.client, tenant, keys, self.clock)
 
     def sessions(
         self, tenant: TenantRef, *, blobs: BlobStore | None = None, settings: Settings | None = None

@@ -32,6 +32,7 @@ class SessionRows(Protocol):
         environment_snapshot: dict[str, Any],
         title: str | None = None,
         metadata: dict[str, Any] | None = None,
+        vault_ids: Sequence[str] = (),
     ) -> Session: ...
 
     async def get(self, session_id: str) -> Session: ...

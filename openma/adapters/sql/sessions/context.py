@@ -123,6 +123,7 @@ def session_of(row: Row) -> Session:
         created_at=ms_to_datetime(row["created_at"]),
         updated_at=ms_to_datetime(row["updated_at"]),
         archived_at=ms_to_datetime(row["archived_at"]) if row["archived_at"] is not None else None,
+        vault_ids=loads(row["vault_ids"]),
     )
 
 

@@ -42,6 +42,12 @@ from openma.ports.sessions import UNSET
 from openma.ports.sql import Statement
 
 
+def _vault_ids(value: Sequence[str]) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise InvalidInput("vault_ids must be a list of vault ids", field="vault_ids")
+    return list(dict.fromkeys(check_id(v, "vlt", what="vault_ids[]") for v in value))
+
+
 class SqlSessionRows(SessionPart):
     """The :class:`~openma.ports.sessions.SessionRows` port: create, read, list, update, archive, delete, status."""
 
@@ -59,8 +65,10 @@ class SqlSessionRows(SessionPart):
         environment_snapshot: dict[str, Any],
         title: str | None = None,
         metadata: dict[str, Any] | None = None,
+        vault_ids: Sequence[str] = (),
     ) -> Session:
         check_id(agent_id, "agt", what="agent_id")
+        vaults = _vault_ids(vault_ids)
         check_id(environment_id, "env", what="environment_id")
         agent_text = snapshot_text(agent_snapshot, "agent_snapshot")
         environment_text = snapshot_text(environment_snapshot, "environment_snapshot")
@@ -74,7 +82,8 @@ class SqlSessionRows(SessionPart):
                 Statement(
                     "INSERT INTO sessions (tenant_id, id, agent_id, environment_id, agent_snapshot,"
                     " environment_snapshot, title, metadata, status, last_seq, retained_from_seq, last_inbox_pos,"
-                    " lease_epoch, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'idle', 0, 1, 0, 0, ?, ?)",
+                    " lease_epoch, created_at, updated_at, vault_ids)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'idle', 0, 1, 0, 0, ?, ?, ?)",
                     (
                         self.tenant_id,
                         session_id,
@@ -86,6 +95,7 @@ class SqlSessionRows(SessionPart):
                         dumps(meta),
                         now,
                         now,
+                        dumps(vaults),
                     ),
                 )
             ]
@@ -105,6 +115,7 @@ class SqlSessionRows(SessionPart):
             first_seq=1,
             created_at=created,
             updated_at=created,
+            vault_ids=vaults,
         )
 
     async def get(self, session_id: str) -> Session:
@@ -216,7 +227,11 @@ class SqlSessionRows(SessionPart):
                     " AND deleted_at IS NULL",
                     (now, now, self.tenant_id, session_id),
                     expect_rows=True,
-                )
+                ),
+                # Its secrets go at once, in the same unit (the rest is purged in batches below).
+                Statement(
+                    "DELETE FROM session_secrets WHERE tenant_id = ? AND session_id = ?", (self.tenant_id, session_id)
+                ),
             ]
         )
         if not result.committed:
