@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Final
 import sniffio
 
 from openma.errors import ConfigError
-from openma.settings import Settings, _mask_url, redact_secrets
+from openma.redact import mask_url, redact_secrets
+from openma.settings import Settings
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -164,7 +165,7 @@ def connection_params(url: str, settings: Settings, psycopg: ModuleType) -> str:
         params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
         reason, _ = driver_reason(exc, url)
-        raise ConfigError(f"postgres_url {_mask_url(url)!r} is not a valid connection URL: {reason}") from None
+        raise ConfigError(f"postgres_url {mask_url(url)!r} is not a valid connection URL: {reason}") from None
     params.setdefault("application_name", settings.pg_application_name)
     # libpq takes whole seconds and treats values below 2 as 2.
     params.setdefault("connect_timeout", max(2, math.ceil(settings.pg_connect_timeout)))

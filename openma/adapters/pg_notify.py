@@ -24,7 +24,7 @@ from typing import Any, Final
 from openma.adapters.sql.wakeups import EVENTS, INBOX
 from openma.core.tail import WakeHub
 from openma.ports.telemetry import NullTelemetry, Telemetry
-from openma.settings import redact_secrets
+from openma.redact import redact_secrets
 
 __all__ = ["CHANNEL", "EVENTS", "INBOX", "PgListener", "conninfo_of", "parse", "payload"]
 

@@ -68,7 +68,8 @@ from openma.adapters.pg_connect import (
 from openma.errors import ConfigError, StorageUnavailable
 from openma.ports.sql import BatchResult, Params, Row, SqlTransaction, Statement
 from openma.ports.telemetry import NullTelemetry, Telemetry
-from openma.settings import Settings, _mask_url
+from openma.redact import mask_url
+from openma.settings import Settings
 
 __all__ = [
     "INSTALL_HINT",
@@ -181,7 +182,7 @@ class PostgresClient:
 
     def __init__(self, pool: AsyncConnectionPool[Conn], *, url: str, psycopg: ModuleType, pool_module: ModuleType):
         self._pool = pool
-        self._url = _mask_url(url) or ""
+        self._url = mask_url(url) or ""
         self._conninfo = url if not isinstance(pool.conninfo, str) else pool.conninfo
         self._down: tuple[type[BaseException], ...] = (psycopg.OperationalError, pool_module.PoolTimeout)
         self._interface_error: type[BaseException] = psycopg.InterfaceError
@@ -223,7 +224,7 @@ class PostgresClient:
             "row_factory": dict_row,
             "prepare_threshold": 5 if settings.pg_prepared_statements else None,
         }
-        masked = _mask_url(url)
+        masked = mask_url(url)
         try:
             probe = await psycopg.AsyncConnection.connect(conninfo, **kwargs)
         except psycopg.ProgrammingError as exc:

@@ -11,6 +11,7 @@ import attrs
 
 from openma._validators import Validator, integer_in
 from openma.errors import ConfigError
+from openma.redact import redact_secrets
 
 #: Longest duration setting, in seconds (one day): a longer timeout or poll interval is a typo.
 MAX_SECONDS: Final = 86_400.0
@@ -24,8 +25,6 @@ def _hide(value: object) -> str:
 
 
 def _mask(value: object) -> str:
-    from openma.settings import redact_secrets  # settings imports this module
-
     return repr(redact_secrets(value, value) if isinstance(value, str) else value)
 
 

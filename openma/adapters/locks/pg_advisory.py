@@ -23,7 +23,7 @@ import anyio
 
 from openma.errors import SessionBusy, StorageUnavailable
 from openma.ports.telemetry import NullTelemetry, Telemetry
-from openma.settings import redact_secrets
+from openma.redact import redact_secrets
 
 _POLL_START: Final = 0.005
 _POLL_MAX: Final = 0.05
