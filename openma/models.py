@@ -24,6 +24,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 import attrs
 
+from openma.redact import MASK, redact_secrets
+
 T = TypeVar("T")
 
 #: The order of a list: oldest first (``"asc"``) or newest first (``"desc"``).
@@ -35,9 +37,12 @@ def to_dict(value: Any) -> Any:
 
     ``datetime``/``date`` become ISO 8601 strings, ``timedelta`` seconds, ``bytes`` base64 text, tuples and
     sets lists; ``dict`` keys become strings. Anything else JSON cannot hold is a ``TypeError``.
+
+    Secrets never come out: a field hidden from ``repr`` or marked secret in its metadata is ``"***"`` when set,
+    a setting's connection URL has its password masked, and a setting's JSON options show only their keys.
     """
     if attrs.has(type(value)):
-        return {f.name: to_dict(getattr(value, f.name)) for f in attrs.fields(type(value))}
+        return {f.name: _field_dict(f, getattr(value, f.name)) for f in attrs.fields(type(value))}
     if value is None or isinstance(value, str | int | float):
         return value
     if isinstance(value, datetime | date):
@@ -51,6 +56,17 @@ def to_dict(value: Any) -> Any:
     if isinstance(value, list | tuple | set | frozenset):
         return [to_dict(v) for v in value]
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _field_dict(field: attrs.Attribute[Any], value: Any) -> Any:
+    if field.repr is False or field.metadata.get("secret"):
+        return MASK if value else to_dict(value)
+    if "setting" in field.metadata:  # a configuration value: URLs may carry passwords, options may carry keys
+        if isinstance(value, str):
+            return redact_secrets(value, value)
+        if isinstance(value, Mapping) and "options" in str(field.metadata["setting"]):
+            return {str(k): MASK for k in value}
+    return to_dict(value)
 
 
 def to_json(value: Any, *, indent: int | None = None) -> str:

@@ -114,3 +114,30 @@ async def test_a_host_test_records_telemetry_with_the_testing_fakes(tmp_path: Pa
         telemetry.emit("host.check", token="secret-value", n=1)
     assert telemetry.of("host.check") == [{"token": "***", "n": 1}]
     assert isinstance(telemetry.records[-1], openma.testing.TelemetryRecord)
+
+
+def test_to_json_of_settings_never_shows_a_secret() -> None:
+    """``openma.to_json`` walks any attrs object, settings included: secrets come out masked, never in clear."""
+    import openma
+
+    settings = openma.Settings(
+        root_secret="supersecretrootkey123",
+        postgres_url="postgresql://u:pw0rd@db.example/app",
+        blob_options={"key": "AKIAEXAMPLE", "secret": "s3cr3tvalue"},
+        s3_secret_access_key="s3-secret-access",
+        anthropic_api_key="sk-ant-example-key",
+    )
+    text = openma.to_json(settings)
+    for secret in (
+        "supersecretrootkey123",
+        "pw0rd",
+        "AKIAEXAMPLE",
+        "s3cr3tvalue",
+        "s3-secret-access",
+        "sk-ant-example",
+    ):
+        assert secret not in text, secret
+    data = json.loads(text)
+    assert data["root_secret"] == "***"
+    assert data["store_backends"] == {"default": "cf"}
+    assert data["postgres"]["url"] == "postgresql://u:***@db.example/app"
