@@ -14,6 +14,7 @@ from openma import sse
 from openma.core.actor import SessionActor
 from openma.core.sessions import Sessions
 from openma.core.tail import EventTail
+from openma.core.turns import RetryPolicy, TurnResult
 from openma.errors import (
     ConfigError,
     Conflict,
@@ -49,6 +50,7 @@ from openma.models import (
 from openma.platform import Platform, TenantScope
 from openma.ports.blobs import BlobInfo, BlobReader, BlobStore
 from openma.ports.kv import KVEntry, KVStore
+from openma.ports.model import Model, ModelRequest
 from openma.ports.sandbox import ExecResult, FileInfo, ProcessInfo, Sandbox, SandboxProvider, SandboxSpec, SnapshotRef
 from openma.ports.telemetry import Telemetry
 from openma.settings import Settings
@@ -74,13 +76,16 @@ __all__ = [
     "KVEntry",
     "KVStore",
     "LeaseLost",
+    "Model",
     "ModelError",
+    "ModelRequest",
     "NotFound",
     "OpenmaError",
     "Page",
     "Platform",
     "ProcessInfo",
     "ResyncRequired",
+    "RetryPolicy",
     "Sandbox",
     "SandboxError",
     "SandboxGone",
@@ -101,6 +106,7 @@ __all__ = [
     "Telemetry",
     "Tenant",
     "TenantScope",
+    "TurnResult",
     "VersionConflict",
     "__version__",
     "sse",

@@ -19,7 +19,7 @@ from anyio.abc import TaskGroup
 from openma import registry
 from openma.adapters.telemetry import LoggingTelemetry
 from openma.core.ids import check_id
-from openma.core.sessions import Sessions
+from openma.core.sessions import ModelResolver, Sessions
 from openma.core.tenant_blobs import tenant_view
 from openma.errors import ConfigError, Conflict
 from openma.models import Tenant
@@ -108,6 +108,7 @@ class TenantScope:
                 telemetry=self._platform.telemetry,
                 sandboxes=self._platform.sandbox_orchestrator,
                 opened_sandboxes=lambda: self._platform._orchestrator,
+                model_resolver=lambda: self._platform.model_resolver,
             )
         return self._sessions
 
@@ -122,6 +123,7 @@ class Platform:
         blobs: BlobStore | None = None,
         *,
         telemetry: Telemetry | None = None,
+        model_resolver: ModelResolver | None = None,
     ) -> None:
         given: object = settings
         if not isinstance(given, Settings):
@@ -134,6 +136,8 @@ class Platform:
         for backend in backends.values():  # backends report what they recover from (silent_catch) here too
             if hasattr(backend, "telemetry"):
                 backend.telemetry = self.telemetry
+        #: Picks the model of ``t.sessions.run(..., model=None)`` from a session's agent snapshot (assignable).
+        self.model_resolver: ModelResolver | None = model_resolver
         self._orchestrator: SandboxOrchestrator | None = None
         self._orchestrator_lock = anyio.Lock()
         self._task_group: TaskGroup | None = None
@@ -146,7 +150,11 @@ class Platform:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, settings: Settings | None = None, *, telemetry: Telemetry | None = None
+        cls,
+        settings: Settings | None = None,
+        *,
+        telemetry: Telemetry | None = None,
+        model_resolver: ModelResolver | None = None,
     ) -> AsyncIterator[Platform]:
         """Open a platform for the duration of an ``async with`` block.
 
@@ -156,7 +164,7 @@ class Platform:
         With no ``settings``, they are read from the environment (:meth:`Settings.from_env`), as the command
         line does, so a program and ``python -m openma doctor`` use the same databases.
         """
-        platform = await cls.connect(settings, telemetry=telemetry)
+        platform = await cls.connect(settings, telemetry=telemetry, model_resolver=model_resolver)
         failure: Exception | None = None
         try:
             async with anyio.create_task_group() as task_group:
@@ -192,7 +200,13 @@ class Platform:
         return cls.open(Settings.from_url(url, **settings), telemetry=telemetry)
 
     @classmethod
-    async def connect(cls, settings: Settings | None = None, *, telemetry: Telemetry | None = None) -> Platform:
+    async def connect(
+        cls,
+        settings: Settings | None = None,
+        *,
+        telemetry: Telemetry | None = None,
+        model_resolver: ModelResolver | None = None,
+    ) -> Platform:
         """Open a platform and return it; call :meth:`aclose` when done (handy in notebooks).
 
         With no ``settings``, they are read from the environment (:meth:`Settings.from_env`).
@@ -229,7 +243,7 @@ class Platform:
                 except Exception as close_exc:
                     exc.add_note(f"also failed to close the blob store: {close_exc!r}")
             raise
-        return cls(settings, backends, blobs, telemetry=telemetry)
+        return cls(settings, backends, blobs, telemetry=telemetry, model_resolver=model_resolver)
 
     def backend(self, store: str) -> StoreBackend:
         """The backend that holds ``store`` (``"agents"``, ``"sessions"``, ...)."""
