@@ -92,7 +92,10 @@ async def test_an_interrupt_mid_stream_logs_what_was_streamed(world: World) -> N
         tg.start_soon(run)
         await _wait_for(world, sid, "span.model_request_start")
         with anyio.fail_after(10):
-            while not (await world.t.sessions.streams(sid)).items or not (await world.t.sessions.streams(sid)).items[0].text:
+            while (
+                not (await world.t.sessions.streams(sid)).items
+                or not (await world.t.sessions.streams(sid)).items[0].text
+            ):
                 await anyio.sleep(0.02)
         await world.t.sessions.post(sid, [{"type": "user.interrupt"}])
         with anyio.fail_after(5):
