@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from openma.testing import Scripted, ScriptedModel
-from tests.turn_support import World, engine_settings, open_world, text, tool_use
+from tests.turn_support import World, engine_settings, open_world, poll, sleeper_pid, text, tool_use
 
 pytestmark = pytest.mark.anyio
 
@@ -40,24 +40,28 @@ async def test_an_interrupt_mid_sleep_30_stops_the_tool_within_a_second(world: W
     command = "sleep 30 & echo $! > sleep.pid; wait"
     model = ScriptedModel([[text("waiting"), tool_use("bash", {"command": command})], [text("never")]])
     results = []
+    done = anyio.Event()
 
     async def run() -> None:
         results.append(await world.t.sessions.run(sid, model=model))
+        done.set()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(run)
         await _wait_for(world, sid, "agent.tool_use")
         root = Path(world.settings.local_sandbox_root)
-        with anyio.fail_after(10):
-            while not list(root.rglob("sleep.pid")) or not list(root.rglob("sleep.pid"))[0].read_text().strip():
-                await anyio.sleep(0.02)
-        pid = int(list(root.rglob("sleep.pid"))[0].read_text())
+
+        async def written() -> bool:
+            return sleeper_pid(root) is not None
+
+        await poll(written)
+        pid = sleeper_pid(root)
+        assert pid is not None
         assert psutil.pid_exists(pid)
         started = time.perf_counter()
         await world.t.sessions.post(sid, [{"type": "user.interrupt"}])
         with anyio.fail_after(5):
-            while not results:
-                await anyio.sleep(0.005)
+            await done.wait()
         elapsed = time.perf_counter() - started
     result = results[0]
     assert result.stop_reason == "interrupted"
@@ -84,23 +88,24 @@ async def test_an_interrupt_mid_stream_logs_what_was_streamed(world: World) -> N
     long = "one two three four five six seven eight nine ten " * 4
     model = ScriptedModel([Scripted([text(long)], delay=0.3)])
     results = []
+    done = anyio.Event()
 
     async def run() -> None:
         results.append(await world.t.sessions.run(sid, model=model))
+        done.set()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(run)
         await _wait_for(world, sid, "span.model_request_start")
-        with anyio.fail_after(10):
-            while (
-                not (await world.t.sessions.streams(sid)).items
-                or not (await world.t.sessions.streams(sid)).items[0].text
-            ):
-                await anyio.sleep(0.02)
+
+        async def streamed() -> bool:
+            streams = (await world.t.sessions.streams(sid)).items
+            return bool(streams and streams[0].text)
+
+        await poll(streamed)
         await world.t.sessions.post(sid, [{"type": "user.interrupt"}])
         with anyio.fail_after(5):
-            while not results:
-                await anyio.sleep(0.005)
+            await done.wait()
     assert results[0].stop_reason == "interrupted"
     (stream,) = (await world.t.sessions.streams(sid, status=None)).items
     assert stream.status == "interrupted" and stream.text and long.startswith(stream.text) and stream.text != long

@@ -11,13 +11,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import psutil
 import pytest
 
 from openma import Platform, Settings
 from openma.testing import ScriptedModel
-from tests.turn_support import text, tool_use
+from tests.turn_support import poll, sleeper_pid, text, tool_use
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,11 +100,14 @@ async def test_a_holder_killed_mid_tool_is_recovered_and_the_session_runs_again(
         proc = _spawn(env, t.tenant_id, sid, "sleep")
         procs.append(proc)
         root = Path(env["OPENMA_LOCAL_SANDBOX_ROOT"])
-        with anyio.fail_after(30):
-            while not [p for p in root.rglob("sleep.pid") if p.read_text().strip()]:
-                assert proc.poll() is None, "the worker exited before its tool ran"
-                await anyio.sleep(0.05)
-        sleeper = int(next(iter(root.rglob("sleep.pid"))).read_text())
+
+        async def running() -> bool:
+            assert proc.poll() is None, "the worker exited before its tool ran"
+            return sleeper_pid(root) is not None
+
+        await poll(running, timeout=30)
+        sleeper = sleeper_pid(root)
+        assert sleeper is not None
         try:
             assert [e.type for e in (await t.sessions.events(sid, types=["agent.tool_use"])).items] == [
                 "agent.tool_use"

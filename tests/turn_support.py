@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import attrs
 import pytest
 
@@ -64,6 +65,25 @@ async def open_world(settings: Settings) -> AsyncIterator[World]:
     async with Platform.open(settings, telemetry=telemetry) as oma:
         tenant = await oma.tenants.create(name="turns")
         yield World(oma, telemetry, settings, tenant.id)
+
+
+def sleeper_pid(root: Path) -> int | None:
+    """The pid a ``sleep.pid`` file under ``root`` holds, once written."""
+    for path in root.rglob("sleep.pid"):
+        value = path.read_text().strip()
+        if value:
+            return int(value)
+    return None
+
+
+async def poll(check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, every: float = 0.02) -> None:
+    """Wait until ``check()`` is true (``TimeoutError`` after ``timeout`` seconds): for states that no event
+    announces (a file in the sandbox, a stream's chunks)."""
+    with anyio.fail_after(timeout):
+        for _ in iter(int, 1):
+            if await check():
+                return
+            await anyio.sleep(every)
 
 
 def tool_use(name: str, input: dict[str, Any], id: str = "toolu_1") -> dict[str, Any]:
