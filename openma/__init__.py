@@ -10,7 +10,7 @@
 The public API is flat and re-exported here; everything else is internal unless documented.
 """
 
-from openma import sse
+from openma import events, sse
 from openma.core.actor import SessionActor
 from openma.core.sessions import Sessions
 from openma.core.tail import EventTail
@@ -109,6 +109,7 @@ __all__ = [
     "TurnResult",
     "VersionConflict",
     "__version__",
+    "events",
     "sse",
     "to_json",
 ]

@@ -168,6 +168,7 @@ PUBLIC_NAMES = [
     "TurnResult",
     "VersionConflict",
     "__version__",
+    "events",
     "sse",
     "to_json",
 ]
@@ -218,10 +219,11 @@ HTTP_STATUSES = {
 def test_public_names_are_exported_and_documented() -> None:
     assert openma.__all__ == PUBLIC_NAMES  # sorted, no duplicates, nothing missing, nothing extra
     public = {n for n in dir(openma) if not n.startswith("_") and n[0].isupper()}
-    assert public == set(PUBLIC_NAMES) - {"__version__", "sse", "to_json"}  # no public name leaks in unexported
+    assert public == set(PUBLIC_NAMES) - {"__version__", "events", "sse", "to_json"}  # no unexported public name
     assert isinstance(openma.__version__, str) and openma.__version__
     assert openma.sse.__name__ == "openma.sse" and (openma.sse.__doc__ or "").strip()
-    for name in (n for n in PUBLIC_NAMES if n not in ("__version__", "sse")):
+    assert openma.events.__name__ == "openma.events" and (openma.events.__doc__ or "").strip()
+    for name in (n for n in PUBLIC_NAMES if n not in ("__version__", "events", "sse")):
         obj = getattr(openma, name)
         assert obj.__module__.startswith("openma."), name
         doc = obj.__dict__.get("__doc__") if isinstance(obj, type) else obj.__doc__  # not an inherited one

@@ -213,3 +213,36 @@ async def test_model_none_needs_a_resolver(world: World) -> None:
 
     world.oma.model_resolver = resolve
     assert (await world.t.sessions.run(sid)).stop_reason == "end_turn" and seen == ["m-1"]
+
+
+async def test_a_long_history_is_compacted_not_failed(world: World) -> None:
+    from openma.core.turns import TurnOptions
+
+    sid = await world.session()
+    for i in range(6):
+        await world.say(sid, f"question {i} " + "y" * 600)
+        await world.t.sessions.run(sid, model=ScriptedModel([[text(f"answer {i}")]]))
+    await world.say(sid, "last")
+    model = ScriptedModel([[text("done")]])
+    result = await world.t.sessions.run(sid, model=model, options=TurnOptions(budget_tokens=600))
+    assert result.stop_reason == "end_turn"
+    (compacted,) = await world.of(sid, "agent.thread_context_compacted")
+    assert compacted["trigger"] == "auto" and compacted["pre_tokens"] > 600
+    shown = model.requests[0].messages
+    assert "compacted" in shown[0]["content"][0]["text"] and shown[-1]["content"][-1] == text("last")
+    assert len(shown) == compacted["compacted_message_count"] < compacted["original_message_count"]
+
+
+async def test_every_event_a_turn_logs_is_a_typed_catalogue_event(world: World) -> None:
+    from openma import events
+
+    sid = await world.session()
+    await world.say(sid, "go")
+    model = ScriptedModel(
+        [[{"type": "thinking", "thinking": "t"}, tool_use("bash", {"command": "echo hi"})], [text("ok")]]
+    )
+    await world.t.sessions.run(sid, model=model)
+    logged = (await world.t.sessions.events(sid, limit=1000)).items
+    typed = [events.from_dict(e.data) for e in logged]
+    assert not [t for t in typed if isinstance(t, events.UnknownEvent)]
+    assert [t.to_dict() for t in typed] == [e.data for e in logged]

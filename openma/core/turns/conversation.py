@@ -151,10 +151,11 @@ def plan_compaction(
     if len(text) > limit:
         text = "Earlier in this session (compacted, oldest left out):\n..." + text[-limit:]
     summary = [*previous, {"type": "text", "text": text}][-4:]
+    kept = build_messages(events[cut:])  # the summary, a user message, merges into a leading user message
     return {
         "type": "agent.thread_context_compacted",
         "original_message_count": len(messages),
-        "compacted_message_count": len(build_messages(events[cut:])) + 1,
+        "compacted_message_count": len(kept) + (0 if kept and kept[0]["role"] == "user" else 1),
         "summary": summary,
         "replaced_range": {
             "start_seq": replaced[0].seq if replaced else events[cut].seq,
