@@ -255,12 +255,13 @@ async def test_demo_runs_twice_in_a_row(tmp_path: Path, anyio_backend: str) -> N
 
     first = demo()
     assert "created tenant" in first and "now at version 2" in first
-    assert "live #1   user.message" in first and "live #7   session.status_idle" in first
+    assert "live #1   user.message" in first and "live #11  session.status_idle" in first
+    assert "agent.tool_use             bash" in first and "turn                stop_reason=end_turn" in first
     assert "this workspace has seen 1 run(s)" in first
     assert "sandbox             created -> snapshot" in first
     second = demo()
     assert "found tenant" in second and "created tenant" not in second
-    assert "live #8   user.message" in second and "live #14  session.status_idle" in second
+    assert "live #12  user.message" in second and "live #22  session.status_idle" in second
     assert "this workspace has seen 2 run(s)" in second  # restored from the first run's snapshot
     assert "created -> restored -> snapshot" in second
     assert (tmp_path / ".openma" / "openma.db").exists()
