@@ -95,6 +95,41 @@ def build_messages(events: Sequence[Event]) -> list[dict[str, Any]]:
     return messages
 
 
+class Conversation:
+    """:func:`build_messages` kept up to date event by event, with a running size estimate, so a step costs
+    the events it added rather than the whole history. :meth:`rebuild` starts over (after a compaction)."""
+
+    def __init__(self, events: Sequence[Event] = ()) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.chars = 0
+        self.rebuild(events)
+
+    def rebuild(self, events: Sequence[Event]) -> None:
+        self.messages = build_messages(events)
+        self.chars = sum(len(str(m["content"])) for m in self.messages)
+
+    def add(self, event: Event) -> None:
+        if event.type == "agent.thread_context_compacted":
+            raise ValueError("a compaction replaces the history: rebuild the conversation from the log")
+        mapped = _block(event.data)
+        if mapped is None or not mapped[1]:
+            return
+        role, blocks = mapped
+        if self.messages and self.messages[-1]["role"] == role:
+            self.messages[-1]["content"].extend(blocks)
+        else:
+            self.messages.append({"role": role, "content": list(blocks)})
+        self.chars += len(str(blocks))
+
+    def tokens(self, system: str = "") -> int:
+        """The size estimate of :func:`estimate_tokens`, kept as events are added."""
+        return (self.chars + len(system)) // CHARS_PER_TOKEN
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The messages as they are now (later additions do not change the returned lists)."""
+        return [{"role": m["role"], "content": list(m["content"])} for m in self.messages]
+
+
 def estimate_tokens(messages: Sequence[Mapping[str, Any]], system: str = "") -> int:
     """A cheap size estimate of a request, in tokens."""
     return (sum(len(str(m.get("content"))) for m in messages) + len(system)) // CHARS_PER_TOKEN

@@ -29,6 +29,7 @@ from typing import Any, Final, Literal
 import anyio
 import attrs
 
+from openma.core.ids import new_id
 from openma.core.turns import conversation
 from openma.core.turns.builtins import ToolOutcome, run_builtin
 from openma.core.turns.retry import RetryPolicy, call_with_retries
@@ -114,16 +115,25 @@ class Turn:
         self.telemetry = telemetry
         self.options = options
         self.log: list[Event] = []
+        self.conversation = conversation.Conversation()
         self.usage = Usage()
         self.interrupted = False
         self._scope: anyio.CancelScope | None = None
         self._open_uses: dict[str, dict[str, Any]] = {}
         self._step: ModelStep | None = None
         self._running = False
+        self._remaining = 0
+        self._next_span: dict[str, Any] | None = None
 
     async def append(self, events: Sequence[dict[str, Any]]) -> list[Event]:
         stored: list[Event] = await self.actor.append(events)
-        self.log.extend(e for e in stored if e.type in _LOG_TYPES)
+        for event in stored:
+            if event.type in _LOG_TYPES:
+                self.log.append(event)
+                if event.type == "agent.thread_context_compacted":
+                    self.conversation.rebuild(self.log)
+                else:
+                    self.conversation.add(event)
         return stored
 
     async def _read_log(self, first_seq: int) -> list[Event]:
@@ -143,6 +153,7 @@ class Turn:
         await self.actor.promote()
         session = await self.actor.session()
         self.log = await self._read_log(session.first_seq)
+        self.conversation = conversation.Conversation(self.log)
         agent = session.agent
         self.tools = agent_tools(agent.get("tools"))
         model = agent.get("model")
@@ -204,7 +215,7 @@ class Turn:
             return "interrupted", None
         if waiting and not confirmed:
             return "requires_action", None
-        messages = conversation.build_messages(self.log)
+        messages = self.conversation.messages
         if not confirmed and (not messages or messages[-1]["role"] != "user"):
             return "end_turn", None
         if status != "running":
@@ -228,11 +239,11 @@ class Turn:
             ask_tools=ask,
             stall_timeout=self.options.stall_timeout,
         )
-        for _ in range(self.options.max_steps):
+        for n in range(self.options.max_steps):
             await self._compact()
             request = ModelRequest(
                 model=self.model_name,
-                messages=conversation.build_messages(self.log),
+                messages=self.conversation.snapshot(),
                 system=self.system,
                 tools=[spec.neutral() for spec in self.tools.values()],
                 max_tokens=self.options.max_tokens,
@@ -254,12 +265,18 @@ class Turn:
                 u for u in output.tool_uses if u["type"] == "agent.tool_use" and u["evaluated_permission"] == "allow"
             ]
             waiting = [u["id"] for u in output.tool_uses if u not in runnable]
+            if not waiting and n + 1 < self.options.max_steps:  # another step follows: log its span start
+                step.prelogged_span = new_id("evt")  # with the last tool result, in the same write
+                self._next_span = step.span_start(step.prelogged_span, self.model_name)
             await self._run_tools(runnable, {})
+            self._next_span = None
             if waiting:
                 return "requires_action", waiting
         return "max_steps", []
 
     async def _compact(self) -> None:
+        if self.conversation.tokens(self.system) <= self.options.budget_tokens:
+            return
         plan = conversation.plan_compaction(self.log, system=self.system, budget_tokens=self.options.budget_tokens)
         if plan is not None:
             await self.append([plan])
@@ -288,6 +305,7 @@ class Turn:
         if not runnable:
             return
         self._open_uses = {u["id"]: u for u in runnable}
+        self._remaining = len(runnable)
         sandbox = await self.actor.sandbox() if any(u["name"] in self.tools for u in runnable) else None
         async with anyio.create_task_group() as tg:
             for use in runnable:
@@ -297,13 +315,20 @@ class Turn:
         spec: ToolSpec | None = self.tools.get(use["name"])
         started = time.perf_counter()
         outcome_name = "error"
+        duration: float | None = None
         try:
             if spec is None or spec.kind != "builtin":
                 outcome = ToolOutcome(f"unknown tool {use['name']!r}; it is not enabled for this agent", is_error=True)
             else:
                 outcome = await run_builtin(sandbox, use["name"], use.get("input") or {})
+            duration = time.perf_counter() - started
             outcome_name = "error" if outcome.is_error else "ok"
-            await self.append([self._result(use["id"], outcome.content, outcome.is_error, outcome.truncated)])
+            self._remaining -= 1
+            result = [self._result(use["id"], outcome.content, outcome.is_error, outcome.truncated)]
+            if self._remaining == 0 and self._next_span is not None:
+                result.append(self._next_span)
+                self._next_span = None
+            await self.append(result)
             self._open_uses.pop(use["id"], None)
         except anyio.get_cancelled_exc_class():
             outcome_name = "interrupted"
@@ -315,16 +340,17 @@ class Turn:
                 session_id=self.actor.session_id,
                 tool=use["name"],
                 outcome=outcome_name,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                duration_ms=round((duration if duration is not None else time.perf_counter() - started) * 1000, 3),
             )
 
     async def _close_interrupted(self) -> StopReason:
         """Log what the interrupt cut short, promote the interrupt and go idle (see the module docstring)."""
         step = self._step
-        if step is not None and step.state.stream_id is not None and step.state.finish is None:
+        if step is not None and step.state.span_id and not step.state.closed:
             state = step.state
             await step.flush(state)
-            await self.actor.finalize_stream(state.stream_id, "interrupted")
+            if state.stream_id is not None:
+                await self.actor.finalize_stream(state.stream_id, "interrupted")
             text = "".join(state.text)
             closing: list[dict[str, Any]] = []
             if text:
@@ -349,6 +375,11 @@ class Turn:
             )
             await self.append(closing)
             self.usage = add_usage(self.usage, state.usage)
+        if step is not None and step.prelogged_span is not None:  # its span started; its call never did
+            ended = {"model": self.model_name, "model_request_start_id": step.prelogged_span}
+            await self.append(
+                [{"type": "span.model_request_end", **ended, "is_error": True, "finish_reason": "interrupted"}]
+            )
         answered = {e.data.get("tool_use_id") for e in self.log if e.type == "agent.tool_result"}
         orphans = [u for u in self._open_uses if u not in answered]
         if orphans:

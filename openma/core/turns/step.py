@@ -46,6 +46,8 @@ class StepState:
     usage: Usage = attrs.field(factory=Usage)
     finish: Finish | None = None
     started: float = 0.0
+    #: True once the attempt's span and stream are closed (finished or failed).
+    closed: bool = False
 
 
 @attrs.frozen
@@ -110,13 +112,21 @@ class ModelStep:
         self._stall = stall_timeout
         #: The call in progress (or the last one).
         self.state = StepState()
+        #: The id of a ``span.model_request_start`` the loop already logged for the next attempt (it rides on
+        #: the write of the previous step's last tool result, saving a write per step).
+        self.prelogged_span: str | None = None
+
+    @staticmethod
+    def span_start(span_id: str, model: str) -> dict[str, Any]:
+        return {"id": span_id, "type": "span.model_request_start", "model": model}
 
     async def attempt(self, request: ModelRequest, attempt: int) -> StepOutput:
         """One attempt at the call; a ``ModelError`` is logged (span and stream) and raised."""
-        state = self.state = StepState(span_id=new_id("evt"), message_id=new_id("msg"), started=time.perf_counter())
-        await self._append([{"id": state.span_id, "type": "span.model_request_start", "model": request.model}])
-        stream = await self._actor.open_stream(message_id=state.message_id)
-        state.stream_id = stream.id
+        span_id, self.prelogged_span = self.prelogged_span, None
+        state = self.state = StepState(span_id=span_id or new_id("evt"), message_id=new_id("msg"))
+        if span_id is None:
+            await self._append([self.span_start(state.span_id, request.model)])
+        state.started = time.perf_counter()
         try:
             await self._consume(request, state)
         except OpenmaError as exc:
@@ -143,7 +153,8 @@ class ModelStep:
                     state.text.append(event.text)
                     state.unflushed.append(event.text)
                     now = time.monotonic()
-                    if len(state.unflushed) >= CHUNK_BATCH or now - last_flush >= CHUNK_INTERVAL:
+                    due = len(state.unflushed) >= CHUNK_BATCH or now - last_flush >= CHUNK_INTERVAL
+                    if state.stream_id is None or due:
                         await self.flush(state)
                         last_flush = now
                 elif isinstance(event, ThinkingDelta):
@@ -164,8 +175,11 @@ class ModelStep:
             raise ModelError("the model's stream ended without a finish event", retryable=True)
 
     async def flush(self, state: StepState) -> None:
-        """Write the buffered text deltas to the stream row."""
-        if state.unflushed and state.stream_id is not None:
+        """Write the buffered text deltas to the stream row (opened with the first text: a step that streams
+        no text, only tool calls, has no stream row)."""
+        if state.unflushed:
+            if state.stream_id is None:
+                state.stream_id = (await self._actor.open_stream(message_id=state.message_id)).id
             chunks, state.unflushed = state.unflushed, []
             await self._actor.append_stream(state.stream_id, chunks)
 
@@ -195,6 +209,7 @@ class ModelStep:
         )
 
     async def _failed(self, request: ModelRequest, state: StepState, error: ModelError, attempt: int) -> None:
+        state.closed = True
         with anyio.CancelScope(shield=True):
             if state.stream_id is not None:
                 await self.flush(state)
@@ -211,9 +226,10 @@ class ModelStep:
         self._model_call(request, state, "failed", attempt, retryable=error.retryable)
 
     async def _finished(self, request: ModelRequest, state: StepState, attempt: int) -> StepOutput:
-        assert state.finish is not None and state.stream_id is not None
+        assert state.finish is not None
         await self.flush(state)
-        await self._actor.finalize_stream(state.stream_id, "completed")
+        if state.stream_id is not None:
+            await self._actor.finalize_stream(state.stream_id, "completed")
         out: list[dict[str, Any]] = []
         if state.thinking:
             thinking: dict[str, Any] = {"type": "agent.thinking", "text": "".join(state.thinking)}
@@ -236,6 +252,7 @@ class ModelStep:
                 is_error=False,
             )
         )
+        state.closed = True
         events = await self._append(out)
         self._model_call(request, state, "ok", attempt, finish_reason=state.finish.reason)
         return StepOutput(events, uses, state.usage, state.finish)
