@@ -334,3 +334,25 @@ async def test_a_stalled_stream_is_a_retryable_error(tmp_path: Path) -> None:
         assert result.stop_reason == "end_turn" and len(model.requests) == 2
         first = (await t.sessions.events(sid, types=["span.model_request_end"])).items[0].data
         assert first["is_error"] and first["retryable"] and "stalled" in first["error_message"]
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_a_tool_turn_runs_on_trio(tmp_path: Path, anyio_backend: str) -> None:
+    from openma import Platform, Settings
+
+    settings = Settings(
+        sqlite_path=str(tmp_path / "db"), blob_url=f"file://{tmp_path}/b", local_sandbox_root=str(tmp_path / "sb")
+    )
+    async with Platform.open(settings) as oma:
+        t = oma.tenant(await oma.tenants.create(name="trio"))
+        agent = await t.agents.create(name="a", model="m", tools=[{"type": "agent_toolset_20260401"}])
+        env = await t.environments.create(name="e")
+        sid = (await t.sessions.create(agent_id=agent.id, environment_id=env.id)).id
+        await t.sessions.post(sid, [_say("hi")])
+        use = {"type": "tool_use", "id": "t", "name": "bash", "input": {"command": "echo trio"}}
+        model = ScriptedModel([[use], ModelError("busy", retryable=True), [{"type": "text", "text": "ok"}]])
+        retry = RetryPolicy(attempts=2, initial=0.001, max_wait=0.001)
+        result = await t.sessions.run(sid, model=model, retry=retry)
+        assert result.stop_reason == "end_turn"
+        (res,) = (await t.sessions.events(sid, types=["agent.tool_result"])).items
+        assert res.data["content"].strip() == "trio"

@@ -29,6 +29,7 @@ from typing import Any, Final, Literal
 import anyio
 import attrs
 
+from openma.core.actor import SessionActor
 from openma.core.ids import new_id
 from openma.core.turns import conversation
 from openma.core.turns.builtins import ToolOutcome, run_builtin
@@ -109,7 +110,7 @@ def _waiting(log: Sequence[Event]) -> tuple[list[dict[str, Any]], list[dict[str,
 class Turn:
     """One run of the loop for a held actor (see the module docstring)."""
 
-    def __init__(self, actor: Any, model: Model, telemetry: Telemetry, options: TurnOptions) -> None:
+    def __init__(self, actor: SessionActor, model: Model, telemetry: Telemetry, options: TurnOptions) -> None:
         self.actor = actor
         self.model = model
         self.telemetry = telemetry
@@ -390,7 +391,9 @@ class Turn:
         return "interrupted"
 
 
-async def run_turn(actor: Any, model: Model, *, telemetry: Telemetry, options: TurnOptions | None = None) -> TurnResult:
+async def run_turn(
+    actor: SessionActor, model: Model, *, telemetry: Telemetry, options: TurnOptions | None = None
+) -> TurnResult:
     """Run one turn of ``actor``'s session with ``model`` (see the module docstring)."""
     return await Turn(actor, model, telemetry, options or TurnOptions()).run()
 

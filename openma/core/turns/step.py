@@ -17,6 +17,7 @@ from typing import Any, Final
 import anyio
 import attrs
 
+from openma.core.actor import SessionActor
 from openma.core.ids import new_id
 from openma.errors import ModelError, OpenmaError
 from openma.models import Event
@@ -94,7 +95,7 @@ class ModelStep:
 
     def __init__(
         self,
-        actor: Any,
+        actor: SessionActor,
         model: Model,
         append: Append,
         telemetry: Telemetry,
