@@ -246,3 +246,20 @@ async def test_every_event_a_turn_logs_is_a_typed_catalogue_event(world: World) 
     typed = [events.from_dict(e.data) for e in logged]
     assert not [t for t in typed if isinstance(t, events.UnknownEvent)]
     assert [t.to_dict() for t in typed] == [e.data for e in logged]
+
+
+async def test_an_unexpected_error_propagates_as_itself_and_the_next_run_recovers(world: World) -> None:
+    sid = await world.session()
+    await world.say(sid, "hi")
+
+    def broken(request: object) -> list[dict[str, str]]:
+        raise RuntimeError("adapter bug")
+
+    with pytest.raises(RuntimeError, match="adapter bug"):
+        await world.t.sessions.run(sid, model=ScriptedModel([broken]))
+    assert (await world.t.sessions.get(sid)).status == "running"  # left for the next holder to recover
+    result = await world.t.sessions.run(sid, model=ScriptedModel([[text("back")]]))
+    assert result.stop_reason == "end_turn"
+    types = await world.types(sid)
+    assert types.index("session.warning") < types.index("session.status_idle") < len(types) - len(result.events)
+    assert (await world.t.sessions.get(sid)).status == "idle"

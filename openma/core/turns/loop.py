@@ -36,7 +36,7 @@ from openma.core.turns.builtins import ToolOutcome, run_builtin
 from openma.core.turns.retry import RetryPolicy, call_with_retries
 from openma.core.turns.step import ModelStep, StepOutput, add_usage, text_of
 from openma.core.turns.toolset import ToolSpec, agent_tools
-from openma.errors import Conflict, ModelError
+from openma.errors import Conflict, ModelError, OpenmaError
 from openma.models import Event
 from openma.ports.model import Model, ModelRequest, Usage
 from openma.ports.telemetry import Telemetry
@@ -171,14 +171,21 @@ class Turn:
             after = page.items[-1].seq
 
     async def _guarded(self, status: str) -> StopReason:
+        failure: Exception | None = None
+        reason: StopReason = "end_turn"
+        ids: list[str] | None = None
         async with anyio.create_task_group() as tg:
             with anyio.CancelScope() as scope:
                 self._scope = scope
                 tg.start_soon(self._watch_interrupts)
                 try:
                     reason, ids = await self._decide_and_loop(status)
+                except Exception as exc:  # raised below, outside the task group, as itself (not in a group)
+                    failure = exc
                 finally:
                     tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         if scope.cancelled_caught or self.interrupted:
             return await self._close_interrupted()
         if reason in ("interrupted", "end_turn", "requires_action") and ids is None:
@@ -197,7 +204,16 @@ class Turn:
         store, session_id = self.actor.store, self.actor.session_id
         while True:
             woken = store.arm(session_id, "inbox")
-            page = await store.pending(session_id, limit=100)
+            try:
+                with anyio.CancelScope(shield=True):  # a short read; cut mid-query, a driver drops its connection
+                    page = await store.pending(session_id, limit=100)
+            except OpenmaError as exc:  # the turn's own writes fail too if the store is gone; keep watching
+                self.telemetry.emit(
+                    "silent_catch", where="turns.watch_interrupts", error=type(exc).__name__, code=exc.code
+                )
+                with anyio.move_on_after(store.poll_timeout()):
+                    await woken.wait()
+                continue
             if any(item.type == "user.interrupt" for item in page.items):
                 self.interrupted = True
                 if self._scope is not None:
@@ -308,9 +324,20 @@ class Turn:
         self._open_uses = {u["id"]: u for u in runnable}
         self._remaining = len(runnable)
         sandbox = await self.actor.sandbox() if any(u["name"] in self.tools for u in runnable) else None
+        failures: list[Exception] = []
+
+        async def guarded(use: dict[str, Any]) -> None:
+            try:
+                await self._run_tool(sandbox, use)
+            except Exception as exc:  # a lost lease, say: stop the others, raise it as itself below
+                failures.append(exc)
+                tg.cancel_scope.cancel()
+
         async with anyio.create_task_group() as tg:
             for use in runnable:
-                tg.start_soon(self._run_tool, sandbox, use)
+                tg.start_soon(guarded, use)
+        if failures:
+            raise failures[0]
 
     async def _run_tool(self, sandbox: Any, use: dict[str, Any]) -> None:
         spec: ToolSpec | None = self.tools.get(use["name"])
