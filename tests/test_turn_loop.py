@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from openma import ConfigError, ModelError, RetryPolicy
+from openma import ConfigError, Conflict, ModelError, RetryPolicy, to_json
 from openma.testing import ScriptedModel
 from tests.turn_support import World, engine_settings, open_world, text, tool_use
 
@@ -55,6 +56,8 @@ async def test_a_text_turn_streams_logs_and_goes_idle(world: World) -> None:
     assert len(stream) == 1 and stream[0].text == "Hello there, friend!" and stream[0].message_id
     assert (await world.t.sessions.get(sid)).status == "idle"
     assert [r["outcome"] for r in world.telemetry.of("model.call")] == ["ok"]
+    as_json = json.loads(to_json(result))
+    assert as_json["stop_reason"] == "end_turn" and len(as_json["events"]) == 7 and as_json["usage"]["output_tokens"]
     # Nothing new from the user: the next run calls no model and changes nothing.
     again = await world.t.sessions.run(sid, model=ScriptedModel([]))
     assert again.stop_reason == "end_turn" and again.events == []
@@ -263,3 +266,35 @@ async def test_an_unexpected_error_propagates_as_itself_and_the_next_run_recover
     types = await world.types(sid)
     assert types.index("session.warning") < types.index("session.status_idle") < len(types) - len(result.events)
     assert (await world.t.sessions.get(sid)).status == "idle"
+
+
+async def test_bad_arguments_and_terminated_sessions_are_refused(world: World) -> None:
+    from openma import InvalidInput
+
+    sid = await world.session()
+    for bad in (0, -1, True, "3", 10_001):
+        with pytest.raises(InvalidInput):
+            await world.t.sessions.run(sid, model=ScriptedModel([]), max_steps=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput):
+        await world.t.sessions.run("nope", model=ScriptedModel([]))
+    await world.t.sessions.unfenced_set_status(sid, "terminated")
+    with pytest.raises(Conflict):
+        await world.t.sessions.run(sid, model=ScriptedModel([]))
+
+
+async def test_several_tool_calls_run_concurrently(world: World) -> None:
+    sid = await world.session()
+    await world.say(sid, "both")
+
+    def timed(name: str) -> str:
+        return f"date +%s.%N > {name}.start; sleep 0.4; date +%s.%N > {name}.end; echo {name}"
+
+    calls = [tool_use("bash", {"command": timed("a")}, "a"), tool_use("bash", {"command": timed("b")}, "b")]
+    model = ScriptedModel([calls, [text("done")]])
+    assert (await world.t.sessions.run(sid, model=model)).stop_reason == "end_turn"
+    async with world.t.sessions.actor(sid) as actor:
+        sandbox = await actor.sandbox()
+        stamp = {n: float(await sandbox.read_file(n)) for n in ("a.start", "a.end", "b.start", "b.end")}
+    assert stamp["a.start"] < stamp["b.end"] and stamp["b.start"] < stamp["a.end"]  # the two overlapped
+    results = await world.of(sid, "agent.tool_result")
+    assert sorted(r["content"].strip() for r in results) == ["a", "b"]

@@ -248,6 +248,8 @@ class Sessions:
             raise InvalidInput("max_steps must be an integer from 1 to 10000", field="max_steps")
         base = options or TurnOptions()
         options = attrs.evolve(base, max_steps=max_steps, retry=retry or base.retry)
+        if (await self._store.get(session_id)).status == "terminated":  # before the actor: nothing to recover
+            raise Conflict(f"session {session_id} is terminated; it runs no more turns", session_id=session_id)
         async with self.actor(session_id, wait=wait) as actor:
             if model is None:
                 resolver = self._model_resolver() if self._model_resolver is not None else None

@@ -118,8 +118,9 @@ class ScriptedModel:
                 yield ToolUse(str(block["id"]), str(block["name"]), dict(block.get("input") or {}))
             else:
                 raise InvalidInput(f"a scripted block has an unknown type {kind!r}", field="type")
-        in_chars = sum(len(str(m)) for m in request.messages) + len(request.system)
-        yield usage or Usage(input_tokens=max(1, in_chars // 4), output_tokens=max(1, out_chars // 4))
+        # A made-up but plausible count, cheap on long histories: ~25 tokens a message, the system prompt's 1/4.
+        in_tokens = 25 * len(request.messages) + len(request.system) // 4
+        yield usage or Usage(input_tokens=max(1, in_tokens), output_tokens=max(1, out_chars // 4))
         yield Finish("tool_use" if calls_tool else "end_turn", "tool_use" if calls_tool else "end_turn")
 
     async def aclose(self) -> None:

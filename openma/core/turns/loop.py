@@ -37,7 +37,7 @@ from openma.core.turns.retry import RetryPolicy, call_with_retries
 from openma.core.turns.step import ModelStep, StepOutput, add_usage, text_of
 from openma.core.turns.toolset import ToolSpec, agent_tools
 from openma.errors import Conflict, ModelError, OpenmaError
-from openma.models import Event
+from openma.models import Event, Value
 from openma.ports.model import Model, ModelRequest, Usage
 from openma.ports.telemetry import Telemetry
 
@@ -61,19 +61,13 @@ _INPUTS: Final = ("user.message", "user.interrupt", "user.tool_confirmation", "u
 
 
 @attrs.frozen
-class TurnResult:
-    """How a turn ended: ``stop_reason``, the events it logged (oldest first) and the tokens it used."""
+class TurnResult(Value):
+    """How a turn ended: ``stop_reason``, the events it logged (oldest first; recovery the acquisition ran
+    comes before them) and the tokens it used (summed over its model calls). ``to_dict()`` / ``to_json``."""
 
     stop_reason: StopReason
     events: list[Event]
     usage: Usage
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "stop_reason": self.stop_reason,
-            "events": [e.to_dict() for e in self.events],
-            "usage": attrs.asdict(self.usage),
-        }
 
 
 @attrs.frozen
