@@ -125,3 +125,36 @@ async def test_a_holder_killed_mid_tool_is_recovered_and_the_session_runs_again(
         finally:
             if psutil.pid_exists(sleeper):
                 os.kill(sleeper, signal.SIGKILL)
+
+
+async def test_an_interrupt_posted_by_another_process_stops_the_turn(
+    env: dict[str, str], procs: list[subprocess.Popen[str]]
+) -> None:
+    async with Platform.open(Settings.from_env(env)) as oma:
+        t = oma.tenant(await oma.tenants.create(name="procs"))
+        agent = await t.agents.create(name="a", model="m", tools=[{"type": "agent_toolset_20260401"}])
+        environment = await t.environments.create(name="e")
+        sid = (await t.sessions.create(agent_id=agent.id, environment_id=environment.id)).id
+        await t.sessions.post(sid, [{"type": "user.message", "content": [text("sleep")]}])
+        proc = _spawn(env, t.tenant_id, sid, "sleep")
+        procs.append(proc)
+        root = Path(env["OPENMA_LOCAL_SANDBOX_ROOT"])
+
+        async def running() -> bool:
+            assert proc.poll() is None, "the worker exited before its tool ran"
+            return sleeper_pid(root) is not None
+
+        await poll(running, timeout=30)
+        sleeper = sleeper_pid(root)
+        assert sleeper is not None
+        await t.sessions.post(sid, [{"type": "user.interrupt"}])
+
+        async def idle() -> bool:
+            return (await t.sessions.get(sid)).status == "idle"
+
+        await poll(idle, timeout=5)  # a 30 s sleep was running: only the interrupt ends the turn this soon
+        proc.wait(timeout=30)
+        assert proc.returncode == 0
+        assert not psutil.pid_exists(sleeper) or psutil.Process(sleeper).status() == psutil.STATUS_ZOMBIE
+        types = [e.type for e in (await t.sessions.events(sid, limit=100)).items]
+        assert types[-3:] == ["agent.tool_result", "user.interrupt", "session.status_idle"]
