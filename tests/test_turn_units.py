@@ -356,3 +356,42 @@ async def test_a_tool_turn_runs_on_trio(tmp_path: Path, anyio_backend: str) -> N
         assert result.stop_reason == "end_turn"
         (res,) = (await t.sessions.events(sid, types=["agent.tool_result"])).items
         assert res.data["content"].strip() == "trio"
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    name=st.sampled_from(["bash", "read", "write", "edit", "glob", "grep", "other"]),
+    input=st.dictionaries(
+        st.sampled_from(
+            [
+                "command",
+                "timeout",
+                "file_path",
+                "offset",
+                "limit",
+                "content",
+                "old_string",
+                "new_string",
+                "replace_all",
+                "pattern",
+                "path",
+                "glob",
+                "x",
+            ]
+        ),
+        JSON,
+        max_size=5,
+    ),
+)
+def test_any_tool_input_gives_an_outcome_never_an_exception(name: str, input: dict[str, Any]) -> None:
+    sandbox = FakeSandbox()
+    sandbox.files["a.txt"] = b"hello\n"
+    outcome = anyio.run(run_builtin, sandbox, name, input)
+    assert isinstance(outcome, ToolOutcome) and isinstance(outcome.content, str)
