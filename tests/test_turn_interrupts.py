@@ -131,3 +131,19 @@ async def test_an_interrupt_while_waiting_on_the_user_closes_the_wait(world: Wor
     assert (await world.t.sessions.run(sid, model=model)).stop_reason == "end_turn"
     roles = [m["role"] for m in model.requests[0].messages]
     assert roles == ["user", "assistant", "user"]
+
+
+async def test_an_interrupt_then_a_message_closes_the_wait_and_runs(world: World) -> None:
+    custom = {"type": "custom", "name": "lookup", "description": "", "input_schema": {"type": "object"}}
+    sid = await world.session(tools=[custom])
+    await world.say(sid, "look")
+    assert (await world.t.sessions.run(sid, model=ScriptedModel([[tool_use("lookup", {})]]))).stop_reason == (
+        "requires_action"
+    )
+    await world.t.sessions.post(sid, [{"type": "user.interrupt"}])
+    await world.say(sid, "something else")
+    model = ScriptedModel([[text("sure")]])
+    assert (await world.t.sessions.run(sid, model=model)).stop_reason == "end_turn"
+    (res,) = await world.of(sid, "agent.tool_result")
+    assert res["is_error"] is True
+    assert model.requests[0].messages[-1]["content"][-1] == text("something else")

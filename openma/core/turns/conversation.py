@@ -7,6 +7,8 @@
   assistant message per model step;
 * ``agent.tool_result`` and ``user.custom_tool_result`` → ``tool_result`` blocks of a user message
   (a denied confirmation is answered with an ``agent.tool_result`` by the loop, so it needs no case here);
+* tool results lead the user message they are merged into (a result logged after a user's message, as when
+  an interrupt closes a call, still answers the call first);
 * the latest ``agent.thread_context_compacted`` replaces everything up to its ``replaced_range.end_seq`` with
   its summary, as a user message.
 
@@ -68,6 +70,18 @@ def _result(use_id: Any, content: Any, is_error: Any) -> dict[str, Any]:
     return block
 
 
+def _merge(messages: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
+    """Append ``blocks`` as ``role``'s, into the last message when it is that role's; in a user message,
+    tool results come before anything else (providers require the answers to a call to lead)."""
+    if messages and messages[-1]["role"] == role:
+        content = messages[-1]["content"]
+        content.extend(blocks)
+        if role == "user" and any(b.get("type") == "tool_result" for b in blocks):
+            content.sort(key=lambda b: b.get("type") != "tool_result")
+    else:
+        messages.append({"role": role, "content": list(blocks)})
+
+
 def _summary_message(data: Mapping[str, Any]) -> dict[str, Any]:
     return {"role": "user", "content": _blocks(data.get("summary"))}
 
@@ -88,10 +102,7 @@ def build_messages(events: Sequence[Event]) -> list[dict[str, Any]]:
         if mapped is None or not mapped[1]:
             continue
         role, blocks = mapped
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"].extend(blocks)
-        else:
-            messages.append({"role": role, "content": blocks})
+        _merge(messages, role, blocks)
     return messages
 
 
@@ -115,10 +126,7 @@ class Conversation:
         if mapped is None or not mapped[1]:
             return
         role, blocks = mapped
-        if self.messages and self.messages[-1]["role"] == role:
-            self.messages[-1]["content"].extend(blocks)
-        else:
-            self.messages.append({"role": role, "content": list(blocks)})
+        _merge(self.messages, role, blocks)
         self.chars += len(str(blocks))
 
     def tokens(self, system: str = "") -> int:

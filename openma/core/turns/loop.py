@@ -220,9 +220,14 @@ class Turn:
         """``(reason, ids)``; ``ids is None`` when nothing ran (no status change is due)."""
         waiting, confirmed, confirmations = _waiting(self.log)
         inputs = [e for e in self.log if e.type in _INPUTS]
+        interrupts = [e.seq for e in inputs if e.type == "user.interrupt"]
+        if interrupts:  # an interrupt closes every call that was waiting on the user before it
+            seq_of = {e.id: e.seq for e in self.log}
+            stale = [u for u in waiting + confirmed if seq_of.get(u["id"], 0) < interrupts[-1]]
+            if stale:
+                await self.append([self._result(u["id"], INTERRUPTED_TOOL_TEXT, True) for u in stale])
+                waiting, confirmed, confirmations = _waiting(self.log)
         if inputs and inputs[-1].type == "user.interrupt":
-            if waiting or confirmed:
-                await self.append([self._result(u["id"], INTERRUPTED_TOOL_TEXT, True) for u in waiting + confirmed])
             return "interrupted", None
         if waiting and not confirmed:
             return "requires_action", None
