@@ -158,10 +158,11 @@ async def test_always_ask_waits_for_a_confirmation(world: World, answer: str) ->
     second = await world.t.sessions.run(sid, model=model)
     assert second.stop_reason == "end_turn"
     (res,) = await world.of(sid, "agent.tool_result")
+    outcomes = [c["outcome"] for c in world.telemetry.of("tool.call")]
     if answer == "deny":
-        assert res["is_error"] is True and "not today" in res["content"]
+        assert res["is_error"] is True and "not today" in res["content"] and outcomes == ["denied"]
     else:
-        assert res["is_error"] is False and res["content"].strip() == "ran"
+        assert res["is_error"] is False and res["content"].strip() == "ran" and outcomes == ["ok"]
     assert model.requests[0].messages[-1]["content"][0]["tool_use_id"] == use.id
 
 

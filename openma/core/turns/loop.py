@@ -316,6 +316,14 @@ class Turn:
             if answer is not None and answer.get("result") != "allow":
                 why = answer.get("deny_message") or "the user denied this tool call"
                 await self.append([self._result(use["id"], f"denied: {why}", True)])
+                self.telemetry.emit(
+                    "tool.call",
+                    tenant_id=self.actor.tenant_id,
+                    session_id=self.actor.session_id,
+                    tool=use["name"],
+                    outcome="denied",
+                    duration_ms=0.0,
+                )
             else:
                 runnable.append(use)
         if not runnable:
