@@ -99,6 +99,7 @@ class SessionActor:
 
     @property
     def tenant_id(self) -> str:
+        """The tenant of the session this actor holds."""
         return self._store.tenant_id
 
     @property
