@@ -10,10 +10,11 @@
 The public API is flat and re-exported here; everything else is internal unless documented.
 """
 
-from openma import sse
+from openma import events, sse
 from openma.core.actor import SessionActor
 from openma.core.sessions import Sessions
 from openma.core.tail import EventTail
+from openma.core.turns import RetryPolicy, TurnResult
 from openma.errors import (
     ConfigError,
     Conflict,
@@ -52,6 +53,7 @@ from openma.models import (
 from openma.platform import Platform, TenantScope
 from openma.ports.blobs import BlobInfo, BlobReader, BlobStore
 from openma.ports.kv import KVEntry, KVStore
+from openma.ports.model import Model, ModelRequest
 from openma.ports.sandbox import ExecResult, FileInfo, ProcessInfo, Sandbox, SandboxProvider, SandboxSpec, SnapshotRef
 from openma.ports.telemetry import Telemetry
 from openma.settings import Settings
@@ -78,13 +80,16 @@ __all__ = [
     "KVEntry",
     "KVStore",
     "LeaseLost",
+    "Model",
     "ModelError",
+    "ModelRequest",
     "NotFound",
     "OpenmaError",
     "Page",
     "Platform",
     "ProcessInfo",
     "ResyncRequired",
+    "RetryPolicy",
     "Sandbox",
     "SandboxError",
     "SandboxGone",
@@ -106,9 +111,11 @@ __all__ = [
     "Telemetry",
     "Tenant",
     "TenantScope",
+    "TurnResult",
     "Vault",
     "VersionConflict",
     "__version__",
+    "events",
     "sse",
     "to_json",
 ]

@@ -7,8 +7,9 @@ one whole session turn the way a host would:
    the first run and found again (through the tenant's KV store) on the next ones;
 2. a user message posted to the session's inbox, while a subscriber tails the log and prints each event as
    it lands;
-3. the session's actor promotes the message, goes ``running``, streams a model reply in chunks, runs a
-   ``bash`` tool in the session's sandbox, logs the result and the final message, and goes back to ``idle``;
+3. ``t.sessions.run`` runs the turn through the loop with a scripted model (:class:`ScriptedModel`): the
+   model's reply is streamed in chunks, its ``bash`` call runs in the session's sandbox, the tool's result
+   is fed back, and the model's final message reports it; then the session goes back to ``idle``;
 4. releasing the actor snapshots the workspace; the next run warms a new sandbox from that snapshot, so the
    workspace's run counter keeps counting.
 """
@@ -22,9 +23,12 @@ import anyio
 
 from openma.adapters.telemetry import FanoutTelemetry, LoggingTelemetry, MemoryTelemetry
 from openma.core.sessions import Sessions
-from openma.models import Event, Tenant
+from openma.core.turns import TurnResult
+from openma.models import Tenant
 from openma.platform import Platform, TenantScope
+from openma.ports.model import ModelRequest
 from openma.settings import Settings
+from openma.testing.model import ScriptedModel
 
 DEMO_SOURCE = "openma demo"
 COMMAND = (
@@ -39,7 +43,7 @@ def _detail(data: dict[str, Any]) -> str:
         text = content
     else:
         text = next((str(b.get("text", "")) for b in content or [] if isinstance(b, dict) and "text" in b), "")
-    text = text or str(data.get("name") or data.get("stop_reason") or "")
+    text = text or str(data.get("name") or data.get("stop_reason") or data.get("model") or "")
     return " | ".join(text.strip().splitlines())[:70]
 
 
@@ -84,32 +88,23 @@ async def _tail(sessions: Sessions, session_id: str, after: int, echo: Callable[
                 return
 
 
-async def _turn(sessions: Sessions, session_id: str, echo: Callable[[str], None]) -> Event | None:
-    async with sessions.actor(session_id, wait=10) as actor:
-        promoted = await actor.promote()
-        await actor.set_status("running")
-        stream = await actor.open_stream()
-        reply = ["Let me ", "look at ", "the workspace."]
-        await actor.append_stream(stream.id, reply)
-        await actor.finalize_stream(stream.id, "completed")
-        await actor.append([{"type": "agent.message", "content": [{"type": "text", "text": "".join(reply)}]}])
-        tool_use = {"type": "agent.tool_use", "id": f"tu_{actor.epoch}", "name": "bash", "input": {"command": COMMAND}}
-        await actor.append([tool_use])
-        sandbox = await actor.sandbox()
-        result = await sandbox.exec(COMMAND, timeout=30)
-        await actor.append(
-            [
-                {
-                    "type": "agent.tool_result",
-                    "tool_use_id": tool_use["id"],
-                    "content": result.stdout,
-                    "is_error": not result.ok,
-                },
-                {"type": "agent.message", "content": [{"type": "text", "text": result.stdout.strip()}]},
-            ]
-        )
-        await actor.set_status("idle", stop_reason={"type": "end_turn"})
-        return promoted[0] if promoted else None
+def _model() -> ScriptedModel:
+    """The demo's model: it looks at the workspace with ``bash``, then reports what the tool printed."""
+
+    def report(request: ModelRequest) -> list[dict[str, Any]]:
+        result = request.messages[-1]["content"][-1]
+        return [{"type": "text", "text": str(result.get("content", "")).strip()}]
+
+    look = {"type": "tool_use", "id": "toolu_look", "name": "bash", "input": {"command": COMMAND}}
+    return ScriptedModel([[{"type": "text", "text": "Let me look at the workspace."}, look], report])
+
+
+async def _turn(sessions: Sessions, session_id: str, echo: Callable[[str], None]) -> TurnResult:
+    """One real turn through the loop: the model calls ``bash`` in the session's sandbox and reads its output."""
+    result = await sessions.run(session_id, model=_model())
+    usage = f"{result.usage.input_tokens} tokens in, {result.usage.output_tokens} out"
+    echo(f"turn                stop_reason={result.stop_reason}, {len(result.events)} events, {usage}")
+    return result
 
 
 async def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[str, str]:

@@ -19,7 +19,7 @@ from anyio.abc import TaskGroup
 from openma import registry
 from openma.adapters.telemetry import LoggingTelemetry
 from openma.core.ids import check_id
-from openma.core.sessions import Sessions
+from openma.core.sessions import ModelResolver, Sessions
 from openma.core.tenant_blobs import tenant_view
 from openma.errors import ConfigError, Conflict
 from openma.models import Tenant
@@ -28,6 +28,7 @@ from openma.ports.backend import StoreBackend
 from openma.ports.blobs import BlobStore
 from openma.ports.environments import EnvironmentStore
 from openma.ports.kv import KVStore
+from openma.ports.model import Model
 from openma.ports.session_secrets import SessionSecretStore
 from openma.ports.telemetry import Telemetry
 from openma.ports.tenancy import TenantRef
@@ -138,6 +139,7 @@ class TenantScope:
                 sandboxes=self._platform.sandbox_orchestrator,
                 opened_sandboxes=lambda: self._platform._orchestrator,
                 vaults=lambda: self.vaults,
+                model_resolver=lambda: self._platform.model_resolver,
             )
         return self._sessions
 
@@ -153,6 +155,7 @@ class Platform:
         *,
         telemetry: Telemetry | None = None,
         keys: KeyRing | None = None,
+        model_resolver: ModelResolver | None = None,
     ) -> None:
         given: object = settings
         if not isinstance(given, Settings):
@@ -165,11 +168,29 @@ class Platform:
         for backend in backends.values():  # backends report what they recover from (silent_catch) here too
             if hasattr(backend, "telemetry"):
                 backend.telemetry = self.telemetry
+        #: Picks the model of ``t.sessions.run(..., model=None)`` from a session's agent snapshot (assignable).
+        #: By default the agent's ``model`` is resolved through the settings and the models registry
+        #: (:func:`openma.adapters.models.open_model`), one adapter per provider and model, closed with the platform.
+        self.model_resolver: ModelResolver | None = model_resolver or self._open_agent_model
+        self._models: dict[tuple[str, str], Model] = {}
+        self._models_lock = anyio.Lock()
         self._orchestrator: SandboxOrchestrator | None = None
         self._orchestrator_lock = anyio.Lock()
         self._task_group: TaskGroup | None = None
         self._closed = False
         self._keys = keys
+
+    async def _open_agent_model(self, agent: dict[str, Any]) -> Model:
+        """The adapter for an agent snapshot's ``model`` (``OPENMA_MODEL`` when it names none), opened once."""
+        from openma.adapters.models import open_model, resolve_model
+
+        spec = agent.get("model")
+        resolved = resolve_model(self.settings, spec)
+        async with self._models_lock:
+            key = (resolved.provider, resolved.id)
+            if key not in self._models:
+                self._models[key] = await open_model(self.settings, spec)
+            return self._models[key]
 
     @property
     def keys(self) -> KeyRing:
@@ -193,7 +214,11 @@ class Platform:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, settings: Settings | None = None, *, telemetry: Telemetry | None = None
+        cls,
+        settings: Settings | None = None,
+        *,
+        telemetry: Telemetry | None = None,
+        model_resolver: ModelResolver | None = None,
     ) -> AsyncIterator[Platform]:
         """Open a platform for the duration of an ``async with`` block.
 
@@ -203,7 +228,7 @@ class Platform:
         With no ``settings``, they are read from the environment (:meth:`Settings.from_env`), as the command
         line does, so a program and ``python -m openma doctor`` use the same databases.
         """
-        platform = await cls.connect(settings, telemetry=telemetry)
+        platform = await cls.connect(settings, telemetry=telemetry, model_resolver=model_resolver)
         failure: Exception | None = None
         try:
             async with anyio.create_task_group() as task_group:
@@ -239,7 +264,13 @@ class Platform:
         return cls.open(Settings.from_url(url, **settings), telemetry=telemetry)
 
     @classmethod
-    async def connect(cls, settings: Settings | None = None, *, telemetry: Telemetry | None = None) -> Platform:
+    async def connect(
+        cls,
+        settings: Settings | None = None,
+        *,
+        telemetry: Telemetry | None = None,
+        model_resolver: ModelResolver | None = None,
+    ) -> Platform:
         """Open a platform and return it; call :meth:`aclose` when done (handy in notebooks).
 
         With no ``settings``, they are read from the environment (:meth:`Settings.from_env`).
@@ -283,7 +314,7 @@ class Platform:
                 except Exception as close_exc:
                     exc.add_note(f"also failed to close the blob store: {close_exc!r}")
             raise
-        return cls(settings, backends, blobs, telemetry=telemetry, keys=keys)
+        return cls(settings, backends, blobs, telemetry=telemetry, keys=keys, model_resolver=model_resolver)
 
     def backend(self, store: str) -> StoreBackend:
         """The backend that holds ``store`` (``"agents"``, ``"sessions"``, ...)."""
@@ -369,6 +400,7 @@ class Platform:
         if self._orchestrator is not None:
             parts.append(("sandbox orchestrator", self._orchestrator.aclose))
             parts.append(("sandbox provider", self._orchestrator.provider.aclose))
+        parts += [(f"model {provider}:{model_id}", m.aclose) for (provider, model_id), m in self._models.items()]
         parts += [(f"store backend {name!r}", backend.aclose) for name, backend in self._backends.items()]
         if self._blobs is not None:
             blobs = self._blobs

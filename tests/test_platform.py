@@ -136,13 +136,16 @@ PUBLIC_NAMES = [
     "KVEntry",
     "KVStore",
     "LeaseLost",
+    "Model",
     "ModelError",
+    "ModelRequest",
     "NotFound",
     "OpenmaError",
     "Page",
     "Platform",
     "ProcessInfo",
     "ResyncRequired",
+    "RetryPolicy",
     "Sandbox",
     "SandboxError",
     "SandboxGone",
@@ -164,9 +167,11 @@ PUBLIC_NAMES = [
     "Telemetry",
     "Tenant",
     "TenantScope",
+    "TurnResult",
     "Vault",
     "VersionConflict",
     "__version__",
+    "events",
     "sse",
     "to_json",
 ]
@@ -219,10 +224,11 @@ HTTP_STATUSES = {
 def test_public_names_are_exported_and_documented() -> None:
     assert openma.__all__ == PUBLIC_NAMES  # sorted, no duplicates, nothing missing, nothing extra
     public = {n for n in dir(openma) if not n.startswith("_") and n[0].isupper()}
-    assert public == set(PUBLIC_NAMES) - {"__version__", "sse", "to_json"}  # no public name leaks in unexported
+    assert public == set(PUBLIC_NAMES) - {"__version__", "events", "sse", "to_json"}  # no unexported public name
     assert isinstance(openma.__version__, str) and openma.__version__
     assert openma.sse.__name__ == "openma.sse" and (openma.sse.__doc__ or "").strip()
-    for name in (n for n in PUBLIC_NAMES if n not in ("__version__", "sse")):
+    assert openma.events.__name__ == "openma.events" and (openma.events.__doc__ or "").strip()
+    for name in (n for n in PUBLIC_NAMES if n not in ("__version__", "events", "sse")):
         obj = getattr(openma, name)
         assert obj.__module__.startswith("openma."), name
         doc = obj.__dict__.get("__doc__") if isinstance(obj, type) else obj.__doc__  # not an inherited one
@@ -254,12 +260,13 @@ async def test_demo_runs_twice_in_a_row(tmp_path: Path, anyio_backend: str) -> N
 
     first = demo()
     assert "created tenant" in first and "now at version 2" in first
-    assert "live #1   user.message" in first and "live #7   session.status_idle" in first
+    assert "live #1   user.message" in first and "live #11  session.status_idle" in first
+    assert "agent.tool_use             bash" in first and "turn                stop_reason=end_turn" in first
     assert "this workspace has seen 1 run(s)" in first
     assert "sandbox             created -> snapshot" in first
     second = demo()
     assert "found tenant" in second and "created tenant" not in second
-    assert "live #8   user.message" in second and "live #14  session.status_idle" in second
+    assert "live #12  user.message" in second and "live #22  session.status_idle" in second
     assert "this workspace has seen 2 run(s)" in second  # restored from the first run's snapshot
     assert "created -> restored -> snapshot" in second
     assert (tmp_path / ".openma" / "openma.db").exists()

@@ -100,6 +100,8 @@ async def test_a_host_test_records_telemetry_with_the_testing_fakes(tmp_path: Pa
         "KVContract",
         "MemoryTelemetry",
         "SandboxContract",
+        "Scripted",
+        "ScriptedModel",
         "TelemetryRecord",
         "TenantStoreContract",
         "VaultContract",

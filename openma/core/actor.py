@@ -98,6 +98,16 @@ class SessionActor:
         return f"SessionActor({self.session_id!r}, epoch={self.epoch}, {state})"
 
     @property
+    def tenant_id(self) -> str:
+        """The tenant of the session this actor holds."""
+        return self._store.tenant_id
+
+    @property
+    def store(self) -> SessionStore:
+        """The sessions store this actor writes through (reads and wake-ups; writes go through the actor)."""
+        return self._store
+
+    @property
     def held(self) -> bool:
         """True while this actor may still write (it may still be refused if it lost the lease unseen)."""
         return not (self._lost or self._released) and self._handle.alive()

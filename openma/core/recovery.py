@@ -14,7 +14,8 @@ running is dead. :func:`recover_interrupted_state` says what to write so the log
 
 Results pair with uses by namespace: ``agent.tool_result.tool_use_id`` answers ``agent.tool_use``,
 ``agent.mcp_tool_result.mcp_tool_use_id`` answers ``agent.mcp_tool_use`` and
-``user.custom_tool_result.custom_tool_use_id`` answers ``agent.custom_tool_use``.
+``user.custom_tool_result.custom_tool_use_id`` answers ``agent.custom_tool_use`` (so does an
+``agent.tool_result`` the turn loop logs when an interrupt closes a custom call the user never answered).
 
 Every event it plans has a deterministic id derived from the session and what it answers, so applying a plan
 twice (say, a crash between the write and the release) appends nothing the second time; and once applied, a
@@ -149,7 +150,7 @@ def recover_interrupted_state(
             )
             mcp_done.add(use_id)
             done["mcp_tool_results"].append({"mcp_tool_use_id": use_id, "tool_name": e.get("name")})
-        elif kind == "agent.custom_tool_use" and use_id not in custom_done:
+        elif kind == "agent.custom_tool_use" and use_id not in custom_done and use_id not in tool_done:
             waiting.append(use_id)  # a custom tool's result comes from the user: never fabricated
 
     new_status: str | None = None

@@ -15,24 +15,34 @@ store itself (:class:`~openma.ports.sessions.SessionStore`). Fenced writes belon
 from __future__ import annotations
 
 import builtins
+import inspect
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
+
+import attrs
 
 from openma.core import tail, validate
 from openma.core.actor import SessionActor, acquire_actor
 from openma.core.ids import check_id
 from openma.core.orchestrator import SandboxOrchestrator
 from openma.core.tail import EventTail
-from openma.errors import ConfigError, Conflict
+from openma.core.turns import DEFAULT_MAX_STEPS, TurnOptions, TurnResult, run_turn
+from openma.core.turns.retry import RetryPolicy
+from openma.errors import ConfigError, Conflict, InvalidInput
 from openma.models import Agent, Environment, Event, GcReport, InboxItem, Order, Page, Session, Stream
 from openma.ports.agents import AgentStore
 from openma.ports.environments import EnvironmentStore
 from openma.ports.lease import LeaseLock
+from openma.ports.model import Model
 from openma.ports.sessions import UNSET, SessionStore
 from openma.ports.telemetry import NullTelemetry, Telemetry
 from openma.ports.vaults import VaultStore
+
+#: Picks the model for a session from its frozen agent snapshot (the agent's ``model``, resolved through settings);
+#: it may return the model or an awaitable of it (an adapter that opens a client).
+ModelResolver = Callable[[dict[str, Any]], Model | Awaitable[Model]]
 
 
 def agent_snapshot(agent: Agent) -> dict[str, Any]:
@@ -76,6 +86,7 @@ class Sessions:
         sandboxes: Callable[[], Awaitable[SandboxOrchestrator]] | None = None,
         opened_sandboxes: Callable[[], SandboxOrchestrator | None] | None = None,
         vaults: Callable[[], VaultStore] | None = None,
+        model_resolver: Callable[[], ModelResolver | None] | None = None,
     ) -> None:
         self._store = store
         self._vaults = vaults
@@ -84,6 +95,7 @@ class Sessions:
         self._lease_lock = lease_lock
         self._sandboxes = sandboxes
         self._opened_sandboxes = opened_sandboxes
+        self._model_resolver = model_resolver
         self._telemetry = telemetry or NullTelemetry()
         self.tenant_id = store.tenant_id
 
@@ -232,6 +244,42 @@ class Sessions:
         return acquire_actor(
             self._store, self._lease_lock, session_id, wait=wait, telemetry=self._telemetry, sandboxes=self._sandboxes
         )
+
+    async def run(
+        self,
+        session_id: str,
+        *,
+        model: Model | None = None,
+        max_steps: int = DEFAULT_MAX_STEPS,
+        retry: RetryPolicy | None = None,
+        wait: float = 10.0,
+        options: TurnOptions | None = None,
+    ) -> TurnResult:
+        """Run one turn of the session as its actor: promote its inputs, then model ⇄ tools until it stops.
+
+        ``stop_reason`` is ``end_turn``, ``requires_action`` (a custom tool's result or a tool confirmation is
+        awaited: post it and ``run`` again, from any process), ``interrupted``, ``error`` (a model error
+        that is not retryable, or retries that ran out; logged as ``session.error``) or ``max_steps``. See
+        :mod:`openma.core.turns.loop`. ``model=None`` asks the platform's model resolver for the agent's
+        model (``ConfigError`` without one). ``wait`` is how long to wait for the session's actor.
+        """
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or not 1 <= max_steps <= 10_000:
+            raise InvalidInput("max_steps must be an integer from 1 to 10000", field="max_steps")
+        base = options or TurnOptions()
+        options = attrs.evolve(base, max_steps=max_steps, retry=retry or base.retry)
+        if (await self._store.get(session_id)).status == "terminated":  # before the actor: nothing to recover
+            raise Conflict(f"session {session_id} is terminated; it runs no more turns", session_id=session_id)
+        async with self.actor(session_id, wait=wait) as actor:
+            if model is None:
+                resolver = self._model_resolver() if self._model_resolver is not None else None
+                if resolver is None:
+                    raise ConfigError(
+                        "no model given and this platform has no model resolver; pass model=... or open the "
+                        "platform with model_resolver=..."
+                    )
+                chosen = resolver((await actor.session()).agent)
+                model = await chosen if inspect.isawaitable(chosen) else chosen
+            return await run_turn(actor, model, telemetry=self._telemetry, options=options)
 
     def subscribe(self, session_id: str, *, after: int = 0) -> EventTail:
         """Every event with ``seq > after``, in order, then new ones as they land (see :mod:`openma.core.tail`)."""

@@ -25,6 +25,7 @@ from openma.testing.capabilities import KNOWN as KNOWN_CAPABILITIES
 from openma.testing.capabilities import requires
 from openma.testing.events import EventLogContract
 from openma.testing.kv import KVContract
+from openma.testing.model import Scripted, ScriptedModel
 from openma.testing.sandbox import SandboxContract
 from openma.testing.stores import EnvironmentStoreContract, TenantStoreContract
 from openma.testing.vaults import CredentialContract, VaultContract
@@ -41,6 +42,8 @@ __all__ = [
     "KVContract",
     "MemoryTelemetry",
     "SandboxContract",
+    "Scripted",
+    "ScriptedModel",
     "TelemetryRecord",
     "TenantStoreContract",
     "VaultContract",
