@@ -26,7 +26,7 @@ from openma.core.sessions import Sessions
 from openma.core.turns import TurnResult
 from openma.models import Tenant
 from openma.platform import Platform, TenantScope
-from openma.ports.model import ModelRequest
+from openma.ports.model import Model, ModelRequest
 from openma.settings import Settings
 from openma.testing.model import ScriptedModel
 
@@ -99,9 +99,14 @@ def _model() -> ScriptedModel:
     return ScriptedModel([[{"type": "text", "text": "Let me look at the workspace."}, look], report])
 
 
-async def _turn(sessions: Sessions, session_id: str, echo: Callable[[str], None]) -> TurnResult:
-    """One real turn through the loop: the model calls ``bash`` in the session's sandbox and reads its output."""
-    result = await sessions.run(session_id, model=_model())
+async def _turn(
+    sessions: Sessions, session_id: str, echo: Callable[[str], None], live: Model | None = None
+) -> TurnResult:
+    """One real turn through the loop: the model calls ``bash`` in the session's sandbox and reads its output.
+
+    ``live`` is the model ``OPENMA_MODEL`` names when it is set (with its provider's key); otherwise the demo's
+    scripted model plays the part, so the demo runs offline."""
+    result = await sessions.run(session_id, model=live or _model())
     usage = f"{result.usage.input_tokens} tokens in, {result.usage.output_tokens} out"
     echo(f"turn                stop_reason={result.stop_reason}, {len(result.events)} events, {usage}")
     return result
@@ -126,9 +131,19 @@ async def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> d
             [{"type": "user.message", "content": [{"type": "text", "text": "What is in the workspace?"}]}],
         )
         echo(f"posted              a user.message; the log has {session.last_seq} events so far")
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_tail, t.sessions, session_id, session.last_seq, echo)
-            await _turn(t.sessions, session_id, echo)
+        live = None
+        if settings.models.default:  # OPENMA_MODEL is set: a real model answers (its key must be set too)
+            from openma.adapters.models import open_model
+
+            live = await open_model(settings)
+            echo(f"model               {live.name}: {settings.models.default}")
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_tail, t.sessions, session_id, session.last_seq, echo)
+                await _turn(t.sessions, session_id, echo, live)
+        finally:
+            if live is not None:
+                await live.aclose()
         actions = [f["action"] for f in memory.of("sandbox.lifecycle")]
         echo(f"sandbox             {' -> '.join(actions)}")
         if "restored" in actions:

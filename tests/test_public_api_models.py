@@ -143,3 +143,23 @@ def test_to_json_of_settings_never_shows_a_secret() -> None:
     assert data["root_secret"] == "***"
     assert data["store_backends"] == {"default": "cf"}
     assert data["postgres"]["url"] == "postgresql://u:***@db.example/app"
+
+
+def test_the_fakes_and_the_demo_import_without_pytest() -> None:
+    """A bare install has no pytest: ``ScriptedModel``, ``MemoryTelemetry`` and the demo must still import;
+    only the contracts need pytest."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['pytest'] = None\n"
+        "import openma.demo\n"
+        "from openma.testing import MemoryTelemetry, ScriptedModel\n"
+        "try:\n"
+        "    from openma.testing import EventLogContract\n"
+        "except ImportError:\n"
+        "    print('contracts need pytest')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "contracts need pytest"

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from openma import Platform, Settings
@@ -93,3 +94,18 @@ async def test_run_without_a_model_and_no_key_is_a_config_error(tmp_path: Path) 
         with pytest.raises(ConfigError) as raised:
             await t.sessions.run(session.id)
         assert "ANTHROPIC_API_KEY" in str(raised.value)
+
+
+async def test_the_demo_uses_a_live_model_when_one_is_configured(tmp_path: Path) -> None:
+    """``OPENMA_MODEL`` set (with its key): the demo's turn is answered by that provider, here the local fake."""
+    from openma.demo import COMMAND, run_demo
+
+    with anthropic_server.FakeAnthropic() as server:
+        look = {"type": "tool_use", "id": "toolu_1", "name": "bash", "input": {"command": COMMAND}}
+        server.reply(_frames("anthropic", [look]), _frames("anthropic", [{"type": "text", "text": "done looking"}]))
+        settings = attrs.evolve(_settings(tmp_path, "anthropic", server), model="anthropic:claude-fake")
+        lines: list[str] = []
+        await run_demo(settings, echo=lines.append)
+        assert any("model               anthropic" in line for line in lines), lines
+        assert any("done looking" in line for line in lines), lines
+        assert len(server.requests) == 2 and "this workspace has seen 1 run(s)" in str(server.requests[1].body)

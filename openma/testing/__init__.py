@@ -17,18 +17,61 @@ fields), so a host's test can pass ``telemetry=MemoryTelemetry()`` to ``Platform
 openma reported.
 """
 
-from openma.adapters.telemetry import MemoryTelemetry, TelemetryRecord
-from openma.testing.actor import ActorContract, BackendFactory
-from openma.testing.agents import AgentStoreContract
-from openma.testing.blobs import BlobStoreContract
-from openma.testing.capabilities import KNOWN as KNOWN_CAPABILITIES
-from openma.testing.capabilities import requires
-from openma.testing.events import EventLogContract
-from openma.testing.kv import KVContract
-from openma.testing.model import Scripted, ScriptedModel
-from openma.testing.sandbox import SandboxContract
-from openma.testing.stores import EnvironmentStoreContract, TenantStoreContract
-from openma.testing.vaults import CredentialContract, VaultContract
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from openma.adapters.telemetry import MemoryTelemetry, TelemetryRecord
+    from openma.testing.actor import ActorContract, BackendFactory
+    from openma.testing.agents import AgentStoreContract
+    from openma.testing.blobs import BlobStoreContract
+    from openma.testing.capabilities import KNOWN as KNOWN_CAPABILITIES
+    from openma.testing.capabilities import requires
+    from openma.testing.events import EventLogContract
+    from openma.testing.kv import KVContract
+    from openma.testing.model import Scripted, ScriptedModel
+    from openma.testing.sandbox import SandboxContract
+    from openma.testing.stores import EnvironmentStoreContract, TenantStoreContract
+    from openma.testing.vaults import CredentialContract, VaultContract
+
+#: Where each public name lives. Names load on first use, so the fakes a host's code or the demo needs
+#: (``ScriptedModel``, ``MemoryTelemetry``) import without pytest, which only the contracts need.
+_WHERE: dict[str, tuple[str, str]] = {
+    "MemoryTelemetry": ("openma.adapters.telemetry", "MemoryTelemetry"),
+    "TelemetryRecord": ("openma.adapters.telemetry", "TelemetryRecord"),
+    "ActorContract": ("openma.testing.actor", "ActorContract"),
+    "BackendFactory": ("openma.testing.actor", "BackendFactory"),
+    "AgentStoreContract": ("openma.testing.agents", "AgentStoreContract"),
+    "BlobStoreContract": ("openma.testing.blobs", "BlobStoreContract"),
+    "KNOWN_CAPABILITIES": ("openma.testing.capabilities", "KNOWN"),
+    "requires": ("openma.testing.capabilities", "requires"),
+    "EventLogContract": ("openma.testing.events", "EventLogContract"),
+    "KVContract": ("openma.testing.kv", "KVContract"),
+    "Scripted": ("openma.testing.model", "Scripted"),
+    "ScriptedModel": ("openma.testing.model", "ScriptedModel"),
+    "SandboxContract": ("openma.testing.sandbox", "SandboxContract"),
+    "EnvironmentStoreContract": ("openma.testing.stores", "EnvironmentStoreContract"),
+    "TenantStoreContract": ("openma.testing.stores", "TenantStoreContract"),
+    "CredentialContract": ("openma.testing.vaults", "CredentialContract"),
+    "VaultContract": ("openma.testing.vaults", "VaultContract"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attribute = _WHERE[name]
+    except KeyError:
+        raise AttributeError(f"module 'openma.testing' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "KNOWN_CAPABILITIES",
