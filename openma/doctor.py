@@ -59,7 +59,20 @@ async def diagnose(settings: Settings) -> list[Check]:
     checks.append(await _blobs(settings))
     checks.append(await _sandbox(settings))
     checks.append(await _model(settings))
+    checks.append(_secrets(settings))
     return checks
+
+
+def _secrets(settings: Settings) -> Check:
+    """Whether the stores holding secrets can seal them: a root secret, or the embedded default's key file."""
+    from openma.keyfile import SECRET_STORES, key_file_path
+
+    if settings.root_secret is not None:
+        return Check("secrets", True, "sealed under OPENMA_ROOT_SECRET (never printed)")
+    if any(settings.backend_for(store) != "cf" for store in SECRET_STORES):
+        placed = ", ".join(f"{store} on {settings.backend_for(store)!r}" for store in SECRET_STORES)
+        return Check("secrets", False, f"{placed}: a shared backend needs OPENMA_ROOT_SECRET, and none is set")
+    return Check("secrets", True, f"sealed under the generated key file {key_file_path(settings)}")
 
 
 async def _backend(settings: Settings, name: str) -> Check:

@@ -28,6 +28,7 @@ import anyio
 import pytest
 
 from openma import Platform, Settings
+from tests.fixtures.engines import ROOT_SECRET
 
 pytestmark = pytest.mark.anyio
 
@@ -41,6 +42,7 @@ def settings_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, st
     if request.param == "postgres":
         env["OPENMA_POSTGRES_URL"] = request.getfixturevalue("pg_url")
         env["STORE_BACKENDS"] = '{"default": "cf", "sessions": "pg"}'
+        env["OPENMA_ROOT_SECRET"] = ROOT_SECRET
     return env
 
 
@@ -151,6 +153,7 @@ async def test_postgres_fight_with_connections_terminated_at_random(
         "OPENMA_SQLITE_PATH": str(tmp_path / "openma.db"),
         "OPENMA_POSTGRES_URL": pg_url,
         "STORE_BACKENDS": '{"default": "cf", "sessions": "pg"}',
+        "OPENMA_ROOT_SECRET": ROOT_SECRET,
     }
     tenant, session = await _new_session(env)
     workers = [_spawn(env, tenant, session, "fight", str(FIGHT_SECONDS), f"w{i}") for i in range(2)]
@@ -227,6 +230,7 @@ async def test_a_frozen_holder_is_refused_after_another_takes_over(
         "OPENMA_SQLITE_PATH": str(tmp_path / "openma.db"),
         "OPENMA_POSTGRES_URL": pg_url,
         "STORE_BACKENDS": '{"default": "cf", "sessions": "pg"}',
+        "OPENMA_ROOT_SECRET": ROOT_SECRET,
     }
     tenant, session = await _new_session(env)
     frozen = _spawn(env, tenant, session, "frozen", stdin=True)
@@ -265,6 +269,7 @@ async def test_a_frozen_holders_sandbox_is_fenced_after_another_takes_over(
         "OPENMA_SQLITE_PATH": str(tmp_path / "openma.db"),
         "OPENMA_POSTGRES_URL": pg_url,
         "STORE_BACKENDS": '{"default": "cf", "sessions": "pg"}',
+        "OPENMA_ROOT_SECRET": ROOT_SECRET,
         "OPENMA_LOCAL_SANDBOX_ROOT": str(tmp_path / "sandboxes"),
     }
     tenant, session = await _new_session(env)

@@ -12,6 +12,7 @@ import pytest
 from openma import Conflict, InvalidInput, NotFound, OpenmaError, Platform, Settings
 from openma.core import events as ev
 from openma.core import keys
+from tests.fixtures.engines import ROOT_SECRET
 
 pytestmark = pytest.mark.anyio
 
@@ -22,7 +23,7 @@ def _settings(engine: str, engine_url: str, tmp_path: Path, **overrides: Any) ->
     common: dict[str, Any] = {"blob_url": f"file://{tmp_path}/blobs", "event_spill_bytes": SPILL, **overrides}
     if engine == "sqlite":
         return Settings(sqlite_path=engine_url, **common)
-    return Settings(postgres_url=engine_url, store_backends={"default": "pg"}, **common)
+    return Settings(postgres_url=engine_url, store_backends={"default": "pg"}, root_secret=ROOT_SECRET, **common)
 
 
 @pytest.fixture

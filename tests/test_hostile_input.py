@@ -18,6 +18,7 @@ import pytest
 from openma import ConfigError, InvalidInput, OpenmaError, Platform, Settings, sse
 from openma.adapters.fsspec_blobs import FsspecBlobStore
 from openma.adapters.sqlite import SqliteClient
+from tests.fixtures.engines import ROOT_SECRET
 
 pytestmark = pytest.mark.anyio
 
@@ -32,6 +33,7 @@ def _settings(engine: str, engine_url: str, tmp_path: Path) -> Settings:
         sqlite_path=str(tmp_path / "unused.db"),
         postgres_url=engine_url,
         store_backends={"default": "pg"},
+        root_secret=ROOT_SECRET,
         blob_url=blob_url,
     )
 

@@ -19,6 +19,7 @@ from openma import InvalidInput, OpenmaError, Platform, Settings, TenantScope
 from openma.core import jsonutil, keys
 from openma.core.jsonutil import MAX_JSON_DEPTH, check_depth, dumps, json_depth, loads
 from openma.sse import encode_event
+from tests.fixtures.engines import ROOT_SECRET
 
 pytestmark = pytest.mark.anyio
 
@@ -106,7 +107,9 @@ async def oma(engine: str, engine_url: str, tmp_path: Path) -> AsyncIterator[Pla
     if engine == "sqlite":
         settings = Settings(sqlite_path=engine_url, **common)
     else:
-        settings = Settings(postgres_url=engine_url, store_backends={"default": "pg"}, **common)
+        settings = Settings(
+            postgres_url=engine_url, store_backends={"default": "pg"}, root_secret=ROOT_SECRET, **common
+        )
     async with Platform.open(settings) as platform:
         yield platform
 

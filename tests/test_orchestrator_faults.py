@@ -33,6 +33,7 @@ from openma.core.orchestrator import MemorySnapshotIndex, SandboxOrchestrator
 from openma.errors import NotFound, StorageUnavailable
 from openma.ports.blobs import BlobInfo
 from openma.ports.sessions import SessionStore
+from tests.fixtures.engines import ROOT_SECRET
 
 pytestmark = pytest.mark.anyio
 
@@ -273,7 +274,9 @@ def settings(engine: str, engine_url: str, tmp_path: Path) -> Settings:
         "sqlite_path": str(tmp_path / "openma.db"),
     }
     if engine == "postgres":
-        values.update(postgres_url=engine_url, store_backends={"default": "cf", "sessions": "pg"})
+        values.update(
+            postgres_url=engine_url, store_backends={"default": "cf", "sessions": "pg"}, root_secret=ROOT_SECRET
+        )
     return Settings(**values)
 
 

@@ -13,6 +13,7 @@ import pytest
 import openma
 import openma.errors
 from openma import ConfigError, Conflict, InvalidInput, NotFound, Platform, Settings, registry
+from tests.fixtures.engines import ROOT_SECRET
 
 pytestmark = pytest.mark.anyio
 
@@ -375,7 +376,9 @@ async def test_gc_dry_run_matches_the_real_pass(
     from datetime import UTC, datetime, timedelta
 
     url = f"sqlite:///{engine_url}" if engine == "sqlite" else engine_url
-    async with Platform.from_url(url, blob_url=f"file://{tmp_path}/b", event_spill_bytes=1_000) as oma:
+    async with Platform.from_url(
+        url, blob_url=f"file://{tmp_path}/b", event_spill_bytes=1_000, root_secret=ROOT_SECRET
+    ) as oma:
         tenant = await oma.tenants.create(name="gc")
         t = oma.tenant(tenant.id)
         agent = await t.agents.create(name="a", model="m")

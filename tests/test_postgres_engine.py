@@ -20,6 +20,7 @@ from openma.adapters.postgres_engine import open_store_backend
 from openma.errors import ConfigError, StorageUnavailable
 from openma.ports.sql import Statement
 from openma.testing.pgserver import PgServer
+from tests.fixtures.engines import ROOT_SECRET
 
 pytestmark = pytest.mark.anyio
 
@@ -312,7 +313,10 @@ async def test_read_transaction_is_a_read_only_snapshot(client: PostgresClient) 
 @pytest.mark.postgres
 async def test_platform_opens_on_postgres_alone(pg_empty_url: str, tmp_path: Any) -> None:
     settings = Settings(
-        sqlite_path=str(tmp_path / "unused.db"), postgres_url=pg_empty_url, store_backends={"default": "pg"}
+        sqlite_path=str(tmp_path / "unused.db"),
+        postgres_url=pg_empty_url,
+        store_backends={"default": "pg"},
+        root_secret=ROOT_SECRET,
     )
     async with Platform.open(settings) as oma:
         tenant = await oma.tenants.create(name="acme")

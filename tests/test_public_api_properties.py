@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from openma import InvalidInput, OpenmaError, Platform, Settings
 from openma.core.pagination import Keyset, encode_cursor, scope_of
 from openma.models import Agent, Environment, Session, Tenant
+from tests.fixtures.engines import ROOT_SECRET
 
 T = TypeVar("T")
 
@@ -178,6 +179,7 @@ def h(engine: str, engine_url: str, tmp_path: Path) -> Iterator[Harness]:
             sqlite_path=str(tmp_path / "unused.db"),
             postgres_url=engine_url,
             store_backends={"default": "pg"},
+            root_secret=ROOT_SECRET,
             blob_url=blob_url,
             event_spill_bytes=4_000,
         )

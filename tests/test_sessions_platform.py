@@ -11,6 +11,7 @@ import pytest
 import openma
 from openma import Conflict, InvalidInput, NotFound, Platform, Settings
 from openma.testing.pgserver import PgServer
+from tests.fixtures.engines import ROOT_SECRET
 
 pytestmark = pytest.mark.anyio
 
@@ -107,6 +108,7 @@ async def test_sessions_on_postgres_agents_on_sqlite(tmp_path: Path, pg_server: 
         postgres_url=pg_empty_url,
         blob_url=f"file://{tmp_path}/blobs",
         store_backends={"default": "cf", "sessions": "pg"},
+        root_secret=ROOT_SECRET,
     )
     dbname = pg_empty_url.rsplit("/", 1)[1]
     async with Platform.open(settings) as oma:

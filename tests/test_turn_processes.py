@@ -16,6 +16,7 @@ import pytest
 
 from openma import Platform, Settings
 from openma.testing import ScriptedModel
+from tests.fixtures.engines import ROOT_SECRET
 from tests.turn_support import poll, sleeper_pid, text, tool_use
 
 pytestmark = pytest.mark.anyio
@@ -37,6 +38,7 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     if request.param == "postgres":
         out["OPENMA_POSTGRES_URL"] = request.getfixturevalue("pg_url")
         out["STORE_BACKENDS"] = '{"default": "pg"}'
+        out["OPENMA_ROOT_SECRET"] = ROOT_SECRET
     return out
 
 

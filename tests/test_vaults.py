@@ -6,6 +6,7 @@ import os
 import stat
 from pathlib import Path
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -52,7 +53,9 @@ def test_a_ciphertext_opens_only_where_it_was_sealed(purpose: str, where: Place)
 def test_tampered_or_malformed_values_are_typed_errors() -> None:
     ring = KeyRing(ROOT)
     token = ring.seal(b"x", "credentials", WHERE)
-    flipped = token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
+    # A character well inside the payload: every one of its bits is used (the last characters before the
+    # padding carry unused bits, and changing only those would decode to the same bytes).
+    flipped = token[:-10] + ("A" if token[-10] != "A" else "B") + token[-9:]
     for bad in (flipped, "plaintext", f"{FORMAT}.{ring.key_id}.!!!", f"{FORMAT}.{ring.key_id}."):
         with pytest.raises(SecretUnreadable):
             ring.open(bad, "credentials", WHERE)
@@ -119,16 +122,24 @@ async def test_a_short_root_secret_fails_at_start(tmp_path: Path) -> None:
     assert not (tmp_path / "x.db").exists()
 
 
-@pytest.mark.postgres
-async def test_a_shared_vault_store_needs_a_root_secret(pg_url: str, tmp_path: Path) -> None:
-    settings = Settings(postgres_url=pg_url, store_backends={"default": "pg"}, blob_url=f"file://{tmp_path}/b")
-    async with Platform.open(settings) as oma:
-        tenant = await oma.tenants.create(name="t")
-        with pytest.raises(ConfigError, match="OPENMA_ROOT_SECRET"):
-            oma.tenant(tenant.id).vaults  # noqa: B018
-        with pytest.raises(ConfigError, match="OPENMA_ROOT_SECRET"):
-            oma.tenant(tenant.id).credentials  # noqa: B018
-    assert not (tmp_path / KEY_FILE).exists()
+@pytest.mark.parametrize(
+    "placement", [{"default": "pg"}, {"default": "cf", "vaults": "pg"}, {"default": "cf", "sessions": "pg"}]
+)
+async def test_stores_holding_secrets_on_a_shared_backend_need_a_root_secret_at_start(
+    placement: dict[str, str], tmp_path: Path
+) -> None:
+    """Every host must derive the same keys, so a shared secret store refuses to open without the root secret,
+    before anything is created (no database, no key file); the URL is never even dialled."""
+    settings = Settings(
+        sqlite_path=str(tmp_path / "x.db"),
+        postgres_url="postgresql://nobody@127.0.0.1:9/none",
+        store_backends=placement,
+        blob_url=f"file://{tmp_path}/b",
+    )
+    with pytest.raises(ConfigError, match="OPENMA_ROOT_SECRET"):
+        await Platform.connect(settings)
+    assert not (tmp_path / "x.db").exists() and not (tmp_path / KEY_FILE).exists()
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
@@ -239,3 +250,18 @@ def test_any_stored_text_opens_or_is_secret_unreadable(token: str) -> None:
         ring.open(token, "credentials", WHERE)
     with pytest.raises(SecretUnreadable):
         ring.open(f"{FORMAT}.{ring.key_id}.{token}", "credentials", WHERE)
+
+
+async def test_doctor_says_whether_the_secrets_can_be_sealed(tmp_path: Path) -> None:
+    from openma.doctor import diagnose
+
+    base = {"sqlite_path": str(tmp_path / "x.db"), "blob_url": f"file://{tmp_path}/b"}
+    shared = Settings(**base, postgres_url="postgresql://nobody@127.0.0.1:9/none", store_backends={"default": "pg"})
+    [check] = [c for c in await diagnose(shared) if c.part == "secrets"]
+    assert not check.ok and "OPENMA_ROOT_SECRET" in check.detail
+    secret = "doctor-root-secret-0123456789"
+    [check] = [c for c in await diagnose(attrs.evolve(shared, root_secret=secret)) if c.part == "secrets"]
+    assert check.ok and secret not in check.detail
+    [check] = [c for c in await diagnose(Settings(**base)) if c.part == "secrets"]
+    assert check.ok and "key file" in check.detail
+    assert not (tmp_path / KEY_FILE).exists()  # the doctor creates nothing

@@ -12,6 +12,7 @@ import pytest
 
 from openma import Platform, Settings
 from openma.adapters.telemetry import MemoryTelemetry
+from tests.fixtures.engines import ROOT_SECRET
 
 pytestmark = pytest.mark.anyio
 
@@ -26,7 +27,12 @@ def engine_settings(engine: str, tmp_path: Path, request: pytest.FixtureRequest)
         "local_sandbox_root": str(tmp_path / "sandboxes"),
     }
     if engine == "postgres":
-        return Settings(**common, postgres_url=str(request.getfixturevalue("pg_url")), store_backends={"default": "pg"})
+        return Settings(
+            **common,
+            postgres_url=str(request.getfixturevalue("pg_url")),
+            store_backends={"default": "pg"},
+            root_secret=ROOT_SECRET,
+        )
     return Settings(**common)
 
 
