@@ -25,7 +25,8 @@ from openma.errors import InvalidInput, OpenmaError
 #: The deepest nesting of any JSON value openma stores (``{}`` / ``[]`` count one level each).
 MAX_JSON_DEPTH: Final = 64
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# No cycle check in the encoder: the depth check before it refuses a cycle (it never ends within the limit).
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False)
 _CONTAINERS: Final = (dict, list, tuple)
 _scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # the stub names the class
 
