@@ -275,6 +275,15 @@ ONE_STATEMENT = (
 )
 
 
+# The same append with the notification openma's one statement sends (listeners wake up on it).
+ONE_STATEMENT_NOTIFY = (
+    "WITH s AS (UPDATE sessions SET last_seq = last_seq + 1 WHERE tenant_id = %s AND id = %s RETURNING last_seq),"
+    " w AS (SELECT pg_notify('bench_events', s.last_seq::text) AS n FROM s)"
+    " INSERT INTO session_events (tenant_id, session_id, seq, event_id, type, data, blob_key, created_at)"
+    " SELECT %s, %s, s.last_seq, %s, %s, %s, NULL, %s FROM s, w"
+)
+
+
 class RawPsycopg(Variant):
     def __init__(self, name: str, conn: Any, *, one_statement: bool) -> None:
         super().__init__(name)
@@ -508,15 +517,19 @@ async def postgres_run(results: Results, url: str, n1: int, n100: int, n_tail: i
             variants.append(raw)
         await throughput("postgres", results, variants, n1, n100)
         raw32 = conc.RawPsycopgAppenders(url, pg(NEW_SESSION), ONE_STATEMENT, TENANT, raw_row)
+        notifying = conc.RawPsycopgAppenders(url, pg(NEW_SESSION), ONE_STATEMENT_NOTIFY, TENANT, raw_row)
         try:
             await raw32.setup()
+            await notifying.setup()
             appenders = {
                 "openma": await conc.openma_appenders(t.sessions, new_session, event),
                 "raw psycopg, 1 statement, a connection each": raw32.append,
+                "raw psycopg, 1 statement with pg_notify, a connection each": notifying.append,
             }
             results.add("postgres", CONCURRENT, await conc.measure(appenders, n_conc))
         finally:
             await raw32.close()
+            await notifying.close()
         p50, p99 = await tail_in_process(t.sessions, await new_session(), n_tail)
         results.add("postgres", "tail in-process p50 (ms)", {"openma": p50})
         results.add("postgres", "tail in-process p99 (ms)", {"openma": p99})
