@@ -1,8 +1,6 @@
-"""Postgres connections plan prepared statements for their parameters, so the dedup check stays an index lookup."""
+"""Postgres: statements are prepared after a few runs, batches never (so each batch is planned for its values)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import pytest
 
@@ -17,25 +15,17 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def _mode(url: str, **settings: Any) -> str:
-    client = await PostgresClient.open(url, Settings(postgres_url=url, **settings))
+async def test_small_statements_are_prepared_and_batches_are_not(pg_url: str) -> None:
+    client = await PostgresClient.open(pg_url, Settings(postgres_url=pg_url, pg_pool_min_size=1, pg_pool_max_size=1))
     try:
-        row = await client.fetch_one("SELECT current_setting('plan_cache_mode') AS mode")
-        assert row is not None
-        return str(row["mode"])
+        small = "SELECT ?::int + 1 AS n"
+        batch = f"SELECT count(*) AS n FROM (VALUES {', '.join(['(?::int)'] * 40)}) AS v"
+        for _ in range(8):
+            assert (await client.fetch_one(small, (1,))) == {"n": 2}
+            assert (await client.fetch_one(batch, tuple(range(40)))) == {"n": 40}
+        rows = await client.fetch_all("SELECT statement FROM pg_prepared_statements")
+        texts = [r["statement"] for r in rows]
+        assert any("+ 1 AS n" in t for t in texts), texts
+        assert not any("VALUES" in t for t in texts), texts
     finally:
         await client.aclose()
-
-
-async def test_prepared_statements_get_custom_plans(pg_url: str) -> None:
-    assert await _mode(pg_url) == "force_custom_plan"
-
-
-async def test_a_plan_cache_mode_in_the_url_is_kept(pg_url: str) -> None:
-    sep = "&" if "?" in pg_url else "?"
-    url = f"{pg_url}{sep}options=-c%20plan_cache_mode%3Dforce_generic_plan"
-    assert await _mode(url) == "force_generic_plan"
-
-
-async def test_without_prepared_statements_the_server_default_stays(pg_url: str) -> None:
-    assert await _mode(pg_url, pg_prepared_statements=False) == "auto"
