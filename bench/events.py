@@ -12,6 +12,9 @@ What is measured, for each engine (1 KB events, as in DESIGN section 8):
   ``to_thread`` hop per append (the honest async baseline); Postgres one statement doing counter + insert
   (one round trip) and ``BEGIN`` / ``UPDATE`` / ``INSERT`` / ``COMMIT`` (four).
 * **append x100**: batches of 100 per transaction (raw: ``executemany`` on SQLite, ``COPY`` on Postgres).
+* **append x1, 32 sessions at once**: 32 tasks, one session each, appending one event per call concurrently,
+  aggregate events/s, next to one task doing the same (``bench/appenders.py``); raw baselines: a sqlite3
+  connection per task through ``to_thread``, a psycopg connection per task with the one-statement append.
 * **read 10k**: a 10 000-event session read in order (openma: ``events(after=…, limit=1000)`` pages, payloads
   decoded into ``Event`` objects; raw: one ``SELECT … ORDER BY seq`` with ``json.loads`` per row).
 * **tail latency**: append → subscriber, p50/p99, in-process (a ``subscribe`` iterator woken by the writer)
@@ -49,6 +52,9 @@ from openma import Platform, Settings
 from openma.adapters.sql.migrate import load_migrations
 from openma.core.ids import new_id
 
+sys.path.insert(0, str(Path(__file__).parent))
+import appenders as conc
+
 SLICES = 5
 TENANT = "tnt_00000000000000000000000000"
 BUMP = "UPDATE sessions SET last_seq = last_seq + ? WHERE tenant_id = ? AND id = ? RETURNING last_seq"
@@ -64,6 +70,8 @@ NEW_SESSION = (
     " 'idle', 0, 1, 0, 0, ?, ?)"
 )
 TEXT = "The quick brown fox jumps over the lazy dog. " * 22  # ~1 KB of JSON per event
+
+CONCURRENT = f"append x1, {conc.WRITERS} sessions at once (events/s)"
 
 Op = Callable[[int], Awaitable[Any]]
 
@@ -267,6 +275,15 @@ ONE_STATEMENT = (
 )
 
 
+# The same append with the notification openma's one statement sends (listeners wake up on it).
+ONE_STATEMENT_NOTIFY = (
+    "WITH s AS (UPDATE sessions SET last_seq = last_seq + 1 WHERE tenant_id = %s AND id = %s RETURNING last_seq),"
+    " w AS (SELECT pg_notify('bench_events', s.last_seq::text) AS n FROM s)"
+    " INSERT INTO session_events (tenant_id, session_id, seq, event_id, type, data, blob_key, created_at)"
+    " SELECT %s, %s, s.last_seq, %s, %s, %s, NULL, %s FROM s, w"
+)
+
+
 class RawPsycopg(Variant):
     def __init__(self, name: str, conn: Any, *, one_statement: bool) -> None:
         super().__init__(name)
@@ -456,7 +473,7 @@ async def raw_notify_latency(url: str, n: int) -> tuple[float, float]:
     return percentiles(latencies[5:])
 
 
-async def sqlite_run(results: Results, workdir: Path, n1: int, n100: int, n_tail: int) -> None:
+async def sqlite_run(results: Results, workdir: Path, n1: int, n100: int, n_tail: int, n_conc: int) -> None:
     settings = Settings(sqlite_path=str(workdir / "openma.db"), blob_url=f"file://{workdir}/blobs")
     async with AsyncExitStack() as stack:
         mine, (t, new_session) = await open_openma(stack, settings)
@@ -466,6 +483,15 @@ async def sqlite_run(results: Results, workdir: Path, n1: int, n100: int, n_tail
             RawSqlite("raw sqlite3 + to_thread", workdir / "raw-thread.db", hop=True),
         ]
         await throughput("sqlite", results, variants, n1, n100)
+        raw32 = conc.RawSqliteAppenders(workdir / "raw-32.db", NEW_SESSION, BUMP, INSERT, TENANT, raw_row)
+        try:
+            appenders = {
+                "openma": await conc.openma_appenders(t.sessions, new_session, event),
+                "raw sqlite3 + to_thread, a connection each": raw32.append,
+            }
+            results.add("sqlite", CONCURRENT, await conc.measure(appenders, n_conc))
+        finally:
+            raw32.close()
         p50, p99 = await tail_in_process(t.sessions, await new_session(), n_tail)
         results.add("sqlite", "tail in-process p50 (ms)", {"openma": p50})
         results.add("sqlite", "tail in-process p99 (ms)", {"openma": p99})
@@ -476,7 +502,7 @@ async def sqlite_run(results: Results, workdir: Path, n1: int, n100: int, n_tail
         results.add("sqlite", "tail cross-process p99 (ms)", {poll: p99})
 
 
-async def postgres_run(results: Results, url: str, n1: int, n100: int, n_tail: int, workdir: Path) -> None:
+async def postgres_run(results: Results, url: str, n1: int, n100: int, n_tail: int, workdir: Path, n_conc: int) -> None:
     import psycopg
 
     settings = Settings(postgres_url=url, store_backends={"default": "pg"}, blob_url=f"file://{workdir}/pgblobs")
@@ -490,6 +516,20 @@ async def postgres_run(results: Results, url: str, n1: int, n100: int, n_tail: i
             await raw.setup()
             variants.append(raw)
         await throughput("postgres", results, variants, n1, n100)
+        raw32 = conc.RawPsycopgAppenders(url, pg(NEW_SESSION), ONE_STATEMENT, TENANT, raw_row)
+        notifying = conc.RawPsycopgAppenders(url, pg(NEW_SESSION), ONE_STATEMENT_NOTIFY, TENANT, raw_row)
+        try:
+            await raw32.setup()
+            await notifying.setup()
+            appenders = {
+                "openma": await conc.openma_appenders(t.sessions, new_session, event),
+                "raw psycopg, 1 statement, a connection each": raw32.append,
+                "raw psycopg, 1 statement with pg_notify, a connection each": notifying.append,
+            }
+            results.add("postgres", CONCURRENT, await conc.measure(appenders, n_conc))
+        finally:
+            await raw32.close()
+            await notifying.close()
         p50, p99 = await tail_in_process(t.sessions, await new_session(), n_tail)
         results.add("postgres", "tail in-process p50 (ms)", {"openma": p50})
         results.add("postgres", "tail in-process p99 (ms)", {"openma": p99})
@@ -515,6 +555,7 @@ def report(results: Results, runs: int, n1: int, n100: int, pg_note: str | None)
     order = [
         "append x1 (events/s)",
         "append x100 (events/s)",
+        CONCURRENT,
         "read 10k (events/s)",
         "append 1 MB (ms)",
         "read 1 MB (ms)",
@@ -552,6 +593,7 @@ async def main(args: argparse.Namespace) -> None:
     n1 = 200 if args.quick else args.appends
     n100 = 10 if args.quick else args.batches
     n_tail = 50 if args.quick else args.tail
+    n_conc = 5 if args.quick else args.concurrent
     results = Results()
     server = None
     pg_note = None
@@ -568,10 +610,10 @@ async def main(args: argparse.Namespace) -> None:
     try:
         for run in range(runs):
             with tempfile.TemporaryDirectory(prefix="openma-bench-") as tmp:
-                await sqlite_run(results, Path(tmp), n1, n100, n_tail)
+                await sqlite_run(results, Path(tmp), n1, n100, n_tail, n_conc)
                 if server is not None:
                     server.create_database(f"events{run}")
-                    await postgres_run(results, server.url(f"events{run}"), n1, n100, n_tail, Path(tmp))
+                    await postgres_run(results, server.url(f"events{run}"), n1, n100, n_tail, Path(tmp), n_conc)
             print(f"run {run + 1}/{runs} done ({time.monotonic() - started:.1f} s)", file=sys.stderr)
     finally:
         if server is not None:
@@ -585,6 +627,7 @@ if __name__ == "__main__":
     parser.add_argument("--appends", type=int, default=2000)
     parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--tail", type=int, default=200)
+    parser.add_argument("--concurrent", type=int, default=40, help="appends per task, 32 concurrent tasks")
     parser.add_argument("--quick", action="store_true", help="one short run")
     parser.add_argument("--no-postgres", action="store_true")
     anyio.run(main, parser.parse_args(), backend="asyncio")

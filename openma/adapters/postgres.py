@@ -97,6 +97,17 @@ if TYPE_CHECKING:
 #: The advisory lock that serializes migrators on one database (``b"openma.m"`` as a signed 64-bit integer).
 MIGRATION_LOCK_KEY: Final = int.from_bytes(b"openma.m", "big", signed=True)
 _CTE: Final = re.compile(r"^\s*WITH\b", re.I)
+#: Statements with more parameters than this (batches: an ``IN`` list or ``VALUES`` row per item) are never
+#: prepared. Their text differs with every batch size anyway, and Postgres soon settles a prepared statement on
+#: a generic plan costed while the table was small: for the append's dedup check (``event_id IN (...)``) that
+#: plan scanned the session's events, and batches of 100 slowed down about 3x within 9 000 events of one
+#: session. Unprepared, each batch is planned for its own values and stays flat.
+_PREPARE_MAX_PARAMS: Final = 32
+
+
+def _prepare(params: Params) -> bool | None:
+    """psycopg's ``prepare=`` for ``params``: its default (prepare after a few runs), or never for a batch."""
+    return None if len(params) <= _PREPARE_MAX_PARAMS else False
 
 
 async def _in_pipeline(conn: Conn, work: Callable[[], Awaitable[object]]) -> None:
@@ -126,7 +137,7 @@ async def _send(
     if begin:
         await conn.execute(b"BEGIN", ())
     for st in segment:
-        cursors.append(await conn.execute(translate(st.sql), st.params))
+        cursors.append(await conn.execute(translate(st.sql), st.params, prepare=_prepare(st.params)))
     if commit:
         await conn.execute(b"COMMIT", ())
 
@@ -140,7 +151,7 @@ class PostgresTransaction:
 
     async def _cursor(self, sql: str, params: Params) -> AsyncCursor[Row]:
         try:
-            return await self._conn.execute(translate(sql), params)
+            return await self._conn.execute(translate(sql), params, prepare=_prepare(params))
         except Exception as exc:
             self._client._raise_if_down(exc, self._conn)
             raise
@@ -324,7 +335,7 @@ class PostgresClient:
     async def execute(self, sql: str, params: Params = ()) -> int:
         conn = await self._get()
         try:
-            cur = await conn.execute(translate(sql), params)
+            cur = await conn.execute(translate(sql), params, prepare=_prepare(params))
             return cur.rowcount
         except Exception as exc:
             self._raise_if_down(exc, conn)
@@ -339,7 +350,7 @@ class PostgresClient:
     async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
         conn = await self._get()
         try:
-            cur = await conn.execute(translate(sql), params)
+            cur = await conn.execute(translate(sql), params, prepare=_prepare(params))
             return await cur.fetchone()
         except Exception as exc:
             self._raise_if_down(exc, conn)
@@ -350,7 +361,7 @@ class PostgresClient:
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
         conn = await self._get()
         try:
-            cur = await conn.execute(translate(sql), params)
+            cur = await conn.execute(translate(sql), params, prepare=_prepare(params))
             return await cur.fetchall()
         except Exception as exc:
             self._raise_if_down(exc, conn)
@@ -395,7 +406,7 @@ class PostgresClient:
 
     async def _single(self, conn: Conn, st: Statement) -> BatchResult:
         """One statement in autocommit is its own transaction; one that changed nothing wrote nothing."""
-        cur = await conn.execute(translate(st.sql), st.params)
+        cur = await conn.execute(translate(st.sql), st.params, prepare=_prepare(st.params))
         got = await cur.fetchall() if st.fetch else []
         count = len(got) if st.fetch else cur.rowcount
         aborted = 0 if st.expect_rows and count == 0 else None

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
+import attrs
 
+from openma.adapters.sqlite_group import rows_of, run_group, run_unit
 from openma.adapters.threadworker import ThreadWorker
 from openma.errors import ConfigError, StorageUnavailable
 from openma.ports.sql import BatchResult, Params, Row, SqlTransaction, Statement
@@ -61,10 +63,6 @@ class SqliteDialect:
 
     def __repr__(self) -> str:
         return "SqliteDialect()"
-
-
-def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
-    return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -109,7 +107,6 @@ class _Conn:
 
     def open(self, path: str, busy_ms: int, deadline: float, *, writer: bool) -> None:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_ms / 1000)
-        conn.row_factory = _dict_row
         conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
         if writer:
             _retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"), deadline)
@@ -129,11 +126,12 @@ class _Conn:
         return self.c.executemany(sql, params).rowcount
 
     def fetch_one(self, sql: str, params: Params) -> Row | None:
-        row: Row | None = self.c.execute(sql, params).fetchone()
-        return row
+        cur = self.c.execute(sql, params)
+        row = cur.fetchone()
+        return None if row is None else dict(zip([d[0] for d in cur.description], row, strict=True))
 
     def fetch_all(self, sql: str, params: Params) -> list[Row]:
-        return self.c.execute(sql, params).fetchall()
+        return rows_of(self.c.execute(sql, params))
 
     def script(self, script: str) -> None:
         for statement in split_script(script):
@@ -153,27 +151,18 @@ class _Conn:
     def batch(self, statements: Sequence[Statement], deadline: float) -> BatchResult:
         c = self.c
         self.begin(deadline, immediate=True)
-        rowcounts: list[int] = []
-        rows: list[list[Row]] = []
         try:
-            for index, st in enumerate(statements):
-                cur = c.execute(st.sql, st.params)
-                if st.fetch:
-                    got = cur.fetchall()
-                    count = len(got)
-                else:
-                    got, count = [], cur.rowcount
-                rowcounts.append(count)
-                rows.append(got)
-                if st.expect_rows and count == 0:
-                    c.execute("ROLLBACK")
-                    return BatchResult(rowcounts, rows, aborted_at=index)
-            c.execute("COMMIT")
+            result = run_unit(c, statements)
+            c.execute("COMMIT" if result.committed else "ROLLBACK")
         except BaseException:
             if c.in_transaction:
                 c.execute("ROLLBACK")
             raise
-        return BatchResult(rowcounts, rows)
+        return result
+
+    def group(self, units: Sequence[Sequence[Statement]], deadline: float) -> list[BatchResult | BaseException]:
+        """Several write units in one transaction (see :func:`~openma.adapters.sqlite_group.run_group`)."""
+        return run_group(self.c, units, lambda: self.begin(deadline, immediate=True), lambda u: self.batch(u, deadline))
 
     def close(self) -> None:
         if self.conn is not None:
@@ -198,6 +187,19 @@ def _check_path(path: object) -> Path:
     if text != ":memory:" and target.is_dir():
         raise ConfigError(f"sqlite_path {text!r} is a directory; name a database file in it")
     return target
+
+
+def _is_storage_error(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return _is_busy(exc) or "disk" in text or "unable to open" in text
+
+
+@attrs.define(eq=False)
+class _Unit:
+    """A queued write unit and, once the writer has run it, its outcome (a result or an exception)."""
+
+    statements: Sequence[Statement]
+    outcome: BatchResult | BaseException | None = None
 
 
 def _storage_error(exc: sqlite3.Error, path: str) -> StorageUnavailable:
@@ -241,6 +243,7 @@ class SqliteClient:
         self._idle_readers = list(self._readers)
         self._reader_slots = anyio.Semaphore(readers)
         self._write_lock = anyio.Lock()
+        self._queued: list[_Unit] = []  # write units waiting for the writer (group commit)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -292,7 +295,7 @@ class SqliteClient:
                 return await conn.worker.call(call)
             return await conn.worker.call(fn, *args)
         except sqlite3.OperationalError as exc:
-            if _is_busy(exc) or "disk" in str(exc).lower() or "unable to open" in str(exc).lower():
+            if _is_storage_error(exc):
                 raise _storage_error(exc, self.path) from exc
             raise
 
@@ -323,11 +326,45 @@ class SqliteClient:
         self._reader_slots.release()
 
     async def run_batch(self, statements: Sequence[Statement]) -> BatchResult:
-        await self._lock_writer()
+        """One write unit, committed (or rolled back) as a whole before this returns.
+
+        Group commit: units that arrive while the writer is busy queue up, and whichever caller takes the
+        writer next runs every queued unit in one transaction (a savepoint each, one ``COMMIT``, one fsync
+        for all of them; see :meth:`_Conn.group`). Each caller gets its own unit's outcome only after that
+        commit, so what is acknowledged is on disk, with ``synchronous=FULL`` as before; a unit that aborts
+        or fails is rolled back alone.
+        """
+        unit = _Unit(statements)
+        self._queued.append(unit)
         try:
-            return await self._call(self._writer, self._writer.batch, statements, self._deadline())
+            await self._lock_writer()
+        except BaseException:
+            if unit.outcome is None and unit in self._queued:
+                self._queued.remove(unit)  # cancelled before any thread saw it: nothing was written
+            raise
+        try:
+            if unit.outcome is None:
+                group, self._queued = self._queued, []
+                outcomes: list[BatchResult | BaseException]
+                # Shielded: the outcomes belong to every caller of the group, not only to this one.
+                with anyio.CancelScope(shield=True):
+                    try:
+                        outcomes = await self._call(
+                            self._writer, self._writer.group, [u.statements for u in group], self._deadline()
+                        )
+                    except Exception as exc:
+                        outcomes = [exc] * len(group)
+                for member, outcome in zip(group, outcomes, strict=True):
+                    member.outcome = outcome
         finally:
             self._write_lock.release()
+        done = unit.outcome
+        assert done is not None
+        if isinstance(done, BaseException):
+            if isinstance(done, sqlite3.OperationalError) and _is_storage_error(done):
+                raise _storage_error(done, self.path) from done
+            raise done
+        return done
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         result = await self.run_batch([Statement(sql, params)])

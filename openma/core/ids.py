@@ -7,6 +7,7 @@ and one millisecond the random part is incremented, so ids minted by one process
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -18,6 +19,7 @@ from openma.errors import InvalidInput
 
 _ALPHABET: Final = "0123456789abcdefghjkmnpqrstvwxyz"
 _RANDOM_BITS: Final = 80
+_FROM_B32: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET)
 
 #: Known prefixes, by the kind of thing they name.
 PREFIXES: Final[dict[str, str]] = {
@@ -61,7 +63,10 @@ def new_id(prefix: str, *, now_ms: int | None = None) -> str:
             rand = int.from_bytes(os.urandom(10), "big")
             if ms > _last_ms:
                 _last_ms, _last_rand = ms, rand
-    return f"{prefix}_{_encode(ms, 10)}{_encode(rand, 16)}"
+    # The 130 bits of the body (48 of time, 80 random, two leading zeros) are the last 26 of 32 base32 digits
+    # of a 160-bit integer; b32encode does the digits in C, the table maps them to Crockford's alphabet.
+    body = base64.b32encode(((ms << _RANDOM_BITS) | rand).to_bytes(20, "big")).decode("ascii")
+    return f"{prefix}_{body[6:].translate(_FROM_B32)}"
 
 
 def check_id(value: object, prefix: str, *, what: str = "id") -> str:

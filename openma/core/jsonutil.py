@@ -17,6 +17,7 @@ forever), and it runs before the encoder sees the value: :func:`dumps` never let
 from __future__ import annotations
 
 import json
+import json.scanner
 from typing import Any, Final
 
 from openma.errors import InvalidInput, OpenmaError
@@ -24,8 +25,10 @@ from openma.errors import InvalidInput, OpenmaError
 #: The deepest nesting of any JSON value openma stores (``{}`` / ``[]`` count one level each).
 MAX_JSON_DEPTH: Final = 64
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# No cycle check in the encoder: the depth check before it refuses a cycle (it never ends within the limit).
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False)
 _CONTAINERS: Final = (dict, list, tuple)
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # the stub names the class
 
 
 def json_depth(value: Any, *, limit: int = MAX_JSON_DEPTH) -> int:
@@ -78,8 +81,21 @@ def dumps(value: Any, *, what: str = "value", max_depth: int = MAX_JSON_DEPTH, *
 
 def loads(text: str | bytes) -> Any:
     """Parse stored JSON. A document too deep for the parser (only a row written without the nesting limit
-    can be) is an :class:`~openma.errors.OpenmaError`, never a raw ``RecursionError``."""
+    can be) is an :class:`~openma.errors.OpenmaError`, never a raw ``RecursionError``.
+
+    Stored text is compact (what :func:`dumps` writes), so it goes straight to the C scanner; anything the
+    scanner does not consume whole (surrounding whitespace, bytes, an error) takes ``json.loads``, whose
+    result and errors are the reference.
+    """
     try:
+        if type(text) is str:
+            try:
+                value, end = _scan(text, 0)
+            except (StopIteration, ValueError):
+                pass
+            else:
+                if end == len(text):
+                    return value
         return json.loads(text)
     except RecursionError:
         raise OpenmaError(

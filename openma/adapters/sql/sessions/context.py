@@ -8,6 +8,7 @@ Each port of :mod:`openma.ports.sessions` is one part class in its own module, b
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any, Final
 
 import anyio
@@ -327,10 +328,20 @@ class SessionContext:
         return out
 
     async def to_events(self, rows: Sequence[Row]) -> list[Event]:
-        return [
-            Event(r["event_id"], r["type"], int(r["seq"]), ms_to_datetime(r["created_at"]), data)
-            for r, data in await self.hydrate(rows)
-        ]
+        """The rows as :class:`Event` objects, spilled payloads read back (and verified) from the blob store."""
+        times: dict[int, datetime] = {}  # events of one append share their time: build each datetime once
+        out: list[Event] = []
+        if any(r["blob_key"] is not None for r in rows):
+            pairs = await self.hydrate(rows)
+        else:  # the common page: no spilled event, one pass
+            pairs = [(r, loads(r["data"])) for r in rows]
+        for r, data in pairs:
+            ms = r["created_at"]
+            at = times.get(ms)
+            if at is None:
+                at = times[ms] = ms_to_datetime(ms)
+            out.append(Event(r["event_id"], r["type"], int(r["seq"]), at, data))
+        return out
 
     async def events_by_id(self, session_id: str, ids: Sequence[str]) -> dict[str, tuple[Event, str | None]]:
         if not ids:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from openma.adapters.sql.sessions.context import (
     EVENT_COLUMNS,
@@ -27,6 +27,9 @@ from openma.errors import (
 )
 from openma.models import Event, InboxItem, Page
 from openma.ports.sql import Row, Statement
+
+#: The session takes new input: live (not deleted), not archived, not terminated.
+_LIVE: Final = " AND deleted_at IS NULL AND archived_at IS NULL AND status <> 'terminated'"
 
 
 class SqlInbox(SessionPart):
@@ -66,6 +69,7 @@ class SqlInbox(SessionPart):
         items, written = await self._ctx.spill(session_id, ev.unique(prepared))
         stored: dict[str, tuple[InboxItem, str | None]] = {}
         definite = False
+        collided = False
         try:
             todo = items
             for _ in range(WRITE_RETRIES):
@@ -76,12 +80,13 @@ class SqlInbox(SessionPart):
                 # Lock the session row, insert the ids not in the inbox yet (the insert's snapshot is taken
                 # with the lock held, so it sees every earlier post), then move the counter past what was
                 # inserted: a retried post inserts nothing and raises nothing, and positions stay gapless.
+                # No statement of the unit waits on another's answer (the lock's row count is read after the
+                # commit, and the insert checks the session itself), so an engine that pipelines a unit sends
+                # it in one round trip.
                 statements = [
                     Statement(
-                        "UPDATE sessions SET last_inbox_pos = last_inbox_pos WHERE tenant_id = ? AND id = ?"
-                        " AND deleted_at IS NULL AND archived_at IS NULL AND status <> 'terminated'",
+                        f"UPDATE sessions SET last_inbox_pos = last_inbox_pos WHERE tenant_id = ? AND id = ?{_LIVE}",
                         (self.tenant_id, session_id),
-                        expect_rows=True,
                     ),
                     Statement(
                         "INSERT INTO session_inbox (tenant_id, session_id, pos, event_id, type, data, blob_key, state,"
@@ -89,6 +94,7 @@ class SqlInbox(SessionPart):
                         " s.last_inbox_pos + row_number() OVER (ORDER BY v.column1),"
                         " v.column2, v.column3, v.column4, v.column5, 'pending', NULL, ?, ?"
                         f" FROM sessions s, (VALUES {values}) AS v WHERE s.tenant_id = ? AND s.id = ?"
+                        f"{_LIVE.replace(' AND ', ' AND s.')}"
                         " AND NOT EXISTS (SELECT 1 FROM session_inbox i WHERE i.tenant_id = s.tenant_id"
                         " AND i.session_id = s.id AND i.event_id = v.column2)"
                         " RETURNING pos, event_id",
@@ -114,16 +120,19 @@ class SqlInbox(SessionPart):
                         definite = True
                         raise
                     found = await self._inbox_by_id(session_id, [it.id for it in todo])
-                    if not found:
+                    if not found and collided:
                         definite = True
                         raise
+                    # A position taken by a racing post (the session came back to life between the lock and
+                    # the insert, so the lock was not held) is retried once; an id already there is a retry.
+                    collided = not found
                     rows = list(found.values())
                     for item, row in zip(await self._inbox_items(rows), rows, strict=True):
                         stored[item.event_id] = (item, row["blob_key"])
                     todo = [it for it in todo if it.id not in found]
                     continue
                 definite = True
-                if not result.committed:
+                if not result.rowcounts[0] and not result.rows[1]:  # the session takes no input: nothing written
                     raise await self._post_refusal(session_id)
                 at = ms_to_datetime(now)
                 by_id = {it.id: it for it in todo}
