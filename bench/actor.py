@@ -116,6 +116,7 @@ async def main(quick: bool) -> None:
                 "OPENMA_BLOB_URL": f"file://{tmp}/blobs",
                 "OPENMA_POSTGRES_URL": url,
                 "STORE_BACKENDS": '{"default": "cf", "sessions": "pg"}',
+                "OPENMA_ROOT_SECRET": "bench-root-secret-0123456789",
             }
             pg = Settings.from_env(env)
             medians = [await acquire_release(pg, n) for _ in range(runs)]

@@ -499,7 +499,11 @@ async def postgres_kv(series: Series, runs: int, n: int, notes: list[str], skip:
     try:
         for run in range(runs):
             server.create_database(f"kv{run}")
-            settings = Settings(postgres_url=server.url(f"kv{run}"), store_backends={"default": "pg"})
+            settings = Settings(
+                postgres_url=server.url(f"kv{run}"),
+                store_backends={"default": "pg"},
+                root_secret="bench-root-secret-0123456789",
+            )
             backend = await open_store_backend(settings)
             import psycopg
 

@@ -505,7 +505,12 @@ async def sqlite_run(results: Results, workdir: Path, n1: int, n100: int, n_tail
 async def postgres_run(results: Results, url: str, n1: int, n100: int, n_tail: int, workdir: Path, n_conc: int) -> None:
     import psycopg
 
-    settings = Settings(postgres_url=url, store_backends={"default": "pg"}, blob_url=f"file://{workdir}/pgblobs")
+    settings = Settings(
+        postgres_url=url,
+        store_backends={"default": "pg"},
+        root_secret="bench-root-secret-0123456789",
+        blob_url=f"file://{workdir}/pgblobs",
+    )
     async with AsyncExitStack() as stack:
         mine, (t, new_session) = await open_openma(stack, settings)
         variants: list[Variant] = [mine]
@@ -536,7 +541,12 @@ async def postgres_run(results: Results, url: str, n1: int, n100: int, n_tail: i
         backend = t._platform.backend("sessions")
         backend._wakeups.start()
         assert await backend._wakeups.listener.wait_listening(10)
-        plain = {"postgres_url": url, "store_backends": {"default": "pg"}, "blob_url": settings.blob_url}
+        plain = {
+            "postgres_url": url,
+            "store_backends": {"default": "pg"},
+            "blob_url": settings.blob_url,
+            "root_secret": settings.root_secret,
+        }
         p50, p99 = await tail_cross_process(t.sessions, plain, t.tenant_id, await new_session(), n_tail)
         r50, r99 = await raw_notify_latency(url, n_tail)
         results.add("postgres", "tail cross-process p50 (ms)", {"openma (LISTEN/NOTIFY)": p50, "raw NOTIFY": r50})

@@ -156,7 +156,12 @@ async def main(args: argparse.Namespace) -> None:
                 try:
                     server.create_database("growth")
                     url = server.url("growth")
-                    pg = Settings(postgres_url=url, store_backends={"default": "pg"}, blob_url=f"file://{tmp}/pgblobs")
+                    pg = Settings(
+                        postgres_url=url,
+                        store_backends={"default": "pg"},
+                        root_secret="bench-root-secret-0123456789",
+                        blob_url=f"file://{tmp}/pgblobs",
+                    )
                     results["postgres"] = await run("postgres", pg, sessions, pg_size(url))
                 finally:
                     server.stop()

@@ -286,7 +286,12 @@ async def postgres_run(results: Results, url: str, n_create: int, n_get: int) ->
     from psycopg_pool import AsyncConnectionPool
 
     async with AsyncExitStack() as stack:
-        settings = Settings(postgres_url=url, store_backends={"default": "pg"}, pg_pool_max_size=10)
+        settings = Settings(
+            postgres_url=url,
+            store_backends={"default": "pg"},
+            root_secret="bench-root-secret-0123456789",
+            pg_pool_max_size=10,
+        )
         mine = await open_openma(stack, settings)
         variants: list[Variant] = [mine]
         for name, pipeline in (("raw pipeline", True), ("raw transaction", False)):

@@ -108,7 +108,9 @@ def _settings(root: Path, pg_url: str | None) -> Settings:
         "local_sandbox_root": str(root / "sandboxes"),
     }
     if pg_url:
-        return Settings(**common, postgres_url=pg_url, store_backends={"default": "pg"})
+        return Settings(
+            **common, postgres_url=pg_url, store_backends={"default": "pg"}, root_secret="bench-root-secret-0123456789"
+        )
     return Settings(**common)
 
 

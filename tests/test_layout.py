@@ -193,3 +193,10 @@ def test_core_pagination_holds_no_sql_and_its_moved_helpers_still_import() -> No
     assert listing.order_by("desc", "version", "id") == "ORDER BY version DESC, id DESC"
     with pytest.raises(AttributeError):
         _ = pagination.no_such_name
+
+
+def test_no_bench_script_shadows_a_standard_module() -> None:
+    """``python bench/x.py`` puts bench/ first on the path: a script named like a standard module (``secrets``)
+    would be imported in its place by openma itself and break every bench."""
+    names = {p.stem for p in (ROOT / "bench").glob("*.py")}
+    assert sorted(names & set(sys.stdlib_module_names)) == []

@@ -1,7 +1,7 @@
 """Secrets benchmark: credential create + reveal through openma next to a hand-written app doing the same.
 
-    python bench/secrets.py             # medians of 3 runs
-    python bench/secrets.py --quick     # fewer operations, one run (a smoke test)
+    python bench/vault_secrets.py             # medians of 3 runs
+    python bench/vault_secrets.py --quick     # fewer operations, one run (a smoke test)
 
 On the embedded engine (SQLite, WAL, ``synchronous=FULL``), one operation is a credential ``create`` (its
 ``auth`` sealed with AES-256-GCM, bound to its row, written in one unit that also checks the vault and its
