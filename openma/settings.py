@@ -102,6 +102,11 @@ def _parse_store_backends(value: object) -> dict[str, str]:
     return out
 
 
+def _root_secret_from_env() -> str | None:
+    """``OPENMA_ROOT_SECRET`` when it is set: a secret belongs in the environment, not in code."""
+    return os.environ.get("OPENMA_ROOT_SECRET") or None
+
+
 class _Flat(Generic[T]):
     """The flat name of a part's field: ``settings.sqlite_path`` reads ``settings.sqlite.path``."""
 
@@ -172,8 +177,9 @@ class Settings:
         "The root secret the keys of vault credentials and session secrets are derived from (HKDF-SHA256, "
         "one key per purpose; at least 16 characters). Unset: the embedded default keeps a generated one in "
         "`root_secret.key` (mode 0600) next to the SQLite file; vaults or sessions on another backend need it "
-        "set (else `ConfigError`). Never printed. See docs/secrets.md.",
-        default=None,
+        "set (else `ConfigError`). Never printed. See docs/secrets.md. Like a provider SDK's API key, "
+        "`Settings(...)` takes it from the environment when it is not given.",
+        factory=_root_secret_from_env,
         validator=string(optional=True),
         secret=True,
     )

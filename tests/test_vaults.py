@@ -126,10 +126,11 @@ async def test_a_short_root_secret_fails_at_start(tmp_path: Path) -> None:
     "placement", [{"default": "pg"}, {"default": "cf", "vaults": "pg"}, {"default": "cf", "sessions": "pg"}]
 )
 async def test_stores_holding_secrets_on_a_shared_backend_need_a_root_secret_at_start(
-    placement: dict[str, str], tmp_path: Path
+    placement: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every host must derive the same keys, so a shared secret store refuses to open without the root secret,
     before anything is created (no database, no key file); the URL is never even dialled."""
+    monkeypatch.delenv("OPENMA_ROOT_SECRET", raising=False)
     settings = Settings(
         sqlite_path=str(tmp_path / "x.db"),
         postgres_url="postgresql://nobody@127.0.0.1:9/none",
@@ -265,3 +266,13 @@ async def test_doctor_says_whether_the_secrets_can_be_sealed(tmp_path: Path) -> 
     [check] = [c for c in await diagnose(Settings(**base)) if c.part == "secrets"]
     assert check.ok and "key file" in check.detail
     assert not (tmp_path / KEY_FILE).exists()  # the doctor creates nothing
+
+
+def test_settings_take_the_root_secret_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like a provider SDK's API key: ``Settings(...)`` reads ``OPENMA_ROOT_SECRET`` when it is not given, and
+    an explicit value wins."""
+    monkeypatch.setenv("OPENMA_ROOT_SECRET", "from-the-environment-0123")
+    assert Settings().root_secret == "from-the-environment-0123"
+    assert Settings(root_secret="given-explicitly-0123456").root_secret == "given-explicitly-0123456"
+    monkeypatch.delenv("OPENMA_ROOT_SECRET")
+    assert Settings().root_secret is None
