@@ -32,6 +32,17 @@ T = TypeVar("T")
 Order = Literal["asc", "desc"]
 
 
+@attrs.frozen
+class Place:
+    """Where a sealed secret is stored (tenant, table, row, field): a ciphertext is bound to exactly this place,
+    so one copied to another row, field or tenant does not decrypt."""
+
+    tenant_id: str
+    table: str
+    row_id: str
+    field: str
+
+
 def to_dict(value: Any) -> Any:
     """``value`` as plain JSON values: an ``attrs`` model becomes a dict of its fields, recursively.
 

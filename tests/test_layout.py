@@ -39,30 +39,31 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
-def _statements(body: list[ast.stmt], *, nested: bool) -> Iterator[ast.stmt]:
+def _statements(body: list[ast.stmt], *, nested: bool, typing_only: bool = False) -> Iterator[ast.stmt]:
     """Every statement of ``body``, entering ``if``/``try``/``with`` blocks and class bodies (and, if
-    ``nested``, function bodies), skipping ``if TYPE_CHECKING:`` blocks."""
+    ``nested``, function bodies); ``if TYPE_CHECKING:`` blocks only with ``typing_only``."""
     for node in body:
         yield node
         if isinstance(node, ast.If):
-            if not _is_type_checking(node.test):
-                yield from _statements(node.body, nested=nested)
-            yield from _statements(node.orelse, nested=nested)
+            if typing_only or not _is_type_checking(node.test):
+                yield from _statements(node.body, nested=nested, typing_only=typing_only)
+            yield from _statements(node.orelse, nested=nested, typing_only=typing_only)
         elif isinstance(node, ast.Try):
             for block in (node.body, *(h.body for h in node.handlers), node.orelse, node.finalbody):
-                yield from _statements(block, nested=nested)
+                yield from _statements(block, nested=nested, typing_only=typing_only)
         elif isinstance(node, ast.With | ast.AsyncWith | ast.ClassDef) or (
             nested and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
         ):
-            yield from _statements(node.body, nested=nested)
+            yield from _statements(node.body, nested=nested, typing_only=typing_only)
 
 
-def imports_of(name: str, *, nested: bool) -> set[str]:
-    """Absolute names imported by module ``name``: ``from a import b`` is ``a.b`` when that is a module."""
+def imports_of(name: str, *, nested: bool, typing_only: bool = False) -> set[str]:
+    """Absolute names imported by module ``name``: ``from a import b`` is ``a.b`` when that is a module;
+    imports made only for type checkers count with ``typing_only``."""
     path = MODULES[name]
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in _statements(ast.parse(path.read_text(encoding="utf-8")).body, nested=nested):
+    for node in _statements(ast.parse(path.read_text(encoding="utf-8")).body, nested=nested, typing_only=typing_only):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -151,8 +152,10 @@ def _port_may_import(module: str) -> bool:
 
 @pytest.mark.parametrize("name", list(_port_params()))
 def test_a_port_imports_only_models_errors_and_the_standard_library(name: str) -> None:
-    """Ports are contracts a third party implements: no core, no adapter, no driver behind them."""
-    assert sorted(m for m in imports_of(name, nested=True) if not _port_may_import(m)) == []
+    """Ports are contracts a third party implements: no core, no adapter, no driver behind them (not even for
+    type checkers: a port's signatures name only ports, models and errors)."""
+    imported = imports_of(name, nested=True, typing_only=True)
+    assert sorted(m for m in imported if not _port_may_import(m)) == []
 
 
 def _mentions(paths: Iterable[Path], pattern: str) -> list[str]:

@@ -23,13 +23,13 @@ import os
 from collections.abc import Iterable
 from typing import Final
 
-import attrs
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from openma.errors import ConfigError, SecretUnreadable
+from openma.models import Place
 
 FORMAT: Final = "v1"
 #: Shortest root secret accepted (characters); a generated one is 43.
@@ -38,18 +38,10 @@ _NONCE: Final = 12
 _SALT: Final = b"openma/root-secret/v1"
 
 
-@attrs.frozen
-class Place:
-    """Where a sealed value is stored: it is bound to exactly this place (the associated data)."""
-
-    tenant_id: str
-    table: str
-    row_id: str
-    field: str
-
-    def aad(self, key_id: str, purpose: str) -> bytes:
-        parts = (FORMAT, key_id, purpose, self.tenant_id, self.table, self.row_id, self.field)
-        return "\x1f".join(parts).encode("utf-8")
+def _aad(where: Place, key_id: str, purpose: str) -> bytes:
+    """The associated data: the format, the key, the purpose and the place a value is bound to."""
+    parts = (FORMAT, key_id, purpose, where.tenant_id, where.table, where.row_id, where.field)
+    return "\x1f".join(parts).encode("utf-8")
 
 
 def _derive(root: bytes, info: bytes, length: int) -> bytes:
@@ -114,7 +106,7 @@ class KeyRing:
     def seal(self, plaintext: bytes, purpose: str, where: Place) -> str:
         """``plaintext`` encrypted under the current key, bound to ``purpose`` and ``where``."""
         nonce = os.urandom(_NONCE)
-        body = self._cipher(self.key_id, purpose, where).encrypt(nonce, plaintext, where.aad(self.key_id, purpose))
+        body = self._cipher(self.key_id, purpose, where).encrypt(nonce, plaintext, _aad(where, self.key_id, purpose))
         return f"{FORMAT}.{self.key_id}.{base64.urlsafe_b64encode(nonce + body).decode('ascii')}"
 
     def open(self, token: str, purpose: str, where: Place) -> bytes:
@@ -125,7 +117,7 @@ class KeyRing:
         cipher = self._cipher(key_id, purpose, where)
         try:
             raw = base64.urlsafe_b64decode(token.split(".", 2)[2].encode("ascii"))
-            return cipher.decrypt(raw[:_NONCE], raw[_NONCE:], where.aad(key_id, purpose))
+            return cipher.decrypt(raw[:_NONCE], raw[_NONCE:], _aad(where, key_id, purpose))
         except (InvalidTag, ValueError, binascii.Error, UnicodeEncodeError):
             raise self._unreadable(key_id, where, "does not authenticate (altered, or copied from elsewhere)") from None
 

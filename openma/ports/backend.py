@@ -8,21 +8,28 @@ raises ``ConfigError`` from that store's method.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from openma.ports.agents import AgentStore
 from openma.ports.blobs import BlobStore
 from openma.ports.environments import EnvironmentStore
 from openma.ports.kv import KVStore
+from openma.ports.sealing import Sealer
 from openma.ports.session_secrets import SessionSecretStore
 from openma.ports.sessions import SessionStore
 from openma.ports.tenancy import TenantRef
 from openma.ports.tenants import TenantStore
 from openma.ports.vaults import CredentialStore, VaultStore
 
-if TYPE_CHECKING:
-    from openma.core.secrets import KeyRing
-    from openma.settings import Settings
+
+class SessionSettings(Protocol):
+    """What :meth:`StoreBackend.sessions` reads of the settings (``openma.Settings`` has both)."""
+
+    @property
+    def event_spill_bytes(self) -> int: ...
+
+    @property
+    def sqlite_poll_interval(self) -> float: ...
 
 
 class StoreBackend(Protocol):
@@ -40,16 +47,16 @@ class StoreBackend(Protocol):
 
     def vaults(self, tenant: TenantRef) -> VaultStore: ...
 
-    def credentials(self, tenant: TenantRef, keys: KeyRing) -> CredentialStore:
+    def credentials(self, tenant: TenantRef, keys: Sealer) -> CredentialStore:
         """Credentials, sealed and opened with ``keys`` (the platform's key ring)."""
         ...
 
-    def session_secrets(self, tenant: TenantRef, keys: KeyRing) -> SessionSecretStore:
+    def session_secrets(self, tenant: TenantRef, keys: Sealer) -> SessionSecretStore:
         """Per-session secrets, in the same store as the sessions (deleted with them)."""
         ...
 
     def sessions(
-        self, tenant: TenantRef, *, blobs: BlobStore | None = None, settings: Settings | None = None
+        self, tenant: TenantRef, *, blobs: BlobStore | None = None, settings: SessionSettings | None = None
     ) -> SessionStore:
         """Sessions with their event logs, inboxes and streams; events above the spill threshold go to ``blobs``."""
         ...

@@ -19,9 +19,10 @@ from openma.adapters.sql.tenants import SqlTenantStore
 from openma.adapters.sql.vaults import SqlVaultStore
 from openma.adapters.sql.wakeups import SessionWakeups
 from openma.core.clock import Clock, SystemClock
-from openma.core.secrets import KeyRing
+from openma.ports.backend import SessionSettings
 from openma.ports.blobs import BlobStore
 from openma.ports.lease import LeaseLock
+from openma.ports.sealing import Sealer
 from openma.ports.sql import SqlClient
 from openma.ports.telemetry import NullTelemetry, Telemetry
 from openma.ports.tenancy import TenantRef
@@ -77,17 +78,17 @@ class SqlStoreBackend:
     def vaults(self, tenant: TenantRef) -> SqlVaultStore:
         return SqlVaultStore(self.client, tenant, self.clock)
 
-    def credentials(self, tenant: TenantRef, keys: KeyRing) -> SqlCredentialStore:
+    def credentials(self, tenant: TenantRef, keys: Sealer) -> SqlCredentialStore:
         return SqlCredentialStore(self.client, tenant, keys, self.clock)
 
-    def session_secrets(self, tenant: TenantRef, keys: KeyRing) -> SqlSessionSecretStore:
+    def session_secrets(self, tenant: TenantRef, keys: Sealer) -> SqlSessionSecretStore:
         return SqlSessionSecretStore(self.client, tenant, keys, self.clock)
 
     def sessions(
-        self, tenant: TenantRef, *, blobs: BlobStore | None = None, settings: Settings | None = None
+        self, tenant: TenantRef, *, blobs: BlobStore | None = None, settings: SessionSettings | None = None
     ) -> SqlSessionStore:
         """Sessions and event logs; spilled events go to ``blobs``. Wake-ups are shared by every tenant."""
-        settings = settings or Settings()
+        settings = settings if settings is not None else Settings()
         if self._wakeups is None:
             self._wakeups = SessionWakeups(self.engine, poll_interval=settings.sqlite_poll_interval)
             self._wakeups.telemetry = self._telemetry

@@ -24,9 +24,9 @@ from openma.core.clock import Clock, ms_to_datetime
 from openma.core.credentials import check_auth, preview, public_part
 from openma.core.ids import check_id
 from openma.core.jsonutil import dumps, loads
-from openma.core.secrets import KeyRing, Place
 from openma.errors import Conflict, InvalidInput, NotFound
-from openma.models import Credential
+from openma.models import Credential, Place
+from openma.ports.sealing import Sealer
 from openma.ports.sql import Row, SqlClient, Statement
 from openma.ports.tenancy import TenantRef
 
@@ -49,7 +49,7 @@ class SqlCredentialStore(TenantBoundStore[Credential]):
     fields = {"display_name": lambda v: validate.name(v, "display_name")}
     filters = {"vault_id": Filter("vault_id", _vault_id)}
 
-    def __init__(self, client: SqlClient, tenant: TenantRef, keys: KeyRing, clock: Clock | None = None) -> None:
+    def __init__(self, client: SqlClient, tenant: TenantRef, keys: Sealer, clock: Clock | None = None) -> None:
         super().__init__(client, tenant, clock)
         self._keys = keys
 

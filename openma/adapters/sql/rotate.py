@@ -14,8 +14,9 @@ from typing import Final
 
 import attrs
 
-from openma.core.secrets import FORMAT, KeyRing, Place
+from openma.core.secrets import FORMAT, KeyRing
 from openma.errors import SecretUnreadable
+from openma.models import Place
 from openma.ports.sql import Row, SqlClient, Statement
 
 DEFAULT_BATCH: Final = 500

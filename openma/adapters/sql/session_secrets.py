@@ -8,8 +8,9 @@ from typing import Final
 from openma.core import validate
 from openma.core.clock import Clock, SystemClock
 from openma.core.ids import check_id
-from openma.core.secrets import KeyRing, Place
 from openma.errors import InvalidInput, NotFound
+from openma.models import Place
+from openma.ports.sealing import Sealer
 from openma.ports.sql import SqlClient, Statement
 from openma.ports.tenancy import TenantRef
 
@@ -30,7 +31,7 @@ def _name(value: object) -> str:
 class SqlSessionSecretStore:
     """The :class:`~openma.ports.session_secrets.SessionSecretStore` port over the ``session_secrets`` table."""
 
-    def __init__(self, client: SqlClient, tenant: TenantRef, keys: KeyRing, clock: Clock | None = None) -> None:
+    def __init__(self, client: SqlClient, tenant: TenantRef, keys: Sealer, clock: Clock | None = None) -> None:
         self._db = client
         self._tenant = tenant
         self._keys = keys
