@@ -65,13 +65,12 @@ async def diagnose(settings: Settings) -> list[Check]:
 
 def _secrets(settings: Settings) -> Check:
     """Whether the stores holding secrets can seal them: a root secret, or the embedded default's key file."""
-    from openma.keyfile import SECRET_STORES, key_file_path
+    from openma.keyfile import key_file_applies, key_file_path, missing_root_secret
 
     if settings.root_secret is not None:
         return Check("secrets", True, "sealed under OPENMA_ROOT_SECRET (never printed)")
-    if any(settings.backend_for(store) != "cf" for store in SECRET_STORES):
-        placed = ", ".join(f"{store} on {settings.backend_for(store)!r}" for store in SECRET_STORES)
-        return Check("secrets", False, f"{placed}: a shared backend needs OPENMA_ROOT_SECRET, and none is set")
+    if not key_file_applies(settings):
+        return Check("secrets", False, missing_root_secret(settings).message)
     return Check("secrets", True, f"sealed under the generated key file {key_file_path(settings)}")
 
 

@@ -49,11 +49,18 @@ def _read_or_create(path: Path) -> str:
         ) from None
 
 
+def key_file_applies(settings: Settings) -> bool:
+    """Whether, with no root secret set, the generated key file may seal the secrets: only when every store
+    holding them is on the embedded ``cf`` backend (one host); a shared backend needs the same keys on every
+    host, so ``OPENMA_ROOT_SECRET``."""
+    return all(settings.backend_for(store) == "cf" for store in SECRET_STORES)
+
+
 def load_key_ring(settings: Settings) -> KeyRing | None:
     """The platform's key ring (see the module), or ``None`` when no root secret is configured."""
     if settings.root_secret is not None:
         return KeyRing(settings.root_secret, settings.root_secret_previous)
-    if any(settings.backend_for(store) != "cf" for store in SECRET_STORES):
+    if not key_file_applies(settings):
         return None
     return KeyRing(_read_or_create(key_file_path(settings)), settings.root_secret_previous)
 
@@ -68,4 +75,4 @@ def missing_root_secret(settings: Settings) -> ConfigError:
     )
 
 
-__all__ = ["KEY_FILE", "SECRET_STORES", "key_file_path", "load_key_ring", "missing_root_secret"]
+__all__ = ["KEY_FILE", "SECRET_STORES", "key_file_applies", "key_file_path", "load_key_ring", "missing_root_secret"]

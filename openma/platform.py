@@ -281,14 +281,14 @@ class Platform:
         elif not isinstance(given, Settings):
             hint = "; to open a database URL use Platform.from_url(url)" if isinstance(given, str) else ""
             raise ConfigError(f"settings must be an openma.Settings, got {type(given).__name__}{hint}")
-        from openma.keyfile import SECRET_STORES, load_key_ring, missing_root_secret
+        from openma.keyfile import key_file_applies, load_key_ring, missing_root_secret
 
         # A bad root secret is a ConfigError before anything opens; a generated key file is made (or read)
         # once the backends are open, so a configuration refused by them leaves no file behind.
         keys = load_key_ring(settings) if settings.root_secret is not None else None
         names = sorted({settings.backend_for(store) for store in STORE_NAMES})
         factories = {name: registry.store_backends.load(name) for name in names}  # a missing extra, first
-        if settings.root_secret is None and any(settings.backend_for(store) != "cf" for store in SECRET_STORES):
+        if settings.root_secret is None and not key_file_applies(settings):
             # Stores holding secrets on a shared backend: every host must derive the same keys, so the root
             # secret is required before anything opens (the embedded default generates its own key file).
             raise missing_root_secret(settings)
