@@ -182,14 +182,13 @@ class Platform:
 
     async def _open_agent_model(self, agent: dict[str, Any]) -> Model:
         """The adapter for an agent snapshot's ``model`` (``OPENMA_MODEL`` when it names none), opened once."""
-        from openma.adapters.models import open_model, resolve_model
+        from openma.adapters.models import open_resolved, resolve_model
 
-        spec = agent.get("model")
-        resolved = resolve_model(self.settings, spec)
+        resolved = resolve_model(self.settings, agent.get("model"))
         async with self._models_lock:
             key = (resolved.provider, resolved.id)
             if key not in self._models:
-                self._models[key] = await open_model(self.settings, spec)
+                self._models[key] = await open_resolved(self.settings, resolved)
             return self._models[key]
 
     @property

@@ -39,8 +39,7 @@ if TYPE_CHECKING:
         return a, o  # the type checker proves both adapters satisfy the port
 
 
-__all__ = ["ModelSpec", "open_model", "resolve_model"]
-
+__all__ = ["ModelSpec", "open_model", "open_resolved", "resolve_model"]
 #: Bare model ids whose family names their provider.
 _FAMILIES: Final = (
     (re.compile(r"claude[-.]"), "anthropic"),
@@ -145,7 +144,11 @@ async def open_model(settings: Settings, spec: object = None) -> Model:
     The adapter is bound to the resolved model id (a request whose ``model`` is ``""`` uses it). Call its
     ``aclose()`` when done. A missing extra or key is a ``ConfigError`` that names what to install or set.
     """
-    resolved = resolve_model(settings, spec)
+    return await open_resolved(settings, resolve_model(settings, spec))
+
+
+async def open_resolved(settings: Settings, resolved: ModelSpec) -> Model:
+    """Open the adapter for a spec :func:`resolve_model` already resolved (see :func:`open_model`)."""
     factory = registry.models.load(resolved.provider)
     model: Any = factory(settings, model=resolved.id)
     if inspect.isawaitable(model):
