@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 
 __all__ = ["ModelSpec", "open_model", "open_resolved", "resolve_model"]
+
 #: Bare model ids whose family names their provider.
 _FAMILIES: Final = (
     (re.compile(r"claude[-.]"), "anthropic"),
