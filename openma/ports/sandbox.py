@@ -40,6 +40,8 @@ from typing import Any, Final, Literal, Protocol
 
 import attrs
 
+from openma.ports.egress import EgressEndpoint
+
 #: Capabilities an adapter may declare.
 CAPABILITIES: Final[dict[str, str]] = {
     "background": "start/process/logs/kill background processes",
@@ -146,6 +148,8 @@ class SandboxSpec:
     lifetime: float = 3600.0
     #: Provider-specific extras from the environment's config.
     options: Mapping[str, Any] = attrs.field(factory=dict)
+    #: The egress proxy this sandbox's outbound traffic must go through (``None``: egress is off).
+    egress: EgressEndpoint | None = None
 
 
 class Sandbox(Protocol):
