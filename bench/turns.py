@@ -2,6 +2,7 @@
 
     python bench/turns.py            # medians of 3 runs
     python bench/turns.py --quick    # fewer turns, one run
+    python bench/turns.py --engine sqlite   # one engine (sqlite | postgres | both, the default)
 
 * ``overhead/step`` (SQLite, and Postgres when its server binaries are found): turns with a scripted model
   (no generation time) that asks for ``bash true`` on every step but the last. For a pair of turns of 5 and
@@ -117,14 +118,15 @@ def _settings(root: Path, pg_url: str | None) -> Settings:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--engine", choices=("sqlite", "postgres", "both"), default="both")
     args = parser.parse_args()
     runs, turns = (1, 5) if args.quick else (3, 15)
-    engines: list[tuple[str, str | None]] = [("sqlite", None)]
+    engines: list[tuple[str, str | None]] = [("sqlite", None)] if args.engine != "postgres" else []
     server = None
     try:
         from openma.testing.pgserver import PgServer, find_bindir
 
-        if find_bindir() is not None:
+        if args.engine != "sqlite" and find_bindir() is not None:
             server = PgServer.start()
             engines.append(("postgres", server.create_database("bench_turns")))
     except Exception as exc:  # the SQLite figures still count

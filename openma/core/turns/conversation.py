@@ -108,7 +108,10 @@ def build_messages(events: Sequence[Event]) -> list[dict[str, Any]]:
 
 class Conversation:
     """:func:`build_messages` kept up to date event by event, with a running size estimate, so a step costs
-    the events it added rather than the whole history. :meth:`rebuild` starts over (after a compaction)."""
+    the events it added rather than the whole history. :meth:`rebuild` starts over (after a compaction).
+
+    Only the last message ever changes (merging blocks into it); the ones before it are final, so a
+    :meth:`snapshot` shares them and copies the last one alone."""
 
     def __init__(self, events: Sequence[Event] = ()) -> None:
         self.messages: list[dict[str, Any]] = []
@@ -119,10 +122,11 @@ class Conversation:
         self.messages = build_messages(events)
         self.chars = sum(len(str(m["content"])) for m in self.messages)
 
-    def add(self, event: Event) -> None:
-        if event.type == "agent.thread_context_compacted":
+    def add(self, data: Mapping[str, Any]) -> None:
+        """Add one logged event's data (an event's ``data``, or the dict about to be appended)."""
+        if data.get("type") == "agent.thread_context_compacted":
             raise ValueError("a compaction replaces the history: rebuild the conversation from the log")
-        mapped = _block(event.data)
+        mapped = _block(data)
         if mapped is None or not mapped[1]:
             return
         role, blocks = mapped
@@ -135,7 +139,10 @@ class Conversation:
 
     def snapshot(self) -> list[dict[str, Any]]:
         """The messages as they are now (later additions do not change the returned lists)."""
-        return [{"role": m["role"], "content": list(m["content"])} for m in self.messages]
+        if not self.messages:
+            return []
+        last = self.messages[-1]
+        return [*self.messages[:-1], {"role": last["role"], "content": list(last["content"])}]
 
 
 def estimate_tokens(messages: Sequence[Mapping[str, Any]], system: str = "") -> int:

@@ -33,6 +33,7 @@ from openma.core.actor import SessionActor
 from openma.core.ids import new_id
 from openma.core.turns import conversation
 from openma.core.turns.builtins import ToolOutcome, run_builtin
+from openma.core.turns.deferred import Deferred
 from openma.core.turns.retry import RetryPolicy, call_with_retries
 from openma.core.turns.step import ModelStep, StepOutput, add_usage, text_of
 from openma.core.turns.toolset import ToolSpec, agent_tools
@@ -119,8 +120,12 @@ class Turn:
         self._running = False
         self._remaining = 0
         self._next_span: dict[str, Any] | None = None
+        self._later = Deferred(actor)
 
     async def append(self, events: Sequence[dict[str, Any]]) -> list[Event]:
+        """Append ``events`` (after a write still in flight: the log keeps the loop's order) and keep
+        :attr:`log` and the conversation up to date."""
+        await self.barrier()
         stored: list[Event] = await self.actor.append(events)
         for event in stored:
             if event.type in _LOG_TYPES:
@@ -128,8 +133,21 @@ class Turn:
                 if event.type == "agent.thread_context_compacted":
                     self.conversation.rebuild(self.log)
                 else:
-                    self.conversation.add(event)
+                    self.conversation.add(event.data)
         return stored
+
+    async def append_later(self, events: list[dict[str, Any]]) -> None:
+        """Start appending ``events`` and go on (see :class:`~.deferred.Deferred`): the conversation has them
+        at once, :attr:`log` once :meth:`barrier` saw them written."""
+        for data in events:
+            if data["type"] in _LOG_TYPES:
+                self.conversation.add(data)
+        await self._later.start(events)
+
+    async def barrier(self) -> None:
+        """Wait for the write :meth:`append_later` started (raising its error); :attr:`log` then has it."""
+        stored = await self._later.wait()
+        self.log.extend(e for e in stored if e.type in _LOG_TYPES)
 
     async def _read_log(self, first_seq: int) -> list[Event]:
         out: list[Event] = []
@@ -171,15 +189,18 @@ class Turn:
         async with anyio.create_task_group() as tg:
             with anyio.CancelScope() as scope:
                 self._scope = scope
+                self._later.task_group = tg
                 tg.start_soon(self._watch_interrupts)
                 try:
                     reason, ids = await self._decide_and_loop(status)
                 except Exception as exc:  # raised below, outside the task group, as itself (not in a group)
                     failure = exc
                 finally:
-                    tg.cancel_scope.cancel()
+                    tg.cancel_scope.cancel()  # a write in flight is shielded: it finishes first
+        self._later.task_group = None
         if failure is not None:
             raise failure
+        await self.barrier()
         if scope.cancelled_caught or self.interrupted:
             return await self._close_interrupted()
         if reason in ("interrupted", "end_turn", "requires_action") and ids is None:
@@ -254,14 +275,16 @@ class Turn:
             custom_tools=custom,
             ask_tools=ask,
             stall_timeout=self.options.stall_timeout,
+            barrier=self.barrier,
         )
+        tools = [spec.neutral() for spec in self.tools.values()]
         for n in range(self.options.max_steps):
             await self._compact()
             request = ModelRequest(
                 model=self.model_name,
                 messages=self.conversation.snapshot(),
                 system=self.system,
-                tools=[spec.neutral() for spec in self.tools.values()],
+                tools=tools,
                 max_tokens=self.options.max_tokens,
             )
             try:
@@ -293,6 +316,7 @@ class Turn:
     async def _compact(self) -> None:
         if self.conversation.tokens(self.system) <= self.options.budget_tokens:
             return
+        await self.barrier()
         plan = conversation.plan_compaction(self.log, system=self.system, budget_tokens=self.options.budget_tokens)
         if plan is not None:
             await self.append([plan])
@@ -331,6 +355,9 @@ class Turn:
         self._open_uses = {u["id"]: u for u in runnable}
         self._remaining = len(runnable)
         sandbox = await self.actor.sandbox() if any(u["name"] in self.tools for u in runnable) else None
+        if len(runnable) == 1:  # no task group for one call: its error and cancellation are its own
+            await self._run_tool(sandbox, runnable[0])
+            return
         failures: list[Exception] = []
 
         async def guarded(use: dict[str, Any]) -> None:
@@ -361,9 +388,13 @@ class Turn:
             self._remaining -= 1
             result = [self._result(use["id"], outcome.content, outcome.is_error, outcome.truncated)]
             if self._remaining == 0 and self._next_span is not None:
+                # The step's last result, with the next step's span start: written while the next model call
+                # is prepared and made (nothing of that call is written before it; see Deferred).
                 result.append(self._next_span)
                 self._next_span = None
-            await self.append(result)
+                await self.append_later(result)
+            else:
+                await self.append(result)
             self._open_uses.pop(use["id"], None)
         except anyio.get_cancelled_exc_class():
             outcome_name = "interrupted"
@@ -380,6 +411,7 @@ class Turn:
 
     async def _close_interrupted(self) -> StopReason:
         """Log what the interrupt cut short, promote the interrupt and go idle (see the module docstring)."""
+        await self.barrier()
         step = self._step
         if step is not None and step.state.span_id and not step.state.closed:
             state = step.state

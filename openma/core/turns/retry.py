@@ -13,7 +13,7 @@ from typing import Final, TypeVar
 
 import anyio
 import attrs
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import RetryCallState, Retrying, wait_random_exponential
 
 from openma.errors import ModelError
 
@@ -34,10 +34,6 @@ class RetryPolicy:
     max_wait: float = 30.0
 
 
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, ModelError) and exc.retryable
-
-
 async def call_with_retries(
     policy: RetryPolicy,
     call: Callable[[int], Awaitable[_T]],
@@ -46,24 +42,27 @@ async def call_with_retries(
 ) -> _T:
     """``await call(attempt)`` (attempts count from 1), retried per ``policy`` while it raises a retryable
     ``ModelError``; the last error is raised when the attempts run out. ``on_retry(error, attempt, wait)``
-    is told of each retry before its backoff."""
+    is told of each retry before its backoff.
 
-    def before_sleep(state: RetryCallState) -> None:
-        if on_retry is not None and state.outcome is not None:
-            error = state.outcome.exception()
-            wait = state.next_action.sleep if state.next_action is not None else 0.0
-            if error is not None:
-                on_retry(error, state.attempt_number, wait)
-
-    retrying = AsyncRetrying(
-        stop=stop_after_attempt(max(1, policy.attempts)),
-        wait=wait_random_exponential(multiplier=policy.initial, max=policy.max_wait),
-        retry=retry_if_exception(_retryable),
-        reraise=True,
-        sleep=anyio.sleep,
-        before_sleep=before_sleep,
-    )
-    async for attempt in retrying:
-        with attempt:
-            return await call(attempt.retry_state.attempt_number)
-    raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+    A call that succeeds at once costs nothing more than the call: the backoff (tenacity's
+    ``wait_random_exponential``, asked with the failed attempt's number) is computed only after a failure.
+    """
+    attempts = max(1, policy.attempts)
+    wait: wait_random_exponential | None = None
+    state: RetryCallState | None = None
+    attempt = 1
+    while True:
+        try:
+            return await call(attempt)
+        except ModelError as exc:
+            if not exc.retryable or attempt >= attempts:
+                raise
+            if wait is None or state is None:
+                wait = wait_random_exponential(multiplier=policy.initial, max=policy.max_wait)
+                state = RetryCallState(Retrying(), None, (), {})
+            state.attempt_number = attempt
+            delay = float(wait(state))
+            if on_retry is not None:
+                on_retry(exc, attempt, delay)
+            await anyio.sleep(delay)
+            attempt += 1

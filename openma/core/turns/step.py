@@ -10,6 +10,7 @@ one (cancelled) leaves its partial state in :attr:`StepState` for the loop to cl
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
@@ -64,6 +65,10 @@ class StepOutput:
 Append = Callable[[Sequence[dict[str, Any]]], Awaitable[list[Event]]]
 
 
+async def _no_barrier() -> None:
+    return None
+
+
 def merge_usage(old: Usage, new: Usage) -> Usage:
     """``new``'s known fields over ``old``'s (the port's rule: the last count wins per field)."""
     return Usage(
@@ -103,8 +108,11 @@ class ModelStep:
         custom_tools: frozenset[str],
         ask_tools: frozenset[str],
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+        barrier: Callable[[], Awaitable[None]] = _no_barrier,
     ) -> None:
         self._actor = actor
+        #: Awaited before the step's first write (a write the loop left in flight comes first in the log).
+        self._barrier = barrier
         self._model = model
         self._append = append
         self._telemetry = telemetry
@@ -139,34 +147,33 @@ class ModelStep:
     async def _consume(self, request: ModelRequest, state: StepState) -> None:
         events = self._model.stream(request)
         last_flush = time.monotonic()
+        stall = self._stall
         try:
-            while True:
-                try:
-                    with anyio.fail_after(self._stall):
-                        event = await events.__anext__()
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise ModelError(
-                        f"the model sent nothing for {self._stall:g}s (stalled stream)", retryable=True
-                    ) from None
-                if isinstance(event, TextDelta):
-                    state.text.append(event.text)
-                    state.unflushed.append(event.text)
-                    now = time.monotonic()
-                    due = len(state.unflushed) >= CHUNK_BATCH or now - last_flush >= CHUNK_INTERVAL
-                    if state.stream_id is None or due:
-                        await self.flush(state)
-                        last_flush = now
-                elif isinstance(event, ThinkingDelta):
-                    state.thinking.append(event.thinking)
-                    state.signature = event.signature or state.signature
-                elif isinstance(event, ToolUse):
-                    state.tool_uses.append(event)
-                elif isinstance(event, Usage):
-                    state.usage = merge_usage(state.usage, event)
-                elif isinstance(event, Finish):
-                    state.finish = event
+            # One watchdog for the whole call: its deadline moves on with every event (no event for ``stall``
+            # seconds cancels it), and it is lifted while a write of ours is under way.
+            with anyio.CancelScope(deadline=anyio.current_time() + stall) as watchdog:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        state.text.append(event.text)
+                        state.unflushed.append(event.text)
+                        now = time.monotonic()
+                        due = len(state.unflushed) >= CHUNK_BATCH or now - last_flush >= CHUNK_INTERVAL
+                        if state.stream_id is None or due:
+                            watchdog.deadline = math.inf
+                            await self.flush(state)
+                            last_flush = now
+                    elif isinstance(event, ThinkingDelta):
+                        state.thinking.append(event.thinking)
+                        state.signature = event.signature or state.signature
+                    elif isinstance(event, ToolUse):
+                        state.tool_uses.append(event)
+                    elif isinstance(event, Usage):
+                        state.usage = merge_usage(state.usage, event)
+                    elif isinstance(event, Finish):
+                        state.finish = event
+                    watchdog.deadline = anyio.current_time() + stall
+            if watchdog.cancelled_caught:
+                raise ModelError(f"the model sent nothing for {stall:g}s (stalled stream)", retryable=True)
         finally:
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
@@ -179,6 +186,7 @@ class ModelStep:
         """Write the buffered text deltas to the stream row (opened with the first text: a step that streams
         no text, only tool calls, has no stream row)."""
         if state.unflushed:
+            await self._barrier()
             if state.stream_id is None:
                 state.stream_id = (await self._actor.open_stream(message_id=state.message_id)).id
             chunks, state.unflushed = state.unflushed, []
@@ -212,6 +220,7 @@ class ModelStep:
     async def _failed(self, request: ModelRequest, state: StepState, error: ModelError, attempt: int) -> None:
         state.closed = True
         with anyio.CancelScope(shield=True):
+            await self._barrier()
             if state.stream_id is not None:
                 await self.flush(state)
                 await self._actor.finalize_stream(state.stream_id, "aborted", error=str(error)[:ERROR_MESSAGE_CHARS])
@@ -228,6 +237,7 @@ class ModelStep:
 
     async def _finished(self, request: ModelRequest, state: StepState, attempt: int) -> StepOutput:
         assert state.finish is not None
+        await self._barrier()
         await self.flush(state)
         if state.stream_id is not None:
             await self._actor.finalize_stream(state.stream_id, "completed")
