@@ -1,84 +1,107 @@
-"""A write the turn loop starts and waits for later: the step's last tool result, while the next call is made.
+"""The step's last tool result, written with the next step's answer: one write unit per step.
 
-Writing a step's last ``agent.tool_result`` (with the next step's ``span.model_request_start``) has to be
-durable before anything of the next step is written, but not before the next model call is prepared and
-made: that call writes nothing and changes nothing outside the model. So the loop starts the write and goes
-on; the next write of the turn (the call's stream, its answer, an error, a status change, the interrupt
-path) first waits for it (:meth:`Deferred.wait`), which keeps the log in the loop's order on every engine.
+A step's last ``agent.tool_result`` (with the next step's ``span.model_request_start``) need not be durable
+before the next model call is made: that call writes nothing and changes nothing outside the model. So the
+loop hands those events to :class:`Deferred` and goes on. They are written
 
-What a crash can leave is unchanged: the result was either written before the process died or it was not,
-and recovery answers a call without a result (:mod:`openma.core.recovery`) as it always did. The write runs
-shielded from cancellation (an interrupt lets it finish; its outcome is known before the turn closes), and
-its error (say ``LeaseLost``) is raised by the next :meth:`~Deferred.wait`, so the turn stops on it as it
-would have stopped on the write itself.
+* with the turn's next write, in the same unit (usually the next step's answer: its ``agent.tool_use`` and
+  ``span.model_request_end``), when that write comes within :data:`HOLD_SECONDS`; or
+* on their own, :data:`HOLD_SECONDS` after they were handed over, while the model call is still under way;
+* and always before any other write of the turn (its stream, an error, a status change, the interrupt
+  path), which keeps the log in the loop's order on every engine.
+
+What a crash can leave is unchanged: the process dies either before the result is written or after, and a
+call without a result is answered by recovery (:mod:`openma.core.recovery`), as when a process dies while
+the tool runs. A follower sees the result at most :data:`HOLD_SECONDS` later than it would have. A write runs
+shielded from cancellation (an interrupt lets it finish), and its error (say ``LeaseLost``) is raised where
+the loop waits for it, so the turn stops on it as it would have stopped on the write itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import anyio
-import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from openma.core.actor import SessionActor
 from openma.models import Event
 
+#: The longest a handed-over result waits for the turn's next write before it is written on its own.
+HOLD_SECONDS: Final = 0.05
 
-class _Write:
-    """One write in flight and, once it is done, its outcome."""
 
-    def __init__(self) -> None:
-        self.done = anyio.Event()
+class _Held:
+    """Events handed over and what became of them: held, taken by a caller, or written here."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.events = events
+        self.taken = anyio.Event()  # set once a caller took the events, or a write of them started here
+        self.done = anyio.Event()  # set once a write started here finished
+        self.writing = False
         self.stored: list[Event] = []
         self.error: BaseException | None = None
 
 
 class Deferred:
-    """At most one append in flight for a held actor, started into :attr:`task_group`."""
+    """At most one batch of held events for a held actor (see the module docstring)."""
 
-    def __init__(self, actor: SessionActor) -> None:
+    def __init__(self, actor: SessionActor, *, hold: float = HOLD_SECONDS) -> None:
         self._actor = actor
-        self._write: _Write | None = None
-        #: Where writes run; ``None`` outside a turn's task group (a write then runs before ``start`` returns).
+        self._hold = hold
+        self._held: _Held | None = None
+        #: Where the hold timer runs; ``None`` outside a turn's task group.
         self.task_group: TaskGroup | None = None
 
     @property
     def pending(self) -> bool:
-        """True while a started write has not been waited for."""
-        return self._write is not None
+        """True while handed-over events have been neither taken nor waited for."""
+        return self._held is not None
 
-    async def start(self, events: Sequence[dict[str, Any]]) -> None:
-        """Start appending ``events``; the previous write must have been waited for.
-
-        Returns once the write is under way (handed to the database, or waiting for it), so that it overlaps
-        what the caller does next even when that never yields to the event loop."""
-        if self._write is not None:
-            raise RuntimeError("a deferred write is still in flight; wait for it first")
+    def hold(self, events: Sequence[dict[str, Any]]) -> None:
+        """Hand ``events`` over (the previous ones must have been taken or waited for)."""
+        if self._held is not None:
+            raise RuntimeError("events are still held; take or wait for them first")
         if self.task_group is None:
-            raise RuntimeError("deferred writes need the turn's task group")
-        write = self._write = _Write()
-        self.task_group.start_soon(self._run, list(events), write)
-        await anyio.lowlevel.checkpoint()
+            raise RuntimeError("holding events needs the turn's task group")
+        held = self._held = _Held(list(events))
+        self.task_group.start_soon(self._timer, held)
 
-    async def _run(self, events: list[dict[str, Any]], write: _Write) -> None:
+    async def _timer(self, held: _Held) -> None:
+        with anyio.move_on_after(self._hold):
+            await held.taken.wait()
+        if held.taken.is_set():
+            return
+        held.writing = True
+        held.taken.set()
         try:
             with anyio.CancelScope(shield=True):
-                write.stored = await self._actor.append(events)
+                held.stored = await self._actor.append(held.events)
         except BaseException as exc:  # kept for wait(), which raises it in the loop's own task
-            write.error = exc
+            held.error = exc
         finally:
-            write.done.set()
+            held.done.set()
+
+    def take(self) -> list[dict[str, Any]]:
+        """The held events for the caller to write in its own unit, first (``[]``: none, or already being
+        written here, in which case :meth:`wait` for them)."""
+        held = self._held
+        if held is None or held.writing:
+            return []
+        self._held = None
+        held.taken.set()
+        return held.events
 
     async def wait(self) -> list[Event]:
-        """The events the write in flight stored (``[]`` when none is); its error is raised here, once."""
-        write = self._write
-        if write is None:
+        """The events a write started here stored, once it finished (``[]`` when none was started); its
+        error is raised here, once."""
+        held = self._held
+        if held is None or not held.writing:
             return []
         with anyio.CancelScope(shield=True):  # short: the write itself is shielded
-            await write.done.wait()
-        self._write = None
-        if write.error is not None:
-            raise write.error
-        return write.stored
+            await held.done.wait()
+        self._held = None
+        if held.error is not None:
+            raise held.error
+        return held.stored

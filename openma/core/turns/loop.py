@@ -37,7 +37,7 @@ from openma.core.turns.deferred import Deferred
 from openma.core.turns.retry import RetryPolicy, call_with_retries
 from openma.core.turns.step import ModelStep, StepOutput, add_usage, text_of
 from openma.core.turns.toolset import ToolSpec, agent_tools
-from openma.errors import Conflict, ModelError, OpenmaError
+from openma.errors import Conflict, LeaseLost, ModelError, OpenmaError
 from openma.models import Event, Value
 from openma.ports.model import Model, ModelRequest, Usage
 from openma.ports.telemetry import Telemetry
@@ -123,30 +123,35 @@ class Turn:
         self._later = Deferred(actor)
 
     async def append(self, events: Sequence[dict[str, Any]]) -> list[Event]:
-        """Append ``events`` (after a write still in flight: the log keeps the loop's order) and keep
-        :attr:`log` and the conversation up to date."""
-        await self.barrier()
-        stored: list[Event] = await self.actor.append(events)
-        for event in stored:
+        """Append ``events`` after the held ones (written in the same unit; see :mod:`.deferred`), keeping
+        :attr:`log` and the conversation up to date; returns ``events`` as stored."""
+        held = self._later.take()
+        if not held:
+            await self.barrier()
+        stored: list[Event] = await self.actor.append([*held, *events])
+        for i, event in enumerate(stored):
             if event.type in _LOG_TYPES:
                 self.log.append(event)
+                if i < len(held):  # in the conversation since they were handed over
+                    continue
                 if event.type == "agent.thread_context_compacted":
                     self.conversation.rebuild(self.log)
                 else:
                     self.conversation.add(event.data)
-        return stored
+        return stored[len(held) :]
 
-    async def append_later(self, events: list[dict[str, Any]]) -> None:
-        """Start appending ``events`` and go on (see :class:`~.deferred.Deferred`): the conversation has them
-        at once, :attr:`log` once :meth:`barrier` saw them written."""
+    def append_later(self, events: list[dict[str, Any]]) -> None:
+        """Hand ``events`` over to be written with the turn's next write (see :mod:`.deferred`): the
+        conversation has them at once, :attr:`log` once they are written."""
         for data in events:
             if data["type"] in _LOG_TYPES:
                 self.conversation.add(data)
-        await self._later.start(events)
+        self._later.hold(events)
 
     async def barrier(self) -> None:
-        """Wait for the write :meth:`append_later` started (raising its error); :attr:`log` then has it."""
-        stored = await self._later.wait()
+        """Write the held events now (or wait for their write; its error is raised here)."""
+        held = self._later.take()
+        stored = await self.actor.append(held) if held else await self._later.wait()
         self.log.extend(e for e in stored if e.type in _LOG_TYPES)
 
     async def _read_log(self, first_seq: int) -> list[Event]:
@@ -199,6 +204,16 @@ class Turn:
                     tg.cancel_scope.cancel()  # a write in flight is shielded: it finishes first
         self._later.task_group = None
         if failure is not None:
+            if self._later.pending and not isinstance(failure, LeaseLost):
+                try:  # what a tool returned is still worth logging; the failure is what the caller gets
+                    await self.barrier()
+                except Exception as exc:
+                    self.telemetry.emit(
+                        "silent_catch",
+                        where="turns.held_results",
+                        error=type(exc).__name__,
+                        code=getattr(exc, "code", None),
+                    )
             raise failure
         await self.barrier()
         if scope.cancelled_caught or self.interrupted:
@@ -388,11 +403,11 @@ class Turn:
             self._remaining -= 1
             result = [self._result(use["id"], outcome.content, outcome.is_error, outcome.truncated)]
             if self._remaining == 0 and self._next_span is not None:
-                # The step's last result, with the next step's span start: written while the next model call
-                # is prepared and made (nothing of that call is written before it; see Deferred).
+                # The step's last result, with the next step's span start: written with the next step's
+                # answer, in one unit, or on its own shortly (see Deferred).
                 result.append(self._next_span)
                 self._next_span = None
-                await self.append_later(result)
+                self.append_later(result)
             else:
                 await self.append(result)
             self._open_uses.pop(use["id"], None)

@@ -111,7 +111,8 @@ class ModelStep:
         barrier: Callable[[], Awaitable[None]] = _no_barrier,
     ) -> None:
         self._actor = actor
-        #: Awaited before the step's first write (a write the loop left in flight comes first in the log).
+        #: Awaited before a write of the step that does not go through ``append`` (the stream's): the events
+        #: the loop holds are written first (``append`` writes them in its own unit).
         self._barrier = barrier
         self._model = model
         self._append = append
@@ -220,7 +221,6 @@ class ModelStep:
     async def _failed(self, request: ModelRequest, state: StepState, error: ModelError, attempt: int) -> None:
         state.closed = True
         with anyio.CancelScope(shield=True):
-            await self._barrier()
             if state.stream_id is not None:
                 await self.flush(state)
                 await self._actor.finalize_stream(state.stream_id, "aborted", error=str(error)[:ERROR_MESSAGE_CHARS])
@@ -237,7 +237,6 @@ class ModelStep:
 
     async def _finished(self, request: ModelRequest, state: StepState, attempt: int) -> StepOutput:
         assert state.finish is not None
-        await self._barrier()
         await self.flush(state)
         if state.stream_id is not None:
             await self._actor.finalize_stream(state.stream_id, "completed")
