@@ -7,7 +7,8 @@
    (``deny``); nothing new from the user since the agent's last answer stops ``end_turn`` without a call.
 2. Set ``running``; then, up to ``max_steps`` model calls: compact the history if it is over budget, call
    the model (retrying retryable errors, see :mod:`.retry`), run the built-in tools it asked for
-   concurrently in the session's sandbox and log each ``agent.tool_result``; stop ``requires_action`` when a
+   concurrently in the session's sandbox and log each ``agent.tool_result`` (the step's last one is written
+   with the next step's answer, in one unit, see :mod:`.deferred`); stop ``requires_action`` when a
    call waits on the user, ``end_turn`` when the model asked for no tool.
 3. A ``user.interrupt`` posted meanwhile cancels the model call and the running tools; what was streamed is
    logged as an interrupted ``agent.message``, every unanswered tool call gets an error result, the
@@ -33,7 +34,7 @@ from openma.core.actor import SessionActor
 from openma.core.ids import new_id
 from openma.core.turns import conversation
 from openma.core.turns.builtins import ToolOutcome, run_builtin
-from openma.core.turns.deferred import Deferred
+from openma.core.turns.deferred import HOLD_SECONDS, Deferred
 from openma.core.turns.retry import RetryPolicy, call_with_retries
 from openma.core.turns.step import ModelStep, StepOutput, add_usage, text_of
 from openma.core.turns.toolset import ToolSpec, agent_tools
@@ -80,6 +81,9 @@ class TurnOptions:
     budget_tokens: int = conversation.DEFAULT_BUDGET_TOKENS
     stall_timeout: float = 120.0
     max_tokens: int = 4096
+    #: Seconds a step's last tool result may wait to be written with the next step's answer (see
+    #: :mod:`.deferred`); 0 writes it on its own at once, while the next call is prepared.
+    hold_results: float = HOLD_SECONDS
 
 
 def _waiting(log: Sequence[Event]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -120,7 +124,7 @@ class Turn:
         self._running = False
         self._remaining = 0
         self._next_span: dict[str, Any] | None = None
-        self._later = Deferred(actor)
+        self._later = Deferred(actor, hold=options.hold_results)
 
     async def append(self, events: Sequence[dict[str, Any]]) -> list[Event]:
         """Append ``events`` after the held ones (written in the same unit; see :mod:`.deferred`), keeping
