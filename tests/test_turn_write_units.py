@@ -152,6 +152,7 @@ async def test_a_tool_step_costs_one_write_unit(world: World, monkeypatch: pytes
     assert counts[2] - counts[1] == 4
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_deferred_take_wait_and_errors() -> None:
     class Actor:
         def __init__(self) -> None:

@@ -19,10 +19,12 @@ the loop waits for it, so the turn stops on it as it would have stopped on the w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import anyio
+import sniffio
 from anyio.abc import TaskGroup
 
 from openma.core.actor import SessionActor
@@ -37,21 +39,28 @@ class _Held:
 
     def __init__(self, events: list[dict[str, Any]]) -> None:
         self.events = events
-        self.taken = anyio.Event()  # set once a caller took the events, or a write of them started here
-        self.done = anyio.Event()  # set once a write started here finished
+        self.taken = False  # a caller took the events, or a write of them started here
         self.writing = False
+        self.done = anyio.Event()  # set once a write started here finished
         self.stored: list[Event] = []
         self.error: BaseException | None = None
+        self.cancel_timer: Callable[[], object] | None = None
+        self.wake: anyio.Event | None = None  # the timer task's, on event loops other than asyncio
 
 
 class Deferred:
-    """At most one batch of held events for a held actor (see the module docstring)."""
+    """At most one batch of held events for a held actor (see the module docstring).
+
+    On asyncio the hold is a timer handle of the event loop (a task is started only when it fires); on other
+    backends it is a task that sleeps out the hold. Either way taking the events before it ends costs next
+    to nothing, which is the common case: the model answers within the hold.
+    """
 
     def __init__(self, actor: SessionActor, *, hold: float = HOLD_SECONDS) -> None:
         self._actor = actor
         self._hold = hold
         self._held: _Held | None = None
-        #: Where the hold timer runs; ``None`` outside a turn's task group.
+        #: Where the write (and the hold task, off asyncio) runs; ``None`` outside a turn's task group.
         self.task_group: TaskGroup | None = None
 
     @property
@@ -66,15 +75,26 @@ class Deferred:
         if self.task_group is None:
             raise RuntimeError("holding events needs the turn's task group")
         held = self._held = _Held(list(events))
-        self.task_group.start_soon(self._timer, held)
+        if sniffio.current_async_library() == "asyncio":
+            handle = asyncio.get_running_loop().call_later(self._hold, self._fire, held)
+            held.cancel_timer = handle.cancel
+        else:
+            held.wake = anyio.Event()
+            self.task_group.start_soon(self._timer, held)
 
     async def _timer(self, held: _Held) -> None:
+        assert held.wake is not None
         with anyio.move_on_after(self._hold):
-            await held.taken.wait()
-        if held.taken.is_set():
+            await held.wake.wait()
+        self._fire(held)
+
+    def _fire(self, held: _Held) -> None:
+        if held.taken or self.task_group is None:  # taken; or the turn is closing: its barrier writes them
             return
-        held.writing = True
-        held.taken.set()
+        held.taken = held.writing = True
+        self.task_group.start_soon(self._write, held)
+
+    async def _write(self, held: _Held) -> None:
         try:
             with anyio.CancelScope(shield=True):
                 held.stored = await self._actor.append(held.events)
@@ -90,7 +110,11 @@ class Deferred:
         if held is None or held.writing:
             return []
         self._held = None
-        held.taken.set()
+        held.taken = True
+        if held.cancel_timer is not None:
+            held.cancel_timer()
+        if held.wake is not None:
+            held.wake.set()
         return held.events
 
     async def wait(self) -> list[Event]:
