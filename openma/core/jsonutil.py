@@ -28,6 +28,15 @@ MAX_JSON_DEPTH: Final = 64
 # No cycle check in the encoder: the depth check before it refuses a cycle (it never ends within the limit).
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False)
 _CONTAINERS: Final = (dict, list, tuple)
+# The C encoder ``_encoder.encode`` builds on every call, built once (same options; ``None`` markers: no cycle
+# check, as above). Without the C accelerator, ``_encoder.encode`` is used.
+_c_encode: Any = (
+    json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None, _encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    if json.encoder.c_make_encoder is not None  # type: ignore[attr-defined]
+    else None
+)
 _scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # the stub names the class
 
 
@@ -39,8 +48,15 @@ def json_depth(value: Any, *, limit: int = MAX_JSON_DEPTH) -> int:
     """
     if not isinstance(value, _CONTAINERS):
         return 0
-    deepest = 1
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    # Most values (an event, its payload) hold few containers: look one level down first.
+    top = value.values() if isinstance(value, dict) else value
+    nested = [child for child in top if isinstance(child, _CONTAINERS)]
+    if not nested:
+        return 1
+    if limit < 2:
+        return 2
+    deepest = 2
+    stack: list[tuple[Any, int]] = [(child, 2) for child in nested]
     while stack:
         node, depth = stack.pop()
         children = node.values() if isinstance(node, dict) else node
@@ -72,6 +88,8 @@ def dumps(value: Any, *, what: str = "value", max_depth: int = MAX_JSON_DEPTH, *
     """
     check_depth(value, what=what, max_depth=max_depth, **details)
     try:
+        if _c_encode is not None and isinstance(value, dict | list):
+            return "".join(_c_encode(value, 0))
         return _encoder.encode(value)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"{what} is not JSON-serializable: {exc}", **{"field": what, **details}) from None
