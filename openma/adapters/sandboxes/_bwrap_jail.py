@@ -75,6 +75,8 @@ def mounts(jail: Jail, directory: str) -> list[str]:
         args += ["--ro-bind", host, inside]
     args += ["--proc", "/proc", "--dev", "/dev"]
     args += ["--bind", os.path.join(directory, "tmp"), TMP, "--bind", os.path.join(directory, "workspace"), WORKSPACE]
+    if jail.rootfs is None:
+        args += ["--remount-ro", "/"]  # the tmpfs root: nothing but /workspace and /tmp is writable
     return args
 
 
