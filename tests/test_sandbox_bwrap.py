@@ -279,3 +279,49 @@ def test_the_registry_knows_bubblewrap() -> None:
     from openma import registry
 
     assert registry.sandboxes.has("bubblewrap")
+
+
+@pytest.mark.anyio
+async def test_a_turn_runs_its_bash_tool_in_the_bubblewrap_sandbox(root: Path) -> None:
+    from openma import Settings
+    from openma.testing import ScriptedModel
+    from tests.turn_support import open_world, text, tool_use
+
+    settings = Settings(
+        sqlite_path=str(root / "openma.db"),
+        blob_url=f"file://{root}/blobs",
+        local_sandbox_root=str(root / "sandboxes"),
+        sandbox="bubblewrap",
+    )
+    async for world in open_world(settings):
+        sid = await world.session()
+        await world.say(sid, "who are you")
+        model = ScriptedModel([[tool_use("bash", {"command": "id -u; pwd; ls /root 2>&1"})], [text("done")]])
+        result = await world.t.sessions.run(sid, model=model)
+        assert result.stop_reason == "end_turn"
+        (res,) = await world.of(sid, "agent.tool_result")
+        lines = res["content"].splitlines()
+        assert lines[0] == str(UID) and lines[1] == "/workspace", res
+        assert "No such file" in lines[2]
+
+
+@pytest.mark.anyio
+async def test_doctor_says_whether_bubblewrap_can_run(root: Path) -> None:
+    from openma import Settings
+    from openma.doctor import diagnose
+
+    checks = await diagnose(Settings(sandbox="bubblewrap", local_sandbox_root=str(root / "sandboxes")))
+    (check,) = [c for c in checks if c.part == "sandbox bubblewrap"]
+    assert check.ok and f"uid {UID}" in check.detail
+    missing = host_problem(Jail(bwrap="openma-no-such-bwrap"))
+    assert missing is not None and "not installed" in missing and "apt-get install bubblewrap" in missing
+
+
+def test_a_root_the_uid_cannot_reach_is_a_config_error(tmp_path: Path) -> None:
+    from openma.adapters.sandboxes._bwrap_jail import reachable
+    from openma.errors import ConfigError
+
+    hidden = tmp_path / "hidden"
+    hidden.mkdir(mode=0o700)
+    with pytest.raises(ConfigError, match="not searchable"):
+        reachable(str(hidden / "sandboxes"), UID, UID)
