@@ -325,3 +325,91 @@ def test_a_root_the_uid_cannot_reach_is_a_config_error(tmp_path: Path) -> None:
     hidden.mkdir(mode=0o700)
     with pytest.raises(ConfigError, match="not searchable"):
         reachable(str(hidden / "sandboxes"), UID, UID)
+
+
+# -- egress ------------------------------------------------------------------------------------------------
+
+CA_PEM = "-----BEGIN CERTIFICATE-----\nb3Blbm1hLXRlc3QtY2E=\n-----END CERTIFICATE-----\n"
+
+
+class ProxyStandIn:
+    """A plain HTTP forward proxy stand-in on loopback: it answers every request itself with what it saw
+    (the request line and the ``Proxy-Authorization`` header), so a test sees the path a request took."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.port = 0
+
+    async def handle(self, client: Any) -> None:
+        async with client:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = await client.receive()
+                if not chunk:
+                    return
+                data += chunk
+            head = data.split(b"\r\n\r\n")[0].decode()
+            self.seen.append(head)
+            body = b"via the proxy stand-in"
+            await client.send(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            )
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[ProxyStandIn]:
+    stand_in = ProxyStandIn()
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    stand_in.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, stand_in.handle)
+        yield stand_in
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_egress_goes_through_the_proxy_and_nowhere_else(
+    provider: BubblewrapSandboxProvider, proxy: ProxyStandIn
+) -> None:
+    from openma.ports.egress import EgressEndpoint
+
+    endpoint = EgressEndpoint(host="127.0.0.1", port=proxy.port, credential="cred-123", ca_pem=CA_PEM)
+    box = await provider.create(
+        SandboxSpec(tenant_id=TENANT, session_id="ses_01m8000000000000000000000e", egress=endpoint)
+    )
+    try:
+        probe = (
+            "import os, socket, urllib.request\n"
+            "print(urllib.request.urlopen('http://example.test/path').read().decode())\n"
+            "print(os.environ['HTTPS_PROXY'].split('@')[1], os.environ['SSL_CERT_FILE'])\n"
+            f"try:\n    socket.create_connection(('127.0.0.1', {proxy.port}), timeout=3); print('direct: open')\n"
+            "except OSError as e:\n    print('direct: refused')\n"
+        )
+        await box.write_file("probe.py", probe.encode())
+        result = await box.exec("python3 probe.py && tail -c 200 /run/openma/ca-bundle.pem && ls -ln /run/openma")
+        assert result.exit_code == 0, result
+        lines = result.stdout.splitlines()
+        assert lines[0] == "via the proxy stand-in"
+        assert lines[1] == "127.0.0.1:3128 /run/openma/ca-bundle.pem"
+        assert lines[2] == "direct: refused"
+        assert CA_PEM.strip() in result.stdout
+        (seen,) = proxy.seen
+        assert seen.startswith("GET http://example.test/path HTTP/1.1")
+        assert "Proxy-Authorization: Basic" in seen or "proxy-authorization: basic" in seen.lower()
+        # The forwarder ends with its command: once the command returned, none of the sandbox's is left.
+
+        def forwarders() -> list[int]:
+            found = []
+            for pid in _pids():
+                try:
+                    with open(f"/proc/{pid}/environ", "rb") as f:
+                        env = f.read()
+                except OSError:
+                    continue
+                if _cmdline(pid).startswith(b"python3\0-c\0") and box.id.encode() in env:
+                    found.append(pid)
+            return found
+
+        await _until(lambda: _async(not forwarders()), 10, "the egress forwarders to end")
+    finally:
+        await box.destroy()

@@ -68,13 +68,15 @@ def _root_args(jail: Jail) -> list[str]:
     return args
 
 
-def mounts(jail: Jail, directory: str) -> list[str]:
-    """The mounts of every namespace of the sandbox whose host directory is ``directory``."""
+def mounts(jail: Jail, directory: str, extra: Sequence[str] = ()) -> list[str]:
+    """The mounts of every namespace of the sandbox whose host directory is ``directory`` (``extra``: more
+    bwrap mount arguments, made before the root turns read-only)."""
     args = _root_args(jail)
     for host, inside in jail.ro_binds:
         args += ["--ro-bind", host, inside]
     args += ["--proc", "/proc", "--dev", "/dev"]
     args += ["--bind", os.path.join(directory, "tmp"), TMP, "--bind", os.path.join(directory, "workspace"), WORKSPACE]
+    args += extra
     if jail.rootfs is None:
         args += ["--remount-ro", "/"]  # the tmpfs root: nothing but /workspace and /tmp is writable
     return args
@@ -97,9 +99,12 @@ def keeper_argv(jail: Jail, directory: str) -> list[str]:
     ]
 
 
-def command_argv(jail: Jail, directory: str, fds: tuple[int, int, int], cwd: str, script: str) -> list[str]:
+def command_argv(
+    jail: Jail, directory: str, fds: tuple[int, int, int], cwd: str, script: str, extra: Sequence[str] = ()
+) -> list[str]:
     """A command that joins the keeper's namespaces: ``fds`` are the inherited descriptors of the owning user
-    namespace (set-up runs there), the PID namespace, and the user namespace the keeper runs in."""
+    namespace (set-up runs there), the PID namespace, and the user namespace the keeper runs in; ``extra``
+    are more bwrap arguments (mounts)."""
     owner, pidns, userns = fds
     return [
         jail.bwrap,
@@ -114,7 +119,7 @@ def command_argv(jail: Jail, directory: str, fds: tuple[int, int, int], cwd: str
         "--unshare-uts",
         "--unshare-cgroup-try",
         *_COMMON,
-        *mounts(jail, directory),
+        *mounts(jail, directory, extra),
         "--chdir",
         cwd,
         "--",

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 import anyio
 import psutil
 
+from openma.adapters.sandboxes import _bwrap_egress as egress
 from openma.adapters.sandboxes._bwrap_jail import (
     TMP,
     WORKSPACE,
@@ -42,11 +43,12 @@ from openma.adapters.sandboxes._bwrap_jail import (
 from openma.adapters.sandboxes._config import DEFAULT_PATH, MARKER, LocalSandboxConfig
 from openma.adapters.sandboxes._confine import check_cmd, workdir
 from openma.adapters.sandboxes._proctree import RunMarker, marked
-from openma.adapters.sandboxes._run import Run
+from openma.adapters.sandboxes._run import Run, spawn_detached
 from openma.adapters.sandboxes._sandbox import LocalSandbox
 from openma.adapters.sandboxes.local import LocalSandboxProvider, config_from_settings
 from openma.errors import ConfigError, SandboxError
 from openma.ports.blobs import BlobStore
+from openma.ports.egress import EgressEndpoint
 from openma.ports.sandbox import SandboxSpec
 from openma.settings import Settings
 
@@ -69,6 +71,7 @@ class BubblewrapSandbox(LocalSandbox):
         self.jail = jail
         self._keeper: Keeper | None = None
         self._keeper_lock = anyio.Lock()
+        self._relay: egress.EgressRelay | None = None
         self._caps = self._caps | {"isolation"}
 
     def __repr__(self) -> str:
@@ -84,7 +87,20 @@ class BubblewrapSandbox(LocalSandbox):
                 if self._keeper is not None:
                     await self._keeper.stop()
                 self._keeper = await start_keeper(self.jail, self._dir, self._base_env())
+            if self.spec.egress is not None and self._relay is None:
+                await self._open_relay(self.spec.egress)
             return self._keeper
+
+    async def _open_relay(self, endpoint: EgressEndpoint) -> None:
+        jail = self.jail
+        where = await anyio.to_thread.run_sync(egress.write_files, self._dir, endpoint, jail.uid, jail.gid)
+        relay = egress.EgressRelay(os.path.join(where, "proxy.sock"), endpoint, jail.uid, jail.gid)
+        try:
+            await relay.open()
+        except OSError as exc:
+            raise SandboxError(f"cannot open the egress relay of sandbox {self._id}: {exc}") from exc
+        self._relay = relay
+        spawn_detached(relay.serve)
 
     def _env(self, run: str, extra: Mapping[str, str] | None, secrets: Sequence[str], cwd: str) -> dict[str, str]:
         env = super()._env(run, extra, secrets, cwd)
@@ -92,6 +108,9 @@ class BubblewrapSandbox(LocalSandbox):
         if "PATH" not in self.spec.env and not (extra and "PATH" in extra):
             env["PATH"] = DEFAULT_PATH  # the host's PATH names host directories
         env.update(HOME=WORKSPACE, TMPDIR=TMP, PWD=inside)
+        if self.spec.egress is not None:
+            for name, value in egress.command_env(self.spec.egress).items():
+                env.setdefault(name, value)
         return env
 
     async def _start(
@@ -104,7 +123,11 @@ class BubblewrapSandbox(LocalSandbox):
         env_map = self._env(run, env, secrets, where)
         keeper = await self._namespaces()
         script = self._launch.argv(cmd)[-1]
-        argv = command_argv(self.jail, self._dir, keeper.fds, env_map["PWD"], script)
+        extra: list[str] = []
+        if self.spec.egress is not None:
+            script = egress.prelude() + script
+            extra = ["--ro-bind", os.path.join(self._dir, "egress"), egress.INSIDE]
+        argv = command_argv(self.jail, self._dir, keeper.fds, env_map["PWD"], script, extra)
         try:
             proc = await open_as(self.jail, argv, env_map, fds=keeper.fds)
         except OSError as exc:
@@ -143,6 +166,9 @@ class BubblewrapSandbox(LocalSandbox):
         keeper, self._keeper = self._keeper, None
         if keeper is not None:
             await keeper.stop()
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            await relay.close()
         await super().close(remove=remove)
 
 
