@@ -167,9 +167,9 @@ async def _sandbox(settings: Settings) -> Check:
 def _bubblewrap(settings: Settings, part: str) -> Check:
     """Whether the bubblewrap sandbox can run here (bwrap present, user namespaces allowed, the unprivileged
     uid usable: a trial sandbox runs), and why not."""
-    from openma.adapters.sandboxes.bubblewrap import Jail, host_problem
+    from openma.adapters.sandboxes.bubblewrap import host_problem, jail_from_settings
 
-    jail = Jail()
+    jail = jail_from_settings(settings)
     problem = host_problem(jail)
     if problem is not None:
         return Check(part, False, problem)

@@ -413,3 +413,18 @@ async def test_egress_goes_through_the_proxy_and_nowhere_else(
         await _until(lambda: _async(not forwarders()), 10, "the egress forwarders to end")
     finally:
         await box.destroy()
+
+
+def test_the_settings_reach_the_jail() -> None:
+    from openma import Settings
+    from openma.adapters.sandboxes.bubblewrap import jail_from_settings
+    from openma.errors import ConfigError
+
+    settings = Settings.from_env({"OPENMA_BUBBLEWRAP_UID": "1234", "OPENMA_BUBBLEWRAP_RO_BINDS": "/opt/a, /opt/b"})
+    jail = jail_from_settings(settings)
+    assert (jail.uid, jail.gid, jail.rootfs) == (1234, 65534, None)
+    assert jail.ro_binds == (("/opt/a", "/opt/a"), ("/opt/b", "/opt/b"))
+    with pytest.raises(ConfigError):
+        Settings(bubblewrap_uid=0)
+    with pytest.raises(ConfigError, match="bad path"):
+        Settings(bubblewrap_ro_binds="relative/path")

@@ -223,9 +223,9 @@ class BubblewrapSandboxProvider(LocalSandboxProvider):
 
 
 def jail_from_settings(settings: Settings) -> Jail:
-    """The namespaces' configuration (defaults: uid/gid 65534, the host's ``/usr`` and ``/etc``)."""
-    del settings
-    return Jail()
+    """The namespaces' configuration from the ``bubblewrap_*`` settings."""
+    cfg = settings.bubblewrap
+    return Jail(uid=cfg.uid, gid=cfg.gid, rootfs=cfg.rootfs, ro_binds=tuple((p, p) for p in cfg.ro_binds))
 
 
 async def open_sandbox_provider(settings: Settings, *, blobs: BlobStore | None = None) -> BubblewrapSandboxProvider:
