@@ -1,4 +1,5 @@
-"""Sandbox benchmark: LocalSubprocess next to raw asyncio subprocesses and raw tar, in the same run.
+"""Sandbox benchmark: LocalSubprocess next to raw asyncio subprocesses and raw tar, and the bubblewrap sandbox
+next to a raw ``bwrap``, in the same run.
 
     python bench/sandbox.py            # 1000 execs per variant, a 64 MiB tree, medians of 3 runs
     python bench/sandbox.py --quick    # fewer operations, one run (a smoke test)
@@ -199,6 +200,102 @@ async def main(args: argparse.Namespace) -> None:
             if o == op:
                 rate = statistics.median(vals)
                 print(f"| {op} | {who} | {rate:.1f} | {rate / raw_rate:.2f}x |")
+    await bwrap_section(n, size, rounds)
+
+
+# -- bubblewrap ---------------------------------------------------------------------------------------------
+
+
+async def bwrap_section(n: int, size: int, rounds: int) -> None:
+    """``exec("true")`` p50/p99 of BubblewrapSandbox next to LocalSandbox and a raw ``bwrap --unshare-all ...
+    true`` started as the same uid (the same namespaces and mounts, without openma's bookkeeping), and its
+    snapshot/restore MB/s. Skipped (one line) where bwrap cannot run."""
+    from openma.adapters.sandboxes._bwrap_jail import mounts
+    from openma.adapters.sandboxes.bubblewrap import BubblewrapSandboxProvider, Jail, host_problem
+
+    jail = Jail()
+    problem = host_problem(jail)
+    if problem is not None:
+        print(f"\nbubblewrap: skipped ({problem})")
+        return
+    with tempfile.TemporaryDirectory(prefix="openma-bench-bwrap-", dir="/tmp") as tmp:
+        root = Path(tmp)
+        os.chmod(tmp, 0o711)
+        blobs = await FsspecBlobStore.open(f"file://{root / 'blobs'}")
+        bw = await BubblewrapSandboxProvider(LocalSandboxConfig(root=str(root / "bw")), blobs=blobs).create(SPEC)
+        local = await LocalSandboxProvider(LocalSandboxConfig(root=str(root / "local"))).create(SPEC)
+        argv = [
+            "bwrap",
+            "--unshare-all",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+            *mounts(jail, os.path.dirname(bw.workspace)),
+            "--chdir",
+            "/workspace",
+            "/bin/sh",
+            "-c",
+            "true",
+        ]
+
+        async def raw() -> None:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                user=jail.uid,
+                group=jail.gid,
+                extra_groups=[],
+            )
+            await proc.communicate()
+            assert proc.returncode == 0
+
+        async def in_bwrap() -> None:
+            assert (await bw.exec("true")).exit_code == 0
+
+        async def in_local() -> None:
+            assert (await local.exec("true")).exit_code == 0
+
+        variants = {"raw bwrap --unshare-all true": raw, "BubblewrapSandbox": in_bwrap, "LocalSandbox": in_local}
+        samples: dict[str, list[float]] = {name: [] for name in variants}
+        for fn in variants.values():
+            for _ in range(10):
+                await fn()
+        order = list(variants.items())
+        for i in range(n):
+            for name, fn in order[i % 3 :] + order[: i % 3]:
+                t = time.perf_counter()
+                await fn()
+                samples[name].append(time.perf_counter() - t)
+        raw50 = pct(samples["raw bwrap --unshare-all true"], 0.5)
+        print()
+        print("| `true` | contender | p50 ms | p99 ms | p50 vs raw bwrap |")
+        print("|---|---|---:|---:|---:|")
+        for name, s in samples.items():
+            print(f"| `true` | {name} | {pct(s, 0.5):.2f} | {pct(s, 0.99):.2f} | {pct(s, 0.5) / raw50:.2f}x |")
+        tree = make_tree(Path(bw.workspace), size)
+        await anyio.to_thread.run_sync(lambda: subprocess.run(["chown", "-R", f"{jail.uid}:{jail.gid}", bw.workspace]))
+        snap: list[float] = []
+        rest: list[float] = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            ref = await bw.snapshot()
+            snap.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            await bw.restore(ref)
+            rest.append(time.perf_counter() - t)
+            await blobs.delete(ref.key)
+        print()
+        print("| operation | contender | MB/s |")
+        print("|---|---|---:|")
+        print(f"| snapshot | BubblewrapSandbox.snapshot | {tree / MIB / statistics.median(snap):.1f} |")
+        print(f"| restore | BubblewrapSandbox.restore | {tree / MIB / statistics.median(rest):.1f} |")
+        await bw.destroy()
+        await local.destroy()
+        await blobs.aclose()
 
 
 if __name__ == "__main__":

@@ -147,6 +147,8 @@ async def _blobs(settings: Settings) -> Check:
 async def _sandbox(settings: Settings) -> Check:
     name = settings.sandbox
     part = f"sandbox {name}"
+    if name == "bubblewrap":
+        return _bubblewrap(settings, part)
     try:
         factory = registry.sandboxes.check(name)
         provider = await factory(settings, blobs=None)
@@ -160,6 +162,19 @@ async def _sandbox(settings: Settings) -> Check:
         ok, detail, _ = _place(settings.local_sandbox_root, "root", directory=True)
         return Check(part, ok, detail)
     return Check(part, True, "provider opens (SDK imported, credentials set)")
+
+
+def _bubblewrap(settings: Settings, part: str) -> Check:
+    """Whether the bubblewrap sandbox can run here (bwrap present, user namespaces allowed, the unprivileged
+    uid usable: a trial sandbox runs), and why not."""
+    from openma.adapters.sandboxes.bubblewrap import host_problem, jail_from_settings
+
+    jail = jail_from_settings(settings)
+    problem = host_problem(jail)
+    if problem is not None:
+        return Check(part, False, problem)
+    ok, detail, _ = _place(settings.local_sandbox_root, "root", directory=True)
+    return Check(part, ok, f"bwrap runs as uid {jail.uid}; {detail}" if ok else detail)
 
 
 #: The variable holding each built-in model adapter's key (named in the report; the key itself never is).

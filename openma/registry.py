@@ -141,6 +141,7 @@ sandboxes: Final = Registry(
     "openma.sandboxes",
     {
         "local": _Builtin("openma.adapters.sandboxes.local:open_sandbox_provider"),
+        "bubblewrap": _Builtin("openma.adapters.sandboxes.bubblewrap:open_sandbox_provider"),
         "e2b": _Builtin("openma.adapters.sandboxes.e2b:open_sandbox_provider", extra="e2b", needs=("e2b",)),
         "daytona": _Builtin(
             "openma.adapters.sandboxes.daytona:open_sandbox_provider", extra="daytona", needs=("daytona",)

@@ -32,6 +32,7 @@ from openma.config import (
     PARTS,
     PG_SCHEME,
     BlobConfig,
+    BubblewrapConfig,
     DaytonaConfig,
     E2BConfig,
     LocalSandboxConfig,
@@ -205,6 +206,7 @@ class Settings:
     postgres: PostgresConfig = attrs.field(factory=PostgresConfig)
     blobs: BlobConfig = attrs.field(factory=BlobConfig)
     local_sandbox: LocalSandboxConfig = attrs.field(factory=LocalSandboxConfig)
+    bubblewrap: BubblewrapConfig = attrs.field(factory=BubblewrapConfig)
     e2b: E2BConfig = attrs.field(factory=E2BConfig)
     daytona: DaytonaConfig = attrs.field(factory=DaytonaConfig)
     upkeep: UpkeepConfig = attrs.field(factory=UpkeepConfig)
@@ -237,6 +239,10 @@ class Settings:
     local_sandbox_processes = _Flat[int]("local_sandbox", "processes")
     local_sandbox_kill_grace = _Flat[float]("local_sandbox", "kill_grace")
     local_sandbox_pass_env = _Flat[tuple[str, ...]]("local_sandbox", "pass_env")
+    bubblewrap_uid = _Flat[int]("bubblewrap", "uid")
+    bubblewrap_gid = _Flat[int]("bubblewrap", "gid")
+    bubblewrap_rootfs = _Flat[str | None]("bubblewrap", "rootfs")
+    bubblewrap_ro_binds = _Flat[tuple[str, ...]]("bubblewrap", "ro_binds")
     e2b_api_key = _Flat[str | None]("e2b", "api_key")
     e2b_domain = _Flat[str | None]("e2b", "domain")
     e2b_api_url = _Flat[str | None]("e2b", "api_url")

@@ -20,7 +20,14 @@ from typing import Any, Final
 
 from openma.config._field import markdown_table, render_docs, setting
 from openma.config.models import ModelConfig
-from openma.config.sandboxes import LOCAL_SANDBOX_PASS_ENV, DaytonaConfig, E2BConfig, LocalSandboxConfig, UpkeepConfig
+from openma.config.sandboxes import (
+    LOCAL_SANDBOX_PASS_ENV,
+    BubblewrapConfig,
+    DaytonaConfig,
+    E2BConfig,
+    LocalSandboxConfig,
+    UpkeepConfig,
+)
 from openma.config.stores import PG_SCHEME, BlobConfig, PostgresConfig, SQLiteConfig, normalize_pg_url
 
 #: The parts ``Settings`` composes: its attribute name → the part's class, in the order of the docs.
@@ -29,6 +36,7 @@ PARTS: Final[dict[str, type[Any]]] = {
     "postgres": PostgresConfig,
     "blobs": BlobConfig,
     "local_sandbox": LocalSandboxConfig,
+    "bubblewrap": BubblewrapConfig,
     "e2b": E2BConfig,
     "daytona": DaytonaConfig,
     "upkeep": UpkeepConfig,
@@ -41,6 +49,7 @@ __all__ = [
     "PARTS",
     "PG_SCHEME",
     "BlobConfig",
+    "BubblewrapConfig",
     "DaytonaConfig",
     "E2BConfig",
     "LocalSandboxConfig",

@@ -114,6 +114,65 @@ class LocalSandboxConfig:
     )
 
 
+# -- Bubblewrap sandboxes -------------------------------------------------------------------------------
+
+
+def _parse_ro_binds(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list | tuple):
+        raise ConfigError("bubblewrap_ro_binds must be a list of absolute paths", field="bubblewrap_ro_binds")
+    out = []
+    for item in value:
+        item = item.strip() if isinstance(item, str) else item
+        if item == "":
+            continue
+        if not isinstance(item, str) or not item.startswith("/") or "\0" in item:
+            raise ConfigError(f"bubblewrap_ro_binds has a bad path {item!r}", field="bubblewrap_ro_binds")
+        out.append(item)
+    return tuple(out)
+
+
+@attrs.frozen
+class BubblewrapConfig:
+    """The ``bubblewrap`` sandbox provider; it also takes the ``local_sandbox_*`` settings (root, output cap,
+    limits, grace, passed variables)."""
+
+    uid: int = setting(
+        "bubblewrap_uid",
+        "OPENMA_BUBBLEWRAP_UID",
+        "Host uid every sandboxed command runs as (switched to before `bwrap` starts); it owns the workspaces. "
+        "Never 0.",
+        default=65534,
+        validator=integer_in(1, INT32),
+        kind="int",
+    )
+    gid: int = setting(
+        "bubblewrap_gid",
+        "OPENMA_BUBBLEWRAP_GID",
+        "Host gid of sandboxed commands (no supplementary groups). Never 0.",
+        default=65534,
+        validator=integer_in(1, INT32),
+        kind="int",
+    )
+    rootfs: str | None = setting(
+        "bubblewrap_rootfs",
+        "OPENMA_BUBBLEWRAP_ROOTFS",
+        "A directory bound read-only as the sandbox's `/`; unset: a tmpfs with the host's `/usr` and `/etc`.",
+        default=None,
+        validator=string(optional=True),
+    )
+    ro_binds: tuple[str, ...] = setting(
+        "bubblewrap_ro_binds",
+        "OPENMA_BUBBLEWRAP_RO_BINDS",
+        "Comma-separated host paths bound read-only at the same place inside (say `/opt/tools`).",
+        default=(),
+        converter=_parse_ro_binds,
+        kind="raw",
+        shown="none",
+    )
+
+
 # -- Remote sandbox providers ----------------------------------------------------------------------------
 
 

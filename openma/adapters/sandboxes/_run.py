@@ -77,8 +77,21 @@ class Run:
     (0: not watched); ``grace`` the seconds between SIGTERM and SIGKILL when it is stopped.
     """
 
-    def __init__(self, proc: Process, command: str, marker: RunMarker, *, cap: int, memory: int, grace: float) -> None:
+    def __init__(
+        self,
+        proc: Process,
+        command: str,
+        marker: RunMarker,
+        *,
+        cap: int,
+        memory: int,
+        grace: float,
+        rss: Callable[[int], int] = group_rss,
+    ) -> None:
         self.proc = proc
+        #: Resident bytes of the command's processes, given its leader's pid (another sandbox may count them
+        #: its own way, say when they leave the leader's session).
+        self.rss = rss
         self.command = command
         self.marker = marker
         self.out = Capture(cap)
@@ -124,7 +137,7 @@ class Run:
             with anyio.move_on_after(min(remaining, WATCH_INTERVAL) if self.memory else remaining):
                 await self.proc.wait()
                 return "exited"
-            if self.memory and await anyio.to_thread.run_sync(group_rss, self.proc.pid) > self.memory:
+            if self.memory and await anyio.to_thread.run_sync(self.rss, self.proc.pid) > self.memory:
                 self.oom = True
                 await stop([self.proc.pid], self.marker, 0.0, first=signal.SIGKILL)
                 await self.proc.wait()
