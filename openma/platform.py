@@ -9,7 +9,7 @@ from the environment; ``Platform.from_url(url)`` opens every store in one databa
 from __future__ import annotations
 
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ from openma.core.ids import check_id
 from openma.core.sessions import ModelResolver, Sessions
 from openma.core.tenant_blobs import tenant_view
 from openma.errors import ConfigError, Conflict
-from openma.models import Tenant
+from openma.models import Event, Tenant
 from openma.ports.agents import AgentStore
 from openma.ports.backend import StoreBackend
 from openma.ports.blobs import BlobStore
@@ -39,6 +39,7 @@ from openma.settings import STORE_NAMES, Settings
 if TYPE_CHECKING:
     from openma.core.orchestrator import SandboxOrchestrator
     from openma.core.secrets import KeyRing
+    from openma.core.usage import TenantUsage
 
 
 class TenantScope:
@@ -56,6 +57,7 @@ class TenantScope:
         self._vaults: VaultStore | None = None
         self._credentials: CredentialStore | None = None
         self._session_secrets: SessionSecretStore | None = None
+        self._usage: TenantUsage | None = None
 
     def __repr__(self) -> str:
         return f"TenantScope({self.tenant_id!r})"
@@ -107,6 +109,18 @@ class TenantScope:
         return self._session_secrets
 
     @property
+    def usage(self) -> TenantUsage:
+        """This tenant's usage ledger: tokens per model, sandbox and session seconds (see docs/usage.md)."""
+        if self._usage is None:
+            from openma.core.usage import TenantUsage
+
+            async def read_events(session_id: str, after: int, types: Sequence[str]) -> list[Event]:
+                return (await self.sessions.events(session_id, after=after, limit=1000, types=types)).items
+
+            self._usage = TenantUsage(self._platform.backend("usage").usage(self._ref), read_events)
+        return self._usage
+
+    @property
     def blobs(self) -> BlobStore:
         """This tenant's blobs: every key lives under ``t/<tenant_id>/`` of the platform's blob store.
 
@@ -140,6 +154,7 @@ class TenantScope:
                 opened_sandboxes=lambda: self._platform._orchestrator,
                 vaults=lambda: self.vaults,
                 model_resolver=lambda: self._platform.model_resolver,
+                usage=lambda: self.usage,
             )
         return self._sessions
 
@@ -378,6 +393,9 @@ class Platform:
                 factory = registry.sandboxes.load(self.settings.sandbox)
                 provider = await factory(self.settings, blobs=self._blobs)
                 self._orchestrator = SandboxOrchestrator(provider, self._blobs, self.telemetry)
+                self._orchestrator.usage_recorder = lambda tenant_id, slices: self.tenant(tenant_id).usage.record(
+                    slices
+                )
                 if self._task_group is not None and self.settings.sandbox_keepalive_interval > 0:
                     await self._orchestrator.start_upkeep(
                         self._task_group,

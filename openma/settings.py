@@ -49,7 +49,7 @@ from openma.redact import MASK, mask_url, redact_secrets
 __all__ = ["DEFAULT_KEY", "LOCAL_SANDBOX_PASS_ENV", "MAX_SECONDS", "STORE_NAMES", "Settings", "redact_secrets"]
 
 #: The stores whose backend can be chosen one by one in ``STORE_BACKENDS`` (each new store adds its name).
-STORE_NAMES: Final = ("tenants", "agents", "environments", "sessions", "kv", "vaults")
+STORE_NAMES: Final = ("tenants", "agents", "environments", "sessions", "kv", "vaults", "usage")
 DEFAULT_KEY: Final = "default"
 T = TypeVar("T")
 

@@ -16,6 +16,7 @@ from openma.adapters.sql.kv import SqlKVStore
 from openma.adapters.sql.session_secrets import SqlSessionSecretStore
 from openma.adapters.sql.sessions import SqlSessionStore
 from openma.adapters.sql.tenants import SqlTenantStore
+from openma.adapters.sql.usage import SqlUsageStore
 from openma.adapters.sql.vaults import SqlVaultStore
 from openma.adapters.sql.wakeups import SessionWakeups
 from openma.core.clock import Clock, SystemClock
@@ -77,6 +78,9 @@ class SqlStoreBackend:
 
     def vaults(self, tenant: TenantRef) -> SqlVaultStore:
         return SqlVaultStore(self.client, tenant, self.clock)
+
+    def usage(self, tenant: TenantRef) -> SqlUsageStore:
+        return SqlUsageStore(self.client, tenant, self.clock)
 
     def credentials(self, tenant: TenantRef, keys: Sealer) -> SqlCredentialStore:
         return SqlCredentialStore(self.client, tenant, keys, self.clock)
