@@ -17,7 +17,8 @@ import anyio
 from anyio.abc import TaskGroup
 
 from openma import registry
-from openma.adapters.telemetry import LoggingTelemetry
+from openma.adapters.telemetry import FanoutTelemetry, LoggingTelemetry
+from openma.adapters.telemetry_sql import SqlTelemetry
 from openma.core.ids import check_id
 from openma.core.sessions import ModelResolver, Sessions
 from openma.core.tenant_blobs import tenant_view
@@ -30,7 +31,7 @@ from openma.ports.environments import EnvironmentStore
 from openma.ports.kv import KVStore
 from openma.ports.model import Model
 from openma.ports.session_secrets import SessionSecretStore
-from openma.ports.telemetry import Telemetry
+from openma.ports.telemetry import NullTelemetry, Telemetry
 from openma.ports.tenancy import TenantRef
 from openma.ports.tenants import TenantStore
 from openma.ports.vaults import CredentialStore, VaultStore
@@ -178,8 +179,11 @@ class Platform:
         self.settings = settings
         self._backends = backends
         self._blobs = blobs
-        #: Where structured operational events go (JSON lines on the ``openma.telemetry`` logger by default).
-        self.telemetry: Telemetry = telemetry or LoggingTelemetry()
+        #: The SQL telemetry sink when ``OPENMA_TELEMETRY`` names ``sql`` (flushed in the background, closed here).
+        self.telemetry_dataset: SqlTelemetry | None = None
+        #: Where structured operational events go: ``telemetry`` when given, else the sinks ``OPENMA_TELEMETRY``
+        #: names (JSON lines on the ``openma.telemetry`` logger by default; see docs/telemetry.md).
+        self.telemetry: Telemetry = telemetry or self._configured_telemetry(settings, backends)
         for backend in backends.values():  # backends report what they recover from (silent_catch) here too
             if hasattr(backend, "telemetry"):
                 backend.telemetry = self.telemetry
@@ -194,6 +198,35 @@ class Platform:
         self._task_group: TaskGroup | None = None
         self._closed = False
         self._keys = keys
+
+    def _configured_telemetry(self, settings: Settings, backends: dict[str, StoreBackend]) -> Telemetry:
+        sinks: list[Telemetry] = []
+        for name in settings.telemetry_sinks:
+            if name == "log":
+                sinks.append(LoggingTelemetry())
+            elif name == "sql":
+                backend = backends[settings.backend_for("telemetry")]
+                make = getattr(backend, "telemetry_dataset", None)
+                if make is None:
+                    raise ConfigError(
+                        f"the {backend.name!r} backend holds no telemetry dataset; place the telemetry store on "
+                        "a SQL backend or drop 'sql' from OPENMA_TELEMETRY",
+                        field="telemetry_sinks",
+                    )
+                self.telemetry_dataset = make()
+                sinks.append(self.telemetry_dataset)
+            elif name == "otel":
+                from openma.adapters.telemetry_otel import OtelTelemetry
+
+                sinks.append(OtelTelemetry())
+        if not sinks:
+            return NullTelemetry()
+        return sinks[0] if len(sinks) == 1 else FanoutTelemetry(sinks)
+
+    async def flush_telemetry(self) -> None:
+        """Write what the SQL telemetry sink holds now (it also flushes in the background and on close)."""
+        if self.telemetry_dataset is not None:
+            await self.telemetry_dataset.flush()
 
     async def _open_agent_model(self, agent: dict[str, Any]) -> Model:
         """The adapter for an agent snapshot's ``model`` (``OPENMA_MODEL`` when it names none), opened once."""
@@ -247,6 +280,8 @@ class Platform:
         try:
             async with anyio.create_task_group() as task_group:
                 platform._task_group = task_group
+                if platform.telemetry_dataset is not None:
+                    await task_group.start(platform.telemetry_dataset.run)
                 try:
                     yield platform
                 except Exception as exc:  # re-raised below, outside the task group (so never wrapped)
@@ -320,6 +355,7 @@ class Platform:
                 await setup()
             if keys is None:
                 keys = load_key_ring(settings)
+            platform = cls(settings, backends, blobs, telemetry=telemetry, keys=keys, model_resolver=model_resolver)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 for backend in backends.values():
@@ -332,7 +368,7 @@ class Platform:
                 except Exception as close_exc:
                     exc.add_note(f"also failed to close the blob store: {close_exc!r}")
             raise
-        return cls(settings, backends, blobs, telemetry=telemetry, keys=keys, model_resolver=model_resolver)
+        return platform
 
     def backend(self, store: str) -> StoreBackend:
         """The backend that holds ``store`` (``"agents"``, ``"sessions"``, ...)."""
@@ -422,6 +458,8 @@ class Platform:
             parts.append(("sandbox orchestrator", self._orchestrator.aclose))
             parts.append(("sandbox provider", self._orchestrator.provider.aclose))
         parts += [(f"model {provider}:{model_id}", m.aclose) for (provider, model_id), m in self._models.items()]
+        if self.telemetry_dataset is not None:  # before the backends: it writes to one of them
+            parts.append(("telemetry dataset", self.telemetry_dataset.aclose))
         parts += [(f"store backend {name!r}", backend.aclose) for name, backend in self._backends.items()]
         if self._blobs is not None:
             blobs = self._blobs

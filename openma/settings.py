@@ -49,7 +49,7 @@ from openma.redact import MASK, mask_url, redact_secrets
 __all__ = ["DEFAULT_KEY", "LOCAL_SANDBOX_PASS_ENV", "MAX_SECONDS", "STORE_NAMES", "Settings", "redact_secrets"]
 
 #: The stores whose backend can be chosen one by one in ``STORE_BACKENDS`` (each new store adds its name).
-STORE_NAMES: Final = ("tenants", "agents", "environments", "sessions", "kv", "vaults", "usage")
+STORE_NAMES: Final = ("tenants", "agents", "environments", "sessions", "kv", "vaults", "usage", "telemetry")
 DEFAULT_KEY: Final = "default"
 T = TypeVar("T")
 
@@ -100,6 +100,31 @@ def _parse_store_backends(value: object) -> dict[str, str]:
         out[key] = backend
     out.setdefault(DEFAULT_KEY, "cf")
     return out
+
+
+#: The telemetry sinks ``OPENMA_TELEMETRY`` may name.
+TELEMETRY_SINKS: Final = ("log", "sql", "otel", "none")
+
+
+def _telemetry_sinks(value: object) -> tuple[str, ...]:
+    """``OPENMA_TELEMETRY``: a comma-separated string (or a list) of sink names, blanks and repeats dropped."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(
+            "telemetry_sinks must be a comma-separated string or a list of sink names", field="telemetry_sinks"
+        )
+    names = tuple(dict.fromkeys(v.strip().lower() for v in value if v.strip()))
+    unknown = [n for n in names if n not in TELEMETRY_SINKS]
+    if unknown:
+        raise ConfigError(
+            f"unknown telemetry sink {unknown[0]!r}; valid sinks: {', '.join(TELEMETRY_SINKS)}",
+            field="telemetry_sinks",
+            choices=list(TELEMETRY_SINKS),
+        )
+    if "none" in names and len(names) > 1:
+        raise ConfigError("telemetry sink 'none' cannot be combined with others", field="telemetry_sinks")
+    return names or ("none",)
 
 
 def _root_secret_from_env() -> str | None:
@@ -200,6 +225,17 @@ class Settings:
         default=False,
         validator=boolean,
         kind="bool",
+    )
+    telemetry_sinks: tuple[str, ...] = setting(
+        "telemetry_sinks",
+        "OPENMA_TELEMETRY",
+        "Comma-separated telemetry sinks of a platform opened without `telemetry=`: `log` (JSON lines on the "
+        "`openma.telemetry` logger), `sql` (the `telemetry_events` table of the backend holding the `telemetry` "
+        "store), `otel` (OpenTelemetry traces and metrics; the `otel` extra), or `none`. See docs/telemetry.md.",
+        default=("log",),
+        converter=_telemetry_sinks,
+        kind="raw",
+        shown="`log`",
     )
     sqlite: SQLiteConfig = attrs.field(factory=SQLiteConfig)
     postgres: PostgresConfig = attrs.field(factory=PostgresConfig)

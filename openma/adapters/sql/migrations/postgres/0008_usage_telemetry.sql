@@ -7,10 +7,10 @@
 -- usage_acks is how far each export consumer has acknowledged.
 
 CREATE TABLE usage_slices (
-    tenant_id          TEXT   NOT NULL,
-    key                TEXT   NOT NULL,
+    tenant_id          TEXT   COLLATE "C" NOT NULL,
+    key                TEXT   COLLATE "C" NOT NULL,
     pos                BIGINT NOT NULL,
-    session_id         TEXT   NOT NULL,
+    session_id         TEXT   COLLATE "C" NOT NULL,
     kind               TEXT   NOT NULL,
     name               TEXT   NOT NULL,
     input_tokens       BIGINT NOT NULL DEFAULT 0,
@@ -21,22 +21,41 @@ CREATE TABLE usage_slices (
     at                 BIGINT NOT NULL,
     recorded_at        BIGINT NOT NULL,
     PRIMARY KEY (tenant_id, key)
-) WITHOUT ROWID;
+);
 
 CREATE UNIQUE INDEX usage_slices_pos_idx ON usage_slices (tenant_id, pos);
 CREATE INDEX usage_slices_at_idx ON usage_slices (tenant_id, at);
 CREATE INDEX usage_slices_session_idx ON usage_slices (tenant_id, session_id, at);
 
 CREATE TABLE usage_counters (
-    tenant_id TEXT   NOT NULL,
+    tenant_id TEXT   COLLATE "C" NOT NULL,
     last_pos  BIGINT NOT NULL,
     PRIMARY KEY (tenant_id)
-) WITHOUT ROWID;
+);
 
 CREATE TABLE usage_acks (
-    tenant_id  TEXT   NOT NULL,
-    consumer   TEXT   NOT NULL,
+    tenant_id  TEXT   COLLATE "C" NOT NULL,
+    consumer   TEXT   COLLATE "C" NOT NULL,
     pos        BIGINT NOT NULL,
     updated_at BIGINT NOT NULL,
     PRIMARY KEY (tenant_id, consumer)
-) WITHOUT ROWID;
+);
+
+-- The telemetry dataset (the SQL telemetry sink): one row per event, its subject and outcome promoted to
+-- columns for GROUP BY, the whole event (redacted) as JSON in fields. id is time-sortable, at is Unix ms.
+
+CREATE TABLE telemetry_events (
+    id          TEXT   COLLATE "C" NOT NULL,
+    at          BIGINT NOT NULL,
+    kind        TEXT   NOT NULL,
+    tenant_id   TEXT,
+    session_id  TEXT,
+    name        TEXT,
+    outcome     TEXT,
+    duration_ms DOUBLE PRECISION,
+    fields      TEXT   NOT NULL,
+    PRIMARY KEY (id)
+);
+
+CREATE INDEX telemetry_events_kind_idx ON telemetry_events (kind, at);
+CREATE INDEX telemetry_events_at_idx ON telemetry_events (at);
