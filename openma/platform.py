@@ -17,8 +17,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from openma import registry
-from openma.adapters.telemetry import FanoutTelemetry, LoggingTelemetry
-from openma.adapters.telemetry_sql import SqlTelemetry
+from openma.adapters.telemetry_sql import SqlTelemetry, configured_telemetry
 from openma.core.ids import check_id
 from openma.core.sessions import ModelResolver, Sessions
 from openma.core.tenant_blobs import tenant_view
@@ -31,7 +30,7 @@ from openma.ports.environments import EnvironmentStore
 from openma.ports.kv import KVStore
 from openma.ports.model import Model
 from openma.ports.session_secrets import SessionSecretStore
-from openma.ports.telemetry import NullTelemetry, Telemetry
+from openma.ports.telemetry import Telemetry
 from openma.ports.tenancy import TenantRef
 from openma.ports.tenants import TenantStore
 from openma.ports.vaults import CredentialStore, VaultStore
@@ -181,9 +180,11 @@ class Platform:
         self._blobs = blobs
         #: The SQL telemetry sink when ``OPENMA_TELEMETRY`` names ``sql`` (flushed in the background, closed here).
         self.telemetry_dataset: SqlTelemetry | None = None
+        if telemetry is None:
+            telemetry, self.telemetry_dataset = configured_telemetry(settings, backends)
         #: Where structured operational events go: ``telemetry`` when given, else the sinks ``OPENMA_TELEMETRY``
         #: names (JSON lines on the ``openma.telemetry`` logger by default; see docs/telemetry.md).
-        self.telemetry: Telemetry = telemetry or self._configured_telemetry(settings, backends)
+        self.telemetry: Telemetry = telemetry
         for backend in backends.values():  # backends report what they recover from (silent_catch) here too
             if hasattr(backend, "telemetry"):
                 backend.telemetry = self.telemetry
@@ -198,30 +199,6 @@ class Platform:
         self._task_group: TaskGroup | None = None
         self._closed = False
         self._keys = keys
-
-    def _configured_telemetry(self, settings: Settings, backends: dict[str, StoreBackend]) -> Telemetry:
-        sinks: list[Telemetry] = []
-        for name in settings.telemetry_sinks:
-            if name == "log":
-                sinks.append(LoggingTelemetry())
-            elif name == "sql":
-                backend = backends[settings.backend_for("telemetry")]
-                make = getattr(backend, "telemetry_dataset", None)
-                if make is None:
-                    raise ConfigError(
-                        f"the {backend.name!r} backend holds no telemetry dataset; place the telemetry store on "
-                        "a SQL backend or drop 'sql' from OPENMA_TELEMETRY",
-                        field="telemetry_sinks",
-                    )
-                self.telemetry_dataset = make()
-                sinks.append(self.telemetry_dataset)
-            elif name == "otel":
-                from openma.adapters.telemetry_otel import OtelTelemetry
-
-                sinks.append(OtelTelemetry())
-        if not sinks:
-            return NullTelemetry()
-        return sinks[0] if len(sinks) == 1 else FanoutTelemetry(sinks)
 
     async def flush_telemetry(self) -> None:
         """Write what the SQL telemetry sink holds now (it also flushes in the background and on close)."""

@@ -41,7 +41,7 @@ from openma.config import (
     UpkeepConfig,
     setting,
 )
-from openma.config._field import MAX_SECONDS, default_of, secret_list
+from openma.config._field import MAX_SECONDS, default_of, secret_list, telemetry_sinks
 from openma.core.events import MAX_EVENT_BYTES
 from openma.errors import ConfigError
 from openma.redact import MASK, mask_url, redact_secrets
@@ -100,31 +100,6 @@ def _parse_store_backends(value: object) -> dict[str, str]:
         out[key] = backend
     out.setdefault(DEFAULT_KEY, "cf")
     return out
-
-
-#: The telemetry sinks ``OPENMA_TELEMETRY`` may name.
-TELEMETRY_SINKS: Final = ("log", "sql", "otel", "none")
-
-
-def _telemetry_sinks(value: object) -> tuple[str, ...]:
-    """``OPENMA_TELEMETRY``: a comma-separated string (or a list) of sink names, blanks and repeats dropped."""
-    if isinstance(value, str):
-        value = value.split(",")
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(
-            "telemetry_sinks must be a comma-separated string or a list of sink names", field="telemetry_sinks"
-        )
-    names = tuple(dict.fromkeys(v.strip().lower() for v in value if v.strip()))
-    unknown = [n for n in names if n not in TELEMETRY_SINKS]
-    if unknown:
-        raise ConfigError(
-            f"unknown telemetry sink {unknown[0]!r}; valid sinks: {', '.join(TELEMETRY_SINKS)}",
-            field="telemetry_sinks",
-            choices=list(TELEMETRY_SINKS),
-        )
-    if "none" in names and len(names) > 1:
-        raise ConfigError("telemetry sink 'none' cannot be combined with others", field="telemetry_sinks")
-    return names or ("none",)
 
 
 def _root_secret_from_env() -> str | None:
@@ -233,7 +208,7 @@ class Settings:
         "`openma.telemetry` logger), `sql` (the `telemetry_events` table of the backend holding the `telemetry` "
         "store), `otel` (OpenTelemetry traces and metrics; the `otel` extra), or `none`. See docs/telemetry.md.",
         default=("log",),
-        converter=_telemetry_sinks,
+        converter=telemetry_sinks,
         kind="raw",
         shown="`log`",
     )

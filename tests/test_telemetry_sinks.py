@@ -215,3 +215,14 @@ async def test_open_world_still_uses_the_given_sink(
     async for world in open_world(engine_settings(engine, tmp_path, request)):
         assert world.oma.telemetry is world.telemetry
         assert world.oma.telemetry_dataset is None
+
+
+def test_sql_sink_needs_a_sql_backend() -> None:
+    from openma.adapters.telemetry_sql import configured_telemetry
+
+    class NotSql:
+        name = "dynamo"
+
+    with pytest.raises(ConfigError, match="dynamo") as info:
+        configured_telemetry(Settings(telemetry_sinks="sql"), {"cf": NotSql()})  # type: ignore[dict-item]
+    assert info.value.details["field"] == "telemetry_sinks"

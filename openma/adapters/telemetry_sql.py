@@ -13,6 +13,8 @@ model of ``model.call``, the ``action`` of a lifecycle event, the ``host`` of ``
   and writes what is left. A batch the database refuses is dropped and counted in ``write_failures`` (never
   retried forever, never reported through telemetry itself, which would loop).
 * :meth:`SqlTelemetry.prune` deletes rows older than a cutoff, in batches.
+
+:func:`configured_telemetry` builds the sinks ``OPENMA_TELEMETRY`` names for a platform.
 """
 
 from __future__ import annotations
@@ -20,19 +22,22 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
 import anyio
 from anyio.abc import TaskStatus
 
-from openma.adapters.telemetry import redact
+from openma.adapters.telemetry import FanoutTelemetry, LoggingTelemetry, redact
 from openma.core.clock import Clock, SystemClock, datetime_to_ms
 from openma.core.ids import new_id
-from openma.errors import InvalidInput
+from openma.errors import ConfigError, InvalidInput
+from openma.ports.backend import StoreBackend
 from openma.ports.sql import SqlClient
+from openma.ports.telemetry import NullTelemetry, Telemetry
 
-__all__ = ["SqlTelemetry"]
+__all__ = ["SqlTelemetry", "configured_telemetry"]
 
 _NAME_FIELDS: Final = ("tool", "where", "model", "action", "host", "transition")
 _COLUMNS: Final = "id, at, kind, tenant_id, session_id, name, outcome, duration_ms, fields"
@@ -181,3 +186,34 @@ class SqlTelemetry:
             total += deleted
             if deleted < PRUNE_BATCH:
                 return total
+
+
+def configured_telemetry(settings: Any, backends: Mapping[str, StoreBackend]) -> tuple[Telemetry, SqlTelemetry | None]:
+    """The sink ``settings.telemetry_sinks`` names (fanned out when several) and the SQL dataset among them.
+
+    ``sql`` writes to the backend holding the ``telemetry`` store; one without ``telemetry_dataset()`` (not a
+    SQL backend) is a ``ConfigError``. ``otel`` imports :mod:`openma.adapters.telemetry_otel` (the extra).
+    """
+    sinks: list[Telemetry] = []
+    dataset: SqlTelemetry | None = None
+    for name in settings.telemetry_sinks:
+        if name == "log":
+            sinks.append(LoggingTelemetry())
+        elif name == "sql":
+            backend = backends[settings.backend_for("telemetry")]
+            make = getattr(backend, "telemetry_dataset", None)
+            if make is None:
+                raise ConfigError(
+                    f"the {backend.name!r} backend holds no telemetry dataset; place the telemetry store on a SQL "
+                    "backend or drop 'sql' from OPENMA_TELEMETRY",
+                    field="telemetry_sinks",
+                )
+            dataset = make()
+            sinks.append(dataset)
+        elif name == "otel":
+            from openma.adapters.telemetry_otel import OtelTelemetry
+
+            sinks.append(OtelTelemetry())
+    if not sinks:
+        return NullTelemetry(), None
+    return (sinks[0] if len(sinks) == 1 else FanoutTelemetry(sinks)), dataset
