@@ -6,8 +6,9 @@ The Analytics-Engine shape: a few promoted columns that questions group by (``ki
 model of ``model.call``, the ``action`` of a lifecycle event, the ``host`` of ``egress.request``.
 ``outcome`` is the event's ``outcome`` (or, for ``silent_catch``, its error ``code``).
 
-* ``emit`` never blocks and never raises: it builds the row and appends it to a bounded in-memory buffer
-  (thread-safe); when the buffer is full the event is dropped and counted in :attr:`SqlTelemetry.dropped`.
+* ``emit`` never blocks and never raises: it appends the event to a bounded in-memory buffer (thread-safe;
+  the row, JSON and redaction included, is built when it is written); when the buffer is full the event is
+  dropped and counted in :attr:`SqlTelemetry.dropped`.
 * :meth:`SqlTelemetry.run` (started by the platform in its task group) writes the buffer in batches every
   ``interval`` seconds; :meth:`SqlTelemetry.flush` writes it now; :meth:`SqlTelemetry.aclose` stops the loop
   and writes what is left. A batch the database refuses is dropped and counted in ``write_failures`` (never
@@ -99,7 +100,7 @@ class SqlTelemetry:
         self.max_buffer = max_buffer
         self.batch_size = batch_size
         self.interval = interval
-        self._buffer: deque[tuple[Any, ...]] = deque()
+        self._buffer: deque[tuple[str, dict[str, Any], int]] = deque()
         self._lock = threading.Lock()
         self._flushing = anyio.Lock()
         self._scope: anyio.CancelScope | None = None
@@ -118,15 +119,15 @@ class SqlTelemetry:
 
     def emit(self, kind: str, **fields: Any) -> None:
         try:
-            row = row_of(kind, fields, self.clock.now_ms())
-        except Exception:  # a field json cannot encode even with default=str: drop it, never raise
+            now = self.clock.now_ms()
+        except Exception:  # a broken clock: drop the event, never raise
             self.dropped += 1
             return
         with self._lock:
             if self._closed or len(self._buffer) >= self.max_buffer:
                 self.dropped += 1
                 return
-            self._buffer.append(row)
+            self._buffer.append((kind, fields, now))  # the row is built when it is written, off the caller's path
 
     @property
     def buffered(self) -> int:
@@ -135,16 +136,25 @@ class SqlTelemetry:
     def _take(self) -> list[tuple[Any, ...]]:
         with self._lock:
             count = min(self.batch_size, len(self._buffer))
-            return [self._buffer.popleft() for _ in range(count)]
+            events = [self._buffer.popleft() for _ in range(count)]
+        rows = []
+        for kind, fields, at_ms in events:
+            try:
+                rows.append(row_of(kind, fields, at_ms))
+            except Exception:  # a field json cannot encode even with default=str: drop it, never raise
+                self.dropped += 1
+        return rows
 
     async def flush(self) -> int:
         """Write everything buffered now, in batches; how many events were written."""
         written = 0
         async with self._flushing:
             while True:
+                if not self._buffer:
+                    return written
                 batch = self._take()
                 if not batch:
-                    return written
+                    continue
                 try:
                     await self.client.executemany(_INSERT, batch)
                 except Exception as exc:  # any failure: the loop runs in the platform's task group, it must live
