@@ -33,6 +33,7 @@ from openma.ports.session_secrets import SessionSecretStore
 from openma.ports.telemetry import Telemetry
 from openma.ports.tenancy import TenantRef
 from openma.ports.tenants import TenantStore
+from openma.ports.usage import UsageSlice
 from openma.ports.vaults import CredentialStore, VaultStore
 from openma.settings import STORE_NAMES, Settings
 
@@ -406,9 +407,7 @@ class Platform:
                 factory = registry.sandboxes.load(self.settings.sandbox)
                 provider = await factory(self.settings, blobs=self._blobs)
                 self._orchestrator = SandboxOrchestrator(provider, self._blobs, self.telemetry)
-                self._orchestrator.usage_recorder = lambda tenant_id, slices: self.tenant(tenant_id).usage.record(
-                    slices
-                )
+                self._orchestrator.usage_recorder = self._record_sandbox_usage
                 if self._task_group is not None and self.settings.sandbox_keepalive_interval > 0:
                     await self._orchestrator.start_upkeep(
                         self._task_group,
@@ -416,6 +415,12 @@ class Platform:
                         idle_reap_after=self.settings.sandbox_idle_reap_after,
                     )
             return self._orchestrator
+
+    async def _record_sandbox_usage(self, tenant_id: str, slices: Sequence[UsageSlice]) -> int:
+        """The orchestrator's metered sandbox time, written straight to the usage backend: its last periods
+        are written while the platform closes (it refuses new calls by then; the backends are still open).
+        The tenant id comes from a session this platform served, so it is not checked again."""
+        return await self._backends[self.settings.backend_for("usage")].usage(TenantRef(tenant_id)).record(slices)
 
     async def migrate(self) -> dict[str, list[str]]:
         """Apply pending migrations on every backend; return what each applied."""

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from openma import Platform, Settings
 from openma.adapters.sql.backend import SqlStoreBackend
 from openma.core.usage import SandboxMeter, slices_from_events
 from openma.errors import InvalidInput
@@ -214,3 +215,25 @@ async def test_backfill_recovers_what_a_turn_did_not_record(world: World) -> Non
     assert await usage.backfill(sid) == 0
     with pytest.raises(InvalidInput):
         await usage.summary(session_id="not-an-id")
+
+
+@pytest.mark.anyio
+async def test_the_last_sandbox_period_is_written_when_the_platform_closes(tmp_path: Path) -> None:
+    settings = Settings(
+        sqlite_path=str(tmp_path / "o.db"),
+        blob_url=f"file://{tmp_path}/blobs",
+        local_sandbox_root=str(tmp_path / "sandboxes"),
+        telemetry_sinks="none",
+    )
+    async for world in open_world(settings):
+        sid = await world.session()
+        await world.say(sid, "go")
+        model = ScriptedModel([[tool_use("bash", {"command": "echo hi"})], [text("done")]])
+        await world.t.sessions.run(sid, model=model)
+        tenant_id = world.tenant_id
+        during = (await world.t.usage.summary(session_id=sid)).of("sandbox")
+        assert during.slices == 1  # the period up to the end of the turn
+    async with Platform.open(settings) as oma:
+        after = (await oma.tenant(tenant_id).usage.summary(session_id=sid)).of("sandbox")
+    assert after.slices == 2  # and the one from then until the sandbox was released at close
+    assert after.duration_ms >= during.duration_ms
