@@ -56,6 +56,7 @@ from openma.ports.kv import KVEntry, KVStore
 from openma.ports.model import Model, ModelRequest
 from openma.ports.sandbox import ExecResult, FileInfo, ProcessInfo, Sandbox, SandboxProvider, SandboxSpec, SnapshotRef
 from openma.ports.telemetry import Telemetry
+from openma.ports.usage import UsageExport, UsageSlice, UsageStore, UsageSummary, UsageTotal
 from openma.settings import Settings
 
 __version__ = "0.1.0.dev0"
@@ -112,6 +113,11 @@ __all__ = [
     "Tenant",
     "TenantScope",
     "TurnResult",
+    "UsageExport",
+    "UsageSlice",
+    "UsageStore",
+    "UsageSummary",
+    "UsageTotal",
     "Vault",
     "VersionConflict",
     "__version__",

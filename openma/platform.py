@@ -9,7 +9,7 @@ from the environment; ``Platform.from_url(url)`` opens every store in one databa
 from __future__ import annotations
 
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -17,12 +17,12 @@ import anyio
 from anyio.abc import TaskGroup
 
 from openma import registry
-from openma.adapters.telemetry import LoggingTelemetry
+from openma.adapters.telemetry_sql import SqlTelemetry, configured_telemetry
 from openma.core.ids import check_id
 from openma.core.sessions import ModelResolver, Sessions
 from openma.core.tenant_blobs import tenant_view
 from openma.errors import ConfigError, Conflict
-from openma.models import Tenant
+from openma.models import Event, Tenant
 from openma.ports.agents import AgentStore
 from openma.ports.backend import StoreBackend
 from openma.ports.blobs import BlobStore
@@ -33,12 +33,14 @@ from openma.ports.session_secrets import SessionSecretStore
 from openma.ports.telemetry import Telemetry
 from openma.ports.tenancy import TenantRef
 from openma.ports.tenants import TenantStore
+from openma.ports.usage import UsageSlice
 from openma.ports.vaults import CredentialStore, VaultStore
 from openma.settings import STORE_NAMES, Settings
 
 if TYPE_CHECKING:
     from openma.core.orchestrator import SandboxOrchestrator
     from openma.core.secrets import KeyRing
+    from openma.core.usage import TenantUsage
 
 
 class TenantScope:
@@ -56,6 +58,7 @@ class TenantScope:
         self._vaults: VaultStore | None = None
         self._credentials: CredentialStore | None = None
         self._session_secrets: SessionSecretStore | None = None
+        self._usage: TenantUsage | None = None
 
     def __repr__(self) -> str:
         return f"TenantScope({self.tenant_id!r})"
@@ -107,6 +110,18 @@ class TenantScope:
         return self._session_secrets
 
     @property
+    def usage(self) -> TenantUsage:
+        """This tenant's usage ledger: tokens per model, sandbox and session seconds (see docs/usage.md)."""
+        if self._usage is None:
+            from openma.core.usage import TenantUsage
+
+            async def read_events(session_id: str, after: int, types: Sequence[str]) -> list[Event]:
+                return (await self.sessions.events(session_id, after=after, limit=1000, types=types)).items
+
+            self._usage = TenantUsage(self._platform.backend("usage").usage(self._ref), read_events)
+        return self._usage
+
+    @property
     def blobs(self) -> BlobStore:
         """This tenant's blobs: every key lives under ``t/<tenant_id>/`` of the platform's blob store.
 
@@ -140,6 +155,7 @@ class TenantScope:
                 opened_sandboxes=lambda: self._platform._orchestrator,
                 vaults=lambda: self.vaults,
                 model_resolver=lambda: self._platform.model_resolver,
+                usage=lambda: self.usage,
             )
         return self._sessions
 
@@ -163,8 +179,13 @@ class Platform:
         self.settings = settings
         self._backends = backends
         self._blobs = blobs
-        #: Where structured operational events go (JSON lines on the ``openma.telemetry`` logger by default).
-        self.telemetry: Telemetry = telemetry or LoggingTelemetry()
+        #: The SQL telemetry sink when ``OPENMA_TELEMETRY`` names ``sql`` (flushed in the background, closed here).
+        self.telemetry_dataset: SqlTelemetry | None = None
+        if telemetry is None:
+            telemetry, self.telemetry_dataset = configured_telemetry(settings, backends)
+        #: Where structured operational events go: ``telemetry`` when given, else the sinks ``OPENMA_TELEMETRY``
+        #: names (JSON lines on the ``openma.telemetry`` logger by default; see docs/telemetry.md).
+        self.telemetry: Telemetry = telemetry
         for backend in backends.values():  # backends report what they recover from (silent_catch) here too
             if hasattr(backend, "telemetry"):
                 backend.telemetry = self.telemetry
@@ -179,6 +200,11 @@ class Platform:
         self._task_group: TaskGroup | None = None
         self._closed = False
         self._keys = keys
+
+    async def flush_telemetry(self) -> None:
+        """Write what the SQL telemetry sink holds now (it also flushes in the background and on close)."""
+        if self.telemetry_dataset is not None:
+            await self.telemetry_dataset.flush()
 
     async def _open_agent_model(self, agent: dict[str, Any]) -> Model:
         """The adapter for an agent snapshot's ``model`` (``OPENMA_MODEL`` when it names none), opened once."""
@@ -232,6 +258,8 @@ class Platform:
         try:
             async with anyio.create_task_group() as task_group:
                 platform._task_group = task_group
+                if platform.telemetry_dataset is not None:
+                    await task_group.start(platform.telemetry_dataset.run)
                 try:
                     yield platform
                 except Exception as exc:  # re-raised below, outside the task group (so never wrapped)
@@ -305,6 +333,7 @@ class Platform:
                 await setup()
             if keys is None:
                 keys = load_key_ring(settings)
+            platform = cls(settings, backends, blobs, telemetry=telemetry, keys=keys, model_resolver=model_resolver)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 for backend in backends.values():
@@ -317,7 +346,7 @@ class Platform:
                 except Exception as close_exc:
                     exc.add_note(f"also failed to close the blob store: {close_exc!r}")
             raise
-        return cls(settings, backends, blobs, telemetry=telemetry, keys=keys, model_resolver=model_resolver)
+        return platform
 
     def backend(self, store: str) -> StoreBackend:
         """The backend that holds ``store`` (``"agents"``, ``"sessions"``, ...)."""
@@ -378,6 +407,7 @@ class Platform:
                 factory = registry.sandboxes.load(self.settings.sandbox)
                 provider = await factory(self.settings, blobs=self._blobs)
                 self._orchestrator = SandboxOrchestrator(provider, self._blobs, self.telemetry)
+                self._orchestrator.usage_recorder = self._record_sandbox_usage
                 if self._task_group is not None and self.settings.sandbox_keepalive_interval > 0:
                     await self._orchestrator.start_upkeep(
                         self._task_group,
@@ -385,6 +415,12 @@ class Platform:
                         idle_reap_after=self.settings.sandbox_idle_reap_after,
                     )
             return self._orchestrator
+
+    async def _record_sandbox_usage(self, tenant_id: str, slices: Sequence[UsageSlice]) -> int:
+        """The orchestrator's metered sandbox time, written straight to the usage backend: its last periods
+        are written while the platform closes (it refuses new calls by then; the backends are still open).
+        The tenant id comes from a session this platform served, so it is not checked again."""
+        return await self._backends[self.settings.backend_for("usage")].usage(TenantRef(tenant_id)).record(slices)
 
     async def migrate(self) -> dict[str, list[str]]:
         """Apply pending migrations on every backend; return what each applied."""
@@ -404,6 +440,8 @@ class Platform:
             parts.append(("sandbox orchestrator", self._orchestrator.aclose))
             parts.append(("sandbox provider", self._orchestrator.provider.aclose))
         parts += [(f"model {provider}:{model_id}", m.aclose) for (provider, model_id), m in self._models.items()]
+        if self.telemetry_dataset is not None:  # before the backends: it writes to one of them
+            parts.append(("telemetry dataset", self.telemetry_dataset.aclose))
         parts += [(f"store backend {name!r}", backend.aclose) for name, backend in self._backends.items()]
         if self._blobs is not None:
             blobs = self._blobs

@@ -42,7 +42,7 @@ from openma.config import (
     UpkeepConfig,
     setting,
 )
-from openma.config._field import MAX_SECONDS, default_of, secret_list
+from openma.config._field import MAX_SECONDS, default_of, secret_list, telemetry_sinks
 from openma.core.events import MAX_EVENT_BYTES
 from openma.errors import ConfigError
 from openma.redact import MASK, mask_url, redact_secrets
@@ -50,7 +50,7 @@ from openma.redact import MASK, mask_url, redact_secrets
 __all__ = ["DEFAULT_KEY", "LOCAL_SANDBOX_PASS_ENV", "MAX_SECONDS", "STORE_NAMES", "Settings", "redact_secrets"]
 
 #: The stores whose backend can be chosen one by one in ``STORE_BACKENDS`` (each new store adds its name).
-STORE_NAMES: Final = ("tenants", "agents", "environments", "sessions", "kv", "vaults")
+STORE_NAMES: Final = ("tenants", "agents", "environments", "sessions", "kv", "vaults", "usage", "telemetry")
 DEFAULT_KEY: Final = "default"
 T = TypeVar("T")
 
@@ -201,6 +201,17 @@ class Settings:
         default=False,
         validator=boolean,
         kind="bool",
+    )
+    telemetry_sinks: tuple[str, ...] = setting(
+        "telemetry_sinks",
+        "OPENMA_TELEMETRY",
+        "Comma-separated telemetry sinks of a platform opened without `telemetry=`: `log` (JSON lines on the "
+        "`openma.telemetry` logger), `sql` (the `telemetry_events` table of the backend holding the `telemetry` "
+        "store), `otel` (OpenTelemetry traces and metrics; the `otel` extra), or `none`. See docs/telemetry.md.",
+        default=("log",),
+        converter=telemetry_sinks,
+        kind="raw",
+        shown="`log`",
     )
     sqlite: SQLiteConfig = attrs.field(factory=SQLiteConfig)
     postgres: PostgresConfig = attrs.field(factory=PostgresConfig)

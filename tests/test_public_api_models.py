@@ -104,6 +104,7 @@ async def test_a_host_test_records_telemetry_with_the_testing_fakes(tmp_path: Pa
         "ScriptedModel",
         "TelemetryRecord",
         "TenantStoreContract",
+        "UsageContract",
         "VaultContract",
         "requires",
     ]

@@ -130,7 +130,7 @@ def test_settings_are_frozen_and_evolve() -> None:
         ('{"vault": "cf"}', "unknown store 'vault'"),
         ('{"memory": "pg"}', "unknown store 'memory'"),
         ('{"files": "cf"}', "unknown store 'files'"),
-        ('{"usage": "cf"}', "unknown store 'usage'"),
+        ('{"usages": "cf"}', "unknown store 'usages'"),
         ('{"": "cf"}', "unknown store ''"),
         ('{"Agents": "cf"}', "unknown store 'Agents'"),
         ('{"default": "mysql"}', "unknown backend 'mysql'"),

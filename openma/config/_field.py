@@ -60,6 +60,31 @@ def secret_list(value: object) -> tuple[str, ...]:
     return tuple(v.strip() for v in value if v.strip())
 
 
+#: The telemetry sinks ``OPENMA_TELEMETRY`` may name.
+TELEMETRY_SINKS: Final = ("log", "sql", "otel", "none")
+
+
+def telemetry_sinks(value: object) -> tuple[str, ...]:
+    """``OPENMA_TELEMETRY``: a comma-separated string (or a list) of sink names, blanks and repeats dropped."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(
+            "telemetry_sinks must be a comma-separated string or a list of sink names", field="telemetry_sinks"
+        )
+    names = tuple(dict.fromkeys(v.strip().lower() for v in value if v.strip()))
+    unknown = [n for n in names if n not in TELEMETRY_SINKS]
+    if unknown:
+        raise ConfigError(
+            f"unknown telemetry sink {unknown[0]!r}; valid sinks: {', '.join(TELEMETRY_SINKS)}",
+            field="telemetry_sinks",
+            choices=list(TELEMETRY_SINKS),
+        )
+    if "none" in names and len(names) > 1:
+        raise ConfigError("telemetry sink 'none' cannot be combined with others", field="telemetry_sinks")
+    return names or ("none",)
+
+
 def optional_int(lo: int, hi: int) -> Validator:
     return attrs.validators.optional(integer_in(lo, hi))
 

@@ -39,7 +39,7 @@ import json
 import time
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -47,6 +47,7 @@ from anyio.abc import TaskGroup
 from openma.core import keys
 from openma.core.orchestrated import COMMAND_IN_TELEMETRY, OrchestratedSandbox, ms_since
 from openma.core.sandbox_warmup import Guard, Slot, WarmUp, recorded_sandbox
+from openma.core.usage import SandboxMeter, UsageRecorder
 from openma.core.workspace import SNAPSHOT_TTL
 from openma.errors import (
     InvalidInput,
@@ -198,6 +199,11 @@ class SandboxOrchestrator(WarmUp):
         self._guard = anyio.Lock()
         #: The keepalive/idle-reap loop, once :meth:`start_upkeep` started it (see :mod:`openma.core.upkeep`).
         self.upkeep: SandboxUpkeep | None = None
+        #: Alive and exec time of the sandboxes held here; written by :meth:`flush_usage` through
+        #: ``usage_recorder`` (the platform binds it to ``t.usage.record``; ``None``: not written).
+        self.usage_meter = SandboxMeter()
+        self.usage_recorder: UsageRecorder | None = None
+        self._usage_scope: anyio.CancelScope | None = None
 
     def __repr__(self) -> str:
         live = sum(1 for s in self._slots.values() if s.sandbox is not None)
@@ -399,18 +405,76 @@ class SandboxOrchestrator(WarmUp):
             raise SandboxError("the upkeep loop of this orchestrator is already running")
         self.upkeep = SandboxUpkeep(self, interval=interval, idle_reap_after=idle_reap_after)
         await task_group.start(self.upkeep.run)
+        self._usage_scope = scope = anyio.CancelScope()
+        task_group.start_soon(self._usage_loop, interval, scope)
 
     async def aclose(self) -> None:
         """Stop the upkeep loop, then release every session (snapshot, destroy)."""
         if self.upkeep is not None:
             await self.upkeep.stop()
+        if self._usage_scope is not None:
+            self._usage_scope.cancel()
         for session_id in list(self._slots):
             await self.release(session_id)
+        await self.flush_usage()
 
     async def _after_exec(self, slot: Slot, sandbox: Sandbox, oom: bool, exit_code: int) -> None:
         if oom and slot.sandbox is sandbox:
             self._lifecycle(slot, "oom", exit_code=exit_code)
             await self._recycle(slot, "oom")
+
+    # -- usage (sandbox alive and exec seconds, see openma.core.usage.SandboxMeter)
+
+    def _lifecycle(self, slot: Slot, action: str, **fields: Any) -> None:
+        sandbox_id = fields.get("sandbox_id") or (slot.sandbox.id if slot.sandbox is not None else None)
+        if sandbox_id is not None:
+            now = int(time.time() * 1000)
+            if action in ("created", "reattached"):
+                spec = slot.spec
+                self.usage_meter.started(spec.tenant_id, spec.session_id, sandbox_id, self.provider.name, now)
+            elif action in ("destroyed", "detached", "gone"):
+                self.usage_meter.stopped(sandbox_id, now)
+        super()._lifecycle(slot, action, **fields)
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        if kind == "sandbox.exec" and isinstance(fields.get("sandbox_id"), str):
+            self.usage_meter.ran(fields["sandbox_id"], fields.get("duration_ms"))
+        super()._emit(kind, **fields)
+
+    async def flush_usage(self, *, checkpoint: bool = True) -> int:
+        """Write the metered sandbox time (closing the open periods now, with ``checkpoint``); slices written.
+
+        A tenant whose write fails keeps its slices for the next flush (same keys: never counted twice);
+        the failure is reported as ``silent_catch``. Called after each turn, by the upkeep loop's task and
+        on :meth:`aclose`.
+        """
+        if checkpoint:
+            self.usage_meter.checkpoint(int(time.time() * 1000))
+        recorder = self.usage_recorder
+        if recorder is None:
+            self.usage_meter.take()
+            return 0
+        written = 0
+        for tenant_id, slices in self.usage_meter.take().items():
+            try:
+                await recorder(tenant_id, slices)
+                written += len(slices)
+            except OpenmaError as exc:
+                self.usage_meter.give_back(tenant_id, slices)
+                self._emit(
+                    "silent_catch",
+                    where="orchestrator.flush_usage",
+                    error=type(exc).__name__,
+                    code=exc.code,
+                    tenant_id=tenant_id,
+                )
+        return written
+
+    async def _usage_loop(self, interval: float, scope: anyio.CancelScope) -> None:
+        with scope:
+            while True:
+                await anyio.sleep(interval)
+                await self.flush_usage()
 
     def sessions(self) -> Mapping[str, str | None]:
         """Session id → live sandbox id (``None`` between recycles)."""

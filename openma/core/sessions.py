@@ -30,7 +30,8 @@ from openma.core.orchestrator import SandboxOrchestrator
 from openma.core.tail import EventTail
 from openma.core.turns import DEFAULT_MAX_STEPS, TurnOptions, TurnResult, run_turn
 from openma.core.turns.retry import RetryPolicy
-from openma.errors import ConfigError, Conflict, InvalidInput
+from openma.core.usage import TenantUsage
+from openma.errors import ConfigError, Conflict, InvalidInput, OpenmaError
 from openma.models import Agent, Environment, Event, GcReport, InboxItem, Order, Page, Session, Stream
 from openma.ports.agents import AgentStore
 from openma.ports.environments import EnvironmentStore
@@ -87,6 +88,7 @@ class Sessions:
         opened_sandboxes: Callable[[], SandboxOrchestrator | None] | None = None,
         vaults: Callable[[], VaultStore] | None = None,
         model_resolver: Callable[[], ModelResolver | None] | None = None,
+        usage: Callable[[], TenantUsage] | None = None,
     ) -> None:
         self._store = store
         self._vaults = vaults
@@ -96,6 +98,7 @@ class Sessions:
         self._sandboxes = sandboxes
         self._opened_sandboxes = opened_sandboxes
         self._model_resolver = model_resolver
+        self._usage = usage
         self._telemetry = telemetry or NullTelemetry()
         self.tenant_id = store.tenant_id
 
@@ -279,7 +282,34 @@ class Sessions:
                     )
                 chosen = resolver((await actor.session()).agent)
                 model = await chosen if inspect.isawaitable(chosen) else chosen
-            return await run_turn(actor, model, telemetry=self._telemetry, options=options)
+            result = await run_turn(actor, model, telemetry=self._telemetry, options=options)
+        await self._record_usage(session_id, result)
+        return result
+
+    async def _record_usage(self, session_id: str, result: TurnResult) -> None:
+        """Record what the turn's events account for in the usage ledger, and the sandbox time metered so far.
+
+        Derived from the logged events (keys are event ids), so it is a no-op for a turn recorded already; a
+        failure is reported (``silent_catch``) and left to ``t.usage.backfill(session_id)``, never raised:
+        the turn itself is done and logged.
+        """
+        if self._usage is None:
+            return
+        try:
+            await self._usage().record_events(session_id, result.events)
+            orchestrator = self._opened_sandboxes() if self._opened_sandboxes is not None else None
+            flush = getattr(orchestrator, "flush_usage", None)
+            if flush is not None:
+                await flush()
+        except OpenmaError as exc:
+            self._telemetry.emit(
+                "silent_catch",
+                where="sessions.record_usage",
+                error=type(exc).__name__,
+                code=exc.code,
+                tenant_id=self.tenant_id,
+                session_id=session_id,
+            )
 
     def subscribe(self, session_id: str, *, after: int = 0) -> EventTail:
         """Every event with ``seq > after``, in order, then new ones as they land (see :mod:`openma.core.tail`)."""

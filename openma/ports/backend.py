@@ -19,6 +19,7 @@ from openma.ports.session_secrets import SessionSecretStore
 from openma.ports.sessions import SessionStore
 from openma.ports.tenancy import TenantRef
 from openma.ports.tenants import TenantStore
+from openma.ports.usage import UsageStore
 from openma.ports.vaults import CredentialStore, VaultStore
 
 
@@ -46,6 +47,10 @@ class StoreBackend(Protocol):
     def kv(self, tenant: TenantRef) -> KVStore: ...
 
     def vaults(self, tenant: TenantRef) -> VaultStore: ...
+
+    def usage(self, tenant: TenantRef) -> UsageStore:
+        """The tenant's usage ledger (see :mod:`openma.ports.usage`)."""
+        ...
 
     def credentials(self, tenant: TenantRef, keys: Sealer) -> CredentialStore:
         """Credentials, sealed and opened with ``keys`` (the platform's key ring)."""

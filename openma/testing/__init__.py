@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from openma.testing.model import Scripted, ScriptedModel
     from openma.testing.sandbox import SandboxContract
     from openma.testing.stores import EnvironmentStoreContract, TenantStoreContract
+    from openma.testing.usage import UsageContract
     from openma.testing.vaults import CredentialContract, VaultContract
 
 #: Where each public name lives. Names load on first use, so the fakes a host's code or the demo needs
@@ -54,6 +55,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "SandboxContract": ("openma.testing.sandbox", "SandboxContract"),
     "EnvironmentStoreContract": ("openma.testing.stores", "EnvironmentStoreContract"),
     "TenantStoreContract": ("openma.testing.stores", "TenantStoreContract"),
+    "UsageContract": ("openma.testing.usage", "UsageContract"),
     "CredentialContract": ("openma.testing.vaults", "CredentialContract"),
     "VaultContract": ("openma.testing.vaults", "VaultContract"),
 }
@@ -89,6 +91,7 @@ __all__ = [
     "ScriptedModel",
     "TelemetryRecord",
     "TenantStoreContract",
+    "UsageContract",
     "VaultContract",
     "requires",
 ]

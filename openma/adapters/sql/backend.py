@@ -16,8 +16,10 @@ from openma.adapters.sql.kv import SqlKVStore
 from openma.adapters.sql.session_secrets import SqlSessionSecretStore
 from openma.adapters.sql.sessions import SqlSessionStore
 from openma.adapters.sql.tenants import SqlTenantStore
+from openma.adapters.sql.usage import SqlUsageStore
 from openma.adapters.sql.vaults import SqlVaultStore
 from openma.adapters.sql.wakeups import SessionWakeups
+from openma.adapters.telemetry_sql import SqlTelemetry
 from openma.core.clock import Clock, SystemClock
 from openma.ports.backend import SessionSettings
 from openma.ports.blobs import BlobStore
@@ -77,6 +79,13 @@ class SqlStoreBackend:
 
     def vaults(self, tenant: TenantRef) -> SqlVaultStore:
         return SqlVaultStore(self.client, tenant, self.clock)
+
+    def usage(self, tenant: TenantRef) -> SqlUsageStore:
+        return SqlUsageStore(self.client, tenant, self.clock)
+
+    def telemetry_dataset(self) -> SqlTelemetry:
+        """A telemetry sink writing to this backend's ``telemetry_events`` table (see ``telemetry_sql``)."""
+        return SqlTelemetry(self.client)
 
     def credentials(self, tenant: TenantRef, keys: Sealer) -> SqlCredentialStore:
         return SqlCredentialStore(self.client, tenant, keys, self.clock)

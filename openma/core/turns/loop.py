@@ -479,8 +479,17 @@ class Turn:
 async def run_turn(
     actor: SessionActor, model: Model, *, telemetry: Telemetry, options: TurnOptions | None = None
 ) -> TurnResult:
-    """Run one turn of ``actor``'s session with ``model`` (see the module docstring)."""
-    return await Turn(actor, model, telemetry, options or TurnOptions()).run()
+    """Run one turn of ``actor``'s session with ``model`` (see the module docstring); reported as a ``turn``
+    telemetry event (``stop_reason``, or ``outcome="failed"`` when it raised, and ``duration_ms``)."""
+    started, fields = time.perf_counter(), {"tenant_id": actor.tenant_id, "session_id": actor.session_id}
+    try:
+        result = await Turn(actor, model, telemetry, options or TurnOptions()).run()
+    except BaseException:
+        telemetry.emit("turn", **fields, outcome="failed", duration_ms=round((time.perf_counter() - started) * 1e3, 3))
+        raise
+    done = {"stop_reason": result.stop_reason, "duration_ms": round((time.perf_counter() - started) * 1e3, 3)}
+    telemetry.emit("turn", **fields, outcome="ok" if result.stop_reason != "error" else "error", **done)
+    return result
 
 
 __all__ = ["DEFAULT_MAX_STEPS", "StopReason", "TurnOptions", "TurnResult", "run_turn", "text_of"]
