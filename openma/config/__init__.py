@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from openma.config._field import markdown_table, render_docs, setting
+from openma.config.egress import EgressConfig
 from openma.config.models import ModelConfig
 from openma.config.sandboxes import LOCAL_SANDBOX_PASS_ENV, DaytonaConfig, E2BConfig, LocalSandboxConfig, UpkeepConfig
 from openma.config.stores import PG_SCHEME, BlobConfig, PostgresConfig, SQLiteConfig, normalize_pg_url
@@ -33,6 +34,7 @@ PARTS: Final[dict[str, type[Any]]] = {
     "daytona": DaytonaConfig,
     "upkeep": UpkeepConfig,
     "models": ModelConfig,
+    "egress": EgressConfig,
 }
 
 
@@ -43,6 +45,7 @@ __all__ = [
     "BlobConfig",
     "DaytonaConfig",
     "E2BConfig",
+    "EgressConfig",
     "LocalSandboxConfig",
     "ModelConfig",
     "PostgresConfig",

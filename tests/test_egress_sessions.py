@@ -1,0 +1,199 @@
+"""Sessions through the egress proxy: the platform's CA and supervised proxy, and what a sandbox is given."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import SocketListener, SocketStream, TaskStatus
+from cryptography import x509
+
+from openma.adapters.sandboxes.local import LocalSandboxConfig, LocalSandboxProvider
+from openma.config.egress import EgressConfig
+from openma.core.egress import EgressResolverImpl
+from openma.core.egress.service import EgressService, derive_ca
+from openma.core.orchestrator import SandboxOrchestrator
+from openma.core.secrets import KeyRing
+from openma.errors import ConfigError
+from openma.ports.egress import EgressEndpoint, EgressResolver
+from openma.ports.sandbox import SandboxSpec
+from openma.ports.telemetry import Telemetry
+from tests.test_sandbox_local import MemoryBlobs
+
+pytestmark = pytest.mark.anyio
+
+ROOT = "test-root-secret-0123456789abcdef"
+TENANT = "tnt_01m8000000000000000000000a"
+SESSION = "ses_01m8000000000000000000000b"
+
+
+class Events:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        self.seen.append((kind, fields))
+
+
+class LineProxy:
+    """A stand-in proxy with a real listener: answers each connection with one line, can be killed."""
+
+    instances: list[LineProxy] = []
+    listening: anyio.Event | None = None
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.listener: SocketListener | None = None
+        LineProxy.instances.append(self)
+
+    async def serve(self, *, task_status: TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
+        self.listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+        self.port = self.listener.extra(anyio.abc.SocketAttribute.local_port)
+        task_status.started()
+        if LineProxy.listening is not None:
+            LineProxy.listening.set()
+
+        async def answer(stream: SocketStream) -> None:
+            async with stream:
+                await stream.send(b"proxy %d\n" % len(LineProxy.instances))
+
+        try:
+            await self.listener.serve(answer)
+        except (anyio.ClosedResourceError, OSError):
+            return  # killed
+
+    async def kill(self) -> None:
+        assert self.listener is not None
+        await self.listener.aclose()
+
+
+def line_factory(
+    resolver: EgressResolver, cert: str, key: str, upstream: str | None, host: str, port: int, tel: Telemetry
+) -> LineProxy:
+    return LineProxy(host, port)
+
+
+async def ask(port: int) -> bytes:
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        return await stream.receive()
+
+
+def service(telemetry: Events, **config: Any) -> EgressService:
+    keys = KeyRing(ROOT)
+    resolver = EgressResolverImpl(lambda _t: None, keys)  # type: ignore[arg-type,return-value]
+    return EgressService(EgressConfig(**config), resolver, keys, line_factory, telemetry, restart_delay=0.01)
+
+
+def test_the_ca_is_derived_from_the_root_secret() -> None:
+    cert_pem, key_pem = derive_ca(KeyRing(ROOT))
+    assert derive_ca(KeyRing(ROOT))[1] == key_pem  # the same CA on every start and every host
+    assert derive_ca(KeyRing("another-root-secret-0123456789"))[1] != key_pem
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert cert.issuer == cert.subject and KeyRing(ROOT).key_id in cert.subject.rfc4514_string()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_proxy_is_restarted_on_its_port_when_it_dies(anyio_backend: str) -> None:
+    telemetry = Events()
+    LineProxy.instances.clear()
+    egress = service(telemetry)
+    with pytest.raises(ConfigError, match="not running"):
+        egress.endpoint(TENANT, SESSION)
+    async with anyio.create_task_group() as tg:
+        await egress.start(tg)
+        port = egress.port
+        assert port and await ask(port) == b"proxy 1\n"
+        endpoint = egress.endpoint(TENANT, SESSION)
+        assert (endpoint.host, endpoint.port, endpoint.no_proxy) == ("127.0.0.1", port, ())
+        assert endpoint.ca_pem == egress.ca_pem and egress.resolver.verify(endpoint.credential) == (TENANT, SESSION)
+
+        LineProxy.listening = anyio.Event()
+        await LineProxy.instances[-1].kill()
+        with anyio.fail_after(10):
+            await LineProxy.listening.wait()
+        assert await ask(port) == b"proxy 2\n" and egress.port == port
+        assert egress.restarts == 1 and telemetry.seen[-1][0] == "egress.proxy_restart"
+        await egress.aclose()
+    assert not egress.running
+    with pytest.raises(ConfigError):
+        egress.endpoint(TENANT, SESSION)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_remote_providers_get_the_advertised_address(anyio_backend: str) -> None:
+    egress = service(Events(), advertise_host="proxy.example.net", advertise_port=3128)
+    async with anyio.create_task_group() as tg:
+        await egress.start(tg)
+        remote = egress.endpoint(TENANT, SESSION, provider="e2b")
+        assert (remote.host, remote.port) == ("proxy.example.net", 3128) and "localhost" in remote.no_proxy
+        local = egress.endpoint(TENANT, SESSION, provider="local")
+        assert (local.host, local.port) == ("127.0.0.1", egress.port)
+        await egress.aclose()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_first_start_that_fails_raises(anyio_backend: str) -> None:
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as taken:
+        port = taken.extra(anyio.abc.SocketAttribute.local_port)
+        egress = service(Events(), listen_port=port)
+        async with anyio.create_task_group() as tg:
+            with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}: OSError"):
+                await egress.start(tg)
+
+
+ENDPOINT = EgressEndpoint(host="127.0.0.1", port=3128, credential="tnt_x.ses_y.mac", ca_pem="-----CA-----\n")
+
+
+@pytest.fixture
+async def local(tmp_path: Path) -> AsyncIterator[LocalSandboxProvider]:
+    provider = LocalSandboxProvider(LocalSandboxConfig(root=str(tmp_path / "sb")), blobs=MemoryBlobs())
+    yield provider
+    await provider.aclose()
+
+
+async def test_a_local_sandbox_routes_every_command_through_the_proxy(local: LocalSandboxProvider) -> None:
+    sb = await local.create(
+        SandboxSpec(tenant_id=TENANT, session_id=SESSION, env={"HTTPS_PROXY": "http://evil:1"}, egress=ENDPOINT)
+    )
+    script = "import os, json; print(json.dumps(dict(os.environ)))"
+    result = await sb.exec(f"{sys.executable} -c '{script}'", env={"HTTP_PROXY": "http://evil:2"})
+    env = __import__("json").loads(result.stdout)
+    assert env["HTTPS_PROXY"] == env["HTTP_PROXY"] == env["https_proxy"] == ENDPOINT.url()
+    ca_file = env["SSL_CERT_FILE"]
+    assert env["CURL_CA_BUNDLE"] == env["REQUESTS_CA_BUNDLE"] == env["NODE_EXTRA_CA_CERTS"] == ca_file
+    assert await anyio.Path(ca_file).read_text() == ENDPOINT.ca_pem
+    assert not Path(ca_file).is_relative_to(sb.workspace)
+    assert (await sb.exec(f"cat {ca_file}")).stdout == ENDPOINT.ca_pem  # readable by the sandbox's commands
+    ref = await sb.snapshot()
+    assert b"-----CA-----" not in await local.blobs.get(ref.key)  # type: ignore[union-attr]
+    plain = await local.create(SandboxSpec(tenant_id=TENANT, session_id=SESSION))
+    out = (await plain.exec("env")).stdout
+    assert "HTTPS_PROXY" not in out and "SSL_CERT_FILE" not in out  # no platform, no egress: as before
+
+
+async def test_the_orchestrator_gives_new_sandboxes_the_sessions_endpoint(local: LocalSandboxProvider) -> None:
+    orchestrator = SandboxOrchestrator(local, MemoryBlobs())  # type: ignore[arg-type]
+    asked: list[tuple[str, str]] = []
+
+    def endpoint(tenant_id: str, session_id: str) -> EgressEndpoint:
+        asked.append((tenant_id, session_id))
+        return ENDPOINT
+
+    orchestrator.egress = endpoint
+    sb = await orchestrator.get(TENANT, SESSION, SandboxSpec(tenant_id=TENANT, session_id=SESSION))
+    assert asked == [(TENANT, SESSION)]
+    assert "HTTPS_PROXY=http://openma:tnt_x.ses_y.mac@127.0.0.1:3128" in (await sb.exec("env")).stdout
+
+    def refuse(tenant_id: str, session_id: str) -> EgressEndpoint:
+        raise ConfigError("the egress proxy is not running")
+
+    orchestrator.egress = refuse
+    other = "ses_01m8000000000000000000000c"
+    with pytest.raises(ConfigError):  # fail closed: no sandbox without its proxy
+        await orchestrator.get(TENANT, other)
+    await orchestrator.aclose()
