@@ -197,3 +197,39 @@ async def test_the_orchestrator_gives_new_sandboxes_the_sessions_endpoint(local:
     with pytest.raises(ConfigError):  # fail closed: no sandbox without its proxy
         await orchestrator.get(TENANT, other)
     await orchestrator.aclose()
+
+
+REMOTE = EgressEndpoint(host="203.0.113.7", port=3128, credential="tnt_x.ses_y.mac", ca_pem="-----CA-----\n")
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("which", ["e2b", "daytona"])
+async def test_remote_sandboxes_get_the_proxy_the_ca_and_the_providers_own_wall(
+    which: str, request: pytest.FixtureRequest, anyio_backend: str
+) -> None:
+    from openma import registry
+
+    running = request.getfixturevalue(f"{which}_fake")
+    provider = await registry.sandboxes.load(which)(running.settings(), blobs=MemoryBlobs())
+    try:
+        sb = await provider.create(SandboxSpec(tenant_id=TENANT, session_id=SESSION, egress=REMOTE))
+        body = running.fake.created[-1]
+        if which == "e2b":
+            assert body["allow_internet_access"] is False
+            assert body["network"] == {"allowOut": ["203.0.113.7"], "denyOut": ["0.0.0.0/0"]}
+        else:
+            assert body["networkAllowList"] == "203.0.113.7/32" and body["networkBlockAll"] is False
+        out = (await sb.exec("env", env={"HTTPS_PROXY": "http://evil:1"})).stdout
+        assert "HTTPS_PROXY=http://openma:tnt_x.ses_y.mac@203.0.113.7:3128" in out
+        assert f"SSL_CERT_FILE={sb.egress_ca_file}" in out and not sb.egress_ca_file.startswith(sb.workdir)
+        assert (await sb.exec(f"cat {sb.egress_ca_file}")).stdout == REMOTE.ca_pem
+        await sb.destroy()
+        plain = await provider.create(SandboxSpec(tenant_id=TENANT, session_id=SESSION))
+        body = running.fake.created[-1]
+        assert not {"allow_internet_access", "network", "networkAllowList"} & {
+            k for k, v in body.items() if v not in (None, False)
+        }
+        assert "HTTPS_PROXY" not in (await plain.exec("env")).stdout
+        await plain.destroy()
+    finally:
+        await provider.aclose()
