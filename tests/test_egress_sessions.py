@@ -233,3 +233,43 @@ async def test_remote_sandboxes_get_the_proxy_the_ca_and_the_providers_own_wall(
         await plain.destroy()
     finally:
         await provider.aclose()
+
+
+async def test_egress_test_shows_the_decision_and_header_names_only(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from openma import Platform, Settings
+
+    env = {
+        **os.environ,
+        "OPENMA_SQLITE_PATH": str(tmp_path / "cli.db"),
+        "OPENMA_BLOB_URL": f"file://{tmp_path}/b",
+        "OPENMA_ROOT_SECRET": ROOT,
+    }
+    async with Platform.open(Settings.from_env(env)) as oma:
+        tenant = await oma.tenants.create(name="cli")
+        t = oma.tenant(tenant.id)
+        agent = await t.agents.create(name="a", model="m")
+        networking = {"type": "limited", "allowed_hosts": ["127.0.0.1", "*.example.com"]}
+        environment = await t.environments.create(name="e", config={"networking": networking})
+        vault = await t.vaults.create(name="v")
+        auth = {"type": "static_bearer", "token": "tok-secret-0123456789", "hosts": ["127.0.0.1"]}
+        await t.credentials.create(vault_id=vault.id, display_name="c", auth=auth)
+        session = await t.sessions.create(agent_id=agent.id, environment_id=environment.id, vault_ids=[vault.id])
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "openma", "egress", "test", *args], env=env, capture_output=True, text=True
+        )
+
+    allowed = run("--session", session.id, "https://127.0.0.1:8443/x")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "ALLOWED: allowed by exact entry" in allowed.stdout and "headers injected: Authorization" in allowed.stdout
+    assert "tok-secret" not in allowed.stdout + allowed.stderr and "networking limited" in allowed.stdout
+    refused = run("--tenant", tenant.id, "--session", session.id, "https://pypi.org/simple")
+    assert refused.returncode == 1 and "REFUSED: pypi.org:443 is not on the allowed hosts" in refused.stdout
+    assert "headers injected: none" in refused.stdout
+    missing = run("--session", "ses_01m8000000000000000000000z", "https://pypi.org/")
+    assert missing.returncode == 2 and "not_found" in missing.stderr
+    assert run("--session", session.id, "ftp://x").returncode == 2

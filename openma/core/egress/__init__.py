@@ -12,8 +12,17 @@ from openma.core.egress.resolver import (
     EgressRefreshFailed,
     EgressResolverImpl,
     EgressStores,
+    Explanation,
     grant_of,
     host_matches,
 )
 
-__all__ = ["PURPOSE", "EgressRefreshFailed", "EgressResolverImpl", "EgressStores", "grant_of", "host_matches"]
+__all__ = [
+    "PURPOSE",
+    "EgressRefreshFailed",
+    "EgressResolverImpl",
+    "EgressStores",
+    "Explanation",
+    "grant_of",
+    "host_matches",
+]

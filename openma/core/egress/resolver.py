@@ -29,13 +29,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import anyio
+import attrs
 
+from openma.core.egress_policy import decide, normalize_host, parse_rule
 from openma.core.ids import check_id
 from openma.errors import Conflict, InvalidInput, NotFound, OpenmaError
 from openma.models import Session
@@ -52,6 +55,20 @@ class EgressRefreshFailed(OpenmaError):
     """An ``mcp_oauth`` credential near expiry could not be refreshed at its token endpoint."""
 
     code = "egress_refresh_failed"
+
+
+@attrs.frozen
+class Explanation:
+    """What :meth:`EgressResolverImpl.explain` found: the grant, the destination and its addresses, the
+    decision and the names of the headers that would be injected (no value)."""
+
+    grant: EgressGrant
+    host: str
+    port: int
+    addresses: tuple[str, ...]
+    allowed: bool
+    reason: str
+    injected: tuple[str, ...]
 
 
 class _SessionReader(Protocol):
@@ -95,13 +112,13 @@ def grant_of(session: Session) -> EgressGrant:
     return EgressGrant(tenant_id=session.tenant_id, session_id=session.id, networking=networking, allowed_hosts=hosts)
 
 
-def host_matches(pattern: str, host: str) -> bool:
-    """``pattern`` (``host`` or ``*.domain``) names ``host`` (both compared lowercased, no trailing dot)."""
-    pattern = pattern.strip().lower().rstrip(".")
-    host = host.strip().lower().rstrip(".")
-    if pattern.startswith("*."):
-        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
-    return pattern == host
+def host_matches(pattern: str, host: str, port: int = 443) -> bool:
+    """``pattern`` (``host``, ``*.domain``, either with ``:port``) names ``host:port``, by the rules of
+    :mod:`openma.core.egress_policy` (case, trailing dot, IDNA); a malformed pattern or host matches nothing."""
+    try:
+        return parse_rule(pattern).matches(normalize_host(host), port)
+    except InvalidInput:
+        return False
 
 
 def _header(template: str, value: str) -> tuple[str, str] | None:
@@ -220,13 +237,13 @@ class EgressResolverImpl:
                 auth = credential.auth
                 kind = auth.get("type")
                 if kind == "static_bearer":
-                    if not any(host_matches(h, host) for h in auth.get("hosts") or ()):
+                    if not any(host_matches(h, host, port) for h in auth.get("hosts") or ()):
                         continue
                     secret = await credentials.reveal(credential.id)
                     made = _header(auth.get("header") or "Authorization: Bearer {token}", secret["token"])
                 elif kind == "mcp_oauth":
                     target = urlsplit(str(auth.get("mcp_server_url") or ""))
-                    if not target.hostname or not host_matches(target.hostname, host):
+                    if not target.hostname or not host_matches(target.hostname, host, port):
                         continue
                     token = await self._access_token(credentials, credential.id)
                     made = _header("Authorization: Bearer {token}", token)
@@ -235,6 +252,28 @@ class EgressResolverImpl:
                 if made is not None and made[0].lower() not in {k.lower() for k in headers}:
                     headers[made[0]] = made[1]
         return headers
+
+    async def explain(
+        self, tenant_id: str, session_id: str, host: str, port: int, *, resolve: bool = True
+    ) -> Explanation:
+        """What the proxy would do for ``host:port`` from this session: the policy's decision (on the
+        addresses ``host`` resolves to now) and the NAMES of the headers it would inject, never their values.
+        ``NotFound`` when the session is gone, terminated or archived."""
+        session = await self._session(tenant_id, session_id)
+        if session is None:
+            raise NotFound(f"no live session {session_id} in tenant {tenant_id}", session_id=session_id)
+        grant = grant_of(session)
+        addresses: list[str] = []
+        listed = any(host_matches(h, host, port) for h in grant.allowed_hosts)
+        if resolve and (listed or grant.networking == "unrestricted"):  # else refused whatever it resolves to
+            try:
+                infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                addresses = sorted({str(info[4][0]) for info in infos})
+            except OSError:
+                addresses = []
+        decision = decide(grant, host, port, addresses)
+        names = sorted(await self.inject(grant, host, port)) if decision.allowed else []
+        return Explanation(grant, host, port, tuple(addresses), decision.allowed, decision.reason, tuple(names))
 
     # -- mcp_oauth refresh
 
@@ -292,4 +331,12 @@ class EgressResolverImpl:
             return access
 
 
-__all__ = ["PURPOSE", "EgressRefreshFailed", "EgressResolverImpl", "EgressStores", "grant_of", "host_matches"]
+__all__ = [
+    "PURPOSE",
+    "EgressRefreshFailed",
+    "EgressResolverImpl",
+    "EgressStores",
+    "Explanation",
+    "grant_of",
+    "host_matches",
+]
