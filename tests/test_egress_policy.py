@@ -16,6 +16,7 @@ from openma.core.egress_policy import (
     normalize_host,
     parse_rule,
     parse_rules,
+    precheck,
     split_authority,
 )
 from openma.errors import InvalidInput
@@ -292,3 +293,19 @@ def test_parsers_raise_only_invalid_input(text: str) -> None:
             parse(text)
         except InvalidInput:
             pass
+
+
+def test_precheck_refuses_before_any_lookup() -> None:
+    assert not precheck(limited("api.example.com"), "other.example.com", 443).allowed
+    assert not precheck(limited("api.example.com"), "bad host", 443).allowed
+    admitted = precheck(limited("api.example.com"), "API.example.com", 443)
+    assert admitted.allowed and admitted.address is None
+    assert precheck(open_grant(), "anything.example", 443).allowed
+
+
+@settings(max_examples=200, deadline=None)
+@given(host=_hostish, port=st.integers(-5, 70000), entries=st.lists(_hostish, max_size=4))
+def test_precheck_agrees_with_decide(host: str, port: int, entries: list[str]) -> None:
+    grant = limited(*entries)
+    if not precheck(grant, host, port).allowed:
+        assert not decide(grant, host, port, [PUBLIC]).allowed

@@ -244,11 +244,8 @@ def _refuse(reason: str) -> EgressDecision:
     return EgressDecision(allowed=False, reason=reason)
 
 
-def decide(grant: EgressGrant, host: str, port: int, addresses: Sequence[str]) -> EgressDecision:
-    """Whether ``grant``'s session may reach ``host:port``, which resolved to ``addresses``.
-
-    For an IP-literal ``host`` the literal is the only address (``addresses`` is ignored). Never raises:
-    anything malformed is a refusal whose ``reason`` says why."""
+def _admit(grant: EgressGrant, host: str, port: int) -> EgressDecision | tuple[str, int, bool, bool]:
+    """A refusal, or ``(name, port, matched, exact)`` for a host the grant's rules admit before resolving."""
     try:
         name = normalize_host(host)
         number = _port(port)
@@ -262,9 +259,30 @@ def decide(grant: EgressGrant, host: str, port: int, addresses: Sequence[str]) -
     except TypeError:
         return _refuse("malformed allowed_hosts")
     matching = [rule for rule in rules if rule.matches(name, number)]
-    exact = any(not rule.wildcard for rule in matching)
     if networking == "limited" and not matching:
         return _refuse(f"{name}:{number} is not on the allowed hosts")
+    return name, number, bool(matching), any(not rule.wildcard for rule in matching)
+
+
+def precheck(grant: EgressGrant, host: str, port: int) -> EgressDecision:
+    """The part of :func:`decide` that needs no addresses: a refusal, or ``allowed`` with no address (the
+    host must still be resolved and passed to :func:`decide`). A proxy calls it first, so a host off the
+    list is never even looked up in DNS. Never raises."""
+    admitted = _admit(grant, host, port)
+    if isinstance(admitted, EgressDecision):
+        return admitted
+    return EgressDecision(allowed=True, reason="admitted by the host rules; the addresses decide")
+
+
+def decide(grant: EgressGrant, host: str, port: int, addresses: Sequence[str]) -> EgressDecision:
+    """Whether ``grant``'s session may reach ``host:port``, which resolved to ``addresses``.
+
+    For an IP-literal ``host`` the literal is the only address (``addresses`` is ignored). Never raises:
+    anything malformed is a refusal whose ``reason`` says why."""
+    admitted = _admit(grant, host, port)
+    if isinstance(admitted, EgressDecision):
+        return admitted
+    name, _port_number, matched, exact = admitted
     literal = _ip(name)
     candidates: Sequence[str] = (name,) if literal is not None else addresses
     if isinstance(candidates, str) or not candidates:
@@ -280,7 +298,7 @@ def decide(grant: EgressGrant, host: str, port: int, addresses: Sequence[str]) -
         if kind != "public" and not exact:
             return _refuse(f"{name} resolves to a {kind} address; only an exact allowed_hosts entry opens it")
         checked.append(candidate)
-    how = "exact entry" if exact else ("wildcard entry" if matching else "unrestricted networking")
+    how = "exact entry" if exact else ("wildcard entry" if matched else "unrestricted networking")
     return EgressDecision(allowed=True, reason=f"allowed by {how}", address=checked[0])
 
 
@@ -294,5 +312,6 @@ __all__ = [
     "normalize_host",
     "parse_rule",
     "parse_rules",
+    "precheck",
     "split_authority",
 ]
