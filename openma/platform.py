@@ -8,6 +8,7 @@ from the environment; ``Platform.from_url(url)`` opens every store in one databa
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -37,8 +38,10 @@ from openma.ports.vaults import CredentialStore, VaultStore
 from openma.settings import STORE_NAMES, Settings
 
 if TYPE_CHECKING:
+    from openma.core.egress.service import EgressService, ProxyHandle
     from openma.core.orchestrator import SandboxOrchestrator
     from openma.core.secrets import KeyRing
+    from openma.ports.egress import EgressResolver
 
 
 class TenantScope:
@@ -179,6 +182,7 @@ class Platform:
         self._task_group: TaskGroup | None = None
         self._closed = False
         self._keys = keys
+        self._egress: EgressService | None = None
 
     async def _open_agent_model(self, agent: dict[str, Any]) -> Model:
         """The adapter for an agent snapshot's ``model`` (``OPENMA_MODEL`` when it names none), opened once."""
@@ -317,6 +321,11 @@ class Platform:
                 except Exception as close_exc:
                     exc.add_note(f"also failed to close the blob store: {close_exc!r}")
             raise
+        if settings.egress_mode == "off":
+            logging.getLogger("openma.egress").warning(
+                "OPENMA_EGRESS=off: sandboxes reach the network directly, with no allowlist and no credential "
+                "injection; set OPENMA_EGRESS=proxy (the default) outside development"
+            )
         return cls(settings, backends, blobs, telemetry=telemetry, keys=keys, model_resolver=model_resolver)
 
     def backend(self, store: str) -> StoreBackend:
@@ -378,6 +387,11 @@ class Platform:
                 factory = registry.sandboxes.load(self.settings.sandbox)
                 provider = await factory(self.settings, blobs=self._blobs)
                 self._orchestrator = SandboxOrchestrator(provider, self._blobs, self.telemetry)
+                if self.settings.egress_mode == "proxy":  # every new sandbox gets its session's endpoint
+                    from openma.core.egress.service import sandbox_endpoints
+
+                    await self._start_egress()
+                    self._orchestrator.egress = sandbox_endpoints(lambda: self._egress, provider.name)
                 if self._task_group is not None and self.settings.sandbox_keepalive_interval > 0:
                     await self._orchestrator.start_upkeep(
                         self._task_group,
@@ -385,6 +399,20 @@ class Platform:
                         idle_reap_after=self.settings.sandbox_idle_reap_after,
                     )
             return self._orchestrator
+
+    @property
+    def egress(self) -> EgressService | None:
+        """The egress proxy of this platform's sandboxes (``None`` until the sandbox orchestrator started it in
+        the task group of :meth:`open`, and with ``OPENMA_EGRESS=off``). See ``docs/egress.md``."""
+        return self._egress
+
+    async def _start_egress(self) -> None:
+        from openma.core.egress.service import EgressService
+
+        if self._egress is None and self._task_group is not None:
+            service = EgressService.for_platform(self, _open_egress_proxy)
+            await service.start(self._task_group)
+            self._egress = service
 
     async def migrate(self) -> dict[str, list[str]]:
         """Apply pending migrations on every backend; return what each applied."""
@@ -400,6 +428,8 @@ class Platform:
             return
         self._closed = True
         parts: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if self._egress is not None:
+            parts.append(("egress proxy", self._egress.aclose))
         if self._orchestrator is not None:
             parts.append(("sandbox orchestrator", self._orchestrator.aclose))
             parts.append(("sandbox provider", self._orchestrator.provider.aclose))
@@ -423,6 +453,23 @@ class Platform:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.aclose()
+
+
+def _open_egress_proxy(
+    resolver: EgressResolver,
+    cert_pem: str,
+    key_pem: str,
+    upstream_ca: str | None,
+    host: str,
+    port: int,
+    telemetry: Telemetry,
+) -> ProxyHandle:
+    """The egress proxy adapter (:mod:`openma.adapters.egress`) with the platform's CA."""
+    from openma.adapters.egress import EgressCA, EgressProxy
+
+    ca = EgressCA.from_pem(cert_pem, key_pem)
+    proxy: ProxyHandle = EgressProxy(resolver, ca, telemetry=telemetry, upstream_ca=upstream_ca, host=host, port=port)
+    return proxy
 
 
 async def _aclose(store: object) -> None:

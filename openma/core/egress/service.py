@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -29,10 +29,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from openma.config.egress import EgressConfig
-from openma.core.egress.resolver import EgressResolverImpl
+from openma.core.egress.resolver import EgressResolverImpl, EgressStores
+from openma.core.secrets import KeyRing
 from openma.errors import ConfigError
 from openma.ports.egress import EgressEndpoint, EgressResolver
 from openma.ports.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from openma.settings import Settings
 
 CA_PURPOSE: Final = "egress-ca"
 #: Providers whose sandboxes run on this host and reach the proxy at its listen address.
@@ -48,6 +52,20 @@ class _MacKeys(Protocol):
     key_id: str
 
     def mac_keys(self, purpose: str) -> list[bytes]: ...
+
+
+class _Platform(Protocol):
+    """What :meth:`EgressService.for_platform` reads of a :class:`~openma.platform.Platform`."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def keys(self) -> KeyRing: ...
+
+    telemetry: Telemetry
+
+    def tenant(self, tenant: str) -> EgressStores: ...
 
 
 class ProxyHandle(Protocol):
@@ -145,8 +163,15 @@ class EgressService:
         self._port: int | None = None
         self._scope: anyio.CancelScope | None = None
         self._proxy: ProxyHandle | None = None
+        self._current: anyio.CancelScope | None = None
         #: How many times the proxy was started again after it stopped or failed.
         self.restarts = 0
+
+    @classmethod
+    def for_platform(cls, platform: _Platform, factory: ProxyFactory) -> EgressService:
+        """The service of ``platform``: its egress settings, a resolver over its tenants, its key ring."""
+        resolver = EgressResolverImpl(platform.tenant, platform.keys)
+        return cls(platform.settings.egress, resolver, platform.keys, factory, platform.telemetry)
 
     def __repr__(self) -> str:
         return f"EgressService({self.config.listen_host}:{self._port}, restarts={self.restarts})"
@@ -183,12 +208,15 @@ class EgressService:
                 )
                 reason = "stopped"
                 try:
-                    async with anyio.create_task_group() as tg:
-                        await tg.start(proxy.serve)
-                        self._proxy, self._port = proxy, proxy.port
-                        if not started:
-                            started = True
-                            task_status.started()
+                    with anyio.CancelScope() as self._current:
+                        async with anyio.create_task_group() as tg:
+                            await tg.start(proxy.serve)
+                            self._proxy, self._port = proxy, proxy.port
+                            if not started:
+                                started = True
+                                task_status.started()
+                    if self._current.cancel_called:
+                        reason = "restart"
                 except Exception as exc:
                     leaf = _leaf(exc)
                     if not started:
@@ -203,6 +231,12 @@ class EgressService:
                 self.restarts += 1
                 self._telemetry.emit("egress.proxy_restart", reason=reason, port=self._port, restarts=self.restarts)
                 await anyio.sleep(self._restart_delay)  # a listener dying in a loop does not spin
+
+    def restart(self) -> None:
+        """Drop every connection of the proxy and start it again on the same port (what happens by itself
+        when it dies; also a way to re-read ``OPENMA_EGRESS_UPSTREAM_CA``). Requests in flight fail."""
+        if self._current is not None:
+            self._current.cancel()
 
     async def aclose(self) -> None:
         """Stop the proxy (idempotent)."""
@@ -232,4 +266,33 @@ class EgressService:
         )
 
 
-__all__ = ["CA_PURPOSE", "LOCAL_PROVIDERS", "NO_PROXY", "EgressService", "ProxyFactory", "ProxyHandle", "derive_ca"]
+def sandbox_endpoints(
+    service: Callable[[], EgressService | None], provider: str
+) -> Callable[[str, str], EgressEndpoint]:
+    """What gives each new sandbox of ``provider`` its session's endpoint (the orchestrator's ``egress``).
+    Without a running service (a platform opened with ``connect``, which has no task group) it refuses:
+    a sandbox never gets an open network by accident."""
+
+    def endpoint(tenant_id: str, session_id: str) -> EgressEndpoint:
+        running = service()
+        if running is None:
+            raise ConfigError(
+                "sandboxes go through the egress proxy, which runs in the task group of Platform.open; "
+                "open the platform with Platform.open (or set OPENMA_EGRESS=off)",
+                field="egress_mode",
+            )
+        return running.endpoint(tenant_id, session_id, provider=provider)
+
+    return endpoint
+
+
+__all__ = [
+    "CA_PURPOSE",
+    "LOCAL_PROVIDERS",
+    "NO_PROXY",
+    "EgressService",
+    "ProxyFactory",
+    "ProxyHandle",
+    "derive_ca",
+    "sandbox_endpoints",
+]
