@@ -22,6 +22,7 @@ from openma.errors import ConfigError
 from openma.ports.egress import EgressEndpoint, EgressResolver
 from openma.ports.sandbox import SandboxSpec
 from openma.ports.telemetry import Telemetry
+from openma.testing.sandbox import _until
 from tests.test_sandbox_local import MemoryBlobs
 
 pytestmark = pytest.mark.anyio
@@ -273,3 +274,152 @@ async def test_egress_test_shows_the_decision_and_header_names_only(tmp_path: Pa
     missing = run("--session", "ses_01m8000000000000000000000z", "https://pypi.org/")
     assert missing.returncode == 2 and "not_found" in missing.stderr
     assert run("--session", session.id, "ftp://x").returncode == 2
+
+
+# -- end to end: a platform, its proxy, a real HTTPS upstream, curl and urllib in a LocalSubprocess sandbox
+
+TOKEN_A = "tok-vault-a-0123456789abcdef"
+TOKEN_B = "tok-vault-b-0123456789abcdef"
+SANDBOX_OWN = "Bearer sandbox-own-value-0123"
+URLLIB = (
+    "import urllib.request,sys; r=urllib.request.Request(sys.argv[1], headers={'Authorization': sys.argv[2]}); "
+    "sys.stdout.write(str(urllib.request.urlopen(r).status))"
+)
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Any:
+    from tests.fakes.https_upstream import HttpsUpstream
+
+    with HttpsUpstream() as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def untrusted() -> Any:
+    from tests.fakes.https_upstream import HttpsUpstream
+
+    with HttpsUpstream() as up:
+        yield up
+
+
+def received(upstream: Any, path: str) -> dict[str, str]:
+    """The headers (lowercased names) of the upstream's last request for ``path``."""
+    hits = [r for r in upstream.requests if r["path"] == path]
+    assert hits, f"the upstream never saw {path}"
+    return {k.lower(): v for k, v in hits[-1]["headers"].items()}
+
+
+async def open_session(t: Any, networking: dict[str, Any], token: str | None) -> str:
+    from openma.core.ids import new_id
+
+    name = new_id("x")
+    agent = await t.agents.create(name=name, model="m")
+    environment = await t.environments.create(name=name, config={"networking": networking})
+    vault_ids = []
+    if token is not None:
+        vault = await t.vaults.create(name=name)
+        auth = {"type": "static_bearer", "token": token, "hosts": ["127.0.0.1"]}
+        await t.credentials.create(vault_id=vault.id, display_name="c", auth=auth)
+        vault_ids = [vault.id]
+    session = await t.sessions.create(agent_id=agent.id, environment_id=environment.id, vault_ids=vault_ids)
+    return str(session.id)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_sessions_reach_the_upstream_only_through_the_proxy(
+    engine: str, engine_url: str, tmp_path: Path, upstream: Any, untrusted: Any, anyio_backend: str
+) -> None:
+    from openma import Platform
+
+    url = f"sqlite:///{engine_url}" if engine == "sqlite" else engine_url
+    settings = {
+        "blob_url": f"file://{tmp_path}/b",
+        "root_secret": ROOT,
+        "local_sandbox_root": str(tmp_path / "sb"),
+        "egress_upstream_ca": upstream.ca_file,
+    }
+    base = f"https://127.0.0.1:{upstream.port}"
+    async with Platform.from_url(url, **settings) as oma:
+        tenant = await oma.tenants.create(name="e")
+        t = oma.tenant(tenant.id)
+        limited = {"type": "limited", "allowed_hosts": ["127.0.0.1"]}
+        sa = await open_session(t, limited, TOKEN_A)
+        sb_id = await open_session(t, limited, TOKEN_B)
+        sopen = await open_session(t, {"type": "unrestricted"}, None)
+        async with t.sessions.actor(sa) as actor_a, t.sessions.actor(sb_id) as actor_b:
+            a, b = await actor_a.sandbox(), await actor_b.sandbox()
+            assert oma.egress is not None and oma.egress.running
+
+            # curl and urllib reach the upstream; it sees the vault's header, never the sandbox's own
+            done = await a.exec(
+                f"curl -sS -o /dev/null -w '%{{http_code}}' -H 'Authorization: {SANDBOX_OWN}' {base}/bytes/11"
+            )
+            assert done.stdout == "200", done.stderr
+            assert received(upstream, "/bytes/11")["authorization"] == f"Bearer {TOKEN_A}"
+            assert "proxy-authorization" not in received(upstream, "/bytes/11")
+            done = await a.exec(f"python3 -c \"{URLLIB}\" {base}/bytes/12 '{SANDBOX_OWN}'")
+            assert done.stdout == "200", done.stderr
+            assert received(upstream, "/bytes/12")["authorization"] == f"Bearer {TOKEN_A}"
+            # two sessions with different vaults never get each other's credential
+            assert (await b.exec(f"curl -sS -o /dev/null {base}/bytes/13")).exit_code == 0
+            assert received(upstream, "/bytes/13")["authorization"] == f"Bearer {TOKEN_B}"
+
+            # refused: a host off the list, a name resolving to loopback, an untrusted upstream certificate
+            code = "curl -s -o /dev/null -w '%{http_connect} %{http_code}' "
+            assert (await a.exec(f"{code} https://127.0.0.2:{upstream.port}/x")).stdout.startswith("403")
+            assert (await a.exec(f"{code} https://localhost:{upstream.port}/x")).stdout.startswith("403")
+            assert (await a.exec(f"{code} https://127.0.0.1:{untrusted.port}/x")).stdout.split()[-1] in ("502", "000")
+            # a missing or foreign proxy credential
+            port = oma.egress.port
+            for proxy in (f"http://127.0.0.1:{port}", f"http://openma:{tenant.id}.{sa}.forged@127.0.0.1:{port}"):
+                out = await a.exec(f"{code} --proxy {proxy} {base}/bytes/15")
+                assert out.stdout.startswith("407"), out.stdout
+            assert not [r for r in upstream.requests if r["path"] == "/bytes/15"]
+
+            # nothing secret reached the sandbox: environment, output, workspace
+            env = (await a.exec("env")).stdout
+            assert TOKEN_A not in env and TOKEN_B not in env and "HTTPS_PROXY=" in env
+            await a.exec(f"curl -sS -o fetched.bin {base}/bytes/100")
+            listing = (await a.exec("cat fetched.bin; ls -la; grep -r tok- . || true")).stdout
+            assert TOKEN_A not in listing
+
+            # killing the proxy mid-download fails the request cleanly, and the proxy comes back
+            size = 400_000_000
+            result: dict[str, Any] = {}
+
+            async def download() -> None:
+                result["r"] = await a.exec(f"curl -sS -o /dev/null {base}/bytes/{size}", timeout=60)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(download)
+
+                async def started() -> bool:
+                    return any(r["path"] == f"/bytes/{size}" for r in upstream.requests)
+
+                await _until(started, 20, "the download to start")
+                await oma.egress.restart()
+            assert result["r"].exit_code != 0 and not result["r"].timed_out
+            assert (await a.exec(f"curl -sS -o /dev/null -w '%{{http_code}}' {base}/bytes/14")).stdout == "200"
+            assert oma.egress.restarts == 1 and oma.egress.port == port
+
+        # the idle snapshots of both sessions hold no token and no CA
+        for key in [k async for k in _keys(oma)]:
+            data = await oma.blobs.get(key)
+            assert TOKEN_A.encode() not in data and TOKEN_B.encode() not in data
+
+        # an unrestricted session still cannot reach loopback
+        async with t.sessions.actor(sopen) as actor:
+            out = await (await actor.sandbox()).exec(f"curl -s -o /dev/null -w '%{{http_connect}}' {base}/open")
+            assert out.stdout == "403"
+
+
+async def _keys(oma: Any) -> Any:
+    cursor = None
+    while True:
+        page = await oma.blobs.list(prefix="t/", cursor=cursor)
+        for info in page:
+            yield info.key
+        cursor = page.next_cursor
+        if cursor is None:
+            return

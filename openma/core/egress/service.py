@@ -164,6 +164,7 @@ class EgressService:
         self._scope: anyio.CancelScope | None = None
         self._proxy: ProxyHandle | None = None
         self._current: anyio.CancelScope | None = None
+        self._listening = anyio.Event()
         #: How many times the proxy was started again after it stopped or failed.
         self.restarts = 0
 
@@ -212,6 +213,7 @@ class EgressService:
                         async with anyio.create_task_group() as tg:
                             await tg.start(proxy.serve)
                             self._proxy, self._port = proxy, proxy.port
+                            self._listening.set()
                             if not started:
                                 started = True
                                 task_status.started()
@@ -228,15 +230,25 @@ class EgressService:
                     reason = type(leaf).__name__
                 finally:
                     self._proxy = None
+                    if self._listening.is_set():  # (restart() already put an unset one in place)
+                        self._listening = anyio.Event()
                 self.restarts += 1
                 self._telemetry.emit("egress.proxy_restart", reason=reason, port=self._port, restarts=self.restarts)
                 await anyio.sleep(self._restart_delay)  # a listener dying in a loop does not spin
 
-    def restart(self) -> None:
+    async def restart(self) -> None:
         """Drop every connection of the proxy and start it again on the same port (what happens by itself
-        when it dies; also a way to re-read ``OPENMA_EGRESS_UPSTREAM_CA``). Requests in flight fail."""
-        if self._current is not None:
-            self._current.cancel()
+        when it dies; also a way to re-read ``OPENMA_EGRESS_UPSTREAM_CA``). Requests in flight fail; returns
+        once the new proxy listens."""
+        if self._current is None or not self.running:
+            return
+        self._listening = anyio.Event()
+        self._current.cancel()
+        await self._listening.wait()
+
+    async def listening(self) -> None:
+        """Wait until the proxy listens (at once when it does)."""
+        await self._listening.wait()
 
     async def aclose(self) -> None:
         """Stop the proxy (idempotent)."""
