@@ -392,3 +392,61 @@ def _gc_counts(report: Any, expired: int | None) -> str:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@main.group()
+def egress() -> None:
+    """The egress proxy: what it would do for a session."""
+
+
+@egress.command("test")
+@click.option("--session", "session_id", required=True, help="The session whose policy and vaults apply.")
+@click.option("--tenant", "tenant_id", default=None, help="The session's tenant (default: found by looking).")
+@click.argument("url")
+def egress_test(session_id: str, tenant_id: str | None, url: str) -> None:
+    """Print what the egress proxy would do for URL from the session's sandbox: allowed or refused, why,
+    and the NAMES of the credential headers it would inject (never their values)."""
+    from urllib.parse import urlsplit
+
+    from openma.core.egress import EgressResolverImpl
+    from openma.errors import NotFound
+    from openma.platform import Platform
+
+    parts = urlsplit(url)
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        host, port = None, 0
+    if parts.scheme not in ("http", "https") or not host:
+        _fail(InvalidInput(f"{url!r} is not an http(s) URL", field="url"))
+    settings = _settings()
+
+    async def go() -> bool:
+        async with Platform.open(settings) as oma:
+            resolver = EgressResolverImpl(oma.tenant, oma.keys)
+            tenants = [tenant_id] if tenant_id else []
+            cursor: str | None = None
+            while not tenant_id:
+                page = await oma.tenants.list(limit=200, cursor=cursor, include_archived=True)
+                tenants += [t.id for t in page]
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+            for candidate in tenants:
+                try:
+                    found = await resolver.explain(candidate, session_id, host, port)
+                except NotFound:
+                    continue
+                grant = found.grant
+                hosts = ", ".join(grant.allowed_hosts) or "none"
+                click.echo(
+                    f"session {session_id} (tenant {candidate}): networking {grant.networking}; allowed hosts: {hosts}"
+                )
+                click.echo(f"{host}:{port} resolves to: {', '.join(found.addresses) or 'nothing'}")
+                click.echo(f"{'ALLOWED' if found.allowed else 'REFUSED'}: {found.reason}")
+                click.echo(f"headers injected: {', '.join(found.injected) or 'none'}")
+                return found.allowed
+            raise NotFound(f"no live session {session_id}", session_id=session_id)
+
+    if not _run(go):
+        sys.exit(1)

@@ -60,6 +60,7 @@ async def diagnose(settings: Settings) -> list[Check]:
     checks.append(await _sandbox(settings))
     checks.append(await _model(settings))
     checks.append(_secrets(settings))
+    checks.append(_egress(settings))
     return checks
 
 
@@ -72,6 +73,43 @@ def _secrets(settings: Settings) -> Check:
     if not key_file_applies(settings):
         return Check("secrets", False, missing_root_secret(settings).message)
     return Check("secrets", True, f"sealed under the generated key file {key_file_path(settings)}")
+
+
+def _egress(settings: Settings) -> Check:
+    """The egress proxy: its module, its CA (derived from the root secret), its listen address, and the
+    upstream CA file. Binds the listen address for a moment; creates nothing."""
+    import importlib.util
+    import socket
+
+    from openma.core.egress.service import derive_ca
+    from openma.keyfile import key_file_path, load_key_ring
+
+    if settings.egress_mode == "off":
+        return Check("egress", True, "OFF: sandboxes reach the network directly, with no allowlist (OPENMA_EGRESS)")
+    try:
+        if importlib.util.find_spec("openma.adapters.egress") is None:
+            return Check("egress", False, "the egress proxy module openma.adapters.egress is missing")
+        if settings.root_secret is None and not key_file_path(settings).exists():
+            ca = "the CA is derived from the root secret once the key file exists"
+        else:
+            ring = load_key_ring(settings)
+            ca = f"CA derived from key id {ring.key_id}" if ring is not None else "no root secret: no CA"
+            if ring is None:
+                return Check("egress", False, "no root secret to derive the egress CA from: set OPENMA_ROOT_SECRET")
+            derive_ca(ring)
+        host, port = settings.egress_listen_host, settings.egress_listen_port
+        with socket.create_server((host, port)) as server:
+            where = f"{host}:{server.getsockname()[1] if port == 0 else port}"
+        upstream = settings.egress_upstream_ca
+        extra = ""
+        if upstream is not None:
+            from cryptography import x509
+
+            certs = x509.load_pem_x509_certificates(Path(upstream).expanduser().read_bytes())
+            extra = f"; upstream CA file {upstream} ({len(certs)} certificate(s))"
+    except Exception as exc:
+        return _failure("egress", exc)
+    return Check("egress", True, f"proxy can listen on {where}; {ca}{extra}")
 
 
 async def _backend(settings: Settings, name: str) -> Check:

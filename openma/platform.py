@@ -8,6 +8,7 @@ from the environment; ``Platform.from_url(url)`` opens every store in one databa
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -38,9 +39,11 @@ from openma.ports.vaults import CredentialStore, VaultStore
 from openma.settings import STORE_NAMES, Settings
 
 if TYPE_CHECKING:
+    from openma.core.egress.service import EgressService, ProxyHandle
     from openma.core.orchestrator import SandboxOrchestrator
     from openma.core.secrets import KeyRing
     from openma.core.usage import TenantUsage
+    from openma.ports.egress import EgressResolver
 
 
 class TenantScope:
@@ -200,6 +203,7 @@ class Platform:
         self._task_group: TaskGroup | None = None
         self._closed = False
         self._keys = keys
+        self._egress: EgressService | None = None
 
     async def flush_telemetry(self) -> None:
         """Write what the SQL telemetry sink holds now (it also flushes in the background and on close)."""
@@ -346,6 +350,11 @@ class Platform:
                 except Exception as close_exc:
                     exc.add_note(f"also failed to close the blob store: {close_exc!r}")
             raise
+        if settings.egress_mode == "off":
+            logging.getLogger("openma.egress").warning(
+                "OPENMA_EGRESS=off: sandboxes reach the network directly, with no allowlist and no credential "
+                "injection; set OPENMA_EGRESS=proxy (the default) outside development"
+            )
         return platform
 
     def backend(self, store: str) -> StoreBackend:
@@ -408,6 +417,11 @@ class Platform:
                 provider = await factory(self.settings, blobs=self._blobs)
                 self._orchestrator = SandboxOrchestrator(provider, self._blobs, self.telemetry)
                 self._orchestrator.usage_recorder = self._record_sandbox_usage
+                if self.settings.egress_mode == "proxy":  # every new sandbox gets its session's endpoint
+                    from openma.core.egress.service import sandbox_endpoints
+
+                    await self._start_egress()
+                    self._orchestrator.egress = sandbox_endpoints(lambda: self._egress, provider.name)
                 if self._task_group is not None and self.settings.sandbox_keepalive_interval > 0:
                     await self._orchestrator.start_upkeep(
                         self._task_group,
@@ -421,6 +435,20 @@ class Platform:
         are written while the platform closes (it refuses new calls by then; the backends are still open).
         The tenant id comes from a session this platform served, so it is not checked again."""
         return await self._backends[self.settings.backend_for("usage")].usage(TenantRef(tenant_id)).record(slices)
+
+    @property
+    def egress(self) -> EgressService | None:
+        """The egress proxy of this platform's sandboxes (``None`` until the sandbox orchestrator started it in
+        the task group of :meth:`open`, and with ``OPENMA_EGRESS=off``). See ``docs/egress.md``."""
+        return self._egress
+
+    async def _start_egress(self) -> None:
+        from openma.core.egress.service import EgressService
+
+        if self._egress is None and self._task_group is not None:
+            service = EgressService.for_platform(self, _open_egress_proxy)
+            await service.start(self._task_group)
+            self._egress = service
 
     async def migrate(self) -> dict[str, list[str]]:
         """Apply pending migrations on every backend; return what each applied."""
@@ -436,6 +464,8 @@ class Platform:
             return
         self._closed = True
         parts: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if self._egress is not None:
+            parts.append(("egress proxy", self._egress.aclose))
         if self._orchestrator is not None:
             parts.append(("sandbox orchestrator", self._orchestrator.aclose))
             parts.append(("sandbox provider", self._orchestrator.provider.aclose))
@@ -461,6 +491,23 @@ class Platform:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.aclose()
+
+
+def _open_egress_proxy(
+    resolver: EgressResolver,
+    cert_pem: str,
+    key_pem: str,
+    upstream_ca: str | None,
+    host: str,
+    port: int,
+    telemetry: Telemetry,
+) -> ProxyHandle:
+    """The egress proxy adapter (:mod:`openma.adapters.egress`) with the platform's CA."""
+    from openma.adapters.egress import EgressCA, EgressProxy
+
+    ca = EgressCA.from_pem(cert_pem, key_pem)
+    proxy: ProxyHandle = EgressProxy(resolver, ca, telemetry=telemetry, upstream_ca=upstream_ca, host=host, port=port)
+    return proxy
 
 
 async def _aclose(store: object) -> None:

@@ -35,6 +35,7 @@ from openma.config import (
     BubblewrapConfig,
     DaytonaConfig,
     E2BConfig,
+    EgressConfig,
     LocalSandboxConfig,
     ModelConfig,
     PostgresConfig,
@@ -222,6 +223,7 @@ class Settings:
     daytona: DaytonaConfig = attrs.field(factory=DaytonaConfig)
     upkeep: UpkeepConfig = attrs.field(factory=UpkeepConfig)
     models: ModelConfig = attrs.field(factory=ModelConfig)
+    egress: EgressConfig = attrs.field(factory=EgressConfig)
 
     # -- the flat names (read-only views of the parts' fields; see the module docstring)
     sqlite_path = _Flat[str]("sqlite", "path")
@@ -274,6 +276,12 @@ class Settings:
     anthropic_base_url = _Flat[str | None]("models", "anthropic_base_url")
     openai_api_key = _Flat[str | None]("models", "openai_api_key")
     openai_base_url = _Flat[str | None]("models", "openai_base_url")
+    egress_mode = _Flat[str]("egress", "mode")
+    egress_upstream_ca = _Flat[str | None]("egress", "upstream_ca")
+    egress_listen_host = _Flat[str]("egress", "listen_host")
+    egress_listen_port = _Flat[int]("egress", "listen_port")
+    egress_advertise_host = _Flat[str | None]("egress", "advertise_host")
+    egress_advertise_port = _Flat[int | None]("egress", "advertise_port")
 
     def __init__(self, **fields: Any) -> None:
         parts: dict[str, Any] = {}

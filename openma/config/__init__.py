@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from openma.config._field import markdown_table, render_docs, setting
+from openma.config.egress import EgressConfig
 from openma.config.models import ModelConfig
 from openma.config.sandboxes import (
     LOCAL_SANDBOX_PASS_ENV,
@@ -41,6 +42,7 @@ PARTS: Final[dict[str, type[Any]]] = {
     "daytona": DaytonaConfig,
     "upkeep": UpkeepConfig,
     "models": ModelConfig,
+    "egress": EgressConfig,
 }
 
 
@@ -52,6 +54,7 @@ __all__ = [
     "BubblewrapConfig",
     "DaytonaConfig",
     "E2BConfig",
+    "EgressConfig",
     "LocalSandboxConfig",
     "ModelConfig",
     "PostgresConfig",

@@ -37,11 +37,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
+import attrs
 from anyio.abc import TaskGroup
 
 from openma.core import keys
@@ -58,6 +59,7 @@ from openma.errors import (
     SandboxGone,
 )
 from openma.ports.blobs import BlobStore
+from openma.ports.egress import EgressEndpoint
 from openma.ports.sandbox import Sandbox, SandboxProvider, SandboxSpec, SnapshotRef
 from openma.ports.telemetry import Telemetry
 
@@ -204,6 +206,9 @@ class SandboxOrchestrator(WarmUp):
         self.usage_meter = SandboxMeter()
         self.usage_recorder: UsageRecorder | None = None
         self._usage_scope: anyio.CancelScope | None = None
+        #: ``egress(tenant_id, session_id)``: the egress endpoint a new slot's spec gets when it names none
+        #: (set by the platform when egress is on; an error from it fails the warm-up, never opens the network).
+        self.egress: Callable[[str, str], EgressEndpoint] | None = None
 
     def __repr__(self) -> str:
         live = sum(1 for s in self._slots.values() if s.sandbox is not None)
@@ -229,7 +234,10 @@ class SandboxOrchestrator(WarmUp):
         async with self._guard:
             slot = self._slots.get(session_id)
             if slot is None or slot.released:
-                slot = Slot(spec or SandboxSpec(tenant_id=tenant_id, session_id=session_id), self.index)
+                spec = spec or SandboxSpec(tenant_id=tenant_id, session_id=session_id)
+                if spec.egress is None and self.egress is not None:
+                    spec = attrs.evolve(spec, egress=self.egress(tenant_id, session_id))
+                slot = Slot(spec, self.index)
                 self._slots[session_id] = slot
             elif slot.spec.tenant_id != tenant_id:
                 raise NotFound(f"no session {session_id!r} for this tenant", session_id=session_id)

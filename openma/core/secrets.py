@@ -127,6 +127,11 @@ class KeyRing:
             return None
         return self.seal(self.open(token, purpose, where), purpose, where)
 
+    def mac_keys(self, purpose: str) -> list[bytes]:
+        """HMAC keys for ``purpose`` (HKDF of each root secret), the current one first: sign with the first,
+        accept any (a rotation keeps what the previous secret signed valid)."""
+        return [_derive(root, b"openma/hmac-sha256/" + purpose.encode(), 32) for root in self._roots.values()]
+
     @staticmethod
     def _unreadable(key_id: str, where: Place, why: str) -> SecretUnreadable:
         return SecretUnreadable(

@@ -193,6 +193,8 @@ class FakeE2B:
         self.sandboxes: dict[str, FakeSandbox] = {}
         #: ``(method, path)`` of every request, for tests that count round trips.
         self.calls: list[tuple[str, str]] = []
+        #: The JSON body of every create request, for tests that check what the adapter asked for.
+        self.created: list[dict[str, Any]] = []
         #: ``(method, path prefix) -> [(status, message), ...]``: answers to give instead of serving.
         self.faults: dict[tuple[str, str], list[tuple[int, str]]] = {}
         rest = Starlette(
@@ -303,6 +305,7 @@ class FakeE2B:
         if (denied := self._auth(request)) is not None:
             return denied
         body = await request.json()
+        self.created.append(body)
         sid = "sbx" + secrets.token_hex(8)
         now = datetime.now(UTC)
         root = self.root / sid

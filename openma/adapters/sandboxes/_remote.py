@@ -109,6 +109,7 @@ class RemoteSandbox(abc.ABC):
         self._mask_values: set[str] = set()
         self._commands: dict[str, str] = {}
         self._destroyed = False
+        self._egress_ca_written = False
         # Where the sandbox's kernel counts memory kills (``oom_counters`` in the environment's sandbox options).
         counters = spec.options.get("oom_counters", _shell.OOM_COUNTERS)
         if not isinstance(counters, list | tuple) or not all(
@@ -198,7 +199,25 @@ class RemoteSandbox(abc.ABC):
             if name not in self._secrets:
                 raise InvalidInput(f"unknown secret {name!r}; register it with set_secrets first", secret=name)
             out[name] = self._secrets[name]
+        if self._spec.egress is not None:  # last: a caller cannot route around the proxy
+            out.update(self._spec.egress.env(ca_file=self.egress_ca_file))
         return out
+
+    @property
+    def egress_ca_file(self) -> str:
+        """Where the egress CA certificate is written: the state directory, outside the workspace."""
+        return f"{self._state_dir}/egress-ca.pem"
+
+    async def _ensure_egress_ca(self) -> None:
+        """Write ``spec.egress``'s CA before this object's first command, and add it to the system bundle where
+        the image lets us (best effort: without root, the ``SSL_CERT_FILE`` family of variables still holds)."""
+        if self._spec.egress is None or self._egress_ca_written:
+            return
+        await self._write(self.egress_ca_file, self._spec.egress.ca_pem.encode("ascii"))
+        target = "/usr/local/share/ca-certificates/openma-egress.crt"
+        script = f"(cp {_shell.q(self.egress_ca_file)} {target} && update-ca-certificates) >/dev/null 2>&1; true"
+        await self._shell(script, timeout=CONTROL_TIMEOUT, env={})
+        self._egress_ca_written = True
 
     @staticmethod
     def _timeout(timeout: float) -> float:
@@ -229,6 +248,7 @@ class RemoteSandbox(abc.ABC):
             raise InvalidInput("cmd must be a string")
         timeout = self._timeout(timeout)
         command_env = self._command_env(env, secrets)
+        await self._ensure_egress_ca()
         workdir = self._path(cwd) if cwd is not None else self.workdir
         token = _shell.new_token()
         run_dir = f"{self._state_dir}/run"
@@ -301,6 +321,7 @@ class RemoteSandbox(abc.ABC):
         if not isinstance(cmd, str):
             raise InvalidInput("cmd must be a string")
         command_env = self._command_env(env, secrets)
+        await self._ensure_egress_ca()
         workdir = self._path(cwd) if cwd is not None else self.workdir
         process_id = _secrets.token_hex(8)
         token = _shell.new_token()

@@ -51,6 +51,9 @@ class LocalSandbox:
         self._dir = directory
         self._ws = os.path.join(directory, "workspace")
         self._tmp = os.path.join(directory, "tmp")
+        #: The egress proxy's CA certificate (``spec.egress``), outside the workspace.
+        self._ca_file = os.path.join(directory, "egress", "ca.pem")
+        self._ca_written: str | None = None
         self.spec = spec
         self._cfg = config
         self._launch = launch
@@ -127,8 +130,22 @@ class LocalSandbox:
             if name not in self._secrets:
                 raise InvalidInput(f"secret {name!r} is not registered; set_secrets() it first", secret=name)
             env[name] = self._secrets[name]
+        if self.spec.egress is not None:  # last: neither the environment nor a caller can route around it
+            env.update(self.spec.egress.env(ca_file=self._ca_file))
         env[MARKER] = f"{self._id}.{run}"
         return env
+
+    def _write_ca(self) -> None:
+        """The egress CA certificate, beside the workspace (never in a snapshot), readable by the commands."""
+        egress = self.spec.egress
+        if egress is None or self._ca_written == egress.ca_pem:
+            return
+        os.makedirs(os.path.dirname(self._ca_file), exist_ok=True)
+        partial = self._ca_file + ".partial"
+        with open(partial, "w", encoding="ascii") as out:
+            out.write(egress.ca_pem)
+        os.replace(partial, self._ca_file)
+        self._ca_written = egress.ca_pem
 
     async def _start(
         self, cmd: str, env: Mapping[str, str] | None, cwd: str | None, secrets: Sequence[str]
@@ -138,6 +155,11 @@ class LocalSandbox:
         where = workdir(self._ws, cwd)
         run = self._next_run()
         env_map = self._env(run, env, secrets, where)
+        if self.spec.egress is not None and self._ca_written != self.spec.egress.ca_pem:
+            try:
+                await anyio.to_thread.run_sync(self._write_ca)
+            except OSError as exc:
+                raise SandboxError(f"cannot write the egress CA of sandbox {self._id}: {exc}") from exc
         try:
             proc = await spawn(self._launch.argv(cmd), where, env_map)
         except OSError as exc:

@@ -25,6 +25,7 @@ The SDK is asyncio-only (aiohttp), so this adapter refuses to open on trio.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import math
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -275,6 +276,19 @@ class DaytonaSandbox(RemoteSandbox):
             raise SandboxError(f"daytona: could not create the workspace {self.workdir}: {raw.stdout.strip()}")
 
 
+def network_wall(spec: SandboxSpec) -> dict[str, Any]:
+    """Daytona's own network control as a second wall behind the egress proxy: only the proxy's address is
+    reachable (``network_allow_list`` takes CIDRs, so this needs the proxy's advertised host to be an IP
+    address; with a host name the proxy variables are the only wall). Nothing without ``spec.egress``."""
+    if spec.egress is None:
+        return {}
+    try:
+        address = ipaddress.ip_address(spec.egress.host.strip("[]"))
+    except ValueError:
+        return {}
+    return {"network_block_all": False, "network_allow_list": f"{address}/{address.max_prefixlen}"}
+
+
 class DaytonaProvider:
     """Creates, finds and sweeps Daytona sandboxes through one client (closed by :meth:`aclose`)."""
 
@@ -309,6 +323,7 @@ class DaytonaProvider:
             # Stop after the lifetime's idle minutes, and delete on stop: a leaked sandbox frees itself.
             "auto_stop_interval": max(1, math.ceil(spec.lifetime / 60)),
             "auto_delete_interval": 0,
+            **network_wall(spec),
         }
         image = spec.image or self._settings.daytona_image
         resources = self.resources(spec)

@@ -224,6 +224,17 @@ class E2BSandbox(RemoteSandbox):
             raise SandboxError(f"e2b: could not create the workspace {self.workdir}: {raw.stderr.strip()}")
 
 
+def network_wall(spec: SandboxSpec) -> dict[str, Any]:
+    """E2B's own network control as a second wall behind the egress proxy: no internet access except the
+    proxy's address (E2B's ``allow_out`` takes precedence over ``deny_out``). Nothing without ``spec.egress``."""
+    if spec.egress is None:
+        return {}
+    return {
+        "allow_internet_access": False,
+        "network": {"allow_out": [spec.egress.host], "deny_out": ["0.0.0.0/0"]},
+    }
+
+
 class E2BProvider:
     """Creates, finds and sweeps E2B sandboxes with one set of connection options."""
 
@@ -266,6 +277,7 @@ class E2BProvider:
                 timeout=lifetime,
                 metadata=openma_labels(spec),
                 envs=dict(spec.env) or None,
+                **network_wall(spec),
                 **self._opts,
             )
         sandbox = self._wrap(sdk_sandbox, spec)
