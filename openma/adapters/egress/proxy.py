@@ -155,6 +155,8 @@ class EgressProxy:
             await self._serve_client(stream)
         except STREAM_ERRORS:
             pass
+        except Exception as error:  # one broken connection never stops the proxy
+            self._telemetry.emit("silent_catch", where="egress.proxy", error=type(error).__name__)
         finally:
             await anyio.aclose_forcefully(stream)
 
