@@ -6,6 +6,8 @@ test here, and the upstream is a threaded stdlib server, so a second backend wou
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import shutil
@@ -20,8 +22,10 @@ import anyio.abc
 import httpx
 import psutil
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from openma.adapters.egress import EgressCA, EgressProxy
+from openma.adapters.egress import EgressCA, EgressProxy, proxy_credential
 from openma.errors import InvalidInput
 from openma.ports.egress import EgressGrant
 from tests.fakes.https_upstream import HttpsUpstream
@@ -371,3 +375,38 @@ def test_the_ca_round_trips_and_hides_its_key(ca: EgressCA) -> None:
         small.server_context(host)
     assert small.cached_hosts() == ("c.test", "a.test")
     assert small.server_context("a.test") is small.server_context("a.test")
+
+
+async def test_a_malformed_injected_header_is_refused(
+    proxy: EgressProxy, resolver: FakeResolver, ca: EgressCA, upstream: HttpsUpstream
+) -> None:
+    bad = "bad\r\nx: y"
+    resolver.injections["s1/api.test"] = {"X-Token": bad}  # an invalid header value refuses, never relays
+    async with client(proxy, ca) as http:
+        r = await http.get(f"https://api.test:{upstream.port}/echo")
+        assert r.status_code == 502 and "malformed header" in r.text
+        resolver.injections["s1/api.test"] = {}
+        r = await http.get(f"https://api.test:{upstream.port}/echo")  # a new tunnel: the refusal closed the old
+        assert r.status_code == 200
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.binary(max_size=120))
+def test_proxy_credentials_parse_any_header(value: bytes) -> None:
+    credential = proxy_credential([(b"proxy-authorization", value)])
+    assert credential is None or (credential and "openma:" + credential in base64_text(value))
+
+
+def base64_text(value: bytes) -> str:
+    try:
+        return base64.b64decode(value.partition(b" ")[2].strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+
+
+def test_proxy_credentials() -> None:
+    good = b"Basic " + base64.b64encode(b"openma:abc")
+    assert proxy_credential([(b"proxy-authorization", good)]) == "abc"
+    assert proxy_credential([(b"proxy-authorization", b"Basic " + base64.b64encode(b"other:abc"))]) is None
+    assert proxy_credential([(b"proxy-authorization", b"Bearer abc")]) is None
+    assert proxy_credential([(b"authorization", good)]) is None

@@ -10,7 +10,10 @@ For every request the proxy
    system store plus ``upstream_ca``, the request host as SNI and hostname;
 4. removes ``Authorization``, ``Proxy-Authorization`` and hop-by-hop headers, adds the resolver's
    ``inject`` headers, and streams both bodies (h11 framing, one 64 KiB chunk at a time);
-5. emits one ``egress.request`` telemetry event (header names only, never a value).
+5. emits one ``egress.request`` telemetry event: ``session_id``, ``tenant_id``, ``host``, ``port``,
+   ``method``, ``allowed`` (the request was relayed upstream), ``reason`` (``"allowed"`` or why not),
+   ``injected`` (header names only, never a value), ``status``, ``bytes_up``, ``bytes_down``,
+   ``duration_ms``. A refused ``CONNECT`` is one event with method ``CONNECT``.
 
 ``CONNECT host:port`` is decided once for the tunnel; the proxy then terminates the sandbox's TLS with a leaf
 minted by :class:`~openma.adapters.egress.ca.EgressCA` and relays the HTTP/1.1 requests inside (keep-alive,
@@ -152,6 +155,8 @@ class EgressProxy:
             await self._serve_client(stream)
         except STREAM_ERRORS:
             pass
+        except Exception as error:  # one broken connection never stops the proxy
+            self._telemetry.emit("silent_catch", where="egress.proxy", error=type(error).__name__)
         finally:
             await anyio.aclose_forcefully(stream)
 
@@ -286,7 +291,7 @@ class EgressProxy:
                 exchange = Exchange()
                 injected: Sequence[str] = ()
                 try:
-                    authority = _header(event.headers, b"host")
+                    authority = _header(event.headers, b"host") or _authority(host, port).encode("latin-1")
                     try:
                         same = split_authority(authority.decode("latin-1"), port)[0] == host
                     except InvalidInput:
@@ -403,6 +408,10 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes:
