@@ -273,19 +273,31 @@ class Sessions:
         if (await self._store.get(session_id)).status == "terminated":  # before the actor: nothing to recover
             raise Conflict(f"session {session_id} is terminated; it runs no more turns", session_id=session_id)
         async with self.actor(session_id, wait=wait) as actor:
-            if model is None:
-                resolver = self._model_resolver() if self._model_resolver is not None else None
-                if resolver is None:
-                    raise ConfigError(
-                        "no model given and this platform has no model resolver; pass model=... or open the "
-                        "platform with model_resolver=..."
-                    )
-                chosen = resolver((await actor.session()).agent)
-                model = await chosen if inspect.isawaitable(chosen) else chosen
-            result = await run_turn(actor, model, telemetry=self._telemetry, options=options)
-            # Out of the runnable index unless input arrived meanwhile (checked under the row lock, fenced).
-            await actor.store.clear_runnable(session_id, fence=actor.epoch)
-            return result
+            return await self.run_held(actor, model=model, options=options)
+
+    async def run_held(
+        self, actor: SessionActor, *, model: Model | None = None, options: TurnOptions | None = None
+    ) -> TurnResult:
+        """:meth:`run` on an actor the caller already holds (what a worker does after claiming a session).
+
+        When the turn ends, the session leaves the runnable index unless input arrived meanwhile (checked
+        under the session row's lock, fenced by the actor's epoch).
+        """
+        session = await actor.session()
+        if session.status == "terminated":
+            raise Conflict(f"session {actor.session_id} is terminated; it runs no more turns", session_id=session.id)
+        if model is None:
+            resolver = self._model_resolver() if self._model_resolver is not None else None
+            if resolver is None:
+                raise ConfigError(
+                    "no model given and this platform has no model resolver; pass model=... or open the "
+                    "platform with model_resolver=..."
+                )
+            chosen = resolver(session.agent)
+            model = await chosen if inspect.isawaitable(chosen) else chosen
+        result = await run_turn(actor, model, telemetry=self._telemetry, options=options or TurnOptions())
+        await actor.store.clear_runnable(actor.session_id, fence=actor.epoch)
+        return result
 
     def subscribe(self, session_id: str, *, after: int = 0) -> EventTail:
         """Every event with ``seq > after``, in order, then new ones as they land (see :mod:`openma.core.tail`)."""

@@ -57,7 +57,8 @@ port                  methods
 ``Retention``         ``prune``, ``prune_streams``, ``gc``
 ``SessionLease``      ``take_lease``, ``drop_lease``, ``sandbox_record``, ``record_sandbox``
 ``SessionWakeups``    ``arm``, ``poll_timeout``
-``SessionSchedules``  ``add_wakeup``, ``list_wakeups``, ``cancel_wakeup``, ``advance_wakeup``, ``clear_runnable``
+``SessionSchedules``  ``add_wakeup``, ``list_wakeups``, ``cancel_wakeup``, ``advance_wakeup``,
+                      ``is_runnable``, ``clear_runnable``
 ====================  ================================================================================
 """
 

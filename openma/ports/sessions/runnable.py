@@ -92,6 +92,10 @@ class SessionSchedules(Protocol):
         only if it still is ``due``. True for the one caller that won; False if another did, or it is gone."""
         ...
 
+    async def is_runnable(self, session_id: str) -> bool:
+        """True while the session is in the runnable index."""
+        ...
+
     async def clear_runnable(self, session_id: str, *, fence: int | None = None) -> bool:
         """Unmark the session as runnable if its inbox holds no pending input (checked under the session
         row's lock, with the lease epoch ``fence`` when given: a stale holder gets ``LeaseLost``). True if the

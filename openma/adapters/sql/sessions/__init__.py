@@ -152,6 +152,7 @@ class SqlSessionStore:
         self.list_wakeups = schedules.list_wakeups
         self.cancel_wakeup = schedules.cancel_wakeup
         self.advance_wakeup = schedules.advance_wakeup
+        self.is_runnable = schedules.is_runnable
         self.clear_runnable = schedules.clear_runnable
 
     def __repr__(self) -> str:

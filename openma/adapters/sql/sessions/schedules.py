@@ -181,6 +181,14 @@ class SqlSchedules(SessionPart):
             )
         return bool(count)
 
+    async def is_runnable(self, session_id: str) -> bool:
+        check_id(session_id, "ses", what="session_id")
+        row = await self._ctx.db.fetch_one(
+            "SELECT 1 AS yes FROM session_runnable WHERE tenant_id = ? AND session_id = ?",
+            (self.tenant_id, session_id),
+        )
+        return row is not None
+
     async def clear_runnable(self, session_id: str, *, fence: int | None = None) -> bool:
         check_id(session_id, "ses", what="session_id")
         fence = check_fence(fence)
