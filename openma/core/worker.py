@@ -247,9 +247,10 @@ class Worker:
 
     async def _sleep(self, woken: Any, kick: anyio.Event) -> None:
         timeout = self._poll if self._poll is not None else self._index.poll_timeout()
-        if self._backoff:
-            soonest = min(until for until, _ in self._backoff.values())
-            timeout = min(timeout, max(0.0, soonest - time.monotonic()))
+        now = time.monotonic()
+        waiting = [until for until, _ in self._backoff.values() if until > now]
+        if waiting and len(self._running) < self.concurrency:
+            timeout = min(timeout, min(waiting) - now)
         if len(self._running) < self.concurrency:
             try:
                 due = await self._index.admin_next_due()
@@ -258,9 +259,7 @@ class Worker:
                 due = None
             if due is not None:
                 timeout = min(timeout, max(0.0, (due - datetime.now(UTC)).total_seconds()))
-        if timeout <= 0:
-            return
-        with anyio.move_on_after(timeout):
+        with anyio.move_on_after(max(timeout, 0.005)):  # always yields: the turns run on this loop too
             async with anyio.create_task_group() as tg:
 
                 async def wait(event: Any) -> None:
