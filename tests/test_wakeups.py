@@ -5,7 +5,7 @@ and never for a session that takes no input."""
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from openma import ConfigError, Conflict, InvalidInput, Worker
 from openma.core import wakeups
 from openma.ports.sessions.runnable import MAX_WAKEUPS_PER_SESSION, ScheduledWakeup
 from openma.testing import ScriptedModel
-from tests.turn_support import World, engine_settings, open_world, text
+from tests.turn_support import World, engine_settings, open_world, poll, text
 
 pytestmark = pytest.mark.anyio
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -175,7 +175,8 @@ async def test_a_wakeup_of_a_terminated_session_is_removed_not_fired(world: Worl
     assert await world.of(sid, "user.message") == []
 
 
-async def _until(check: object, timeout: float = 20.0) -> None:
-    with anyio.fail_after(timeout):
-        while not check():  # type: ignore[operator]
-            await anyio.sleep(0.02)
+async def _until(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    async def holds() -> bool:
+        return check()
+
+    await poll(holds, timeout=timeout)
