@@ -10,9 +10,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from openma import Platform, Settings
@@ -168,3 +170,39 @@ async def test_worker_processes_share_one_sqlite_file(
         for p in procs:
             p.send_signal(signal.SIGTERM)
         assert [p.wait(timeout=30) for p in procs] == [0, 0]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("seconds", [6, pytest.param(30, marks=pytest.mark.slow)])
+async def test_a_wakeup_every_second_fires_once_per_due_time_across_a_worker_restart(
+    seconds: int, tmp_path: Path, request: pytest.FixtureRequest, procs: list[subprocess.Popen[str]]
+) -> None:
+    env = engine_env("postgres", tmp_path, request)
+    async with Platform.open(Settings.from_env(env)) as oma:
+        t, [sid] = await make_sessions(oma, 1)
+        args = ("--concurrency", "2", "--poll-interval", "0.2")
+        procs += [spawn(env, *args), spawn(env, *args)]
+        began = datetime.now(UTC)
+        w = await t.sessions.schedule_wakeup(sid, every=1, at=began + timedelta(seconds=1))
+        await anyio.sleep(seconds / 2)
+        procs[0].send_signal(signal.SIGKILL)  # one worker dies; the other goes on alone for a while
+        procs[0].wait()
+        await anyio.sleep(1.5)
+        procs.append(spawn(env, *args))  # and a new one joins
+        await anyio.sleep(seconds / 2)
+        await t.sessions.cancel_wakeup(sid, w.id)
+        ended = datetime.now(UTC)
+        await anyio.sleep(1.0)
+        messages = await world_messages(t, sid)
+        due = [m["metadata"]["scheduled_at"] for m in messages]
+        assert len(due) == len(set(due)), due  # no due time fired twice
+        expected = int((ended - began).total_seconds()) - 1
+        assert expected - 2 <= len(due) <= expected + 1, (len(due), expected, due)
+        for p in procs[1:]:
+            p.send_signal(signal.SIGTERM)
+        assert [p.wait(timeout=30) for p in procs[1:]] == [0, 0]
+
+
+async def world_messages(t: Any, sid: str) -> list[dict[str, Any]]:
+    page = await t.sessions.events(sid, types=["user.message"], limit=1000)
+    return [e.data for e in page.items]
