@@ -15,6 +15,7 @@ from openma.core.actor import SessionActor
 from openma.core.sessions import Sessions
 from openma.core.tail import EventTail
 from openma.core.turns import RetryPolicy, TurnResult
+from openma.core.worker import Worker, WorkerState
 from openma.errors import (
     ConfigError,
     Conflict,
@@ -55,6 +56,7 @@ from openma.ports.blobs import BlobInfo, BlobReader, BlobStore
 from openma.ports.kv import KVEntry, KVStore
 from openma.ports.model import Model, ModelRequest
 from openma.ports.sandbox import ExecResult, FileInfo, ProcessInfo, Sandbox, SandboxProvider, SandboxSpec, SnapshotRef
+from openma.ports.sessions.runnable import ScheduledWakeup
 from openma.ports.telemetry import Telemetry
 from openma.ports.usage import UsageExport, UsageSlice, UsageStore, UsageSummary, UsageTotal
 from openma.settings import Settings
@@ -99,6 +101,7 @@ __all__ = [
     "SandboxRestoreFailed",
     "SandboxSpec",
     "SandboxTimeout",
+    "ScheduledWakeup",
     "SecretUnreadable",
     "Session",
     "SessionActor",
@@ -120,6 +123,8 @@ __all__ = [
     "UsageTotal",
     "Vault",
     "VersionConflict",
+    "Worker",
+    "WorkerState",
     "__version__",
     "events",
     "sse",

@@ -390,6 +390,66 @@ def _gc_counts(report: Any, expired: int | None) -> str:
     )
 
 
+@main.command("worker")
+@click.option("--concurrency", type=click.IntRange(1, 10_000), default=8, show_default=True, help="Turns at once.")
+@click.option("--model", "model_spec", default=None, help="Run every turn on this model (default: each agent's).")
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(0.001, 86_400),
+    default=30.0,
+    show_default=True,
+    help="On SIGTERM/SIGINT, seconds to let running turns finish before handing them back.",
+)
+@click.option("--poll-interval", type=click.FloatRange(0.001, 3600), default=None, help="Longest idle sleep (s).")
+def worker(concurrency: int, model_spec: str | None, drain_timeout: float, poll_interval: float | None) -> None:
+    """Run turns for every session with input, and fire due wake-ups, until SIGTERM or SIGINT.
+
+    The first signal stops claiming and drains (turns still running after --drain-timeout are handed back
+    and recovered by the next worker); a second one hands them back at once.
+    """
+    import signal
+
+    from openma.core.worker import Worker
+    from openma.platform import Platform
+
+    settings = _settings()
+
+    async def go() -> None:
+        async with Platform.open(settings) as oma:
+            model = None
+            if model_spec is not None:
+                from openma.adapters.models import open_model
+
+                model = await open_model(settings, model_spec)
+            try:
+                runner = Worker(
+                    oma, model=model, concurrency=concurrency, drain_timeout=drain_timeout, poll_interval=poll_interval
+                )
+                async with anyio.create_task_group() as tg:
+
+                    async def on_signals() -> None:
+                        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+                            async for signum in received:
+                                if runner.state.status == "running":
+                                    name = signal.Signals(signum).name
+                                    click.echo(f"worker: {name}; draining (up to {drain_timeout:g}s)", err=True)
+                                    runner.stop()
+                                else:
+                                    click.echo("worker: second signal; handing back running turns", err=True)
+                                    tg.cancel_scope.cancel()
+
+                    tg.start_soon(on_signals)
+                    click.echo(f"worker: running (concurrency {concurrency})", err=True)
+                    await runner.run()
+                    tg.cancel_scope.cancel()
+                click.echo(f"worker: stopped; {runner!r}", err=True)
+            finally:
+                if model is not None:
+                    await model.aclose()
+
+    _run(go)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
 

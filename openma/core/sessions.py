@@ -18,13 +18,14 @@ import builtins
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
 
-from openma.core import tail, validate
+from openma.core import tail, validate, wakeups
 from openma.core.actor import SessionActor, acquire_actor
+from openma.core.clock import Clock, SystemClock, ms_to_datetime
 from openma.core.ids import check_id
 from openma.core.orchestrator import SandboxOrchestrator
 from openma.core.tail import EventTail
@@ -38,6 +39,7 @@ from openma.ports.environments import EnvironmentStore
 from openma.ports.lease import LeaseLock
 from openma.ports.model import Model
 from openma.ports.sessions import UNSET, SessionStore
+from openma.ports.sessions.runnable import ScheduledWakeup
 from openma.ports.telemetry import NullTelemetry, Telemetry
 from openma.ports.vaults import VaultStore
 
@@ -100,6 +102,7 @@ class Sessions:
         self._model_resolver = model_resolver
         self._usage = usage
         self._telemetry = telemetry or NullTelemetry()
+        self._clock: Clock = SystemClock()
         self.tenant_id = store.tenant_id
 
     def __repr__(self) -> str:
@@ -273,17 +276,31 @@ class Sessions:
         if (await self._store.get(session_id)).status == "terminated":  # before the actor: nothing to recover
             raise Conflict(f"session {session_id} is terminated; it runs no more turns", session_id=session_id)
         async with self.actor(session_id, wait=wait) as actor:
-            if model is None:
-                resolver = self._model_resolver() if self._model_resolver is not None else None
-                if resolver is None:
-                    raise ConfigError(
-                        "no model given and this platform has no model resolver; pass model=... or open the "
-                        "platform with model_resolver=..."
-                    )
-                chosen = resolver((await actor.session()).agent)
-                model = await chosen if inspect.isawaitable(chosen) else chosen
-            result = await run_turn(actor, model, telemetry=self._telemetry, options=options)
-        await self._record_usage(session_id, result)
+            return await self.run_held(actor, model=model, options=options)
+
+    async def run_held(
+        self, actor: SessionActor, *, model: Model | None = None, options: TurnOptions | None = None
+    ) -> TurnResult:
+        """:meth:`run` on an actor the caller already holds (what a worker does after claiming a session).
+
+        When the turn ends, the session leaves the runnable index unless input arrived meanwhile (checked
+        under the session row's lock, fenced by the actor's epoch).
+        """
+        session = await actor.session()
+        if session.status == "terminated":
+            raise Conflict(f"session {actor.session_id} is terminated; it runs no more turns", session_id=session.id)
+        if model is None:
+            resolver = self._model_resolver() if self._model_resolver is not None else None
+            if resolver is None:
+                raise ConfigError(
+                    "no model given and this platform has no model resolver; pass model=... or open the "
+                    "platform with model_resolver=..."
+                )
+            chosen = resolver(session.agent)
+            model = await chosen if inspect.isawaitable(chosen) else chosen
+        result = await run_turn(actor, model, telemetry=self._telemetry, options=options or TurnOptions())
+        await actor.store.clear_runnable(actor.session_id, fence=actor.epoch)
+        await self._record_usage(actor.session_id, result)
         return result
 
     async def _record_usage(self, session_id: str, result: TurnResult) -> None:
@@ -314,6 +331,35 @@ class Sessions:
     def subscribe(self, session_id: str, *, after: int = 0) -> EventTail:
         """Every event with ``seq > after``, in order, then new ones as they land (see :mod:`openma.core.tail`)."""
         return tail.subscribe(self._store, session_id, after=after)
+
+    # -- wake-ups (see openma.core.wakeups)
+
+    async def schedule_wakeup(
+        self,
+        session_id: str,
+        *,
+        at: datetime | None = None,
+        delay: float | timedelta | None = None,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        prompt: str | None = None,
+    ) -> ScheduledWakeup:
+        """Wake the session later: once (``at`` or ``delay`` seconds), every ``every`` seconds (from ``at`` if
+        given), or on a ``cron`` expression. When due, a worker posts a ``user.message`` with ``prompt`` (its
+        ``metadata`` says which wake-up fired and when), exactly once per due time; a repeating one that was
+        missed during downtime fires once. Logs ``span.wakeup_scheduled``."""
+        now = ms_to_datetime(self._clock.now_ms())
+        return await wakeups.schedule(
+            self._store, session_id, now=now, at=at, delay=delay, every=every, cron=cron, prompt=prompt
+        )
+
+    async def list_wakeups(self, session_id: str) -> builtins.list[ScheduledWakeup]:
+        """The session's scheduled wake-ups, soonest first."""
+        return await self._store.list_wakeups(session_id)
+
+    async def cancel_wakeup(self, session_id: str, wakeup_id: str) -> bool:
+        """Remove a wake-up; False if it was already gone (cancelled, or a one-shot that fired)."""
+        return await self._store.cancel_wakeup(session_id, wakeup_id)
 
     # -- inbox
 

@@ -13,6 +13,7 @@ from openma.adapters.sql.credentials import SqlCredentialStore
 from openma.adapters.sql.engine import SqlEngine, engine_of
 from openma.adapters.sql.environments import SqlEnvironmentStore
 from openma.adapters.sql.kv import SqlKVStore
+from openma.adapters.sql.runnable import SqlRunnableIndex
 from openma.adapters.sql.session_secrets import SqlSessionSecretStore
 from openma.adapters.sql.sessions import SqlSessionStore
 from openma.adapters.sql.tenants import SqlTenantStore
@@ -110,6 +111,14 @@ class SqlStoreBackend:
             spill_bytes=settings.event_spill_bytes,
             telemetry=self._telemetry,
         )
+
+    def runnable_index(self, settings: SessionSettings | None = None) -> SqlRunnableIndex:
+        """The cross-tenant runnable index and wake-ups workers read (admin; shares the sessions' wake-ups)."""
+        if self._wakeups is None:
+            settings = settings if settings is not None else Settings()
+            self._wakeups = SessionWakeups(self.engine, poll_interval=settings.sqlite_poll_interval)
+            self._wakeups.telemetry = self._telemetry
+        return SqlRunnableIndex(self.client, self._wakeups, self.clock)
 
     def lease_lock(self) -> LeaseLock:
         """The lock under session actors, made by the engine once (closed with the backend)."""

@@ -10,6 +10,7 @@ seconds, a cheap guard against anything missed.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Final
 
 from openma.adapters.sql.engine import SqlEngine, WakeupChannel, engine_of
@@ -19,9 +20,21 @@ from openma.ports.telemetry import NullTelemetry, Telemetry
 
 DEFAULT_POLL_INTERVAL: Final = 0.2
 PUSH_TIMEOUT: Final = 10.0
-#: Wake-up kinds: the log of a session grew, or its inbox did.
+#: Wake-up kinds: the log of a session grew, or its inbox did, or its wake-up schedule changed.
 EVENTS: Final = "e"
 INBOX: Final = "i"
+SCHEDULE: Final = "w"
+#: The hub key set by every inbox post and schedule change of any session (what idle workers wait on).
+ANY_WORK: Final = ("*work*",)
+
+
+class KindHub(WakeHub):
+    """A :class:`WakeHub` that also sets :data:`ANY_WORK` when any session's inbox or schedule changes."""
+
+    def notify(self, key: Hashable) -> None:
+        super().notify(key)
+        if isinstance(key, tuple) and key and key[0] in (INBOX, SCHEDULE):
+            super().notify(ANY_WORK)
 
 
 class SessionWakeups:
@@ -32,7 +45,7 @@ class SessionWakeups:
 
     def __init__(self, source: SqlEngine | SqlClient, *, poll_interval: float = DEFAULT_POLL_INTERVAL) -> None:
         self.engine = engine_of(source)
-        self.hub = WakeHub()
+        self.hub: WakeHub = KindHub()
         self.poll_interval = poll_interval
         self._listener: WakeupChannel | None = None
         self._no_channel = False

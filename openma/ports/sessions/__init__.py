@@ -47,17 +47,19 @@ cutoff, and finishes interrupted deletes.
 **Ports.** The store is the composition of small ports, one module each; an adapter implements them all
 (one class, or parts behind one object):
 
-=================  ================================================================================
-port               methods
-=================  ================================================================================
-``SessionRows``    ``create``, ``get``, ``list``, ``update``, ``archive``, ``delete``, ``set_status``
-``EventLog``       ``append``, ``events``, ``get_event``, ``read_after``
-``Inbox``          ``post``, ``pending``, ``promote``, ``cancel``
-``Streams``        ``open_stream``, ``append_stream``, ``finalize_stream``, ``get_stream``, ``streams``
-``Retention``      ``prune``, ``prune_streams``, ``gc``
-``SessionLease``   ``take_lease``, ``drop_lease``, ``sandbox_record``, ``record_sandbox``
-``SessionWakeups`` ``arm``, ``poll_timeout``
-=================  ================================================================================
+====================  ================================================================================
+port                  methods
+====================  ================================================================================
+``SessionRows``       ``create``, ``get``, ``list``, ``update``, ``archive``, ``delete``, ``set_status``
+``EventLog``          ``append``, ``events``, ``get_event``, ``read_after``
+``Inbox``             ``post``, ``pending``, ``promote``, ``cancel``
+``Streams``           ``open_stream``, ``append_stream``, ``finalize_stream``, ``get_stream``, ``streams``
+``Retention``         ``prune``, ``prune_streams``, ``gc``
+``SessionLease``      ``take_lease``, ``drop_lease``, ``sandbox_record``, ``record_sandbox``
+``SessionWakeups``    ``arm``, ``poll_timeout``
+``SessionSchedules``  ``add_wakeup``, ``list_wakeups``, ``cancel_wakeup``, ``advance_wakeup``,
+                      ``is_runnable``, ``clear_runnable``
+====================  ================================================================================
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ from openma.ports.sessions.lease import SessionLease
 from openma.ports.sessions.log import EventLog
 from openma.ports.sessions.retention import Retention
 from openma.ports.sessions.rows import SessionRows
+from openma.ports.sessions.runnable import RunnableIndex, SessionSchedules
 from openma.ports.sessions.streams import Streams
 from openma.ports.sessions.values import (
     FINAL_STREAM_STATUSES,
@@ -97,7 +100,9 @@ __all__ = [
     "Retention",
     "SandboxRecord",
     "SessionLease",
+    "RunnableIndex",
     "SessionRows",
+    "SessionSchedules",
     "SessionStore",
     "SessionWakeups",
     "StopSignal",
@@ -108,6 +113,8 @@ __all__ = [
 ]
 
 
-class SessionStore(SessionRows, EventLog, Inbox, Streams, Retention, SessionLease, SessionWakeups, Protocol):
+class SessionStore(
+    SessionRows, EventLog, Inbox, Streams, Retention, SessionLease, SessionWakeups, SessionSchedules, Protocol
+):
     """Sessions, their event logs, inboxes and streams, bound to one tenant: every port above, on one object
     (so the actor fences all its writes in one store). The contract is this module's docstring."""

@@ -26,7 +26,7 @@ How the contract of :mod:`openma.ports.sessions` is kept, in SQL that both engin
   that a crash interrupted.
 
 **Parts.** :class:`SqlSessionStore` composes one part per port (:mod:`.rows`, :mod:`.log`, :mod:`.inbox`,
-:mod:`.streams`, :mod:`.retention`, :mod:`.lease`, :mod:`.wake`) over one shared
+:mod:`.streams`, :mod:`.retention`, :mod:`.lease`, :mod:`.wake`, :mod:`.schedules`) over one shared
 :class:`~openma.adapters.sql.sessions.context.SessionContext`; its methods are the parts' own bound methods.
 What differs between engines is asked of the engine (:class:`~openma.adapters.sql.engine.SqlEngine`).
 """
@@ -41,6 +41,7 @@ from openma.adapters.sql.sessions.lease import SqlSessionLease
 from openma.adapters.sql.sessions.log import SqlEventLog
 from openma.adapters.sql.sessions.retention import SqlRetention
 from openma.adapters.sql.sessions.rows import SqlSessionRows
+from openma.adapters.sql.sessions.schedules import SqlSchedules
 from openma.adapters.sql.sessions.streams import SqlStreams
 from openma.adapters.sql.sessions.wake import SqlWakeups
 from openma.adapters.sql.wakeups import SessionWakeups
@@ -67,6 +68,7 @@ class SessionParts:
     retention: SqlRetention
     lease: SqlSessionLease
     wakeups: SqlWakeups
+    schedules: SqlSchedules
 
 
 class SqlSessionStore:
@@ -107,7 +109,8 @@ class SqlSessionStore:
         inbox = SqlInbox(ctx)
         lease = SqlSessionLease(ctx)
         wakeups_part = SqlWakeups(ctx)
-        self.parts = SessionParts(rows, log, inbox, streams, retention, lease, wakeups_part)
+        schedules = SqlSchedules(ctx)
+        self.parts = SessionParts(rows, log, inbox, streams, retention, lease, wakeups_part, schedules)
         # SessionRows
         self.create = rows.create
         self.get = rows.get
@@ -144,6 +147,13 @@ class SqlSessionStore:
         # SessionWakeups
         self.arm = wakeups_part.arm
         self.poll_timeout = wakeups_part.poll_timeout
+        # SessionSchedules
+        self.add_wakeup = schedules.add_wakeup
+        self.list_wakeups = schedules.list_wakeups
+        self.cancel_wakeup = schedules.cancel_wakeup
+        self.advance_wakeup = schedules.advance_wakeup
+        self.is_runnable = schedules.is_runnable
+        self.clear_runnable = schedules.clear_runnable
 
     def __repr__(self) -> str:
         return f"SqlSessionStore(tenant_id={self.tenant_id!r})"

@@ -14,6 +14,7 @@ from openma.adapters.sql.sessions.context import (
     check_fence,
     placeholders,
 )
+from openma.adapters.sql.sessions.schedules import mark_runnable_statement
 from openma.adapters.sql.wakeups import EVENTS, INBOX
 from openma.core import events as ev
 from openma.core.clock import ms_to_datetime
@@ -107,6 +108,8 @@ class SqlInbox(SessionPart):
                         " AND i.pos > sessions.last_inbox_pos) WHERE tenant_id = ? AND id = ?",
                         (self.tenant_id, session_id),
                     ),
+                    # Pending input makes the session runnable, in this same unit (see .schedules).
+                    mark_runnable_statement(self.tenant_id, session_id, now),
                 ]
                 notify = self._ctx.wakeups.notify_statement(INBOX, self.tenant_id, session_id)
                 if notify is not None:

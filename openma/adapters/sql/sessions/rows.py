@@ -22,6 +22,7 @@ from openma.adapters.sql.sessions.context import (
 )
 from openma.adapters.sql.sessions.log import SqlEventLog
 from openma.adapters.sql.sessions.retention import SqlRetention
+from openma.adapters.sql.sessions.schedules import forget_statements
 from openma.adapters.sql.wakeups import EVENTS
 from openma.core import events as ev
 from openma.core import validate
@@ -232,6 +233,7 @@ class SqlSessionRows(SessionPart):
                 Statement(
                     "DELETE FROM session_secrets WHERE tenant_id = ? AND session_id = ?", (self.tenant_id, session_id)
                 ),
+                *forget_statements(self.tenant_id, session_id),  # out of the runnable index, no wake-ups
             ]
         )
         if not result.committed:
