@@ -39,11 +39,10 @@ from openma.ports.vaults import CredentialStore, VaultStore
 from openma.settings import STORE_NAMES, Settings
 
 if TYPE_CHECKING:
-    from openma.core.egress.service import EgressService, ProxyHandle
+    from openma.core.egress.service import EgressService
     from openma.core.orchestrator import SandboxOrchestrator
     from openma.core.secrets import KeyRing
     from openma.core.usage import TenantUsage
-    from openma.ports.egress import EgressResolver
 
 
 class TenantScope:
@@ -443,10 +442,11 @@ class Platform:
         return self._egress
 
     async def _start_egress(self) -> None:
+        from openma.adapters.egress import open_proxy
         from openma.core.egress.service import EgressService
 
         if self._egress is None and self._task_group is not None:
-            service = EgressService.for_platform(self, _open_egress_proxy)
+            service = EgressService.for_platform(self, open_proxy)
             await service.start(self._task_group)
             self._egress = service
 
@@ -491,23 +491,6 @@ class Platform:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.aclose()
-
-
-def _open_egress_proxy(
-    resolver: EgressResolver,
-    cert_pem: str,
-    key_pem: str,
-    upstream_ca: str | None,
-    host: str,
-    port: int,
-    telemetry: Telemetry,
-) -> ProxyHandle:
-    """The egress proxy adapter (:mod:`openma.adapters.egress`) with the platform's CA."""
-    from openma.adapters.egress import EgressCA, EgressProxy
-
-    ca = EgressCA.from_pem(cert_pem, key_pem)
-    proxy: ProxyHandle = EgressProxy(resolver, ca, telemetry=telemetry, upstream_ca=upstream_ca, host=host, port=port)
-    return proxy
 
 
 async def _aclose(store: object) -> None:
