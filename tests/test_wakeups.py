@@ -4,6 +4,7 @@ and never for a session that takes no input."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -72,10 +73,28 @@ def test_schedules_are_checked() -> None:
     assert wakeups.plan(NOW, every=timedelta(minutes=1), at=NOW)[:3] == ("every", NOW, 60.0)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("croniter") is not None, reason="croniter is installed")
-def test_cron_without_croniter_says_what_to_install() -> None:
+def test_cron_without_croniter_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.import_module
+
+    def no_croniter(name: str, *args: object) -> object:
+        if name == "croniter":
+            raise ImportError(name)
+        return real(name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(wakeups.importlib, "import_module", no_croniter)
     with pytest.raises(ConfigError, match="pip install croniter"):
         wakeups.plan(NOW, cron="*/5 * * * *")
+
+
+def test_cron_schedules_fire_at_the_next_named_time_and_a_missed_one_once() -> None:
+    kind, first, every, cron = wakeups.plan(NOW + timedelta(minutes=2, seconds=5), cron="*/5 * * * *")
+    assert (kind, every, cron) == ("cron", None, "*/5 * * * *")
+    assert first == NOW + timedelta(minutes=5)
+    w = ScheduledWakeup("wak_x", "tnt_x", "ses_x", "cron", first, None, cron, "p", 0, None, NOW)
+    # fired an hour late (downtime): the next due time is the first one after now, not every missed one
+    assert wakeups.next_due(w, NOW + timedelta(hours=1, minutes=1)) == NOW + timedelta(hours=1, minutes=5)
+    with pytest.raises(InvalidInput):
+        wakeups.plan(NOW, cron="not a cron")
 
 
 async def test_schedule_list_cancel_and_the_span(world: World) -> None:
