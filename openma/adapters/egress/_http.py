@@ -7,6 +7,7 @@ these helpers move its events between a client-side ``h11.SERVER`` connection an
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable, Mapping
 from typing import Final
 
@@ -14,6 +15,7 @@ import anyio
 import anyio.abc
 import attrs
 import h11
+from anyio.streams.tls import TLSAttribute
 
 #: Read size per receive: the most body bytes held at once per direction.
 CHUNK: Final = 65536
@@ -65,10 +67,33 @@ async def next_event(conn: h11.Connection, stream: anyio.abc.ByteStream) -> obje
         if event is not h11.NEED_DATA:
             return event
         try:
-            data = await stream.receive(CHUNK)
+            data = await receive(stream)
         except STREAM_ERRORS:
             data = b""
         conn.receive_data(data)
+
+
+async def receive(stream: anyio.abc.ByteStream) -> bytes:
+    """Up to ``CHUNK`` bytes of ``stream``: one receive, then on TLS every record already decryptable.
+
+    A TLS receive yields one record (at most 16 KiB) though the transport read brought several; taking the
+    rest without waiting lets one h11 event and one send carry them all."""
+    data = await stream.receive(CHUNK)
+    ssl_object = stream.extra(TLSAttribute.ssl_object, None)
+    if ssl_object is None or len(data) >= CHUNK:
+        return data
+    parts = [data]
+    size = len(data)
+    while size < CHUNK:
+        try:
+            more = ssl_object.read(CHUNK - size)
+        except ssl.SSLError:  # nothing complete is waiting (or an error the next receive reports)
+            break
+        if not more:
+            break
+        parts.append(more)
+        size += len(more)
+    return b"".join(parts) if len(parts) > 1 else data
 
 
 async def send(conn: h11.Connection, stream: anyio.abc.ByteStream, event: h11.Event) -> None:
@@ -206,6 +231,7 @@ __all__ = [
     "Refused",
     "UpstreamBroken",
     "next_event",
+    "receive",
     "refuse",
     "relay",
     "request_headers",
