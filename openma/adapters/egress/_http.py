@@ -8,6 +8,7 @@ these helpers move its events between a client-side ``h11.SERVER`` connection an
 from __future__ import annotations
 
 import ssl
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
@@ -15,7 +16,7 @@ import anyio
 import anyio.abc
 import attrs
 import h11
-from anyio.streams.tls import TLSAttribute
+from anyio.streams.tls import TLSAttribute, TLSStream
 
 #: Read size per receive: the most body bytes held at once per direction (plus as much still encrypted).
 CHUNK: Final = 262144
@@ -30,6 +31,7 @@ REQUEST_DROP: Final = frozenset(
 RESPONSE_DROP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-connection", b"te", b"trailer", b"upgrade"}
 )
+_SSL_OBJECTS: Final[weakref.WeakKeyDictionary[TLSStream, ssl.SSLObject]] = weakref.WeakKeyDictionary()
 STREAM_ERRORS: Final = (
     anyio.BrokenResourceError,
     anyio.ClosedResourceError,
@@ -79,9 +81,11 @@ async def receive(stream: anyio.abc.ByteStream) -> bytes:
     A TLS receive yields one record (at most 16 KiB) though the transport read brought several; taking the
     rest without waiting lets one h11 event and one send carry them all."""
     data = await stream.receive(CHUNK)
-    ssl_object = stream.extra(TLSAttribute.ssl_object, None)
-    if ssl_object is None or len(data) >= CHUNK:
+    if not isinstance(stream, TLSStream) or len(data) >= CHUNK:
         return data
+    ssl_object = _SSL_OBJECTS.get(stream)
+    if ssl_object is None:  # looked up once per stream: ``extra`` builds every attribute of the stack
+        ssl_object = _SSL_OBJECTS[stream] = stream.extra(TLSAttribute.ssl_object)
     parts = [data]
     size = len(data)
     while size < CHUNK:
