@@ -7,16 +7,19 @@ these helpers move its events between a client-side ``h11.SERVER`` connection an
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Final
+import ssl
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
 
 import anyio
 import anyio.abc
 import attrs
 import h11
+from anyio.streams.tls import TLSAttribute, TLSStream
 
-#: Read size per receive: the most body bytes held at once per direction.
-CHUNK: Final = 65536
+#: Read size per receive: the most body bytes held at once per direction (plus as much still encrypted).
+CHUNK: Final = 262144
 #: Dropped from a forwarded request: hop-by-hop headers, the proxy's credential and the sandbox's own
 #: credentials (the proxy injects the vault's). ``Expect`` is answered by the proxy itself.
 REQUEST_DROP: Final = frozenset(
@@ -28,6 +31,7 @@ REQUEST_DROP: Final = frozenset(
 RESPONSE_DROP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-connection", b"te", b"trailer", b"upgrade"}
 )
+_SSL_OBJECTS: Final[weakref.WeakKeyDictionary[TLSStream, ssl.SSLObject]] = weakref.WeakKeyDictionary()
 STREAM_ERRORS: Final = (
     anyio.BrokenResourceError,
     anyio.ClosedResourceError,
@@ -65,10 +69,59 @@ async def next_event(conn: h11.Connection, stream: anyio.abc.ByteStream) -> obje
         if event is not h11.NEED_DATA:
             return event
         try:
-            data = await stream.receive(CHUNK)
+            data = await receive(stream)
         except STREAM_ERRORS:
             data = b""
         conn.receive_data(data)
+
+
+async def receive(stream: anyio.abc.ByteStream) -> bytes:
+    """Up to ``CHUNK`` bytes of ``stream``: one receive, then on TLS every record already decryptable.
+
+    A TLS receive yields one record (at most 16 KiB) though the transport read brought several; taking the
+    rest without waiting lets one h11 event and one send carry them all."""
+    data = await stream.receive(CHUNK)
+    if not isinstance(stream, TLSStream) or len(data) >= CHUNK:
+        return data
+    ssl_object = _SSL_OBJECTS.get(stream)
+    if ssl_object is None:  # looked up once per stream: ``extra`` builds every attribute of the stack
+        ssl_object = _SSL_OBJECTS[stream] = stream.extra(TLSAttribute.ssl_object)
+    parts = [data]
+    size = len(data)
+    while size < CHUNK:
+        try:
+            more = ssl_object.read(CHUNK - size)
+        except ssl.SSLError:  # nothing complete is waiting (or an error the next receive reports)
+            break
+        if not more:
+            break
+        parts.append(more)
+        size += len(more)
+    return b"".join(parts) if len(parts) > 1 else data
+
+
+class WideReceive(anyio.abc.ByteStream):
+    """``stream`` as the transport of a ``TLSStream``, which asks for 64 KiB per read: each receive may return
+    up to ``CHUNK`` bytes instead, so the records of one socket read are decrypted in one pass."""
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self._stream = stream
+
+    async def receive(self, max_bytes: int = CHUNK) -> bytes:
+        return await self._stream.receive(max(max_bytes, CHUNK))
+
+    async def send(self, item: bytes) -> None:
+        await self._stream.send(item)
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._stream.extra_attributes
 
 
 async def send(conn: h11.Connection, stream: anyio.abc.ByteStream, event: h11.Event) -> None:
@@ -205,7 +258,9 @@ __all__ = [
     "Exchange",
     "Refused",
     "UpstreamBroken",
+    "WideReceive",
     "next_event",
+    "receive",
     "refuse",
     "relay",
     "request_headers",

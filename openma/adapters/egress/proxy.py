@@ -9,7 +9,7 @@ For every request the proxy
 3. connects to the checked address only (so DNS rebinding cannot redirect it), with TLS verified against the
    system store plus ``upstream_ca``, the request host as SNI and hostname;
 4. removes ``Authorization``, ``Proxy-Authorization`` and hop-by-hop headers, adds the resolver's
-   ``inject`` headers, and streams both bodies (h11 framing, one 64 KiB chunk at a time);
+   ``inject`` headers, and streams both bodies (h11 framing, at most 256 KiB at a time);
 5. emits one ``egress.request`` telemetry event: ``session_id``, ``tenant_id``, ``host``, ``port``,
    ``method``, ``allowed`` (the request was relayed upstream), ``reason`` (``"allowed"`` or why not),
    ``injected`` (header names only, never a value), ``status``, ``bytes_up``, ``bytes_down``,
@@ -45,6 +45,7 @@ from openma.adapters.egress._http import (
     Exchange,
     Refused,
     UpstreamBroken,
+    WideReceive,
     next_event,
     refuse,
     relay,
@@ -226,7 +227,7 @@ class EgressProxy:
                     return sock
                 try:
                     return await TLSStream.wrap(
-                        sock, hostname=host, ssl_context=self._upstream_context, standard_compatible=False
+                        WideReceive(sock), hostname=host, ssl_context=self._upstream_context, standard_compatible=False
                     )
                 except BaseException:
                     await anyio.aclose_forcefully(sock)
@@ -261,7 +262,9 @@ class EgressProxy:
         try:
             with anyio.fail_after(self._connect_timeout):
                 context = await anyio.to_thread.run_sync(self._ca.server_context, host)
-                client = await TLSStream.wrap(stream, server_side=True, ssl_context=context, standard_compatible=False)
+                client = await TLSStream.wrap(
+                    WideReceive(stream), server_side=True, ssl_context=context, standard_compatible=False
+                )
         except (TimeoutError, ssl.SSLError, *STREAM_ERRORS):
             return
         try:
