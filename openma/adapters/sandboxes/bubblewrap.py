@@ -108,9 +108,8 @@ class BubblewrapSandbox(LocalSandbox):
         if "PATH" not in self.spec.env and not (extra and "PATH" in extra):
             env["PATH"] = DEFAULT_PATH  # the host's PATH names host directories
         env.update(HOME=WORKSPACE, TMPDIR=TMP, PWD=inside)
-        if self.spec.egress is not None:
-            for name, value in egress.command_env(self.spec.egress).items():
-                env.setdefault(name, value)
+        if self.spec.egress is not None:  # the forwarder's address inside, over the proxy's host address
+            env.update(egress.command_env(self.spec.egress))
         return env
 
     async def _start(
