@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from secrets import token_hex as secrets_token
 
 import anyio
 
@@ -141,7 +142,8 @@ class LocalSandbox:
         if egress is None or self._ca_written == egress.ca_pem:
             return
         os.makedirs(os.path.dirname(self._ca_file), exist_ok=True)
-        partial = self._ca_file + ".partial"
+        # a partial file per writer: commands started together may both write it (same bytes; replace is atomic)
+        partial = f"{self._ca_file}.{secrets_token()}.partial"
         with open(partial, "w", encoding="ascii") as out:
             out.write(egress.ca_pem)
         os.replace(partial, self._ca_file)
