@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from openma.core.egress.ca_cert import ca_certificate_builder
 from openma.errors import InvalidInput
 
 CA_DAYS: Final = 3650
@@ -54,32 +55,13 @@ class EgressCA:
         """A new CA with a fresh P-256 key, valid for ten years."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(common_name))
-            .issuer_name(_name(common_name))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
-        )
+        cert = ca_certificate_builder(
+            _name(common_name),
+            key.public_key(),
+            x509.random_serial_number(),
+            now - datetime.timedelta(hours=1),
+            now + datetime.timedelta(days=CA_DAYS),
+        ).sign(key, hashes.SHA256())
         return cls(cert, key)
 
     @classmethod

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from openma.config.egress import EgressConfig
+from openma.core.egress.ca_cert import ca_certificate_builder
 from openma.core.egress.resolver import EgressResolverImpl, EgressStores
 from openma.core.secrets import KeyRing
 from openma.errors import ConfigError
@@ -92,31 +93,8 @@ def derive_ca(keys: _MacKeys) -> tuple[str, str]:
         ]
     )
     public = key.public_key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(public)
-        .serial_number(int.from_bytes(hashes_of(public), "big") >> 1 or 1)
-        .not_valid_before(_NOT_BEFORE)
-        .not_valid_after(_NOT_AFTER)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-    )
+    serial = int.from_bytes(hashes_of(public), "big") >> 1 or 1
+    builder = ca_certificate_builder(name, public, serial, _NOT_BEFORE, _NOT_AFTER)
     try:
         cert = builder.sign(key, hashes.SHA256(), ecdsa_deterministic=True)
     except TypeError:  # cryptography < 44 signs with a random nonce: same key and name, other bytes
