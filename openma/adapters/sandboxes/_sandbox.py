@@ -21,6 +21,7 @@ from openma.core import keys
 from openma.core.workspace import SNAPSHOT_TTL, mask_secrets, restore_workspace, snapshot_workspace
 from openma.errors import InvalidInput, NotFound, SandboxError, SandboxGone
 from openma.ports.blobs import BlobStore
+from openma.ports.egress import EgressEndpoint
 from openma.ports.sandbox import (
     OOM_EXIT,
     ExecResult,
@@ -132,9 +133,13 @@ class LocalSandbox:
                 raise InvalidInput(f"secret {name!r} is not registered; set_secrets() it first", secret=name)
             env[name] = self._secrets[name]
         if self.spec.egress is not None:  # last: neither the environment nor a caller can route around it
-            env.update(self.spec.egress.env(ca_file=self._ca_file))
+            env.update(self._egress_env(self.spec.egress))
         env[MARKER] = f"{self._id}.{run}"
         return env
+
+    def _egress_env(self, endpoint: EgressEndpoint) -> dict[str, str]:
+        """The proxy's variables as this sandbox's commands see them (here: the proxy's own address)."""
+        return endpoint.env(ca_file=self._ca_file)
 
     def _write_ca(self) -> None:
         """The egress CA certificate, beside the workspace (never in a snapshot), readable by the commands."""

@@ -108,9 +108,11 @@ class BubblewrapSandbox(LocalSandbox):
         if "PATH" not in self.spec.env and not (extra and "PATH" in extra):
             env["PATH"] = DEFAULT_PATH  # the host's PATH names host directories
         env.update(HOME=WORKSPACE, TMPDIR=TMP, PWD=inside)
-        if self.spec.egress is not None:  # the forwarder inside and the CA as bound there, over the host's view
-            env.update(egress.command_env(self.spec.egress))
         return env
+
+    def _egress_env(self, endpoint: EgressEndpoint) -> dict[str, str]:
+        """The forwarder inside the sandbox, and the CA bundle as bound there."""
+        return egress.command_env(endpoint)
 
     async def _start(
         self, cmd: str, env: Mapping[str, str] | None, cwd: str | None, secrets: Sequence[str]
