@@ -17,6 +17,7 @@ The variables ``from_env`` reads come from the fields' metadata (:func:`openma.c
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -294,6 +295,14 @@ class Settings:
                 raise ConfigError(f"{part} must be a {cls.__name__}, got {describe(given)}", field=part)
             else:
                 parts[part] = attrs.evolve(given, **flat)
+        known = {a.name for a in attrs.fields(type(self))}
+        unknown = sorted(name for name in fields if name not in known)
+        if unknown:
+            hints = {name: difflib.get_close_matches(name, [*known, *_FLAT], n=1) for name in unknown}
+            said = ", ".join(
+                f"{name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "") for name, hint in hints.items()
+            )
+            raise ConfigError(f"Settings got unknown field(s): {said}", field=unknown[0])
         self.__attrs_init__(**fields, **parts)
 
     def __attrs_post_init__(self) -> None:

@@ -394,3 +394,11 @@ def test_any_environment_or_url_builds_valid_settings_or_raises_config_error(env
             error = None
             assert all(math.isfinite(getattr(s, f.name)) for f in SETTINGS_FIELDS if f.type == "float")
         assert error is None or error.code == "config_error"
+
+
+def test_an_unknown_field_is_a_config_error_naming_it() -> None:
+    with pytest.raises(ConfigError, match=r"'sqlite_pth' \(did you mean 'sqlite_path'\?\)") as info:
+        Settings(sqlite_pth="x.db")
+    assert info.value.code == "config_error"
+    with pytest.raises(ConfigError, match="'no_such_thing'"):
+        Settings(no_such_thing=1)
