@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from openma import LeaseLost, StorageUnavailable, Worker
 from openma.core.actor import SessionActor
@@ -223,3 +225,44 @@ def test_cut_short_finds_only_an_unfinished_answer_that_leaves_the_input_owed() 
     assert cut_short([*steps[:3], ev(4, "agent.message", content=[], interrupted=True)]) == {"evt_4"}
     assert cut_short([cut]) == frozenset() and cut_short([]) == frozenset()
     assert cut_short([user]) == frozenset()
+
+
+_KINDS = [
+    "user.message",
+    "user.interrupt",
+    "user.custom_tool_result",
+    "agent.message",
+    "agent.message!",  # interrupted
+    "agent.thinking",
+    "agent.tool_use",
+    "agent.tool_result",
+    "span.model_request_start",
+    "agent.thread_context_compacted",
+]
+
+
+@given(st.lists(st.sampled_from(_KINDS), max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_cut_short_on_any_log_names_only_a_trailing_fragment_after_an_input(kinds: list[str]) -> None:
+    log = [
+        ev(i + 1, k.rstrip("!"), content=[text("x")], **({"interrupted": True} if k.endswith("!") else {}))
+        for i, k in enumerate(kinds)
+    ]
+    cut = cut_short(log)
+    fragments = {e.id for e in log if e.type == "agent.message" and e.data.get("interrupted")}
+    assert cut <= fragments
+    if cut:
+        first = min(e.seq for e in log if e.id in cut)
+        after = [e for e in log if e.seq >= first]
+        # Only fragments (and span starts) after the first: no finished answer, no interrupt.
+        assert {e.type for e in after if e.id not in cut} <= {"span.model_request_start"}
+        before = [e.type for e in log if e.seq < first and e.type != "span.model_request_start"]
+        assert before and before[-1] in (
+            "user.message",
+            "user.custom_tool_result",
+            "agent.tool_result",
+            "agent.thread_context_compacted",
+        )
+    # A finished answer at the end always leaves nothing owed.
+    done = ev(len(log) + 1, "agent.message", content=[text("done")])
+    assert cut_short([*log, done]) == frozenset()

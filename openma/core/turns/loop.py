@@ -262,9 +262,11 @@ class Turn:
         messages = self.conversation.messages
         if not confirmed and (not messages or messages[-1]["role"] != "user"):
             self._unseen = cut_short(self.log)
-            if not self._unseen:
+            if self._unseen:
+                self.conversation.rebuild([e for e in self.log if e.id not in self._unseen])
+                messages = self.conversation.messages
+            if not messages or messages[-1]["role"] != "user":
                 return "end_turn", None
-            self.conversation.rebuild([e for e in self.log if e.id not in self._unseen])
         if status != "running":
             await self.actor.set_status("running")
         self._running = True
