@@ -97,33 +97,37 @@ async def settled(backend: SqlStoreBackend) -> bool:
 
 
 async def check_each_answered_once(t: Any, sids: list[str], *, killed: frozenset[str] | set[str] = frozenset()) -> None:
-    """Each input promoted once and answered once; a session whose turn a killed worker held was recovered
-    (its open stream logged as an interrupted message with a warning) and either answered or closed by that
-    recovery, never answered twice."""
+    """Each input promoted once and answered once by a finished answer; a session whose turn a killed worker
+    held was recovered (a warning, and its open stream logged as an interrupted message) and then answered
+    by the next holder's model call, never twice."""
     for sid in sids:
         events = (await t.sessions.events(sid, limit=1000)).items
         types = [e.type for e in events]
         answers = [e for e in events if e.type == "agent.message" and not e.data.get("interrupted")]
-        assert types.count("user.message") == 1 and len(answers) <= 1, (sid, types)
+        assert types.count("user.message") == 1 and len(answers) == 1, (sid, types)
         assert types[-1] == "session.status_idle", (sid, types)
+        assert len({e.id for e in events}) == len(events), (sid, types)
         if sid in killed or "session.warning" in types:  # recovered: its holder died mid-turn
-            assert answers or "session.warning" in types, (sid, types)
+            assert "session.warning" in types, (sid, types)
             assert types.count("span.model_request_start") <= 2, (sid, types)
         else:
-            assert len(answers) == 1 and types.count("span.model_request_start") == 1, (sid, types)
+            assert types.count("span.model_request_start") == 1, (sid, types)
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("count", "concurrency"),
+    [(90, 4), pytest.param(300, 8, marks=[pytest.mark.slow, pytest.mark.timeout(600)])],
+)
 async def test_three_workers_kill_and_sigterm_each_session_answered_once(
-    tmp_path: Path, request: pytest.FixtureRequest, procs: list[subprocess.Popen[str]]
+    count: int, concurrency: int, tmp_path: Path, request: pytest.FixtureRequest, procs: list[subprocess.Popen[str]]
 ) -> None:
     env = engine_env("postgres", tmp_path, request)
-    count = 90
     async with Platform.open(Settings.from_env(env)) as oma:
         backend = oma.backend("sessions")
         assert isinstance(backend, SqlStoreBackend)
         t, sids = await make_sessions(oma, count)
-        common = ("--concurrency", "4", "--poll-interval", "0.5")
+        common = ("--concurrency", str(concurrency), "--poll-interval", "0.5")
         victim = spawn(env, *common, "--drain-timeout", "5", delay=0.3)
         drained = spawn(env, *common, "--drain-timeout", "10", delay=0.3)
         survivor = spawn(env, *common, "--drain-timeout", "5", delay=0.3)
@@ -143,7 +147,7 @@ async def test_three_workers_kill_and_sigterm_each_session_answered_once(
         assert drained.returncode == 0, err
         assert took < 10 + 5, took  # its deadline plus the process's own shutdown
         assert "SIGTERM; draining" in err and "worker: stopped" in err, err
-        await poll(lambda: settled(backend), timeout=120, every=0.2)
+        await poll(lambda: settled(backend), timeout=120 if count <= 90 else 400, every=0.2)
         await check_each_answered_once(t, sids, killed=killed)
         survivor.send_signal(signal.SIGTERM)
         assert survivor.wait(timeout=30) == 0

@@ -13,7 +13,11 @@ A worker loops over the backend's runnable index (:class:`~openma.ports.sessions
    Acquiring runs recovery when the previous holder died, so a killed worker's sessions (their runnable
    mark outlives it) are recovered and finished by whoever claims them next.
 3. **Loop.** A turn ends by clearing the session's mark unless input arrived meanwhile, so a session that
-   stays runnable is claimed again on the next pass. A turn that failed is retried after a backoff.
+   stays runnable is claimed again on the next pass. A turn that failed keeps its mark and is retried after
+   a backoff (doubling per failure of that session). The store being down (``StorageUnavailable``, say while
+   Postgres restarts) or the lease lost mid-turn is such a failure (``worker.turn`` outcome ``retry``): the
+   next holder recovers what the turn left open and runs it again; input already promoted is in the log
+   and is not promoted twice.
 4. **Sleep.** With nothing to do it sleeps until a post or a new schedule wakes it (Postgres ``LISTEN``
    across processes; in-process notifications everywhere), the next wake-up falls due, or the poll interval
    passes (what covers other processes on SQLite).
@@ -39,7 +43,7 @@ from anyio.abc import TaskGroup
 
 from openma.core import wakeups
 from openma.core.turns import DEFAULT_MAX_STEPS, TurnOptions
-from openma.errors import ConfigError, Conflict, InvalidInput, NotFound, SessionBusy
+from openma.errors import ConfigError, Conflict, InvalidInput, LeaseLost, NotFound, SessionBusy, StorageUnavailable
 from openma.models import Value
 from openma.ports.model import Model
 from openma.ports.sessions.runnable import RunnableIndex
@@ -337,6 +341,9 @@ class Worker:
             outcome = "busy"
             self._counts["busy"] += 1
             self._backoff[key] = (time.monotonic() + BUSY_BACKOFF, 0)
+        except (StorageUnavailable, LeaseLost) as exc:  # not the session's fault: run it again after a backoff
+            outcome = "retry"
+            self._failed(key, exc)
         except (Conflict, NotFound) as exc:
             if await self._drop_if_gone(key):
                 outcome = "dropped"

@@ -2,8 +2,10 @@
 
 Each takes the model's ``input`` mapping and returns a :class:`ToolOutcome`. A tool that fails (a missing
 file, a bad input, a non-zero exit, a sandbox error) returns ``is_error=True`` with a message the model can
-act on; it never raises, except for a lost lease (the turn must stop) and cancellation (an interrupt). Output
-longer than :data:`MAX_TOOL_RESULT_CHARS` is cut and marked ``truncated``.
+act on. It never raises, except for a lost lease (the turn must stop), ``StorageUnavailable`` (openma's own
+store failing, say while the database restarts, is not the tool's failure: the turn stops and is run again)
+and cancellation (an interrupt). Output longer than :data:`MAX_TOOL_RESULT_CHARS` is cut and marked
+``truncated``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Final, Protocol
 
 import attrs
 
-from openma.errors import LeaseLost, OpenmaError
+from openma.errors import LeaseLost, OpenmaError, StorageUnavailable
 from openma.ports.sandbox import ExecResult
 
 #: The most characters of a tool's output the model is shown (the original's cap).
@@ -184,7 +186,7 @@ async def run_builtin(sandbox: ToolSandbox, name: str, input: Mapping[str, Any])
         return await tool(sandbox, input)
     except _BadInput as exc:
         return ToolOutcome(f"invalid input for {name}: {exc}", is_error=True)
-    except LeaseLost:
+    except (LeaseLost, StorageUnavailable):
         raise
     except UnicodeDecodeError:
         return ToolOutcome(f"{input.get('file_path')} is not UTF-8 text", is_error=True)

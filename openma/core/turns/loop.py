@@ -5,6 +5,9 @@
    ``interrupted``; a tool call still waiting on the user (a custom tool's result, an ``always_ask`` tool's
    confirmation) stops ``requires_action``; a confirmed call runs (``allow``) or is answered with an error
    (``deny``); nothing new from the user since the agent's last answer stops ``end_turn`` without a call.
+   An answer a dead runner left unfinished (the ``agent.message`` recovery logs as ``interrupted`` from its
+   open stream, with no ``user.interrupt`` after it) is no answer: the input before it is still owed one,
+   so the model is called, without that fragment in what it is shown (see :func:`.pending.cut_short`).
 2. Set ``running``; then, up to ``max_steps`` model calls: compact the history if it is over budget, call
    the model (retrying retryable errors, see :mod:`.retry`), run the built-in tools it asked for
    concurrently in the session's sandbox and log each ``agent.tool_result`` (the step's last one is written
@@ -16,8 +19,10 @@
    that ran out, log ``session.error`` (with ``retry_status``) and stop ``error``.
 4. The session goes ``idle`` with ``stop_reason {"type": <the stop reason>, "event_ids"?}``.
 
-A lost lease (``LeaseLost``) or an unexpected error propagates: the actor exits uncleanly and the next holder
-recovers the turn (:mod:`openma.core.recovery`).
+A lost lease (``LeaseLost``), the store failing under a write of the turn (``StorageUnavailable``, say while
+the database restarts) or an unexpected error propagates as itself, never as a model error and without a
+``session.error``: the actor exits uncleanly and the next holder recovers the turn
+(:mod:`openma.core.recovery`) and runs it again.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from openma.core.ids import new_id
 from openma.core.turns import conversation
 from openma.core.turns.builtins import ToolOutcome, run_builtin
 from openma.core.turns.deferred import HOLD_SECONDS, Deferred
+from openma.core.turns.pending import cut_short, waiting_calls
 from openma.core.turns.retry import RetryPolicy, call_with_retries
 from openma.core.turns.step import ModelStep, StepOutput, add_usage, text_of
 from openma.core.turns.toolset import ToolSpec, agent_tools
@@ -86,26 +92,6 @@ class TurnOptions:
     hold_results: float = HOLD_SECONDS
 
 
-def _waiting(log: Sequence[Event]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """(calls waiting on the user, confirmed calls to act on, confirmations by tool use id)."""
-    answered = {
-        e.data.get("tool_use_id") if e.type == "agent.tool_result" else e.data.get("custom_tool_use_id")
-        for e in log
-        if e.type in ("agent.tool_result", "user.custom_tool_result")
-    }
-    confirmations = {str(e.data.get("tool_use_id")): e.data for e in log if e.type == "user.tool_confirmation"}
-    waiting: list[dict[str, Any]] = []
-    confirmed: list[dict[str, Any]] = []
-    for e in log:
-        if e.type not in ("agent.tool_use", "agent.custom_tool_use") or e.id in answered:
-            continue
-        if e.type == "agent.custom_tool_use":
-            waiting.append(e.data)
-        elif e.data.get("evaluated_permission") == "ask":
-            (confirmed if e.id in confirmations else waiting).append(e.data)
-    return waiting, confirmed, confirmations
-
-
 class Turn:
     """One run of the loop for a held actor (see the module docstring)."""
 
@@ -125,6 +111,8 @@ class Turn:
         self._remaining = 0
         self._next_span: dict[str, Any] | None = None
         self._later = Deferred(actor, hold=options.hold_results)
+        #: Logged events the model is not shown (an unfinished answer of a dead runner; see :func:`cut_short`).
+        self._unseen: frozenset[str] = frozenset()
 
     async def append(self, events: Sequence[dict[str, Any]]) -> list[Event]:
         """Append ``events`` after the held ones (written in the same unit; see :mod:`.deferred`), keeping
@@ -139,7 +127,7 @@ class Turn:
                 if i < len(held):  # in the conversation since they were handed over
                     continue
                 if event.type == "agent.thread_context_compacted":
-                    self.conversation.rebuild(self.log)
+                    self.conversation.rebuild([e for e in self.log if e.id not in self._unseen])
                 else:
                     self.conversation.add(event.data)
         return stored[len(held) :]
@@ -258,7 +246,7 @@ class Turn:
 
     async def _decide_and_loop(self, status: str) -> tuple[StopReason, list[str] | None]:
         """``(reason, ids)``; ``ids is None`` when nothing ran (no status change is due)."""
-        waiting, confirmed, confirmations = _waiting(self.log)
+        waiting, confirmed, confirmations = waiting_calls(self.log)
         inputs = [e for e in self.log if e.type in _INPUTS]
         interrupts = [e.seq for e in inputs if e.type == "user.interrupt"]
         if interrupts:  # an interrupt closes every call that was waiting on the user before it
@@ -266,14 +254,19 @@ class Turn:
             stale = [u for u in waiting + confirmed if seq_of.get(u["id"], 0) < interrupts[-1]]
             if stale:
                 await self.append([self._result(u["id"], INTERRUPTED_TOOL_TEXT, True) for u in stale])
-                waiting, confirmed, confirmations = _waiting(self.log)
+                waiting, confirmed, confirmations = waiting_calls(self.log)
         if inputs and inputs[-1].type == "user.interrupt":
             return "interrupted", None
         if waiting and not confirmed:
             return "requires_action", None
         messages = self.conversation.messages
         if not confirmed and (not messages or messages[-1]["role"] != "user"):
-            return "end_turn", None
+            self._unseen = cut_short(self.log)
+            if self._unseen:
+                self.conversation.rebuild([e for e in self.log if e.id not in self._unseen])
+                messages = self.conversation.messages
+            if not messages or messages[-1]["role"] != "user":
+                return "end_turn", None
         if status != "running":
             await self.actor.set_status("running")
         self._running = True

@@ -6,13 +6,20 @@ text deltas to the stream in batches, finalizes it ``completed`` and appends, in
 ``agent.thinking``, ``agent.message``, the tool calls and ``span.model_request_end``. A failed attempt
 finalizes its stream ``aborted`` and logs its ``span.model_request_end`` with ``is_error``; an interrupted
 one (cancelled) leaves its partial state in :attr:`StepState` for the loop to close.
+
+Only what the model adapter raises is a model error: an :class:`~openma.errors.OpenmaError` raised by the
+model's stream that is not a ``ModelError`` becomes a non-retryable one. A failure of the step's own writes
+(the stream's rows, the events the loop holds: ``StorageUnavailable`` while the database restarts,
+``LeaseLost``) is raised as itself, after a best-effort, shielded cleanup that never replaces it: the turn
+stops on it without logging a model error, and whoever runs the session next (a worker, after a backoff)
+recovers what is left open and calls the model again.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import anyio
@@ -20,9 +27,18 @@ import attrs
 
 from openma.core.actor import SessionActor
 from openma.core.ids import new_id
-from openma.errors import ModelError, OpenmaError
+from openma.errors import LeaseLost, ModelError, OpenmaError
 from openma.models import Event
-from openma.ports.model import Finish, Model, ModelRequest, TextDelta, ThinkingDelta, ToolUse, Usage
+from openma.ports.model import (
+    Finish,
+    Model,
+    ModelEvent,
+    ModelRequest,
+    TextDelta,
+    ThinkingDelta,
+    ToolUse,
+    Usage,
+)
 from openma.ports.telemetry import Telemetry
 
 #: Text deltas are written to the stream row in batches of this many, or this often, whichever comes first.
@@ -31,6 +47,8 @@ CHUNK_INTERVAL: Final = 0.05
 #: Seconds without any event from the model before the call counts as stalled (retryable).
 DEFAULT_STALL_TIMEOUT: Final = 120.0
 ERROR_MESSAGE_CHARS: Final = 500
+#: The longest the cleanup after a failed write of the step may take (the store may still be down).
+CLEANUP_SECONDS: Final = 5.0
 
 
 @attrs.define
@@ -139,14 +157,16 @@ class ModelStep:
         state.started = time.perf_counter()
         try:
             await self._consume(request, state)
-        except OpenmaError as exc:
-            error = exc if isinstance(exc, ModelError) else ModelError(str(exc), retryable=False, cause=exc.code)
-            await self._failed(request, state, error, attempt)
-            raise error from exc
+        except ModelError as exc:
+            await self._failed(request, state, exc, attempt)
+            raise
+        except OpenmaError as exc:  # a write of ours failed, not the model: raised as itself
+            await self._abandoned(request, state, exc, attempt)
+            raise
         return await self._finished(request, state, attempt)
 
     async def _consume(self, request: ModelRequest, state: StepState) -> None:
-        events = self._model.stream(request)
+        events = _ModelStream(self._model, request)
         last_flush = time.monotonic()
         stall = self._stall
         try:
@@ -176,10 +196,8 @@ class ModelStep:
             if watchdog.cancelled_caught:
                 raise ModelError(f"the model sent nothing for {stall:g}s (stalled stream)", retryable=True)
         finally:
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                with anyio.CancelScope(shield=True):
-                    await aclose()
+            with anyio.CancelScope(shield=True):
+                await events.aclose()
         if state.finish is None:
             raise ModelError("the model's stream ended without a finish event", retryable=True)
 
@@ -235,6 +253,32 @@ class ModelStep:
             await self._append([span])
         self._model_call(request, state, "failed", attempt, retryable=error.retryable)
 
+    async def _abandoned(self, request: ModelRequest, state: StepState, error: OpenmaError, attempt: int) -> None:
+        """Close what a failed write of ours left open, if the store lets us: the stream ``aborted``, the span
+        ended with ``is_error`` and ``retryable``. Shielded and bounded; its own failure is reported
+        (``silent_catch``) and left to recovery, never raised over ``error``. A lost lease writes nothing."""
+        self._model_call(request, state, "aborted", attempt, error=error.code)
+        if isinstance(error, LeaseLost):
+            return
+        message = f"{error.code}: {error}"[:ERROR_MESSAGE_CHARS]
+        try:
+            with anyio.move_on_after(CLEANUP_SECONDS, shield=True):
+                if state.stream_id is not None:
+                    await self._actor.finalize_stream(state.stream_id, "aborted", error=message)
+                span = self._span_end(
+                    request, state, finish_reason=None, is_error=True, error_message=message, retryable=True
+                )
+                await self._append([span])
+                state.closed = True
+        except Exception as exc:
+            self._telemetry.emit(
+                "silent_catch",
+                where="turns.step_cleanup",
+                error=type(exc).__name__,
+                code=getattr(exc, "code", None),
+                session_id=self._actor.session_id,
+            )
+
     async def _finished(self, request: ModelRequest, state: StepState, attempt: int) -> StepOutput:
         assert state.finish is not None
         await self.flush(state)
@@ -275,6 +319,42 @@ class ModelStep:
             return {"type": "agent.custom_tool_use", **base}
         permission = "ask" if use.name in self._ask else "allow"
         return {"type": "agent.tool_use", **base, "evaluated_permission": permission}
+
+
+class _ModelStream:
+    """The model's event stream, where every error is the model's: an ``OpenmaError`` other than a
+    ``ModelError`` that the adapter raises (on the call or any step of its stream) becomes a non-retryable
+    ``ModelError``; anything else is raised as itself. The step's own writes happen outside it."""
+
+    def __init__(self, model: Model, request: ModelRequest) -> None:
+        self._events: AsyncIterator[ModelEvent] | None = None
+        try:
+            self._events = model.stream(request)
+        except ModelError:
+            raise
+        except OpenmaError as exc:
+            raise _as_model_error(exc) from exc
+
+    def __aiter__(self) -> _ModelStream:
+        return self
+
+    async def __anext__(self) -> ModelEvent:
+        assert self._events is not None
+        try:
+            return await self._events.__anext__()
+        except ModelError:
+            raise
+        except OpenmaError as exc:
+            raise _as_model_error(exc) from exc
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _as_model_error(exc: OpenmaError) -> ModelError:
+    return ModelError(str(exc), retryable=False, cause=exc.code)
 
 
 def text_of(content: Any) -> str:
