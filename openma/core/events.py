@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import attrs
 
@@ -46,9 +46,12 @@ _CHECKED_TYPES: dict[str, None] = {}
 _CHECKED_TYPES_CAP: Final = 4096
 
 
-@attrs.frozen
-class PreparedEvent:
-    """A checked event, ready to store: its compact JSON as text and as UTF-8 bytes."""
+class PreparedEvent(NamedTuple):
+    """A checked event, ready to store: its compact JSON as text and as UTF-8 bytes.
+
+    A named tuple, not an ``attrs`` class: one is built per event on the append path, and a tuple is
+    built in a third of the time.
+    """
 
     id: str
     type: str
