@@ -338,16 +338,24 @@ class SessionContext:
         """The rows as :class:`Event` objects, spilled payloads read back (and verified) from the blob store."""
         times: dict[int, datetime] = {}  # events of one append share their time: build each datetime once
         out: list[Event] = []
-        if any(r["blob_key"] is not None for r in rows):
-            pairs = await self.hydrate(rows)
-        else:  # the common page: no spilled event, one pass
-            pairs = [(r, loads(r["data"])) for r in rows]
-        for r, data in pairs:
+        add = out.append
+        for r in rows:
+            if r["blob_key"] is not None:
+                break
+        else:  # the common page: no spilled event, one pass (the JSON is parsed as the event is built)
+            for r in rows:
+                ms = r["created_at"]
+                at = times.get(ms)
+                if at is None:
+                    at = times[ms] = ms_to_datetime(ms)
+                add(Event(r["event_id"], r["type"], int(r["seq"]), at, loads(r["data"])))
+            return out
+        for r, data in await self.hydrate(rows):
             ms = r["created_at"]
             at = times.get(ms)
             if at is None:
                 at = times[ms] = ms_to_datetime(ms)
-            out.append(Event(r["event_id"], r["type"], int(r["seq"]), at, data))
+            add(Event(r["event_id"], r["type"], int(r["seq"]), at, data))
         return out
 
     async def events_by_id(self, session_id: str, ids: Sequence[str]) -> dict[str, tuple[Event, str | None]]:
