@@ -1,10 +1,10 @@
-"""The fast JSON paths (orjson, when installed) write and read exactly what the reference paths do.
+"""The fast JSON path (orjson, when installed) writes exactly what the reference path does.
 
-The reference is the stdlib encoder behind the depth check (``_reference_dumps``) and ``json.loads``. On any
-value, :func:`~openma.core.jsonutil.dumps` gives the same text or the same :class:`InvalidInput` (same
-message); :func:`~openma.core.jsonutil.encode`'s bytes, when it makes them, are that text's UTF-8; and
-:func:`~openma.core.jsonutil.loads` gives the same value (``repr``-equal, so ``1`` is not ``1.0`` and ``-0.0``
-is not ``0.0``) or the same error. Events go through :func:`~openma.core.events.prepare` the same way.
+The reference is the stdlib encoder behind the depth check (``_reference_dumps``). On any value,
+:func:`~openma.core.jsonutil.dumps` gives the same text or the same :class:`InvalidInput` (same message), and
+:func:`~openma.core.jsonutil.encode`'s bytes, when it makes them, are that text's UTF-8. Events go through
+:func:`~openma.core.events.prepare` the same way. :func:`~openma.core.jsonutil.loads` (the stdlib scanner)
+gives what ``json.loads`` gives (``repr``-equal, so ``1`` is not ``1.0``) or the same error.
 """
 
 from __future__ import annotations
