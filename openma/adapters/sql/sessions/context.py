@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import anyio
-import attrs
 
 from openma.adapters.sql.wakeups import SessionWakeups
 from openma.core import events as ev
@@ -54,9 +53,11 @@ INSERT_EVENT: Final = (
 )
 
 
-@attrs.frozen
-class Item:
-    """An event or input ready for its row: stored text (the JSON, or a spill stub) and the full payload."""
+class Item(NamedTuple):
+    """An event or input ready for its row: stored text (the JSON, or a spill stub) and the full payload.
+
+    A named tuple (one per event on the append path; cheaper to build than an ``attrs`` class).
+    """
 
     id: str
     type: str
@@ -191,8 +192,11 @@ class SessionContext:
         way whether or not an event spills, and before any blob exists.
         """
         await self.tenant.ensure()
-        big = [p for p in prepared if p.size > self.spill_bytes]
-        if big and self.blobs is None:
+        limit = self.spill_bytes
+        big = [p for p in prepared if len(p.body) > limit]
+        if not big:  # the common case: nothing to spill, every row keeps its JSON
+            return [Item(p.id, p.type, p.text, None, p.data) for p in prepared], []
+        if self.blobs is None:
             raise InvalidInput(
                 f"event {big[0].id} is {big[0].size} bytes, over the spill threshold ({self.spill_bytes} bytes), "
                 "and this store has no blob store to spill it to",
@@ -202,7 +206,7 @@ class SessionContext:
         written: list[str] = []
         try:
             for p in prepared:
-                if p.size > self.spill_bytes:
+                if len(p.body) > limit:
                     assert self.blobs is not None
                     spill = ev.spill_key(session_id, p)
                     await self.blobs.put(spill.key, p.body, content_type=ev.SPILL_CONTENT_TYPE)
@@ -243,7 +247,10 @@ class SessionContext:
 
     def values(self, items: Sequence[Item]) -> tuple[str, list[Any]]:
         values = ", ".join(["(?, ?, ?, ?, ?)"] * len(items))
-        params = [x for k, it in enumerate(items, 1) for x in (k, it.id, it.type, it.text, it.key)]
+        params: list[Any] = []
+        extend = params.extend
+        for k, it in enumerate(items, 1):
+            extend((k, it.id, it.type, it.text, it.key))
         return values, params
 
     async def refusal(
@@ -331,16 +338,24 @@ class SessionContext:
         """The rows as :class:`Event` objects, spilled payloads read back (and verified) from the blob store."""
         times: dict[int, datetime] = {}  # events of one append share their time: build each datetime once
         out: list[Event] = []
-        if any(r["blob_key"] is not None for r in rows):
-            pairs = await self.hydrate(rows)
-        else:  # the common page: no spilled event, one pass
-            pairs = [(r, loads(r["data"])) for r in rows]
-        for r, data in pairs:
+        add = out.append
+        for r in rows:
+            if r["blob_key"] is not None:
+                break
+        else:  # the common page: no spilled event, one pass (the JSON is parsed as the event is built)
+            for r in rows:
+                ms = r["created_at"]
+                at = times.get(ms)
+                if at is None:
+                    at = times[ms] = ms_to_datetime(ms)
+                add(Event(r["event_id"], r["type"], int(r["seq"]), at, loads(r["data"])))
+            return out
+        for r, data in await self.hydrate(rows):
             ms = r["created_at"]
             at = times.get(ms)
             if at is None:
                 at = times[ms] = ms_to_datetime(ms)
-            out.append(Event(r["event_id"], r["type"], int(r["seq"]), at, data))
+            add(Event(r["event_id"], r["type"], int(r["seq"]), at, data))
         return out
 
     async def events_by_id(self, session_id: str, ids: Sequence[str]) -> dict[str, tuple[Event, str | None]]:

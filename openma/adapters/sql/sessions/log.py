@@ -191,10 +191,10 @@ class SqlEventLog(SessionPart):
                     session_row = result.rows[0][0]
                 if insert_at is not None:
                     by_id = {it.id: it for it in todo}
+                    at = ms_to_datetime(now)  # one time for the whole unit
                     for got in result.rows[insert_at]:
                         it = by_id[got["event_id"]]
-                        event = Event(it.id, it.type, int(got["seq"]), ms_to_datetime(now), it.data)
-                        stored[it.id] = (event, it.key)
+                        stored[it.id] = (Event(it.id, it.type, int(got["seq"]), at, it.data), it.key)
                     self._ctx.wakeups.notify_local(EVENTS, self.tenant_id, session_id)
                 break
             else:
