@@ -17,7 +17,7 @@ from openma.ports.tenancy import TenantRef
 
 pytestmark = pytest.mark.anyio
 
-UPGRADE = "0011_log_rowid_tables.sql"
+UPGRADE = "0011_rowid_logs.sql"
 
 
 def _before_0011(tmp_path: Path) -> Path:
