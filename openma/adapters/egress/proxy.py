@@ -20,6 +20,19 @@ minted by :class:`~openma.adapters.egress.ca.EgressCA` and relays the HTTP/1.1 r
 several per tunnel, each audited), over one upstream connection kept for the tunnel's life. A request inside
 a tunnel whose ``Host`` names another host is refused. Absolute-form ``http://`` requests are relayed over
 a fresh upstream connection each.
+
+With ``passthrough=True`` (``OPENMA_EGRESS_PASSTHROUGH``), a ``CONNECT`` whose session has ``unrestricted``
+networking and for whose host the resolver injects nothing is not intercepted: after the same checks (the
+credential, the policy, every resolved address) the proxy connects to the checked address and copies the bytes
+both ways. Any public host is allowed there anyway and nothing is added, so interception would only read the
+traffic; the sandbox then sees the upstream's own certificate (it must trust public CAs) and its own
+``Authorization`` headers reach the host. Such a tunnel is audited as one ``CONNECT`` event with
+``allowed=True`` and the bytes of the whole tunnel. Under ``limited`` networking every ``CONNECT`` is
+intercepted, so the ``Host`` of each request is held to the allowed authority.
+
+Bodies: a response with ``Content-Length`` is copied from the upstream socket to the client without h11
+parsing (``_http``); TLS runs on the sockets themselves (``_net``), so a relayed byte is copied once in user
+space. The proxy's CPU per byte is then mostly OpenSSL decrypting and re-encrypting.
 """
 
 from __future__ import annotations
@@ -51,6 +64,7 @@ from openma.adapters.egress._http import (
     send,
 )
 from openma.adapters.egress._net import SocketStream, connect, serve
+from openma.adapters.egress._tunnel import splice
 from openma.adapters.egress.ca import EgressCA
 from openma.core.egress_policy import decide, precheck, split_authority
 from openma.errors import InvalidInput
@@ -102,6 +116,7 @@ class EgressProxy:
         resolve: Resolve | None = None,
         connect_timeout: float = 10.0,
         idle_timeout: float = 120.0,
+        passthrough: bool = False,
     ) -> None:
         self._resolver = resolver
         self._ca = ca
@@ -111,6 +126,7 @@ class EgressProxy:
         self._resolve: Resolve = resolve or system_resolve
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
+        self._passthrough = passthrough
         self._upstream_context = ssl.create_default_context()
         self._upstream_context.set_alpn_protocols(["http/1.1"])
         if upstream_ca is not None:
@@ -144,6 +160,11 @@ class EgressProxy:
         async with listener, anyio.create_task_group() as connections:
             task_status.started(self.port)
             await serve(listener, self._handle, connections)
+
+    @property
+    def passthrough(self) -> bool:
+        """Whether an ``unrestricted`` ``CONNECT`` with nothing to inject is tunnelled without interception."""
+        return self._passthrough
 
     def __repr__(self) -> str:
         return f"EgressProxy(host={self.host!r}, port={self.port})"
@@ -237,6 +258,7 @@ class EgressProxy:
     async def _connect(self, conn: h11.Connection, stream: SocketStream, request: h11.Request) -> None:
         started = time.monotonic()
         grant: EgressGrant | None = None
+        upstream: SocketStream | None = None
         host, port = "", 0
         try:
             try:
@@ -245,11 +267,26 @@ class EgressProxy:
                 raise Refused(400, "CONNECT needs host:port") from None
             grant = await self._authorize(request)
             address = await self._decide(grant, host, port)
+            if self._passthrough and grant.networking == "unrestricted" and not await self._inject(grant, host, port):
+                upstream = await self._open(host, address, port, tls=False)
         except Refused as refused:
             self._audit(grant, host, port, "CONNECT", Exchange(status=refused.status), refused.reason, (), started)
             await refuse(conn, stream, refused.status, refused.reason)
             return
         await send(conn, stream, h11.Response(status_code=200, headers=[], reason=b"Connection established"))
+        if upstream is not None:
+            exchange = Exchange(status=200)
+            try:
+                if early := conn.trailing_data[0]:  # what the client sent right after CONNECT
+                    await upstream.send(early)
+                    exchange.bytes_up += len(early)
+                await splice(stream, upstream, exchange, self._idle_timeout)
+            except STREAM_ERRORS:
+                pass
+            finally:
+                await anyio.aclose_forcefully(upstream)
+            self._audit(grant, host, port, "CONNECT", exchange, "allowed", (), started)
+            return
         if conn.trailing_data[0]:
             return  # the client spoke before the tunnel was up: not something a TLS client does
         try:
