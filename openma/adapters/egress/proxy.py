@@ -73,6 +73,7 @@ from openma.ports.telemetry import NullTelemetry, Telemetry
 
 Resolve = Callable[[str, int], Awaitable[Sequence[str]]]
 PROXY_USER: Final = "openma"
+_ESTABLISHED: Final = h11.Response(status_code=200, headers=[], reason=b"Connection established")
 
 
 async def system_resolve(host: str, port: int) -> list[str]:
@@ -273,10 +274,10 @@ class EgressProxy:
             self._audit(grant, host, port, "CONNECT", Exchange(status=refused.status), refused.reason, (), started)
             await refuse(conn, stream, refused.status, refused.reason)
             return
-        await send(conn, stream, h11.Response(status_code=200, headers=[], reason=b"Connection established"))
         if upstream is not None:
             exchange = Exchange(status=200)
             try:
+                await send(conn, stream, _ESTABLISHED)
                 if early := conn.trailing_data[0]:  # what the client sent right after CONNECT
                     await upstream.send(early)
                     exchange.bytes_up += len(early)
@@ -287,6 +288,7 @@ class EgressProxy:
                 await anyio.aclose_forcefully(upstream)
             self._audit(grant, host, port, "CONNECT", exchange, "allowed", (), started)
             return
+        await send(conn, stream, _ESTABLISHED)
         if conn.trailing_data[0]:
             return  # the client spoke before the tunnel was up: not something a TLS client does
         try:
