@@ -1,6 +1,6 @@
 """Egress proxy benchmark: requests through the proxy next to direct requests, in the same run.
 
-    python bench/egress.py             # 400 warm requests per variant, 256 MiB downloads, 3 runs
+    python bench/egress.py             # 400 warm requests per variant, 256 MiB downloads, 5 runs (--runs N)
     python bench/egress.py --quick     # fewer requests, 32 MiB, one run (a smoke test)
 
 The upstream (a threaded stdlib HTTPS server with its own CA, ``tests/fakes/https_upstream.py``) and the proxy
@@ -9,7 +9,10 @@ process, so neither competes with the client for the GIL.
 
 * **latency**: p50 / p99 of ``GET /echo`` over one warm httpx connection (direct: TLS to the upstream; proxied:
   one intercepted CONNECT tunnel, every request decided, header-injected and audited). Variants alternate.
-* **download MB/s**: ``curl -o /dev/null`` of a streamed body, direct and through the proxy.
+* **download MB/s**: ``curl -o /dev/null`` of a ``Content-Length`` body: direct, through the proxy's
+  interception (``mitm``: a ``limited`` session with a header injected) and through its pass-through tunnel
+  (``tunnel``: an ``unrestricted`` session with nothing injected, ``passthrough=True``), in rotating order;
+  with the CPU seconds the proxy and the upstream processes spent per 256 MiB of each download.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ from pathlib import Path
 
 import anyio
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "bench.test"
 CREDENTIAL = "bench-credential-0123456789"
+TUNNEL_CREDENTIAL = "bench-tunnel-credential-0123456789"
 
 
 def _serve_upstream(workdir: Path) -> None:
@@ -50,10 +55,12 @@ def _serve_proxy(workdir: Path) -> None:
 
     class Resolver:
         async def grant(self, proxy_credential: str) -> EgressGrant | None:
+            if proxy_credential == TUNNEL_CREDENTIAL:  # loopback is reachable only when named
+                return EgressGrant("bench", "s2", "unrestricted", (HOST,))
             return EgressGrant("bench", "s1", "limited", (HOST,)) if proxy_credential == CREDENTIAL else None
 
         async def inject(self, grant: EgressGrant, host: str, port: int) -> Mapping[str, str]:
-            return {"Authorization": "Bearer injected"}
+            return {"Authorization": "Bearer injected"} if grant.session_id == "s1" else {}
 
     async def resolve(host: str, port: int) -> Sequence[str]:
         return ["127.0.0.1"]
@@ -61,7 +68,8 @@ def _serve_proxy(workdir: Path) -> None:
     async def main() -> None:
         ca = EgressCA.generate()
         (workdir / "proxy-ca.pem").write_text(ca.cert_pem)
-        proxy = EgressProxy(Resolver(), ca, upstream_ca=str(workdir / "upstream-ca.pem"), resolve=resolve)
+        upstream_ca = str(workdir / "upstream-ca.pem")
+        proxy = EgressProxy(Resolver(), ca, upstream_ca=upstream_ca, resolve=resolve, passthrough=True)
         async with proxy:
             (workdir / "proxy.json").write_text(json.dumps({"port": proxy.port}))
             await anyio.to_thread.run_sync(sys.stdin.read)
@@ -114,22 +122,37 @@ async def _latency(workdir: Path, up_port: int, proxy_port: int, requests: int) 
     }
 
 
-def _download(workdir: Path, up_port: int, proxy_port: int, size: int) -> dict[str, float]:
+def _cpu(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def _download(
+    workdir: Path, up_port: int, proxy_port: int, size: int, pids: Mapping[str, int], turn: int
+) -> dict[str, float]:
+    """One download per variant (the order rotates with ``turn``): MB/s, and CPU seconds per 256 MiB of the
+    proxy and the upstream processes during it."""
     url = f"https://{HOST}:{up_port}/bytes/{size}"
     common = ["curl", "-sS", "-o", "/dev/null", "-w", "%{speed_download}"]
-    direct = [*common, "--cacert", str(workdir / "upstream-ca.pem"), "--resolve", f"{HOST}:{up_port}:127.0.0.1", url]
-    proxied = [
-        *common,
-        "--cacert",
-        str(workdir / "proxy-ca.pem"),
-        "--proxy",
-        f"http://openma:{CREDENTIAL}@127.0.0.1:{proxy_port}",
-        url,
-    ]
+    upstream_ca = ["--cacert", str(workdir / "upstream-ca.pem")]
+    variants = {
+        "direct": [*common, *upstream_ca, "--resolve", f"{HOST}:{up_port}:127.0.0.1", url],
+        "mitm": [
+            *common, "--cacert", str(workdir / "proxy-ca.pem"),
+            "--proxy", f"http://openma:{CREDENTIAL}@127.0.0.1:{proxy_port}", url,
+        ],
+        "tunnel": [*common, *upstream_ca, "--proxy", f"http://openma:{TUNNEL_CREDENTIAL}@127.0.0.1:{proxy_port}", url],
+    }  # fmt: skip
+    names = list(variants)
+    names = names[turn % len(names) :] + names[: turn % len(names)]
     out = {}
-    for name, command in (("direct", direct), ("proxy", proxied)):
-        done = subprocess.run(command, check=True, capture_output=True)
+    scale = (256 << 20) / size
+    for name in names:
+        before = {role: _cpu(pid) for role, pid in pids.items()}
+        done = subprocess.run(variants[name], check=True, capture_output=True)
         out[f"{name}_mb_s"] = float(done.stdout) / 1e6
+        for role, pid in pids.items():
+            out[f"{name}_{role}_cpu"] = (_cpu(pid) - before[role]) * scale
     return out
 
 
@@ -138,6 +161,7 @@ def main() -> None:
     parser.add_argument("mode", nargs="?", default="bench", choices=["bench", "upstream", "proxy"])
     parser.add_argument("workdir", nargs="?")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--runs", type=int, default=5, help="runs (medians are reported); default 5")
     args = parser.parse_args()
     if args.mode == "upstream":
         _serve_upstream(Path(args.workdir))
@@ -145,7 +169,7 @@ def main() -> None:
     if args.mode == "proxy":
         _serve_proxy(Path(args.workdir))
         return
-    requests, size, runs = (100, 32 << 20, 1) if args.quick else (400, 256 << 20, 3)
+    requests, size, runs = (100, 32 << 20, 1) if args.quick else (400, 256 << 20, args.runs)
     print(f"load average before: {os.getloadavg()}")
     with tempfile.TemporaryDirectory(prefix="openma-bench-egress-") as tmp:
         workdir = Path(tmp)
@@ -155,9 +179,11 @@ def main() -> None:
             up_port = json.loads((workdir / "upstream.json").read_text())["port"]
             proxy_port = json.loads((workdir / "proxy.json").read_text())["port"]
             results: list[dict[str, float]] = []
-            for _ in range(runs):
+            pids = {"proxy": proxy.pid, "upstream": upstream.pid}
+            _download(workdir, up_port, proxy_port, 1 << 20, pids, 0)  # warm: leaf certificate, code paths
+            for turn in range(runs):
                 result = anyio.run(_latency, workdir, up_port, proxy_port, requests)
-                result.update(_download(workdir, up_port, proxy_port, size))
+                result.update(_download(workdir, up_port, proxy_port, size, pids, turn))
                 results.append(result)
         finally:
             for process in (proxy, upstream):
@@ -169,8 +195,14 @@ def main() -> None:
     print(f"latency ms   direct p50 {median['direct_p50']:.3f} p99 {median['direct_p99']:.3f}")
     print(f"latency ms   proxy  p50 {median['proxy_p50']:.3f} p99 {median['proxy_p99']:.3f}")
     print(f"added p50 {median['proxy_p50'] - median['direct_p50']:.3f} ms (target <= 2 ms)")
-    print(f"download MB/s direct {median['direct_mb_s']:.1f} proxy {median['proxy_mb_s']:.1f}")
-    print(f"throughput ratio {median['proxy_mb_s'] / median['direct_mb_s']:.2f} (target >= 0.7)")
+    for name in ("direct", "mitm", "tunnel"):
+        ratio = median[f"{name}_mb_s"] / median["direct_mb_s"]
+        print(
+            f"download {name:6} {median[f'{name}_mb_s']:7.1f} MB/s  {ratio:.2f}x direct  CPU s per 256 MiB: "
+            f"proxy {median[f'{name}_proxy_cpu']:.2f} upstream {median[f'{name}_upstream_cpu']:.2f}"
+        )
+    ratios = sorted(r["mitm_mb_s"] / r["direct_mb_s"] for r in results)
+    print(f"mitm/direct per run: {', '.join(f'{x:.2f}' for x in ratios)} (target >= 0.7: median)")
     print(f"load average after: {os.getloadavg()}")
 
 

@@ -283,6 +283,7 @@ class Settings:
     egress_listen_port = _Flat[int]("egress", "listen_port")
     egress_advertise_host = _Flat[str | None]("egress", "advertise_host")
     egress_advertise_port = _Flat[int | None]("egress", "advertise_port")
+    egress_passthrough = _Flat[bool]("egress", "passthrough")
 
     def __init__(self, **fields: Any) -> None:
         parts: dict[str, Any] = {}

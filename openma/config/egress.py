@@ -6,7 +6,7 @@ from typing import Any, Final
 
 import attrs
 
-from openma._validators import integer_in, string
+from openma._validators import boolean, integer_in, string
 from openma.config._field import optional_int, setting
 from openma.errors import ConfigError
 
@@ -73,4 +73,14 @@ class EgressConfig:
         validator=optional_int(1, 65535),
         kind="int",
         shown="the listen port",
+    )
+    passthrough: bool = setting(
+        "egress_passthrough",
+        "OPENMA_EGRESS_PASSTHROUGH",
+        "`true`: a `CONNECT` of a session with `unrestricted` networking to a host that gets no injected header is "
+        "tunnelled without TLS interception (faster; the sandbox must trust public CAs itself). `false`: every "
+        "`CONNECT` is intercepted.",
+        default=False,
+        validator=boolean,
+        kind="bool",
     )

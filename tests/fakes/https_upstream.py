@@ -4,8 +4,9 @@ Its CA is not the proxy's: tests hand ``ca_file`` to the proxy as ``upstream_ca`
 the client asks for (SNI) is minted on demand, so any test host name resolved to 127.0.0.1 works.
 
 Routes: ``GET /echo`` (JSON: method, path, headers); ``GET /bytes/N`` (N bytes, Content-Length);
-``GET /chunked/N`` (N bytes, chunked); ``POST /upload`` (JSON: how many body bytes arrived, either framing).
-Every request's headers are recorded in ``requests``.
+``GET /chunked/N`` (N bytes, chunked); ``GET /short/N`` (announces N bytes, sends half, closes); ``POST /upload``
+(JSON: how many body bytes arrived, either framing). Every request's headers and client port are recorded in
+``requests``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
     def _record(self) -> None:
-        self.server.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers)})
+        self.server.requests.append(
+            {"method": self.command, "path": self.path, "headers": dict(self.headers), "port": self.client_address[1]}
+        )
 
     def _json(self, payload: object) -> None:
         body = json.dumps(payload).encode()
@@ -48,22 +51,25 @@ class _Handler(BaseHTTPRequestHandler):
             self._json({"method": "GET", "path": self.path, "headers": dict(self.headers)})
             return
         kind, _, size = self.path.strip("/").partition("/")
-        if kind not in ("bytes", "chunked") or not size.isdigit():
+        if kind not in ("bytes", "chunked", "short") or not size.isdigit():
             self.send_error(404)
             return
         remaining = int(size)
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
-        if kind == "bytes":
+        if kind != "chunked":
             self.send_header("Content-Length", str(remaining))
         else:
             self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        if kind == "short":
+            self.close_connection = True
+            remaining //= 2
         try:
             while remaining:
                 block = BLOCK[: min(remaining, len(BLOCK))]
                 remaining -= len(block)
-                if kind == "bytes":
+                if kind != "chunked":
                     self.wfile.write(block)
                 else:
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))

@@ -20,10 +20,15 @@ def open_proxy(
     host: str,
     port: int,
     telemetry: Telemetry,
+    /,
+    *,
+    passthrough: bool = False,
 ) -> EgressProxy:
     """The proxy a platform runs: its CA from PEM, its resolver, and where it listens (not started yet)."""
     ca = EgressCA.from_pem(cert_pem, key_pem)
-    return EgressProxy(resolver, ca, telemetry=telemetry, upstream_ca=upstream_ca, host=host, port=port)
+    return EgressProxy(
+        resolver, ca, telemetry=telemetry, upstream_ca=upstream_ca, host=host, port=port, passthrough=passthrough
+    )
 
 
 __all__ = ["EgressCA", "EgressProxy", "open_proxy", "proxy_credential"]

@@ -7,19 +7,16 @@ these helpers move its events between a client-side ``h11.SERVER`` connection an
 
 from __future__ import annotations
 
-import ssl
-import weakref
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final
+from collections.abc import Iterable, Mapping
+from typing import Final, cast
 
 import anyio
 import anyio.abc
 import attrs
 import h11
-from anyio.streams.tls import TLSAttribute, TLSStream
 
-#: Read size per receive: the most body bytes held at once per direction (plus as much still encrypted).
-CHUNK: Final = 262144
+from openma.adapters.egress._net import CHUNK, SocketStream
+
 #: Dropped from a forwarded request: hop-by-hop headers, the proxy's credential and the sandbox's own
 #: credentials (the proxy injects the vault's). ``Expect`` is answered by the proxy itself.
 REQUEST_DROP: Final = frozenset(
@@ -31,7 +28,6 @@ REQUEST_DROP: Final = frozenset(
 RESPONSE_DROP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-connection", b"te", b"trailer", b"upgrade"}
 )
-_SSL_OBJECTS: Final[weakref.WeakKeyDictionary[TLSStream, ssl.SSLObject]] = weakref.WeakKeyDictionary()
 STREAM_ERRORS: Final = (
     anyio.BrokenResourceError,
     anyio.ClosedResourceError,
@@ -76,52 +72,8 @@ async def next_event(conn: h11.Connection, stream: anyio.abc.ByteStream) -> obje
 
 
 async def receive(stream: anyio.abc.ByteStream) -> bytes:
-    """Up to ``CHUNK`` bytes of ``stream``: one receive, then on TLS every record already decryptable.
-
-    A TLS receive yields one record (at most 16 KiB) though the transport read brought several; taking the
-    rest without waiting lets one h11 event and one send carry them all."""
-    data = await stream.receive(CHUNK)
-    if not isinstance(stream, TLSStream) or len(data) >= CHUNK:
-        return data
-    ssl_object = _SSL_OBJECTS.get(stream)
-    if ssl_object is None:  # looked up once per stream: ``extra`` builds every attribute of the stack
-        ssl_object = _SSL_OBJECTS[stream] = stream.extra(TLSAttribute.ssl_object)
-    parts = [data]
-    size = len(data)
-    while size < CHUNK:
-        try:
-            more = ssl_object.read(CHUNK - size)
-        except ssl.SSLError:  # nothing complete is waiting (or an error the next receive reports)
-            break
-        if not more:
-            break
-        parts.append(more)
-        size += len(more)
-    return b"".join(parts) if len(parts) > 1 else data
-
-
-class WideReceive(anyio.abc.ByteStream):
-    """``stream`` as the transport of a ``TLSStream``, which asks for 64 KiB per read: each receive may return
-    up to ``CHUNK`` bytes instead, so the records of one socket read are decrypted in one pass."""
-
-    def __init__(self, stream: anyio.abc.ByteStream) -> None:
-        self._stream = stream
-
-    async def receive(self, max_bytes: int = CHUNK) -> bytes:
-        return await self._stream.receive(max(max_bytes, CHUNK))
-
-    async def send(self, item: bytes) -> None:
-        await self._stream.send(item)
-
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self._stream.extra_attributes
+    """Up to ``CHUNK`` bytes of ``stream`` (a :class:`SocketStream` gives every TLS record already readable)."""
+    return await stream.receive(CHUNK)
 
 
 async def send(conn: h11.Connection, stream: anyio.abc.ByteStream, event: h11.Event) -> None:
@@ -185,11 +137,13 @@ async def relay(
     upstream_stream: anyio.abc.ByteStream,
     request: h11.Request,
     exchange: Exchange,
-) -> None:
+) -> h11.Connection | None:
     """Relay one request (already rewritten in ``request``) and its response, streaming both bodies.
 
-    ``Refused`` (the client gets it) when the request is malformed or the upstream fails before responding;
-    ``UpstreamBroken`` when the upstream fails mid-response (the client connection must be dropped)."""
+    Returns the h11 connection for the upstream's next request, or ``None`` when the upstream connection
+    cannot carry another (it is closing, or the exchange ended early). ``Refused`` (the client gets it) when
+    the request is malformed or the upstream fails before responding; ``UpstreamBroken`` when the upstream
+    fails mid-response (the client connection must be dropped)."""
     try:
         await send(upstream, upstream_stream, request)
     except STREAM_ERRORS:
@@ -215,7 +169,7 @@ async def relay(
             break
         else:  # the client went away mid-body
             raise UpstreamBroken("the client closed the request body")
-    await _relay_response(client, client_stream, upstream, upstream_stream, exchange)
+    return await _relay_response(client, client_stream, upstream, upstream_stream, request.method, exchange)
 
 
 async def _relay_response(
@@ -223,8 +177,9 @@ async def _relay_response(
     client_stream: anyio.abc.ByteStream,
     upstream: h11.Connection,
     upstream_stream: anyio.abc.ByteStream,
+    method: bytes,
     exchange: Exchange,
-) -> None:
+) -> h11.Connection | None:
     while True:
         try:
             event = await next_event(upstream, upstream_stream)
@@ -238,19 +193,94 @@ async def _relay_response(
     exchange.status = event.status_code
     response = h11.Response(status_code=event.status_code, headers=response_headers(event.headers), reason=event.reason)
     await send(client, client_stream, response)
+    length = _fixed_length(method, event)
+    if length is not None and isinstance(upstream_stream, SocketStream):
+        await _relay_fixed_body(client, client_stream, upstream, upstream_stream, length, exchange)
+        if upstream.their_state is h11.DONE:  # the whole body came with the head
+            upstream.start_next_cycle()
+            return upstream
+        return h11.Connection(h11.CLIENT) if _keep_alive(event) else None
     while True:
         try:
-            event = await next_event(upstream, upstream_stream)
+            body = await next_event(upstream, upstream_stream)
         except h11.RemoteProtocolError:
             raise UpstreamBroken("the upstream sent a malformed body") from None
-        if isinstance(event, h11.Data):
-            exchange.bytes_down += len(event.data)
-            await send(client, client_stream, event)
-        elif isinstance(event, h11.EndOfMessage):
+        if isinstance(body, h11.Data):
+            exchange.bytes_down += len(body.data)
+            await send(client, client_stream, body)
+        elif isinstance(body, h11.EndOfMessage):
             await send(client, client_stream, h11.EndOfMessage())
-            return
+            break
         else:
             raise UpstreamBroken("the upstream closed the connection mid-body")
+    if upstream.our_state is h11.DONE and upstream.their_state is h11.DONE:
+        upstream.start_next_cycle()
+        return upstream
+    return None
+
+
+def _fixed_length(method: bytes, response: h11.Response) -> int | None:
+    """The body length of a ``Content-Length`` response that has a body; ``None`` for any other framing."""
+    if method == b"HEAD" or response.status_code in (204, 304) or response.status_code < 200:
+        return None
+    length: int | None = None
+    for name, value in response.headers:
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            length = int(value)  # h11 accepted the response: a valid, unambiguous length
+    return length
+
+
+def _keep_alive(response: h11.Response) -> bool:
+    return response.http_version == b"1.1" and b"close" not in connection_tokens(response.headers)
+
+
+async def _relay_fixed_body(
+    client: h11.Connection,
+    client_stream: anyio.abc.ByteStream,
+    upstream: h11.Connection,
+    upstream_stream: SocketStream,
+    length: int,
+    exchange: Exchange,
+) -> None:
+    """Relay a ``Content-Length`` body of ``length`` bytes: what h11 already holds, then straight from the
+    upstream socket into one buffer and out to the client, without h11 parsing (the client side's h11
+    still frames and counts it). The upstream's h11 connection is left mid-body unless the whole body came
+    with the head. ``UpstreamBroken`` when the upstream closes short of ``length``."""
+    remaining = length
+    while remaining:  # body bytes that arrived with the response head
+        try:
+            event = upstream.next_event()
+        except h11.RemoteProtocolError:
+            raise UpstreamBroken("the upstream sent a malformed body") from None
+        if event is h11.NEED_DATA:
+            break
+        if not isinstance(event, h11.Data):
+            raise UpstreamBroken("the upstream closed the connection mid-body")
+        remaining -= len(event.data)
+        exchange.bytes_down += len(event.data)
+        await send(client, client_stream, event)
+    if remaining:
+        with memoryview(bytearray(min(CHUNK, remaining))) as buffer:
+            while remaining:
+                try:
+                    count = await upstream_stream.receive_into(buffer[: min(len(buffer), remaining)])
+                except STREAM_ERRORS:
+                    count = 0
+                if not count:
+                    raise UpstreamBroken("the upstream closed the connection mid-body")
+                remaining -= count
+                exchange.bytes_down += count
+                data = cast(bytes, buffer[:count])  # h11 passes a memoryview through unchanged
+                for part in client.send_with_data_passthrough(h11.Data(data=data)) or ():
+                    await client_stream.send(part)
+    elif upstream.their_state is not h11.DONE:
+        try:
+            upstream.next_event()  # the EndOfMessage after the last buffered byte
+        except h11.RemoteProtocolError:
+            raise UpstreamBroken("the upstream sent a malformed body") from None
+    await send(client, client_stream, h11.EndOfMessage())
 
 
 __all__ = [
@@ -258,7 +288,6 @@ __all__ = [
     "Exchange",
     "Refused",
     "UpstreamBroken",
-    "WideReceive",
     "next_event",
     "receive",
     "refuse",

@@ -20,6 +20,19 @@ minted by :class:`~openma.adapters.egress.ca.EgressCA` and relays the HTTP/1.1 r
 several per tunnel, each audited), over one upstream connection kept for the tunnel's life. A request inside
 a tunnel whose ``Host`` names another host is refused. Absolute-form ``http://`` requests are relayed over
 a fresh upstream connection each.
+
+With ``passthrough=True`` (``OPENMA_EGRESS_PASSTHROUGH``), a ``CONNECT`` whose session has ``unrestricted``
+networking and for whose host the resolver injects nothing is not intercepted: after the same checks (the
+credential, the policy, every resolved address) the proxy connects to the checked address and copies the bytes
+both ways. Any public host is allowed there anyway and nothing is added, so interception would only read the
+traffic; the sandbox then sees the upstream's own certificate (it must trust public CAs) and its own
+``Authorization`` headers reach the host. Such a tunnel is audited as one ``CONNECT`` event with
+``allowed=True`` and the bytes of the whole tunnel. Under ``limited`` networking every ``CONNECT`` is
+intercepted, so the ``Host`` of each request is held to the allowed authority.
+
+Bodies: a response with ``Content-Length`` is copied from the upstream socket to the client without h11
+parsing (``_http``); TLS runs on the sockets themselves (``_net``), so a relayed byte is copied once in user
+space. The proxy's CPU per byte is then mostly OpenSSL decrypting and re-encrypting.
 """
 
 from __future__ import annotations
@@ -38,20 +51,20 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.abc
 import h11
-from anyio.streams.tls import TLSStream
 
 from openma.adapters.egress._http import (
     STREAM_ERRORS,
     Exchange,
     Refused,
     UpstreamBroken,
-    WideReceive,
     next_event,
     refuse,
     relay,
     request_headers,
     send,
 )
+from openma.adapters.egress._net import SocketStream, connect, serve
+from openma.adapters.egress._tunnel import splice
 from openma.adapters.egress.ca import EgressCA
 from openma.core.egress_policy import decide, precheck, split_authority
 from openma.errors import InvalidInput
@@ -60,6 +73,7 @@ from openma.ports.telemetry import NullTelemetry, Telemetry
 
 Resolve = Callable[[str, int], Awaitable[Sequence[str]]]
 PROXY_USER: Final = "openma"
+_ESTABLISHED: Final = h11.Response(status_code=200, headers=[], reason=b"Connection established")
 
 
 async def system_resolve(host: str, port: int) -> list[str]:
@@ -103,6 +117,7 @@ class EgressProxy:
         resolve: Resolve | None = None,
         connect_timeout: float = 10.0,
         idle_timeout: float = 120.0,
+        passthrough: bool = False,
     ) -> None:
         self._resolver = resolver
         self._ca = ca
@@ -112,6 +127,7 @@ class EgressProxy:
         self._resolve: Resolve = resolve or system_resolve
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
+        self._passthrough = passthrough
         self._upstream_context = ssl.create_default_context()
         self._upstream_context.set_alpn_protocols(["http/1.1"])
         if upstream_ca is not None:
@@ -142,16 +158,21 @@ class EgressProxy:
         """Listen and serve until cancelled; reports the bound port through ``task_status``."""
         listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
         self.port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
-        async with listener:
+        async with listener, anyio.create_task_group() as connections:
             task_status.started(self.port)
-            await listener.serve(self._handle)
+            await serve(listener, self._handle, connections)
+
+    @property
+    def passthrough(self) -> bool:
+        """Whether an ``unrestricted`` ``CONNECT`` with nothing to inject is tunnelled without interception."""
+        return self._passthrough
 
     def __repr__(self) -> str:
         return f"EgressProxy(host={self.host!r}, port={self.port})"
 
     # -- one client connection ---------------------------------------------------------------------------
 
-    async def _handle(self, stream: anyio.abc.ByteStream) -> None:
+    async def _handle(self, stream: SocketStream) -> None:
         try:
             await self._serve_client(stream)
         except STREAM_ERRORS:
@@ -161,7 +182,7 @@ class EgressProxy:
         finally:
             await anyio.aclose_forcefully(stream)
 
-    async def _serve_client(self, stream: anyio.abc.ByteStream) -> None:
+    async def _serve_client(self, stream: SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
         while True:
             try:
@@ -219,19 +240,13 @@ class EgressProxy:
                 raise Refused(502, "the egress credential lookup returned a malformed header")
         return headers
 
-    async def _open(self, host: str, address: str, port: int, *, tls: bool) -> anyio.abc.ByteStream:
+    async def _open(self, host: str, address: str, port: int, *, tls: bool) -> SocketStream:
         try:
             with anyio.fail_after(self._connect_timeout):
-                sock = await anyio.connect_tcp(address, port)
+                sock = await connect(address, port)
                 if not tls:
                     return sock
-                try:
-                    return await TLSStream.wrap(
-                        WideReceive(sock), hostname=host, ssl_context=self._upstream_context, standard_compatible=False
-                    )
-                except BaseException:
-                    await anyio.aclose_forcefully(sock)
-                    raise
+                return await sock.start_tls(self._upstream_context, server_side=False, hostname=host)
         except TimeoutError:
             raise Refused(504, f"connecting to {host}:{port} timed out") from None
         except ssl.SSLCertVerificationError:
@@ -241,9 +256,10 @@ class EgressProxy:
 
     # -- CONNECT: a TLS tunnel, intercepted --------------------------------------------------------------
 
-    async def _connect(self, conn: h11.Connection, stream: anyio.abc.ByteStream, request: h11.Request) -> None:
+    async def _connect(self, conn: h11.Connection, stream: SocketStream, request: h11.Request) -> None:
         started = time.monotonic()
         grant: EgressGrant | None = None
+        upstream: SocketStream | None = None
         host, port = "", 0
         try:
             try:
@@ -252,19 +268,33 @@ class EgressProxy:
                 raise Refused(400, "CONNECT needs host:port") from None
             grant = await self._authorize(request)
             address = await self._decide(grant, host, port)
+            if self._passthrough and grant.networking == "unrestricted" and not await self._inject(grant, host, port):
+                upstream = await self._open(host, address, port, tls=False)
         except Refused as refused:
             self._audit(grant, host, port, "CONNECT", Exchange(status=refused.status), refused.reason, (), started)
             await refuse(conn, stream, refused.status, refused.reason)
             return
-        await send(conn, stream, h11.Response(status_code=200, headers=[], reason=b"Connection established"))
+        if upstream is not None:
+            exchange = Exchange(status=200)
+            try:
+                await send(conn, stream, _ESTABLISHED)
+                if early := conn.trailing_data[0]:  # what the client sent right after CONNECT
+                    await upstream.send(early)
+                    exchange.bytes_up += len(early)
+                await splice(stream, upstream, exchange, self._idle_timeout)
+            except STREAM_ERRORS:
+                pass
+            finally:
+                await anyio.aclose_forcefully(upstream)
+            self._audit(grant, host, port, "CONNECT", exchange, "allowed", (), started)
+            return
+        await send(conn, stream, _ESTABLISHED)
         if conn.trailing_data[0]:
             return  # the client spoke before the tunnel was up: not something a TLS client does
         try:
             with anyio.fail_after(self._connect_timeout):
                 context = await anyio.to_thread.run_sync(self._ca.server_context, host)
-                client = await TLSStream.wrap(
-                    WideReceive(stream), server_side=True, ssl_context=context, standard_compatible=False
-                )
+                client = await stream.start_tls(context, server_side=True)
         except (TimeoutError, ssl.SSLError, *STREAM_ERRORS):
             return
         try:
@@ -272,12 +302,10 @@ class EgressProxy:
         finally:
             await anyio.aclose_forcefully(client)
 
-    async def _tunnel(
-        self, client: anyio.abc.ByteStream, grant: EgressGrant, host: str, port: int, address: str
-    ) -> None:
+    async def _tunnel(self, client: SocketStream, grant: EgressGrant, host: str, port: int, address: str) -> None:
         conn = h11.Connection(h11.SERVER)
-        upstream: anyio.abc.ByteStream | None = None
-        upstream_conn = h11.Connection(h11.CLIENT)
+        upstream: SocketStream | None = None
+        upstream_conn: h11.Connection | None = h11.Connection(h11.CLIENT)
         try:
             while True:
                 try:
@@ -303,14 +331,18 @@ class EgressProxy:
                         raise Refused(403, "egress refused: the Host header does not match the tunnel")
                     inject = await self._inject(grant, host, port)
                     injected = sorted(inject)
-                    if upstream is None:
+                    if upstream is None or upstream_conn is None:
+                        if upstream is not None:  # the previous response left it unusable
+                            await anyio.aclose_forcefully(upstream)
+                            upstream = None
                         upstream = await self._open(host, address, port, tls=True)
+                        upstream_conn = h11.Connection(h11.CLIENT)
                     forwarded = h11.Request(
                         method=event.method,
                         target=event.target,
                         headers=request_headers(event.headers, inject, authority),
                     )
-                    await relay(conn, client, upstream_conn, upstream, forwarded, exchange)
+                    upstream_conn = await relay(conn, client, upstream_conn, upstream, forwarded, exchange)
                 except Refused as refused:
                     exchange.status = refused.status
                     self._audit(grant, host, port, _text(event.method), exchange, refused.reason, injected, started)
@@ -323,25 +355,20 @@ class EgressProxy:
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return
                 conn.start_next_cycle()
-                if upstream_conn.our_state is h11.DONE and upstream_conn.their_state is h11.DONE:
-                    upstream_conn.start_next_cycle()
-                else:  # the upstream will close: the next request opens a new connection
-                    await anyio.aclose_forcefully(upstream)
-                    upstream, upstream_conn = None, h11.Connection(h11.CLIENT)
         finally:
             if upstream is not None:
                 await anyio.aclose_forcefully(upstream)
 
     # -- absolute-form http:// ---------------------------------------------------------------------------
 
-    async def _forward(self, conn: h11.Connection, stream: anyio.abc.ByteStream, request: h11.Request) -> bool:
+    async def _forward(self, conn: h11.Connection, stream: SocketStream, request: h11.Request) -> bool:
         """Relay one ``http://`` request; whether the client connection may carry another."""
         started = time.monotonic()
         grant: EgressGrant | None = None
         exchange = Exchange()
         host, port = "", 0
         injected: tuple[str, ...] = ()
-        upstream: anyio.abc.ByteStream | None = None
+        upstream: SocketStream | None = None
         try:
             target = request.target.decode("latin-1")
             try:

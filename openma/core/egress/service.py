@@ -77,8 +77,25 @@ class ProxyHandle(Protocol):
     async def serve(self, *, task_status: TaskStatus[Any] = ...) -> None: ...
 
 
-#: ``factory(resolver, ca_cert_pem, ca_key_pem, upstream_ca_path, host, port, telemetry)`` → a proxy.
-ProxyFactory = Callable[[EgressResolver, str, str, str | None, str, int, Telemetry], ProxyHandle]
+class ProxyFactory(Protocol):
+    """``factory(resolver, ca_cert_pem, ca_key_pem, upstream_ca_path, host, port, telemetry)`` → a proxy.
+
+    ``passthrough=True`` is passed only when ``OPENMA_EGRESS_PASSTHROUGH`` is on, so a factory without that
+    keyword works as long as the setting is off."""
+
+    def __call__(
+        self,
+        resolver: EgressResolver,
+        cert_pem: str,
+        key_pem: str,
+        upstream_ca: str | None,
+        host: str,
+        port: int,
+        telemetry: Telemetry,
+        /,
+        *,
+        passthrough: bool = ...,
+    ) -> ProxyHandle: ...
 
 
 def derive_ca(keys: _MacKeys) -> tuple[str, str]:
@@ -184,6 +201,7 @@ class EgressService:
                     self.config.listen_host,
                     port,
                     self._telemetry,
+                    **({"passthrough": True} if self.config.passthrough else {}),
                 )
                 reason = "stopped"
                 try:
