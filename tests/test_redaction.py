@@ -90,10 +90,13 @@ def test_no_password_form_survives(password: str) -> None:
 @hypothesis_settings(deadline=None, max_examples=50)
 @given(raw_passwords)
 @example("se@cret")
+@example("x")
 def test_a_raw_userinfo_password_is_masked(password: str) -> None:
     url = f"postgresql://app:{password}@db.example/main"
-    skeleton = repr(Settings(postgres_url="postgresql://app:x@db.example/main"))
-    assume(password not in skeleton)
+    # What is left around a masked password (a password that is also a piece of it, such as "x" of
+    # "example", is masked there too, so only passwords that are not are tested).
+    skeleton = repr(Settings(postgres_url="postgresql://app:Q@db.example/main"))
+    assume(password not in skeleton and password not in redact_secrets("postgresql://app:Q@db.example/main"))
     assert password not in redact_secrets(url)
     assert password not in repr(Settings(postgres_url=url))
     # Even what libpq makes of it: a password holding '@' leaves its tail in the host name.

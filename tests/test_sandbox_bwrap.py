@@ -8,6 +8,7 @@ Where bwrap cannot run here the module skips with one reason; with ``OPENMA_REQU
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import stat
 import tempfile
@@ -212,19 +213,21 @@ class TestIsolation:
     async def test_a_setsid_daemon_dies_with_a_timeout_and_with_destroy(
         self, provider: BubblewrapSandboxProvider
     ) -> None:
+        # Durations no other process on the machine is likely to sleep for, so the checks see only ours.
+        first, second = (str(1000 + secrets.randbelow(8000)).encode() for _ in range(2))
         box = await provider.create(spec())
-        result = await box.exec("setsid sh -c 'sleep 300' & sleep 300", timeout=1)
+        result = await box.exec(f"setsid sh -c 'sleep {first.decode()}' & sleep {first.decode()}", timeout=1)
         assert result.timed_out
 
         async def no_sleepers() -> bool:
-            return not any(_alive(p) and _is_sleep_300(p) for p in _pids())
+            return not any(_alive(p) and _is_sleep(p, first) for p in _pids())
 
         await _until(no_sleepers, 10, "the daemon of the timed-out command to stop")
-        await box.exec("env -u OPENMA_SANDBOX_RUN setsid sh -c 'sleep 301' >/dev/null 2>&1 &")
-        await _until(lambda: _async(any(_is_sleep(p, b"301") for p in _pids())), 10, "the unmarked daemon to start")
+        await box.exec(f"env -u OPENMA_SANDBOX_RUN setsid sh -c 'sleep {second.decode()}' >/dev/null 2>&1 &")
+        await _until(lambda: _async(any(_is_sleep(p, second) for p in _pids())), 10, "the unmarked daemon to start")
         await box.destroy()
         await _until(
-            lambda: _async(not any(_alive(p) and _is_sleep(p, b"301") for p in _pids())), 10, "destroy to kill it"
+            lambda: _async(not any(_alive(p) and _is_sleep(p, second) for p in _pids())), 10, "destroy to kill it"
         )
 
     @pytest.mark.anyio
@@ -264,10 +267,6 @@ def _cmdline(pid: int) -> bytes:
 
 def _is_sleep(pid: int, seconds: bytes) -> bool:
     return _cmdline(pid) == b"sleep\0" + seconds + b"\0"
-
-
-def _is_sleep_300(pid: int) -> bool:
-    return _is_sleep(pid, b"300")
 
 
 async def _async(value: bool) -> bool:
