@@ -8,6 +8,12 @@ What Postgres does its own way:
   notification goes out if and only if the write commits), and one dedicated ``LISTEN`` connection per
   process (:class:`~openma.adapters.pg_notify.PgListener`) feeds the in-process hub.
 * An append is one statement (a CTE that bumps the fenced counter, notifies and inserts): one round trip.
+* In the one-statement append a retried event id is refused by the unique ``(tenant_id, session_id,
+  event_id)`` index itself, not by a ``NOT EXISTS`` check: on a table without fresh statistics (a new
+  database; autovacuum analyzes it a minute or more later) the planner served that check from another index on
+  ``(tenant_id, session_id, ...)`` (the primary key, the type index), filtering every event of the session,
+  so each append slowed down with the session's length. A retry costs one failed statement (and an ``ERROR``
+  line in the server's log) before the log looks the ids up.
 * A unique violation is SQLSTATE ``23505``.
 
 The driver is imported when a client or a lock opens, not when this module is imported, so a bare install
@@ -80,10 +86,14 @@ class PostgresEngine(SqlEngine):
         insert_sql: str,
         values_sql: str,
         insert_params: Sequence[Any],
+        dedup_sql: str = "",
+        dedup_params: Sequence[Any] = (),
     ) -> Statement:
         """One statement: the bump (fenced), the notification and the insert; one round trip.
 
         When the guard fails the ``UPDATE`` returns no row, so neither the notification nor the insert runs.
+        ``dedup_sql`` is not used: an event id already in the log fails the insert on the unique index (see the
+        module docstring), which rolls the whole statement back, the bump included.
         """
         sql = (
             "WITH s AS (UPDATE sessions SET last_seq = last_seq + ? WHERE tenant_id = ? AND id = ?"

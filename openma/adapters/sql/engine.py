@@ -136,17 +136,23 @@ class SqlEngine(abc.ABC):
         insert_sql: str,
         values_sql: str,
         insert_params: Sequence[Any],
+        dedup_sql: str = "",
+        dedup_params: Sequence[Any] = (),
     ) -> Statement | None:
         """One statement that appends ``count`` events to a session, or ``None`` for the portable write unit.
 
         The statement must, atomically: add ``count`` to ``sessions.last_seq`` of the live (not deleted)
         session ``(tenant_id, session_id)`` only when ``guard_sql`` holds (conditions starting with
-        ``" AND "``, with ``guard_params``: the lease epoch fence, the dedup check); notify other processes
+        ``" AND "``, with ``guard_params``: the lease epoch fence); never store an event id already in the
+        session's log, either by adding ``dedup_sql`` (conditions in the same form, with ``dedup_params``:
+        none of the ids is in the log) to the guard, or by failing whole with a unique violation
+        (:meth:`is_unique_violation`) on the log's unique ``(tenant_id, session_id, event_id)`` index, which
+        the log treats as a retry (it looks the ids up and writes only the others); notify other processes
         (kind ``EVENTS``) when it did; and run ``insert_sql`` (an ``INSERT ... SELECT`` head whose select
         list reads the bumped session as ``s`` with columns ``tenant_id, id, last_seq`` and the new rows as
         ``v``, from ``(VALUES values_sql) AS v``; ``insert_params`` are the parameters of the head and then
         of ``values_sql``), returning ``seq, event_id`` of every inserted row (``fetch=True``). When the
-        guard fails it changes nothing and returns no rows.
+        guard (or the dedup check) fails it changes nothing and returns no rows.
 
         ``None`` (the default) means "run the portable multi-statement unit" (a checked ``UPDATE``, the
         ``INSERT``, then :meth:`notify_statement`).
