@@ -14,6 +14,9 @@ What Postgres does its own way:
   ``(tenant_id, session_id, ...)`` (the primary key, the type index), filtering every event of the session,
   so each append slowed down with the session's length. A retry costs one failed statement (and an ``ERROR``
   line in the server's log) before the log looks the ids up.
+* A post into the inbox is one statement too (bump the inbox counter, insert, mark the session runnable,
+  notify), where the portable unit is five statements in a pipeline: psycopg flushes and polls the socket
+  after each statement of a pipeline, which cost more client time than the statements themselves.
 * A unique violation is SQLSTATE ``23505``.
 
 The driver is imported when a client or a lock opens, not when this module is imported, so a bare install
@@ -31,7 +34,7 @@ from openma.adapters.pg_notify import CHANNEL, PgListener, payload
 from openma.adapters.postgres import open_postgres_client
 from openma.adapters.sql.backend import SqlStoreBackend
 from openma.adapters.sql.engine import SqlEngine, migrations_folder
-from openma.adapters.sql.wakeups import EVENTS
+from openma.adapters.sql.wakeups import EVENTS, INBOX
 from openma.core.tail import WakeHub
 from openma.ports.lease import LeaseLock
 from openma.ports.sql import SqlClient, Statement
@@ -109,6 +112,42 @@ class PostgresEngine(SqlEngine):
             CHANNEL,
             payload(EVENTS, tenant_id, session_id),
             *insert_params,
+        ]
+        return Statement(sql, params, fetch=True)
+
+    def inbox_post_statement(
+        self,
+        *,
+        tenant_id: str,
+        session_id: str,
+        count: int,
+        live_sql: str,
+        insert_sql: str,
+        values_sql: str,
+        insert_params: Sequence[Any],
+        runnable_sql: str,
+        runnable_params: Sequence[Any],
+    ) -> Statement:
+        """One statement: the bump, the insert, the runnable mark and the notification; one round trip.
+
+        An id already in the inbox fails the insert on the unique index, which rolls the whole statement back.
+        """
+        sql = (
+            "WITH s AS (UPDATE sessions SET last_inbox_pos = last_inbox_pos + ? WHERE tenant_id = ? AND id = ?"
+            f"{live_sql} RETURNING tenant_id, id, last_inbox_pos),"
+            f" i AS ({insert_sql} FROM s, (VALUES {values_sql}) AS v RETURNING pos, event_id),"
+            f" r AS ({runnable_sql}),"
+            " w AS (SELECT pg_notify(?, ?) AS n FROM s) "
+            "SELECT i.pos, i.event_id FROM i, w"
+        )
+        params = [
+            count,
+            tenant_id,
+            session_id,
+            *insert_params,
+            *runnable_params,
+            CHANNEL,
+            payload(INBOX, tenant_id, session_id),
         ]
         return Statement(sql, params, fetch=True)
 

@@ -20,6 +20,8 @@ Contract for an engine (each hook's docstring has the details):
   that changed the session, or ``None``.
 * :meth:`SqlEngine.fenced_append_statement`: one statement doing a whole fenced append (bump the counter,
   notify, insert), or ``None`` to use the portable multi-statement write unit.
+* :meth:`SqlEngine.inbox_post_statement`: one statement doing a whole post into a session's inbox (bump the
+  inbox counter, insert, mark the session runnable, notify), or ``None`` to use the portable write unit.
 * :meth:`SqlEngine.is_unique_violation`: whether a driver error is a unique or primary-key violation.
 * :meth:`SqlEngine.with_client`: the same engine over another client (a wrapper that traces or injects
   faults), which must delegate the engine-specific properties (``path``, ``conninfo``) to the real client.
@@ -156,6 +158,36 @@ class SqlEngine(abc.ABC):
 
         ``None`` (the default) means "run the portable multi-statement unit" (a checked ``UPDATE``, the
         ``INSERT``, then :meth:`notify_statement`).
+        """
+        return None
+
+    def inbox_post_statement(
+        self,
+        *,
+        tenant_id: str,
+        session_id: str,
+        count: int,
+        live_sql: str,
+        insert_sql: str,
+        values_sql: str,
+        insert_params: Sequence[Any],
+        runnable_sql: str,
+        runnable_params: Sequence[Any],
+    ) -> Statement | None:
+        """One statement that posts ``count`` inputs to a session's inbox, or ``None`` for the portable unit.
+
+        The statement must, atomically: add ``count`` to ``sessions.last_inbox_pos`` of the session
+        ``(tenant_id, session_id)`` only when ``live_sql`` holds (conditions starting with ``" AND "``: the
+        session takes input); run ``insert_sql`` (an ``INSERT ... SELECT`` head whose select list reads the
+        bumped session as ``s`` with columns ``tenant_id, id, last_inbox_pos`` and the new rows as ``v``, from
+        ``(VALUES values_sql) AS v``; ``insert_params`` are the parameters of the head and then of
+        ``values_sql``), returning ``pos, event_id`` of every inserted row (``fetch=True``); run
+        ``runnable_sql`` (an ``INSERT ... SELECT`` reading ``s``, with ``runnable_params``); and notify other
+        processes (kind ``INBOX``). An event id already in the inbox fails it whole with a unique violation
+        (:meth:`is_unique_violation`), which the inbox treats as a retry. When the session takes no input it
+        changes nothing and returns no rows.
+
+        ``None`` (the default) means "run the portable multi-statement unit".
         """
         return None
 
