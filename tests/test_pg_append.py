@@ -17,6 +17,7 @@ import pytest
 from openma.adapters.postgres import PostgresClient
 from openma.adapters.sql.backend import SqlStoreBackend
 from openma.adapters.sql.sessions import SqlSessionStore
+from openma.errors import Conflict
 from openma.ports.tenancy import TenantRef
 from openma.settings import Settings
 
@@ -111,3 +112,30 @@ async def test_concurrent_appends_of_the_same_ids_store_each_once(backend: SqlSt
     by_id = {e.id: e for e in page.items}
     for got in results:
         assert all(by_id[e.id] == e for e in got)
+
+
+async def test_a_post_is_one_statement_that_marks_the_session_runnable(
+    backend: SqlStoreBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, sid = await new_session(backend)
+    client = backend.client
+    units: list[int] = []
+    run_batch = client.run_batch
+
+    async def counting(statements: Any) -> Any:
+        units.append(len(statements))
+        return await run_batch(statements)
+
+    monkeypatch.setattr(client, "run_batch", counting)
+    items = await store.post(sid, [{"type": "user.message", "id": f"evt_{i}", "text": "hi"} for i in range(3)])
+    assert units == [1]
+    assert [i.position for i in items] == [1, 2, 3]
+    runnable = await client.fetch_all("SELECT session_id FROM session_runnable WHERE session_id = ?", (sid,))
+    assert runnable == [{"session_id": sid}]
+    again = await store.post(sid, [{"type": "user.message", "id": f"evt_{i}", "text": "hi"} for i in range(2, 5)])
+    assert [(i.event_id, i.position) for i in again] == [("evt_2", 3), ("evt_3", 4), ("evt_4", 5)]
+    assert [i.position for i in (await store.pending(sid)).items] == [1, 2, 3, 4, 5]
+    await store.archive(sid)
+    with pytest.raises(Conflict, match="archived"):
+        await store.post(sid, [{"type": "user.message", "id": "evt_9", "text": "late"}])
+    assert len((await store.pending(sid)).items) == 5
