@@ -13,8 +13,11 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from openma.adapters.postgres import PostgresClient
+from openma.adapters.postgres_engine import as_columns
 from openma.adapters.sql.backend import SqlStoreBackend
 from openma.adapters.sql.sessions import SqlSessionStore
 from openma.errors import Conflict
@@ -139,3 +142,52 @@ async def test_a_post_is_one_statement_that_marks_the_session_runnable(
     with pytest.raises(Conflict, match="archived"):
         await store.post(sid, [{"type": "user.message", "id": "evt_9", "text": "late"}])
     assert len((await store.pending(sid)).items) == 5
+
+
+# -- batches as arrays
+
+
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(1, 10**12), st.text(), st.one_of(st.none(), st.text())), min_size=1, max_size=20
+    ),
+    head=st.lists(st.integers(), max_size=3),
+)
+def test_as_columns_turns_values_rows_into_one_array_per_column(rows: list[tuple[Any, ...]], head: list[int]) -> None:
+    values_sql = ", ".join(["(?, ?, ?)"] * len(rows))
+    flat = [x for row in rows for x in row]
+    got = as_columns(len(rows), values_sql, [*head, *flat])
+    assert got is not None
+    source, params = got
+    assert source == "unnest(?::int8[], ?::text[], ?::text[]) AS v(column1, column2, column3)"
+    assert params[: len(head)] == head
+    assert [tuple(r) for r in zip(*params[len(head) :], strict=True)] == rows
+
+
+def test_as_columns_keeps_values_it_cannot_type() -> None:
+    assert as_columns(2, "(?, ?), (?, ?)", [1, "a", 2.5, "b"]) is None  # a float column
+    assert as_columns(2, "(?, ?), (?, 1)", [1, "a", 2]) is None  # not plain placeholders
+    assert as_columns(2, "(?, ?), (?, ?)", [1, "a", True, "b"]) is None  # a bool is not an int8
+    assert as_columns(0, "", []) is None
+
+
+async def test_a_large_batch_round_trips_every_payload_exactly(backend: SqlStoreBackend) -> None:
+    store, sid = await new_session(backend)
+    odd = ['"quoted"', "back\\slash", "{braces}", "comma, space", "NULL", "", "ünïcødé ✓", "tab\tnew\nline"]
+    events = [{"type": "x.event", "id": f"evt_{i}", "text": odd[i % len(odd)], "n": i} for i in range(100)]
+    written = await store.append(sid, events, fence=0)
+    assert [e.seq for e in written] == list(range(1, 101))
+    page = await store.events(sid, limit=1000)
+    assert [e.data["text"] for e in page.items] == [e["text"] for e in events]
+    assert [e.id for e in page.items] == [f"evt_{i}" for i in range(100)]
+    # The same batch again writes nothing; half of it with new ids writes only those, gapless.
+    assert await store.append(sid, events, fence=0) == written
+    more = [{"type": "x.event", "id": f"evt_{i}", "n": i} for i in range(50, 150)]
+    again = await store.append(sid, more, fence=0)
+    assert [e.seq for e in again[50:]] == list(range(101, 151))
+    assert again[:50] == written[50:]
+    posted = await store.post(
+        sid, [{"type": "user.message", "id": f"evt_in{i}", "text": odd[i % 8]} for i in range(20)]
+    )
+    assert [p.position for p in posted] == list(range(1, 21))
+    assert [p.data["text"] for p in (await store.pending(sid)).items] == [odd[i % 8] for i in range(20)]
