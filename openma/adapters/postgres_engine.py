@@ -45,7 +45,7 @@ from openma.ports.sql import SqlClient, Statement
 from openma.ports.telemetry import Telemetry
 from openma.settings import Settings
 
-__all__ = ["ARRAY_ROWS", "PostgresEngine", "open_store_backend"]
+__all__ = ["ARRAY_ROWS", "PostgresEngine", "as_columns", "open_store_backend"]
 
 #: Batches of more rows than this are sent as arrays (see the module docstring). At this size the ``VALUES``
 #: form has more parameters than the client prepares (``_PREPARE_MAX_PARAMS``).
