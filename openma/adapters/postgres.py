@@ -8,9 +8,7 @@ one-statement append) is the engine's, in :mod:`openma.adapters.postgres_engine`
   choosing "pg" is a :class:`~openma.errors.ConfigError` that says ``pip install 'openma[pg]'``.
 * Pooled connections are in autocommit mode and return rows as dicts. Portable SQL (``?`` placeholders) is
   translated once per distinct text by :class:`PostgresDialect` and cached.
-* A ``list`` parameter (a Postgres array, as the engine's batch append sends) goes out in binary: a text array
-  escapes every quote and backslash of every element, and a JSON document is full of quotes (for a batch of
-  100 events of 1 KB the text form cost about four times the client time of the binary one).
+* A ``list`` parameter (a Postgres array) is sent in binary (``pg_connect.param_adapters``).
 * A write unit (:meth:`PostgresClient.run_batch`) is one transaction sent in as few round trips as the unit
   allows: ``BEGIN``, the statements and ``COMMIT`` go out together in pipeline mode, so a unit without an
   ``expect_rows`` check costs one round trip. A unit with checks is cut after each checked statement (one more
@@ -65,6 +63,7 @@ from openma.adapters.pg_connect import (
     driver_reason,
     idle_socket_has_news,
     load_driver,
+    param_adapters,
     require_asyncio,
     translate,
 )
@@ -230,18 +229,14 @@ class PostgresClient:
         settings = settings or Settings(postgres_url=url)
         require_asyncio()
         psycopg, pool_module = load_driver()
-        from psycopg.adapt import AdaptersMap
         from psycopg.rows import dict_row
-        from psycopg.types.array import ListBinaryDumper
 
         conninfo = connection_params(url, settings, psycopg)
-        adapters = AdaptersMap(psycopg.adapters)
-        adapters.register_dumper(list, ListBinaryDumper)  # registered last: what a ``%s`` list uses
         kwargs: dict[str, Any] = {
             "autocommit": True,
             "row_factory": dict_row,
             "prepare_threshold": 5 if settings.pg_prepared_statements else None,
-            "context": adapters,
+            "context": param_adapters(psycopg),
         }
         masked = mask_url(url)
         try:
