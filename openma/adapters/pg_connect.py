@@ -6,6 +6,10 @@
   non-blocking ``poll(2)`` of its socket (never ``select(2)``, which cannot watch a descriptor numbered 1024
   or more).
 * :func:`driver_reason` is the text of a driver error with its connection secrets masked.
+* :func:`param_adapters` is how parameters go out: psycopg's defaults, but a ``list`` (a Postgres array, as
+  the engine's batch append sends) in binary: a text array escapes every quote and backslash of every
+  element, and a JSON document is full of quotes (for a batch of 100 events of 1 KB the text form took about
+  four times the client time of the binary one).
 """
 
 from __future__ import annotations
@@ -110,6 +114,16 @@ def load_driver() -> tuple[ModuleType, ModuleType]:
             extra="pg",
         ) from exc
     return psycopg, psycopg_pool
+
+
+def param_adapters(psycopg: ModuleType) -> Any:
+    """psycopg's adapters with ``list`` dumped in binary (the ``context`` of every pooled connection)."""
+    from psycopg.adapt import AdaptersMap
+    from psycopg.types.array import ListBinaryDumper
+
+    out = AdaptersMap(psycopg.adapters)
+    out.register_dumper(list, ListBinaryDumper)  # registered last: what a ``%s`` list parameter uses
+    return out
 
 
 def require_asyncio() -> None:

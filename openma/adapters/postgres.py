@@ -8,6 +8,7 @@ one-statement append) is the engine's, in :mod:`openma.adapters.postgres_engine`
   choosing "pg" is a :class:`~openma.errors.ConfigError` that says ``pip install 'openma[pg]'``.
 * Pooled connections are in autocommit mode and return rows as dicts. Portable SQL (``?`` placeholders) is
   translated once per distinct text by :class:`PostgresDialect` and cached.
+* A ``list`` parameter (a Postgres array) is sent in binary (``pg_connect.param_adapters``).
 * A write unit (:meth:`PostgresClient.run_batch`) is one transaction sent in as few round trips as the unit
   allows: ``BEGIN``, the statements and ``COMMIT`` go out together in pipeline mode, so a unit without an
   ``expect_rows`` check costs one round trip. A unit with checks is cut after each checked statement (one more
@@ -62,6 +63,7 @@ from openma.adapters.pg_connect import (
     driver_reason,
     idle_socket_has_news,
     load_driver,
+    param_adapters,
     require_asyncio,
     translate,
 )
@@ -234,6 +236,7 @@ class PostgresClient:
             "autocommit": True,
             "row_factory": dict_row,
             "prepare_threshold": 5 if settings.pg_prepared_statements else None,
+            "context": param_adapters(psycopg),
         }
         masked = mask_url(url)
         try:

@@ -8,6 +8,19 @@ What Postgres does its own way:
   notification goes out if and only if the write commits), and one dedicated ``LISTEN`` connection per
   process (:class:`~openma.adapters.pg_notify.PgListener`) feeds the in-process hub.
 * An append is one statement (a CTE that bumps the fenced counter, notifies and inserts): one round trip.
+* In the one-statement append a retried event id is refused by the unique ``(tenant_id, session_id,
+  event_id)`` index itself, not by a ``NOT EXISTS`` check: on a table without fresh statistics (a new
+  database; autovacuum analyzes it a minute or more later) the planner served that check from another index on
+  ``(tenant_id, session_id, ...)`` (the primary key, the type index), filtering every event of the session,
+  so each append slowed down with the session's length. A retry costs one failed statement (and an ``ERROR``
+  line in the server's log) before the log looks the ids up.
+* A batch of more than :data:`ARRAY_ROWS` events goes in as columns (``unnest`` of one array parameter per
+  column, sent in binary) instead of a ``VALUES`` list: one statement text for every batch size, so it is
+  prepared like any small statement, with a few parameters instead of five per event (a batch of 100 took
+  about half the time). Smaller batches keep the ``VALUES`` list, which is prepared as it is.
+* A post into the inbox is one statement too (bump the inbox counter, insert, mark the session runnable,
+  notify), where the portable unit is five statements in a pipeline: psycopg flushes and polls the socket
+  after each statement of a pipeline, which cost more client time than the statements themselves.
 * A unique violation is SQLSTATE ``23505``.
 
 The driver is imported when a client or a lock opens, not when this module is imported, so a bare install
@@ -17,7 +30,7 @@ without the ``pg`` extra imports everything the SQLite engine needs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from openma.adapters.locks.pg_advisory import PgAdvisoryLeaseLock
 from openma.adapters.pg_connect import load_driver
@@ -25,14 +38,53 @@ from openma.adapters.pg_notify import CHANNEL, PgListener, payload
 from openma.adapters.postgres import open_postgres_client
 from openma.adapters.sql.backend import SqlStoreBackend
 from openma.adapters.sql.engine import SqlEngine, migrations_folder
-from openma.adapters.sql.wakeups import EVENTS
+from openma.adapters.sql.wakeups import EVENTS, INBOX
 from openma.core.tail import WakeHub
 from openma.ports.lease import LeaseLock
 from openma.ports.sql import SqlClient, Statement
 from openma.ports.telemetry import Telemetry
 from openma.settings import Settings
 
-__all__ = ["PostgresEngine", "open_store_backend"]
+__all__ = ["ARRAY_ROWS", "PostgresEngine", "as_columns", "open_store_backend"]
+
+#: Batches of more rows than this are sent as arrays (see the module docstring). At this size the ``VALUES``
+#: form has more parameters than the client prepares (``_PREPARE_MAX_PARAMS``).
+ARRAY_ROWS: Final = 4
+
+
+def _array_type(column: Sequence[Any]) -> str | None:
+    """The Postgres array type for a column of values: ``int8`` (all integers), ``text`` (text or NULL)."""
+    if all(type(x) is int for x in column):
+        return "int8"
+    if all(x is None or type(x) is str for x in column):
+        return "text"
+    return None
+
+
+def as_columns(count: int, values_sql: str, params: Sequence[Any]) -> tuple[str, list[Any]] | None:
+    """``(VALUES values_sql) AS v`` with its parameters (the last of ``params``) as ``unnest`` of arrays.
+
+    Returns the ``FROM`` item (``unnest(?::int8[], ?::text[], ...) AS v(column1, column2, ...)``, the same
+    columns as a ``VALUES`` list) and ``params`` with the rows' parameters replaced by one list per column;
+    ``None`` when ``values_sql`` is not ``count`` rows of plain placeholders or a column mixes types.
+    """
+    width, extra = divmod(values_sql.count("?"), count) if count else (0, 1)
+    if not width or extra:
+        return None
+    row = f"({', '.join(['?'] * width)})"
+    if values_sql != ", ".join([row] * count):
+        return None
+    head = len(params) - width * count
+    if head < 0:
+        return None
+    flat = params[head:]
+    columns = [list(flat[k::width]) for k in range(width)]
+    types = [_array_type(c) for c in columns]
+    if None in types:
+        return None
+    unnest = ", ".join(f"?::{t}[]" for t in types)
+    names = ", ".join(f"column{k}" for k in range(1, width + 1))
+    return f"unnest({unnest}) AS v({names})", [*params[:head], *columns]
 
 
 class PostgresLike(SqlClient, Protocol):
@@ -80,16 +132,22 @@ class PostgresEngine(SqlEngine):
         insert_sql: str,
         values_sql: str,
         insert_params: Sequence[Any],
+        dedup_sql: str = "",
+        dedup_params: Sequence[Any] = (),
     ) -> Statement:
         """One statement: the bump (fenced), the notification and the insert; one round trip.
 
         When the guard fails the ``UPDATE`` returns no row, so neither the notification nor the insert runs.
+        ``dedup_sql`` is not used: an event id already in the log fails the insert on the unique index (see the
+        module docstring), which rolls the whole statement back, the bump included.
         """
+        rows = as_columns(count, values_sql, insert_params) if count > ARRAY_ROWS else None
+        source, source_params = rows or (f"(VALUES {values_sql}) AS v", list(insert_params))
         sql = (
             "WITH s AS (UPDATE sessions SET last_seq = last_seq + ? WHERE tenant_id = ? AND id = ?"
             f" AND deleted_at IS NULL{guard_sql} RETURNING tenant_id, id, last_seq),"
             " w AS (SELECT pg_notify(?, ?) AS n FROM s) "
-            f"{insert_sql} FROM s, w, (VALUES {values_sql}) AS v RETURNING seq, event_id"
+            f"{insert_sql} FROM s, w, {source} RETURNING seq, event_id"
         )
         params = [
             count,
@@ -98,7 +156,45 @@ class PostgresEngine(SqlEngine):
             *guard_params,
             CHANNEL,
             payload(EVENTS, tenant_id, session_id),
-            *insert_params,
+            *source_params,
+        ]
+        return Statement(sql, params, fetch=True)
+
+    def inbox_post_statement(
+        self,
+        *,
+        tenant_id: str,
+        session_id: str,
+        count: int,
+        live_sql: str,
+        insert_sql: str,
+        values_sql: str,
+        insert_params: Sequence[Any],
+        runnable_sql: str,
+        runnable_params: Sequence[Any],
+    ) -> Statement:
+        """One statement: the bump, the insert, the runnable mark and the notification; one round trip.
+
+        An id already in the inbox fails the insert on the unique index, which rolls the whole statement back.
+        """
+        rows = as_columns(count, values_sql, insert_params) if count > ARRAY_ROWS else None
+        source, source_params = rows or (f"(VALUES {values_sql}) AS v", list(insert_params))
+        sql = (
+            "WITH s AS (UPDATE sessions SET last_inbox_pos = last_inbox_pos + ? WHERE tenant_id = ? AND id = ?"
+            f"{live_sql} RETURNING tenant_id, id, last_inbox_pos),"
+            f" i AS ({insert_sql} FROM s, {source} RETURNING pos, event_id),"
+            f" r AS ({runnable_sql}),"
+            " w AS (SELECT pg_notify(?, ?) AS n FROM s) "
+            "SELECT i.pos, i.event_id FROM i, w"
+        )
+        params = [
+            count,
+            tenant_id,
+            session_id,
+            *source_params,
+            *runnable_params,
+            CHANNEL,
+            payload(INBOX, tenant_id, session_id),
         ]
         return Statement(sql, params, fetch=True)
 

@@ -20,6 +20,8 @@ Contract for an engine (each hook's docstring has the details):
   that changed the session, or ``None``.
 * :meth:`SqlEngine.fenced_append_statement`: one statement doing a whole fenced append (bump the counter,
   notify, insert), or ``None`` to use the portable multi-statement write unit.
+* :meth:`SqlEngine.inbox_post_statement`: one statement doing a whole post into a session's inbox (bump the
+  inbox counter, insert, mark the session runnable, notify), or ``None`` to use the portable write unit.
 * :meth:`SqlEngine.is_unique_violation`: whether a driver error is a unique or primary-key violation.
 * :meth:`SqlEngine.with_client`: the same engine over another client (a wrapper that traces or injects
   faults), which must delegate the engine-specific properties (``path``, ``conninfo``) to the real client.
@@ -136,20 +138,56 @@ class SqlEngine(abc.ABC):
         insert_sql: str,
         values_sql: str,
         insert_params: Sequence[Any],
+        dedup_sql: str = "",
+        dedup_params: Sequence[Any] = (),
     ) -> Statement | None:
         """One statement that appends ``count`` events to a session, or ``None`` for the portable write unit.
 
         The statement must, atomically: add ``count`` to ``sessions.last_seq`` of the live (not deleted)
         session ``(tenant_id, session_id)`` only when ``guard_sql`` holds (conditions starting with
-        ``" AND "``, with ``guard_params``: the lease epoch fence, the dedup check); notify other processes
+        ``" AND "``, with ``guard_params``: the lease epoch fence); never store an event id already in the
+        session's log, either by adding ``dedup_sql`` (conditions in the same form, with ``dedup_params``:
+        none of the ids is in the log) to the guard, or by failing whole with a unique violation
+        (:meth:`is_unique_violation`) on the log's unique ``(tenant_id, session_id, event_id)`` index, which
+        the log treats as a retry (it looks the ids up and writes only the others); notify other processes
         (kind ``EVENTS``) when it did; and run ``insert_sql`` (an ``INSERT ... SELECT`` head whose select
         list reads the bumped session as ``s`` with columns ``tenant_id, id, last_seq`` and the new rows as
         ``v``, from ``(VALUES values_sql) AS v``; ``insert_params`` are the parameters of the head and then
         of ``values_sql``), returning ``seq, event_id`` of every inserted row (``fetch=True``). When the
-        guard fails it changes nothing and returns no rows.
+        guard (or the dedup check) fails it changes nothing and returns no rows.
 
         ``None`` (the default) means "run the portable multi-statement unit" (a checked ``UPDATE``, the
         ``INSERT``, then :meth:`notify_statement`).
+        """
+        return None
+
+    def inbox_post_statement(
+        self,
+        *,
+        tenant_id: str,
+        session_id: str,
+        count: int,
+        live_sql: str,
+        insert_sql: str,
+        values_sql: str,
+        insert_params: Sequence[Any],
+        runnable_sql: str,
+        runnable_params: Sequence[Any],
+    ) -> Statement | None:
+        """One statement that posts ``count`` inputs to a session's inbox, or ``None`` for the portable unit.
+
+        The statement must, atomically: add ``count`` to ``sessions.last_inbox_pos`` of the session
+        ``(tenant_id, session_id)`` only when ``live_sql`` holds (conditions starting with ``" AND "``: the
+        session takes input); run ``insert_sql`` (an ``INSERT ... SELECT`` head whose select list reads the
+        bumped session as ``s`` with columns ``tenant_id, id, last_inbox_pos`` and the new rows as ``v``, from
+        ``(VALUES values_sql) AS v``; ``insert_params`` are the parameters of the head and then of
+        ``values_sql``), returning ``pos, event_id`` of every inserted row (``fetch=True``); run
+        ``runnable_sql`` (an ``INSERT ... SELECT`` reading ``s``, with ``runnable_params``); and notify other
+        processes (kind ``INBOX``). An event id already in the inbox fails it whole with a unique violation
+        (:meth:`is_unique_violation`), which the inbox treats as a retry. When the session takes no input it
+        changes nothing and returns no rows.
+
+        ``None`` (the default) means "run the portable multi-statement unit".
         """
         return None
 

@@ -10,6 +10,7 @@ from openma.adapters.sql.sessions.context import (
     INSERT_EVENT,
     MAX_EVENTS_LIMIT,
     WRITE_RETRIES,
+    Item,
     SessionPart,
     check_fence,
     placeholders,
@@ -77,43 +78,9 @@ class SqlInbox(SessionPart):
                 if not todo:
                     break
                 now = self._ctx.clock.now_ms()
-                values, value_params = self._ctx.values(todo)
-                # Lock the session row, insert the ids not in the inbox yet (the insert's snapshot is taken
-                # with the lock held, so it sees every earlier post), then move the counter past what was
-                # inserted: a retried post inserts nothing and raises nothing, and positions stay gapless.
-                # No statement of the unit waits on another's answer (the lock's row count is read after the
-                # commit, and the insert checks the session itself), so an engine that pipelines a unit sends
-                # it in one round trip.
-                statements = [
-                    Statement(
-                        f"UPDATE sessions SET last_inbox_pos = last_inbox_pos WHERE tenant_id = ? AND id = ?{_LIVE}",
-                        (self.tenant_id, session_id),
-                    ),
-                    Statement(
-                        "INSERT INTO session_inbox (tenant_id, session_id, pos, event_id, type, data, blob_key, state,"
-                        " seq, created_at, updated_at) SELECT s.tenant_id, s.id,"
-                        " s.last_inbox_pos + row_number() OVER (ORDER BY v.column1),"
-                        " v.column2, v.column3, v.column4, v.column5, 'pending', NULL, ?, ?"
-                        f" FROM sessions s, (VALUES {values}) AS v WHERE s.tenant_id = ? AND s.id = ?"
-                        f"{_LIVE.replace(' AND ', ' AND s.')}"
-                        " AND NOT EXISTS (SELECT 1 FROM session_inbox i WHERE i.tenant_id = s.tenant_id"
-                        " AND i.session_id = s.id AND i.event_id = v.column2)"
-                        " RETURNING pos, event_id",
-                        [now, now, *value_params, self.tenant_id, session_id],
-                        fetch=True,
-                    ),
-                    Statement(
-                        "UPDATE sessions SET last_inbox_pos = last_inbox_pos + (SELECT COUNT(*) FROM session_inbox i"
-                        " WHERE i.tenant_id = sessions.tenant_id AND i.session_id = sessions.id"
-                        " AND i.pos > sessions.last_inbox_pos) WHERE tenant_id = ? AND id = ?",
-                        (self.tenant_id, session_id),
-                    ),
-                    # Pending input makes the session runnable, in this same unit (see .schedules).
-                    mark_runnable_statement(self.tenant_id, session_id, now),
-                ]
-                notify = self._ctx.wakeups.notify_statement(INBOX, self.tenant_id, session_id)
-                if notify is not None:
-                    statements.append(notify)
+                one = self._one_statement_post(session_id, todo, now)
+                statements = [one] if one is not None else self._post_unit(session_id, todo, now)
+                inserted_at = 0 if one is not None else 1
                 try:
                     result = await self._ctx.db.run_batch(statements)
                 except StorageUnavailable:
@@ -135,17 +102,19 @@ class SqlInbox(SessionPart):
                     todo = [it for it in todo if it.id not in found]
                     continue
                 definite = True
-                if not result.rowcounts[0] and not result.rows[1]:  # the session takes no input: nothing written
+                inserted = result.rows[inserted_at]
+                # The session takes no input: nothing written (the one-statement form refuses a known id by raising).
+                if not inserted and (one is not None or not result.rowcounts[0]):
                     raise await self._post_refusal(session_id)
                 at = ms_to_datetime(now)
                 by_id = {it.id: it for it in todo}
-                for got in result.rows[1]:
+                for got in inserted:
                     it = by_id.pop(got["event_id"])
                     stored[it.id] = (
                         InboxItem(it.id, it.type, int(got["pos"]), "pending", it.data, None, at, at),
                         it.key,
                     )
-                if result.rows[1]:
+                if inserted:
                     self._ctx.wakeups.notify_local(INBOX, self.tenant_id, session_id)
                 if by_id:  # posted before (a retry): return them as they are
                     found = await self._inbox_by_id(session_id, list(by_id))
@@ -165,6 +134,66 @@ class SqlInbox(SessionPart):
                 keep = {key for _, key in stored.values() if key is not None}
                 await self._ctx.drop_blobs(k for k in written if k not in keep)
         return [stored[p.id][0] for p in prepared]
+
+    def _post_unit(self, session_id: str, todo: Sequence[Item], now: int) -> list[Statement]:
+        """The portable write unit of a post of ``todo``; the insert is its second statement."""
+        values, value_params = self._ctx.values(todo)
+        # Lock the session row, insert the ids not in the inbox yet (the insert's snapshot is taken
+        # with the lock held, so it sees every earlier post), then move the counter past what was
+        # inserted: a retried post inserts nothing and raises nothing, and positions stay gapless.
+        # No statement of the unit waits on another's answer (the lock's row count is read after the
+        # commit, and the insert checks the session itself), so an engine that pipelines a unit sends
+        # it in one round trip.
+        statements = [
+            Statement(
+                f"UPDATE sessions SET last_inbox_pos = last_inbox_pos WHERE tenant_id = ? AND id = ?{_LIVE}",
+                (self.tenant_id, session_id),
+            ),
+            Statement(
+                "INSERT INTO session_inbox (tenant_id, session_id, pos, event_id, type, data, blob_key, state,"
+                " seq, created_at, updated_at) SELECT s.tenant_id, s.id,"
+                " s.last_inbox_pos + row_number() OVER (ORDER BY v.column1),"
+                " v.column2, v.column3, v.column4, v.column5, 'pending', NULL, ?, ?"
+                f" FROM sessions s, (VALUES {values}) AS v WHERE s.tenant_id = ? AND s.id = ?"
+                f"{_LIVE.replace(' AND ', ' AND s.')}"
+                " AND NOT EXISTS (SELECT 1 FROM session_inbox i WHERE i.tenant_id = s.tenant_id"
+                " AND i.session_id = s.id AND i.event_id = v.column2)"
+                " RETURNING pos, event_id",
+                [now, now, *value_params, self.tenant_id, session_id],
+                fetch=True,
+            ),
+            Statement(
+                "UPDATE sessions SET last_inbox_pos = last_inbox_pos + (SELECT COUNT(*) FROM session_inbox i"
+                " WHERE i.tenant_id = sessions.tenant_id AND i.session_id = sessions.id"
+                " AND i.pos > sessions.last_inbox_pos) WHERE tenant_id = ? AND id = ?",
+                (self.tenant_id, session_id),
+            ),
+            # Pending input makes the session runnable, in this same unit (see .schedules).
+            mark_runnable_statement(self.tenant_id, session_id, now),
+        ]
+        notify = self._ctx.wakeups.notify_statement(INBOX, self.tenant_id, session_id)
+        if notify is not None:
+            statements.append(notify)
+        return statements
+
+    def _one_statement_post(self, session_id: str, items: Sequence[Item], now: int) -> Statement | None:
+        """The engine's one-statement post of ``items`` (Postgres), or ``None`` for the portable unit."""
+        values, value_params = self._ctx.values(items)
+        return self._ctx.engine.inbox_post_statement(
+            tenant_id=self.tenant_id,
+            session_id=session_id,
+            count=len(items),
+            live_sql=_LIVE,
+            insert_sql="INSERT INTO session_inbox (tenant_id, session_id, pos, event_id, type, data, blob_key, state,"
+            " seq, created_at, updated_at) SELECT s.tenant_id, s.id, s.last_inbox_pos - ? + v.column1,"
+            " v.column2, v.column3, v.column4, v.column5, 'pending', NULL, ?, ?",
+            values_sql=values,
+            insert_params=[len(items), now, now, *value_params],
+            # What mark_runnable_statement does, for a session known to be live with pending input.
+            runnable_sql="INSERT INTO session_runnable (tenant_id, session_id, since) SELECT s.tenant_id, s.id, ?"
+            " FROM s ON CONFLICT (tenant_id, session_id) DO NOTHING",
+            runnable_params=[now],
+        )
 
     async def _post_refusal(self, session_id: str) -> OpenmaError:
         row = await self._ctx.row(session_id)

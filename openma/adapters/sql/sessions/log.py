@@ -68,14 +68,14 @@ class SqlEventLog(SessionPart):
         """The write unit of an append (and of a status change); returns it and the index of the insert."""
         n = len(items)
         fence_sql, fence_params = (" AND lease_epoch = ?", [fence]) if fence is not None else ("", [])
-        guard_params: list[Any] = [*fence_params]
+        dedup_sql, dedup_params = "", []
         if n:
             # None of the ids may be in the log already: a retried write is refused here, it never raises.
-            fence_sql += (
+            dedup_sql = (
                 " AND NOT EXISTS (SELECT 1 FROM session_events e WHERE e.tenant_id = ? AND e.session_id = ?"
                 f" AND e.event_id IN ({placeholders(n)}))"
             )
-            guard_params += [self.tenant_id, session_id, *(it.id for it in items)]
+            dedup_params = [self.tenant_id, session_id, *(it.id for it in items)]
         values, value_params = self._ctx.values(items)
         select = "SELECT s.tenant_id, s.id, s.last_seq - ? + v.column1, v.column2, v.column3, v.column4, v.column5, ?"
         if status is None:
@@ -86,10 +86,12 @@ class SqlEventLog(SessionPart):
                 session_id=session_id,
                 count=n,
                 guard_sql=fence_sql,
-                guard_params=guard_params,
+                guard_params=fence_params,
                 insert_sql=INSERT_EVENT + select,
                 values_sql=values,
                 insert_params=[n, now, *value_params],
+                dedup_sql=dedup_sql,
+                dedup_params=dedup_params,
             )
             if statement is not None:
                 return [statement], 0
@@ -105,8 +107,8 @@ class SqlEventLog(SessionPart):
         statements = [
             Statement(
                 f"UPDATE sessions SET {sets} WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL{fence_sql}"
-                f"{status_sql}{' RETURNING *' if status is not None else ''}",
-                [*set_params, self.tenant_id, session_id, *guard_params, *status_params],
+                f"{dedup_sql}{status_sql}{' RETURNING *' if status is not None else ''}",
+                [*set_params, self.tenant_id, session_id, *fence_params, *dedup_params, *status_params],
                 fetch=status is not None,
                 expect_rows=True,
             )
