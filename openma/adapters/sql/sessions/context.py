@@ -370,11 +370,12 @@ class SessionContext:
         times: dict[int, datetime] = {}  # events of one append share their time: build each datetime once
         out: list[Event] = []
         add = out.append
-        for seq, event_id, type_, data, _, ms, *_ in rows:
+        for r in rows:  # indexed, not unpacked: a starred unpacking builds a list per row
+            ms = r[5]
             at = times.get(ms)
             if at is None:
                 at = times[ms] = ms_to_datetime(ms)
-            add(Event(event_id, type_, int(seq), at, loads(data)))
+            add(Event(r[1], r[2], int(r[0]), at, loads(r[3])))
         return out
 
     async def events_by_id(self, session_id: str, ids: Sequence[str]) -> dict[str, tuple[Event, str | None]]:
