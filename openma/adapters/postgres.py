@@ -68,7 +68,7 @@ from openma.adapters.pg_connect import (
     translate,
 )
 from openma.errors import ConfigError, StorageUnavailable
-from openma.ports.sql import BatchResult, Params, Row, SqlTransaction, Statement
+from openma.ports.sql import BatchResult, Params, Row, SqlTransaction, Statement, TupleRow
 from openma.ports.telemetry import NullTelemetry, Telemetry
 from openma.redact import mask_url
 from openma.settings import Settings
@@ -365,6 +365,20 @@ class PostgresClient:
         conn = await self._get()
         try:
             cur = await conn.execute(translate(sql), params, prepare=_prepare(params))
+            return await cur.fetchall()
+        except Exception as exc:
+            self._raise_if_down(exc, conn)
+            raise
+        finally:
+            await self._put(conn)
+
+    async def fetch_tuples(self, sql: str, params: Params = ()) -> list[TupleRow]:
+        from psycopg.rows import tuple_row
+
+        conn = await self._get()
+        try:
+            cur = conn.cursor(row_factory=tuple_row)
+            await cur.execute(translate(sql), params, prepare=_prepare(params))
             return await cur.fetchall()
         except Exception as exc:
             self._raise_if_down(exc, conn)

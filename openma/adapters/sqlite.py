@@ -28,7 +28,7 @@ import attrs
 from openma.adapters.sqlite_group import rows_of, run_group, run_unit
 from openma.adapters.threadworker import ThreadWorker
 from openma.errors import ConfigError, StorageUnavailable
-from openma.ports.sql import BatchResult, Params, Row, SqlTransaction, Statement
+from openma.ports.sql import BatchResult, Params, Row, SqlTransaction, Statement, TupleRow
 from openma.settings import Settings
 
 if TYPE_CHECKING:
@@ -132,6 +132,9 @@ class _Conn:
 
     def fetch_all(self, sql: str, params: Params) -> list[Row]:
         return rows_of(self.c.execute(sql, params))
+
+    def fetch_tuples(self, sql: str, params: Params) -> list[TupleRow]:
+        return self.c.execute(sql, params).fetchall()
 
     def script(self, script: str) -> None:
         for statement in split_script(script):
@@ -393,6 +396,13 @@ class SqliteClient:
         conn = await self._take_reader()
         try:
             return await self._call(conn, conn.fetch_all, sql, params)
+        finally:
+            self._give_reader(conn)
+
+    async def fetch_tuples(self, sql: str, params: Params = ()) -> list[TupleRow]:
+        conn = await self._take_reader()
+        try:
+            return await self._call(conn, conn.fetch_tuples, sql, params)
         finally:
             self._give_reader(conn)
 

@@ -6,7 +6,8 @@ SQL text uses ``?`` placeholders and portable syntax; what really differs betwee
 Contract for an engine:
 
 * ``execute`` / ``executemany`` return the number of rows changed.
-* Rows come back as ``dict`` (column name → value); integers as ``int``, text as ``str``.
+* Rows come back as ``dict`` (column name → value); integers as ``int``, text as ``str``. A large read may
+  ask for plain tuples instead (:meth:`SqlClient.fetch_tuples`), in select-list order.
 * Outside ``transaction()`` every call is its own transaction (autocommit).
 * ``transaction()`` yields a :class:`SqlTransaction` bound to one connection. It commits when the block
   exits normally and rolls back on any exception (cancellation included). ``write=True`` (the default)
@@ -24,6 +25,8 @@ from typing import Any, Protocol, TypeAlias
 import attrs
 
 Row: TypeAlias = dict[str, Any]
+#: A row as a tuple of its values, in the statement's select-list order (see :meth:`SqlClient.fetch_tuples`).
+TupleRow: TypeAlias = tuple[Any, ...]
 Params: TypeAlias = Sequence[Any]
 
 
@@ -114,6 +117,13 @@ class SqlClient(SqlExecutor, Protocol):
 
         The fast path for the stores: one thread hop on SQLite, one transaction on Postgres. A unique
         violation (or any error) rolls the whole unit back and propagates.
+        """
+        ...
+
+    async def fetch_tuples(self, sql: str, params: Params = ()) -> list[TupleRow]:
+        """Every row of a read (autocommit), each as a tuple in select-list order rather than a ``dict``.
+
+        For reads of many rows (a page of events), where a ``dict`` per row costs more than the row itself.
         """
         ...
 

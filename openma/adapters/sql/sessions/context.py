@@ -30,7 +30,7 @@ from openma.errors import (
 )
 from openma.models import Event, Session, Stream
 from openma.ports.blobs import BlobStore
-from openma.ports.sql import Row, SqlClient, Statement
+from openma.ports.sql import Row, SqlClient, Statement, TupleRow
 from openma.ports.telemetry import NullTelemetry, Telemetry
 from openma.ports.tenancy import TenantRef
 
@@ -48,6 +48,7 @@ MAX_BATCH: Final = 10_000
 ALL_SEQS: Final = 2**62
 
 EVENT_COLUMNS: Final = "seq, event_id, type, data, blob_key, created_at"
+EVENT_NAMES: Final = tuple(EVENT_COLUMNS.split(", "))
 INSERT_EVENT: Final = (
     "INSERT INTO session_events (tenant_id, session_id, seq, event_id, type, data, blob_key, created_at) "
 )
@@ -356,6 +357,25 @@ class SessionContext:
             if at is None:
                 at = times[ms] = ms_to_datetime(ms)
             add(Event(r["event_id"], r["type"], int(r["seq"]), at, data))
+        return out
+
+    async def page_events(self, rows: Sequence[TupleRow]) -> list[Event]:
+        """Like :meth:`to_events`, for rows fetched as tuples that start with the columns of ``EVENT_COLUMNS``.
+
+        The read path: a page of tuples (no ``dict`` per row) becomes its events in one pass; a page that holds
+        a spilled event takes :meth:`to_events` (its blobs are read back and verified).
+        """
+        if any(r[4] is not None for r in rows):
+            return await self.to_events([dict(zip(EVENT_NAMES, r, strict=False)) for r in rows])
+        times: dict[int, datetime] = {}  # events of one append share their time: build each datetime once
+        out: list[Event] = []
+        add = out.append
+        for r in rows:  # indexed, not unpacked: a starred unpacking builds a list per row
+            ms = r[5]
+            at = times.get(ms)
+            if at is None:
+                at = times[ms] = ms_to_datetime(ms)
+            add(Event(r[1], r[2], int(r[0]), at, loads(r[3])))
         return out
 
     async def events_by_id(self, session_id: str, ids: Sequence[str]) -> dict[str, tuple[Event, str | None]]:

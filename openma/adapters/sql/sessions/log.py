@@ -39,7 +39,7 @@ from openma.errors import (
     StorageUnavailable,
 )
 from openma.models import Event, Page
-from openma.ports.sql import Row, Statement
+from openma.ports.sql import Row, Statement, TupleRow
 
 
 class SqlEventLog(SessionPart):
@@ -219,8 +219,10 @@ class SqlEventLog(SessionPart):
         limit: int,
         types: Sequence[str] | None,
         order: Order,
-    ) -> tuple[list[Row], int]:
+    ) -> tuple[list[TupleRow], int]:
         """Up to ``limit`` event rows in ``(after, before)`` and the session's retained-from seq.
+
+        The rows are tuples: the columns of ``EVENT_COLUMNS``, then the mark.
 
         Both come from one statement (one snapshot), so a concurrent prune is seen consistently by both; only
         when no event matches does a second, point read fetch the mark (it can only have grown since, so a
@@ -235,13 +237,13 @@ class SqlEventLog(SessionPart):
             where += f" AND type IN ({placeholders(len(types))})"
             params += list(types)
         direction = "ASC" if order == "asc" else "DESC"
-        rows = await self._ctx.db.fetch_all(
+        rows = await self._ctx.db.fetch_tuples(
             f"SELECT {EVENT_COLUMNS}, (SELECT retained_from_seq FROM sessions WHERE tenant_id = ? AND id = ?"
             f" AND deleted_at IS NULL) AS retained_from_seq FROM session_events WHERE {where}"
             f" ORDER BY seq {direction} LIMIT ?",
             (self.tenant_id, session_id, *params, limit),
         )
-        mark = rows[0]["retained_from_seq"] if rows else await self._retained_from(session_id)
+        mark = rows[0][6] if rows else await self._retained_from(session_id)
         if mark is None:
             raise NotFound(f"session {session_id} not found", session_id=session_id)
         return rows, int(mark)
@@ -295,8 +297,8 @@ class SqlEventLog(SessionPart):
         next_cursor = None
         if more:
             last = page[-1]
-            next_cursor = encode_cursor(scope, Keyset(int(last["seq"]), str(last["event_id"])))
-        return Page(await self._ctx.to_events(page), next_cursor)
+            next_cursor = encode_cursor(scope, Keyset(int(last[0]), str(last[1])))
+        return Page(await self._ctx.page_events(page), next_cursor)
 
     async def read_after(self, session_id: str, after: int, limit: int) -> list[Event]:
         """Up to ``limit`` events with ``seq > after`` in order; ``ResyncRequired`` below the retained range."""
@@ -306,7 +308,7 @@ class SqlEventLog(SessionPart):
         )
         if retained_from > after + 1:
             raise self._ctx.resync(session_id, after, retained_from)
-        return await self._ctx.to_events(rows)
+        return await self._ctx.page_events(rows)
 
     async def get_event(self, session_id: str, event_id: str) -> Event:
         check_id(session_id, "ses", what="session_id")
