@@ -6,9 +6,8 @@ one-statement append) is the engine's, in :mod:`openma.adapters.postgres_engine`
 
 * The driver is imported when a client opens, not when this module is imported: without the ``pg`` extra,
   choosing "pg" is a :class:`~openma.errors.ConfigError` that says ``pip install 'openma[pg]'``.
-* Pooled connections are in autocommit mode and return rows as dicts. Portable SQL (``?`` placeholders) is
-  translated once per distinct text by :class:`PostgresDialect` and cached.
-* A ``list`` parameter (a Postgres array) is sent in binary (``pg_connect.param_adapters``).
+* Pooled connections are in autocommit mode and return rows as dicts (tuples for ``fetch_tuples``); a ``list``
+  parameter (an array) is sent in binary. Portable SQL (``?`` placeholders) is translated once per text.
 * A write unit (:meth:`PostgresClient.run_batch`) is one transaction sent in as few round trips as the unit
   allows: ``BEGIN``, the statements and ``COMMIT`` go out together in pipeline mode, so a unit without an
   ``expect_rows`` check costs one round trip. A unit with checks is cut after each checked statement (one more
@@ -48,7 +47,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 
@@ -105,6 +104,13 @@ _CTE: Final = re.compile(r"^\s*WITH\b", re.I)
 #: plan scanned the session's events, and batches of 100 slowed down about 3x within 9 000 events of one
 #: session. Unprepared, each batch is planned for its own values and stays flat.
 _PREPARE_MAX_PARAMS: Final = 32
+
+
+_T = TypeVar("_T")
+
+
+async def _rowcount(cur: AsyncCursor[Any]) -> int:
+    return cur.rowcount
 
 
 def _prepare(params: Params) -> bool | None:
@@ -199,6 +205,7 @@ class PostgresClient:
         self._conninfo = url if not isinstance(pool.conninfo, str) else pool.conninfo
         self._down: tuple[type[BaseException], ...] = (psycopg.OperationalError, pool_module.PoolTimeout)
         self._interface_error: type[BaseException] = psycopg.InterfaceError
+        self._tuple_row: Any = psycopg.rows.tuple_row
         self._max_checks = (pool.max_size or 1) + 1
         self._closed = False
         #: Where failures this client recovers from on its own are reported (``silent_catch``).
@@ -333,58 +340,36 @@ class PostgresClient:
         finally:
             await self._put(conn)
 
-    # -- autocommit calls
-
-    async def execute(self, sql: str, params: Params = ()) -> int:
+    # -- autocommit calls: one statement on a pooled connection, its result read by ``read(cursor)``
+    async def _autocommit(
+        self, sql: str, params: Params, read: Callable[[AsyncCursor[Any]], Awaitable[_T]], row_factory: Any = None
+    ) -> _T:
         conn = await self._get()
         try:
-            cur = await conn.execute(translate(sql), params, prepare=_prepare(params))
-            return cur.rowcount
+            cur = conn.cursor(row_factory=row_factory) if row_factory is not None else conn.cursor()
+            await cur.execute(translate(sql), params, prepare=_prepare(params))
+            return await read(cur)
         except Exception as exc:
             self._raise_if_down(exc, conn)
             raise
         finally:
             await self._put(conn)
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        return await self._autocommit(sql, params, _rowcount)
 
     async def executemany(self, sql: str, params: Iterable[Params]) -> int:
         async with self.transaction() as tx:
             return await tx.executemany(sql, params)
 
     async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
-        conn = await self._get()
-        try:
-            cur = await conn.execute(translate(sql), params, prepare=_prepare(params))
-            return await cur.fetchone()
-        except Exception as exc:
-            self._raise_if_down(exc, conn)
-            raise
-        finally:
-            await self._put(conn)
+        return await self._autocommit(sql, params, lambda cur: cur.fetchone())
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
-        conn = await self._get()
-        try:
-            cur = await conn.execute(translate(sql), params, prepare=_prepare(params))
-            return await cur.fetchall()
-        except Exception as exc:
-            self._raise_if_down(exc, conn)
-            raise
-        finally:
-            await self._put(conn)
+        return await self._autocommit(sql, params, lambda cur: cur.fetchall())
 
     async def fetch_tuples(self, sql: str, params: Params = ()) -> list[TupleRow]:
-        from psycopg.rows import tuple_row
-
-        conn = await self._get()
-        try:
-            cur = conn.cursor(row_factory=tuple_row)
-            await cur.execute(translate(sql), params, prepare=_prepare(params))
-            return await cur.fetchall()
-        except Exception as exc:
-            self._raise_if_down(exc, conn)
-            raise
-        finally:
-            await self._put(conn)
+        return await self._autocommit(sql, params, lambda cur: cur.fetchall(), self._tuple_row)
 
     # -- write units
 
