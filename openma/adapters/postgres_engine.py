@@ -21,6 +21,13 @@ What Postgres does its own way:
 * A post into the inbox is one statement too (bump the inbox counter, insert, mark the session runnable,
   notify), where the portable unit is five statements in a pipeline: psycopg flushes and polls the socket
   after each statement of a pipeline, which cost more client time than the statements themselves.
+* A lookup by event id (the dedup guard of a status change, the promote's) must be served by the unique
+  ``(tenant_id, session_id, event_id)`` index. Every index of the event log and of the inbox starts with
+  ``(tenant_id, session_id)``; before a table's first ANALYZE the planner estimates about one row per session,
+  costs every such index the same and keeps the newest one's path: migration 0010 rebuilds the event-id
+  indexes so that they are the newest. ``event_id IN (...)`` of several ids is costed as one index scan per
+  id, and lost to a scan of the session's rows, so guards look each id up on its own
+  (:meth:`PostgresEngine.event_ids_absent`).
 * A unique violation is SQLSTATE ``23505``.
 
 The driver is imported when a client or a lock opens, not when this module is imported, so a bare install
@@ -197,6 +204,32 @@ class PostgresEngine(SqlEngine):
             payload(INBOX, tenant_id, session_id),
         ]
         return Statement(sql, params, fetch=True)
+
+    def event_ids_absent(
+        self, table: str, tenant_id: str, session_id: str, event_ids: Sequence[str]
+    ) -> tuple[str, list[Any]]:
+        """One lookup per id, each an equality on the whole unique event-id index (see the module docstring).
+
+        ``event_id IN (...)`` of two or more ids (``= ANY``) is costed as one scan per id, so on a table without
+        statistics the planner read the session's rows through the index prefix and filtered them instead.
+        The ids go in as one ``text[]`` parameter: one statement text for every number of ids.
+        """
+        sql = (
+            f"NOT EXISTS (SELECT 1 FROM unnest(?::text[]) AS d_ids(id) WHERE (SELECT 1 FROM {table} d"
+            " WHERE d.tenant_id = ? AND d.session_id = ? AND d.event_id = d_ids.id) IS NOT NULL)"
+        )
+        return sql, [list(event_ids), tenant_id, session_id]
+
+    def event_id_rows(
+        self, table: str, alias: str, tenant_id: str, session_id: str, event_ids: Sequence[str]
+    ) -> tuple[str, list[Any]]:
+        """One lookup per id (a lateral subquery, kept from being flattened by ``OFFSET 0``), as in
+        :meth:`event_ids_absent`."""
+        sql = (
+            f"unnest(?::text[]) AS d_ids(id) CROSS JOIN LATERAL (SELECT * FROM {table} d WHERE d.tenant_id = ?"
+            f" AND d.session_id = ? AND d.event_id = d_ids.id OFFSET 0) AS {alias}"
+        )
+        return sql, [list(event_ids), tenant_id, session_id]
 
 
 async def open_store_backend(settings: Settings) -> SqlStoreBackend:
