@@ -22,12 +22,12 @@ What Postgres does its own way:
   notify), where the portable unit is five statements in a pipeline: psycopg flushes and polls the socket
   after each statement of a pipeline, which cost more client time than the statements themselves.
 * A lookup by event id (the dedup guard of a status change, the promote's) must be served by the unique
-  ``(tenant_id, session_id, event_id)`` index. Every index of the event log and of the inbox starts with
-  ``(tenant_id, session_id)``; before a table's first ANALYZE the planner estimates about one row per session,
-  costs every such index the same and keeps the newest one's path: migration 0010 rebuilds the event-id
-  indexes so that they are the newest. ``event_id IN (...)`` of several ids is costed as one index scan per
-  id, and lost to a scan of the session's rows, so guards look each id up on its own
-  (:meth:`PostgresEngine.event_ids_absent`).
+  event-id index. Every other index of the event log and of the inbox starts with ``(tenant_id, session_id)``;
+  before a table's first ANALYZE the planner estimates about one row per session and costed those the same as
+  the event-id index, or cheaper, then filtered every row of the session. So the unique index leads with
+  ``event_id`` (migration 0012) and a lookup compares the tenant and the session as expressions
+  (``tenant_id || '' = ?``) that no index matches: its one indexable condition is the event id, which only
+  the event-id index can serve (:meth:`PostgresEngine.event_id_key`). Several ids are looked up one by one.
 * A unique violation is SQLSTATE ``23505``.
 
 The driver is imported when a client or a lock opens, not when this module is imported, so a bare install
@@ -205,29 +205,31 @@ class PostgresEngine(SqlEngine):
         ]
         return Statement(sql, params, fetch=True)
 
+    def event_id_key(self, alias: str, id_sql: str) -> str:
+        """The key with the tenant and the session as expressions no index matches (see the module docstring)."""
+        return f"{alias}.tenant_id || '' = ? AND {alias}.session_id || '' = ? AND {alias}.event_id = {id_sql}"
+
     def event_ids_absent(
         self, table: str, tenant_id: str, session_id: str, event_ids: Sequence[str]
     ) -> tuple[str, list[Any]]:
-        """One lookup per id, each an equality on the whole unique event-id index (see the module docstring).
-
-        ``event_id IN (...)`` of two or more ids (``= ANY``) is costed as one scan per id, so on a table without
-        statistics the planner read the session's rows through the index prefix and filtered them instead.
-        The ids go in as one ``text[]`` parameter: one statement text for every number of ids.
-        """
+        """One lookup per id by :meth:`event_id_key`; the ids go in as one ``text[]`` parameter (one statement
+        text for every number of ids). ``event_id IN (...)`` of several ids was costed as one index scan per id
+        and could lose to a scan of the session's rows."""
+        key = self.event_id_key("d", "d_ids.id")
         sql = (
-            f"NOT EXISTS (SELECT 1 FROM unnest(?::text[]) AS d_ids(id) WHERE (SELECT 1 FROM {table} d"
-            " WHERE d.tenant_id = ? AND d.session_id = ? AND d.event_id = d_ids.id) IS NOT NULL)"
+            "NOT EXISTS (SELECT 1 FROM unnest(?::text[]) AS d_ids(id)"
+            f" WHERE (SELECT 1 FROM {table} d WHERE {key}) IS NOT NULL)"
         )
         return sql, [list(event_ids), tenant_id, session_id]
 
     def event_id_rows(
         self, table: str, alias: str, tenant_id: str, session_id: str, event_ids: Sequence[str]
     ) -> tuple[str, list[Any]]:
-        """One lookup per id (a lateral subquery, kept from being flattened by ``OFFSET 0``), as in
-        :meth:`event_ids_absent`."""
+        """One lookup per id by :meth:`event_id_key` (a lateral subquery, not flattened: ``OFFSET 0``)."""
+        key = self.event_id_key("d", "d_ids.id")
         sql = (
-            f"unnest(?::text[]) AS d_ids(id) CROSS JOIN LATERAL (SELECT * FROM {table} d WHERE d.tenant_id = ?"
-            f" AND d.session_id = ? AND d.event_id = d_ids.id OFFSET 0) AS {alias}"
+            "unnest(?::text[]) AS d_ids(id)"
+            f" CROSS JOIN LATERAL (SELECT * FROM {table} d WHERE {key} OFFSET 0) AS {alias}"
         )
         return sql, [list(event_ids), tenant_id, session_id]
 

@@ -193,6 +193,14 @@ class SqlEngine(abc.ABC):
         """
         return None
 
+    def event_id_key(self, alias: str, id_sql: str) -> str:
+        """The condition that ``alias`` (a row of the event log or the inbox) has the key ``(?, ?, id_sql)``.
+
+        Its parameters are the tenant id, the session id, then those of ``id_sql`` (in every engine's form). The
+        default: ``alias.tenant_id = ? AND alias.session_id = ? AND alias.event_id = id_sql``.
+        """
+        return f"{alias}.tenant_id = ? AND {alias}.session_id = ? AND {alias}.event_id = {id_sql}"
+
     def event_ids_absent(
         self, table: str, tenant_id: str, session_id: str, event_ids: Sequence[str]
     ) -> tuple[str, list[Any]]:

@@ -241,15 +241,16 @@ class SqlInbox(SessionPart):
                     expect_rows=True,
                 )
             ]
+            inbox_key = self._ctx.engine.event_id_key("session_inbox", "?")
+            log_key = self._ctx.engine.event_id_key("e", "?")
             for k, event_id in enumerate(todo, 1):
                 statements.append(
                     Statement(
                         "UPDATE session_inbox SET state = 'promoted', updated_at = ?,"
                         " seq = (SELECT last_seq FROM sessions WHERE tenant_id = ? AND id = ?) - ?"
-                        " WHERE tenant_id = ? AND session_id = ? AND event_id = ? AND state = 'pending'"
+                        f" WHERE {inbox_key} AND state = 'pending'"
                         # Already in the log (appended there directly): refused here rather than by the insert.
-                        " AND NOT EXISTS (SELECT 1 FROM session_events e WHERE e.tenant_id = ? AND e.session_id = ?"
-                        " AND e.event_id = ?)",
+                        f" AND NOT EXISTS (SELECT 1 FROM session_events e WHERE {log_key})",
                         (
                             now,
                             self.tenant_id,
