@@ -22,8 +22,9 @@ Contract for an engine (each hook's docstring has the details):
   notify, insert), or ``None`` to use the portable multi-statement write unit.
 * :meth:`SqlEngine.inbox_post_statement`: one statement doing a whole post into a session's inbox (bump the
   inbox counter, insert, mark the session runnable, notify), or ``None`` to use the portable write unit.
-* :meth:`SqlEngine.event_ids_absent`: the guard of a write unit that refuses event ids already in the log or
-  the inbox; :meth:`SqlEngine.event_id_rows`, the rows of given ids.
+* :meth:`SqlEngine.event_id_key`, :meth:`SqlEngine.event_ids_absent`, :meth:`SqlEngine.event_id_rows`: lookups
+  by event id in the log or the inbox (one row's key; the guard of a write unit that refuses ids already
+  there; the rows of given ids), in a form this engine's planner serves from the unique event-id index.
 * :meth:`SqlEngine.is_unique_violation`: whether a driver error is a unique or primary-key violation.
 * :meth:`SqlEngine.with_client`: the same engine over another client (a wrapper that traces or injects
   faults), which must delegate the engine-specific properties (``path``, ``conninfo``) to the real client.
