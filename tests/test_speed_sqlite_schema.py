@@ -48,7 +48,8 @@ async def _indexes(client: SqliteClient, table: str) -> set[tuple[str, int, str]
 async def test_upgrade_keeps_rows_keys_and_indexes(tmp_path: Path) -> None:
     client = await SqliteClient.open(str(tmp_path / "db.sqlite"))
     try:
-        await migrations.migrate(client, _before_0011(tmp_path))
+        folder = _before_0011(tmp_path)
+        await migrations.migrate(client, folder)
         assert "WITHOUT ROWID" in await _table_sql(client, "session_events")
         before = {t: await _indexes(client, t) for t in ("session_events", "session_inbox")}
         events = [("ten_a", "ses_a", i, f"evt_{i}", "t", f'{{"n":{i}}}', None, 1000 + i) for i in range(1, 301)]
@@ -56,7 +57,8 @@ async def test_upgrade_keeps_rows_keys_and_indexes(tmp_path: Path) -> None:
         inbox = [("ten_a", "ses_a", i, f"in_{i}", "t", "{}", None, "pending", None, 5, 6) for i in range(1, 11)]
         await client.executemany("INSERT INTO session_inbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", inbox)
 
-        assert await migrations.migrate(client) == [UPGRADE]
+        shutil.copy(Path(str(migrations_folder("sqlite"))) / UPGRADE, folder / UPGRADE)  # 0011 alone
+        assert await migrations.migrate(client, folder) == [UPGRADE]
 
         for table in ("session_events", "session_inbox"):
             assert "WITHOUT ROWID" not in await _table_sql(client, table)

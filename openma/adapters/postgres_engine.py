@@ -21,6 +21,13 @@ What Postgres does its own way:
 * A post into the inbox is one statement too (bump the inbox counter, insert, mark the session runnable,
   notify), where the portable unit is five statements in a pipeline: psycopg flushes and polls the socket
   after each statement of a pipeline, which cost more client time than the statements themselves.
+* A lookup by event id (the dedup guard of a status change, the promote's) must be served by the unique
+  event-id index. Every other index of the event log and of the inbox starts with ``(tenant_id, session_id)``;
+  before a table's first ANALYZE the planner estimates about one row per session and costed those the same as
+  the event-id index, or cheaper, then filtered every row of the session. So the unique index leads with
+  ``event_id`` (migration 0012) and a lookup compares the tenant and the session as expressions
+  (``tenant_id || '' = ?``) that no index matches: its one indexable condition is the event id, which only
+  the event-id index can serve (:meth:`PostgresEngine.event_id_key`). Several ids are looked up one by one.
 * A unique violation is SQLSTATE ``23505``.
 
 The driver is imported when a client or a lock opens, not when this module is imported, so a bare install
@@ -197,6 +204,34 @@ class PostgresEngine(SqlEngine):
             payload(INBOX, tenant_id, session_id),
         ]
         return Statement(sql, params, fetch=True)
+
+    def event_id_key(self, alias: str, id_sql: str) -> str:
+        """The key with the tenant and the session as expressions no index matches (see the module docstring)."""
+        return f"{alias}.tenant_id || '' = ? AND {alias}.session_id || '' = ? AND {alias}.event_id = {id_sql}"
+
+    def event_ids_absent(
+        self, table: str, tenant_id: str, session_id: str, event_ids: Sequence[str]
+    ) -> tuple[str, list[Any]]:
+        """One lookup per id by :meth:`event_id_key`; the ids go in as one ``text[]`` parameter (one statement
+        text for every number of ids). ``event_id IN (...)`` of several ids was costed as one index scan per id
+        and could lose to a scan of the session's rows."""
+        key = self.event_id_key("d", "d_ids.id")
+        sql = (
+            "NOT EXISTS (SELECT 1 FROM unnest(?::text[]) AS d_ids(id)"
+            f" WHERE (SELECT 1 FROM {table} d WHERE {key}) IS NOT NULL)"
+        )
+        return sql, [list(event_ids), tenant_id, session_id]
+
+    def event_id_rows(
+        self, table: str, alias: str, tenant_id: str, session_id: str, event_ids: Sequence[str]
+    ) -> tuple[str, list[Any]]:
+        """One lookup per id by :meth:`event_id_key` (a lateral subquery, not flattened: ``OFFSET 0``)."""
+        key = self.event_id_key("d", "d_ids.id")
+        sql = (
+            "unnest(?::text[]) AS d_ids(id)"
+            f" CROSS JOIN LATERAL (SELECT * FROM {table} d WHERE {key} OFFSET 0) AS {alias}"
+        )
+        return sql, [list(event_ids), tenant_id, session_id]
 
 
 async def open_store_backend(settings: Settings) -> SqlStoreBackend:

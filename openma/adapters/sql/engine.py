@@ -22,6 +22,9 @@ Contract for an engine (each hook's docstring has the details):
   notify, insert), or ``None`` to use the portable multi-statement write unit.
 * :meth:`SqlEngine.inbox_post_statement`: one statement doing a whole post into a session's inbox (bump the
   inbox counter, insert, mark the session runnable, notify), or ``None`` to use the portable write unit.
+* :meth:`SqlEngine.event_id_key`, :meth:`SqlEngine.event_ids_absent`, :meth:`SqlEngine.event_id_rows`: lookups
+  by event id in the log or the inbox (one row's key; the guard of a write unit that refuses ids already
+  there; the rows of given ids), in a form this engine's planner serves from the unique event-id index.
 * :meth:`SqlEngine.is_unique_violation`: whether a driver error is a unique or primary-key violation.
 * :meth:`SqlEngine.with_client`: the same engine over another client (a wrapper that traces or injects
   faults), which must delegate the engine-specific properties (``path``, ``conninfo``) to the real client.
@@ -190,6 +193,43 @@ class SqlEngine(abc.ABC):
         ``None`` (the default) means "run the portable multi-statement unit".
         """
         return None
+
+    def event_id_key(self, alias: str, id_sql: str) -> str:
+        """The condition that ``alias`` (a row of the event log or the inbox) has the key ``(?, ?, id_sql)``.
+
+        Its parameters are the tenant id, the session id, then those of ``id_sql`` (in every engine's form). The
+        default: ``alias.tenant_id = ? AND alias.session_id = ? AND alias.event_id = id_sql``.
+        """
+        return f"{alias}.tenant_id = ? AND {alias}.session_id = ? AND {alias}.event_id = {id_sql}"
+
+    def event_ids_absent(
+        self, table: str, tenant_id: str, session_id: str, event_ids: Sequence[str]
+    ) -> tuple[str, list[Any]]:
+        """A condition, with its parameters, that holds when none of ``event_ids`` is in ``table`` for the session.
+
+        ``table`` has ``tenant_id, session_id, event_id`` columns with a unique index on the three (the event log,
+        the inbox). A write unit guards itself with it (``" AND " + sql``), so a retried id is refused without an
+        error. The default is one ``NOT EXISTS`` over ``event_id IN (...)``; an engine whose planner serves
+        that from another index of the session overrides it with a lookup per id.
+        """
+        marks = ", ".join(["?"] * len(event_ids))
+        sql = (
+            f"NOT EXISTS (SELECT 1 FROM {table} d WHERE d.tenant_id = ? AND d.session_id = ?"
+            f" AND d.event_id IN ({marks}))"
+        )
+        return sql, [tenant_id, session_id, *event_ids]
+
+    def event_id_rows(
+        self, table: str, alias: str, tenant_id: str, session_id: str, event_ids: Sequence[str]
+    ) -> tuple[str, list[Any]]:
+        """A ``FROM`` item, with its parameters, of the rows of ``table`` in the session with one of ``event_ids``.
+
+        ``table`` is as for :meth:`event_ids_absent`; the statement reads the rows' columns as ``alias.column``.
+        The default is a subquery over ``event_id IN (...)``.
+        """
+        marks = ", ".join(["?"] * len(event_ids))
+        sql = f"(SELECT * FROM {table} WHERE tenant_id = ? AND session_id = ? AND event_id IN ({marks})) AS {alias}"
+        return sql, [tenant_id, session_id, *event_ids]
 
     def is_unique_violation(self, exc: BaseException) -> bool:
         """True when ``exc`` is this engine's unique or primary-key violation."""

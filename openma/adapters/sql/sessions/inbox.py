@@ -55,11 +55,8 @@ class SqlInbox(SessionPart):
     async def _inbox_by_id(self, session_id: str, ids: Sequence[str]) -> dict[str, Row]:
         if not ids:
             return {}
-        rows = await self._ctx.db.fetch_all(
-            "SELECT * FROM session_inbox WHERE tenant_id = ? AND session_id = ?"
-            f" AND event_id IN ({placeholders(len(ids))})",
-            (self.tenant_id, session_id, *ids),
-        )
+        source, params = self._ctx.engine.event_id_rows("session_inbox", "i", self.tenant_id, session_id, ids)
+        rows = await self._ctx.db.fetch_all(f"SELECT i.* FROM {source}", params)
         return {r["event_id"]: r for r in rows}
 
     async def post(self, session_id: str, events: Sequence[dict[str, Any]]) -> list[InboxItem]:
@@ -244,15 +241,16 @@ class SqlInbox(SessionPart):
                     expect_rows=True,
                 )
             ]
+            inbox_key = self._ctx.engine.event_id_key("session_inbox", "?")
+            log_key = self._ctx.engine.event_id_key("e", "?")
             for k, event_id in enumerate(todo, 1):
                 statements.append(
                     Statement(
                         "UPDATE session_inbox SET state = 'promoted', updated_at = ?,"
                         " seq = (SELECT last_seq FROM sessions WHERE tenant_id = ? AND id = ?) - ?"
-                        " WHERE tenant_id = ? AND session_id = ? AND event_id = ? AND state = 'pending'"
+                        f" WHERE {inbox_key} AND state = 'pending'"
                         # Already in the log (appended there directly): refused here rather than by the insert.
-                        " AND NOT EXISTS (SELECT 1 FROM session_events e WHERE e.tenant_id = ? AND e.session_id = ?"
-                        " AND e.event_id = ?)",
+                        f" AND NOT EXISTS (SELECT 1 FROM session_events e WHERE {log_key})",
                         (
                             now,
                             self.tenant_id,
@@ -269,15 +267,7 @@ class SqlInbox(SessionPart):
                     )
                 )
             insert_at = len(statements)
-            statements.append(
-                Statement(
-                    f"{INSERT_EVENT}SELECT tenant_id, session_id, seq, event_id, type, data, blob_key, ?"
-                    " FROM session_inbox WHERE tenant_id = ? AND session_id = ? AND state = 'promoted'"
-                    f" AND event_id IN ({placeholders(n)}) RETURNING {EVENT_COLUMNS}",
-                    (now, self.tenant_id, session_id, *todo),
-                    fetch=True,
-                )
-            )
+            statements.append(self._promoted_insert(session_id, todo, now))
             notify = self._ctx.wakeups.notify_statement(EVENTS, self.tenant_id, session_id)
             if notify is not None:
                 statements.append(notify)
@@ -327,6 +317,16 @@ class SqlInbox(SessionPart):
         else:
             raise Conflict(f"promoting inputs of session {session_id} kept colliding; retry", session_id=session_id)
         return [done[i] for i in ids]
+
+    def _promoted_insert(self, session_id: str, ids: Sequence[str], now: int) -> Statement:
+        """The promote's insert: the log's rows of the inputs ``ids``, just marked promoted (looked up by id)."""
+        rows, params = self._ctx.engine.event_id_rows("session_inbox", "i", self.tenant_id, session_id, ids)
+        return Statement(
+            f"{INSERT_EVENT}SELECT i.tenant_id, i.session_id, i.seq, i.event_id, i.type, i.data, i.blob_key, ?"
+            f" FROM {rows} WHERE i.state = 'promoted' RETURNING {EVENT_COLUMNS}",
+            (now, *params),
+            fetch=True,
+        )
 
     async def _settle_promoted(self, session_id: str, seqs: dict[str, int], fence: int | None) -> None:
         fence_sql, fence_params = (" AND lease_epoch = ?", [fence]) if fence is not None else ("", [])

@@ -68,14 +68,7 @@ class SqlEventLog(SessionPart):
         """The write unit of an append (and of a status change); returns it and the index of the insert."""
         n = len(items)
         fence_sql, fence_params = (" AND lease_epoch = ?", [fence]) if fence is not None else ("", [])
-        dedup_sql, dedup_params = "", []
-        if n:
-            # None of the ids may be in the log already: a retried write is refused here, it never raises.
-            dedup_sql = (
-                " AND NOT EXISTS (SELECT 1 FROM session_events e WHERE e.tenant_id = ? AND e.session_id = ?"
-                f" AND e.event_id IN ({placeholders(n)}))"
-            )
-            dedup_params = [self.tenant_id, session_id, *(it.id for it in items)]
+        dedup_sql, dedup_params = self._dedup_guard(session_id, items)
         values, value_params = self._ctx.values(items)
         select = "SELECT s.tenant_id, s.id, s.last_seq - ? + v.column1, v.column2, v.column3, v.column4, v.column5, ?"
         if status is None:
@@ -128,6 +121,15 @@ class SqlEventLog(SessionPart):
             if notify is not None:
                 statements.append(notify)
         return statements, insert_at
+
+    def _dedup_guard(self, session_id: str, items: Sequence[Item]) -> tuple[str, list[Any]]:
+        """None of the ids may be in the log already: a retried write is refused by this guard, it never raises."""
+        if not items:
+            return "", []
+        sql, params = self._ctx.engine.event_ids_absent(
+            "session_events", self.tenant_id, session_id, [it.id for it in items]
+        )
+        return f" AND {sql}", params
 
     async def write_events(
         self,
