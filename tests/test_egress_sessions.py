@@ -385,17 +385,18 @@ async def test_sessions_reach_the_upstream_only_through_the_proxy(
             assert TOKEN_A not in listing
 
             # killing the proxy mid-download fails the request cleanly, and the proxy comes back
-            size = 400_000_000
+            # A body the upstream sends slowly (about 6 MB/s), so the restart always lands mid-transfer.
+            size = 64_000_000
             result: dict[str, Any] = {}
 
             async def download() -> None:
-                result["r"] = await a.exec(f"curl -sS -o /dev/null {base}/bytes/{size}", timeout=60)
+                result["r"] = await a.exec(f"curl -sS -o /dev/null {base}/slow/{size}", timeout=60)
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(download)
 
                 async def started() -> bool:
-                    return any(r["path"] == f"/bytes/{size}" for r in upstream.requests)
+                    return any(r["path"] == f"/slow/{size}" for r in upstream.requests)
 
                 await _until(started, 20, "the download to start")
                 await oma.egress.restart()

@@ -4,7 +4,8 @@ Its CA is not the proxy's: tests hand ``ca_file`` to the proxy as ``upstream_ca`
 the client asks for (SNI) is minted on demand, so any test host name resolved to 127.0.0.1 works.
 
 Routes: ``GET /echo`` (JSON: method, path, headers); ``GET /bytes/N`` (N bytes, Content-Length);
-``GET /chunked/N`` (N bytes, chunked); ``GET /short/N`` (announces N bytes, sends half, closes); ``POST /upload``
+``GET /chunked/N`` (N bytes, chunked); ``GET /short/N`` (announces N bytes, sends half, closes); ``GET /slow/N``
+(N bytes, Content-Length, sent in blocks 10 ms apart, so a transfer lasts however fast the path); ``POST /upload``
 (JSON: how many body bytes arrived, either framing). Every request's headers and client port are recorded in
 ``requests``.
 """
@@ -15,6 +16,7 @@ import json
 import ssl
 import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json({"method": "GET", "path": self.path, "headers": dict(self.headers)})
             return
         kind, _, size = self.path.strip("/").partition("/")
-        if kind not in ("bytes", "chunked", "short") or not size.isdigit():
+        if kind not in ("bytes", "chunked", "short", "slow") or not size.isdigit():
             self.send_error(404)
             return
         remaining = int(size)
@@ -69,6 +71,8 @@ class _Handler(BaseHTTPRequestHandler):
             while remaining:
                 block = BLOCK[: min(remaining, len(BLOCK))]
                 remaining -= len(block)
+                if kind == "slow":
+                    time.sleep(0.01)
                 if kind != "chunked":
                     self.wfile.write(block)
                 else:
