@@ -49,6 +49,7 @@ ALL_SEQS: Final = 2**62
 
 EVENT_COLUMNS: Final = "seq, event_id, type, data, blob_key, created_at"
 EVENT_NAMES: Final = tuple(EVENT_COLUMNS.split(", "))
+_E_COLUMNS: Final = ", ".join(f"e.{name}" for name in EVENT_NAMES)  # the same, of a source aliased ``e``
 INSERT_EVENT: Final = (
     "INSERT INTO session_events (tenant_id, session_id, seq, event_id, type, data, blob_key, created_at) "
 )
@@ -381,11 +382,9 @@ class SessionContext:
     async def events_by_id(self, session_id: str, ids: Sequence[str]) -> dict[str, tuple[Event, str | None]]:
         if not ids:
             return {}
-        rows = await self.db.fetch_all(
-            f"SELECT {EVENT_COLUMNS} FROM session_events WHERE tenant_id = ? AND session_id = ?"
-            f" AND event_id IN ({placeholders(len(ids))})",
-            (self.tenant_id, session_id, *ids),
-        )
+        # Through the engine's lookup by id, which on Postgres only the event-id index can serve.
+        source, params = self.engine.event_id_rows("session_events", "e", self.tenant_id, session_id, ids)
+        rows = await self.db.fetch_all(f"SELECT {_E_COLUMNS} FROM {source}", params)
         events = await self.to_events(rows)
         return {e.id: (e, r["blob_key"]) for e, r in zip(events, rows, strict=True)}
 
