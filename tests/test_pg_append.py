@@ -23,6 +23,7 @@ from openma.adapters.sql.sessions import SqlSessionStore
 from openma.errors import Conflict
 from openma.ports.tenancy import TenantRef
 from openma.settings import Settings
+from tests.fixtures.pg_stats import entries_read
 
 pytestmark = pytest.mark.anyio
 
@@ -50,22 +51,6 @@ async def new_session(backend: SqlStoreBackend) -> tuple[SqlSessionStore, str]:
     store = backend.sessions(TenantRef(tenant.id))
     session = await store.create(agent_id=AGENT, environment_id=ENVIRONMENT, agent_snapshot={}, environment_snapshot={})
     return store, session.id
-
-
-async def entries_read(client: Any) -> int:
-    """Index entries and table rows read so far from ``session_events`` (the backend's counters flushed first).
-
-    The client has one connection, so every statement of the test ran on this backend.
-    """
-    await client.fetch_one("SELECT pg_stat_force_next_flush()")
-    await client.fetch_one("SELECT 1")  # the backend flushes before it goes idle
-    await client.fetch_one("SELECT pg_stat_clear_snapshot()")
-    row = await client.fetch_one(
-        "SELECT (SELECT sum(idx_tup_read) FROM pg_stat_user_indexes WHERE relname = 'session_events')"
-        " + (SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'session_events') AS n"
-    )
-    assert row is not None
-    return int(row["n"])
 
 
 async def test_an_append_does_not_read_the_sessions_earlier_events(backend: SqlStoreBackend) -> None:

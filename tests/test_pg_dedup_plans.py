@@ -24,6 +24,7 @@ from openma.adapters.sql.sessions import SqlSessionStore
 from openma.ports.sql import Statement
 from openma.ports.tenancy import TenantRef
 from openma.settings import Settings
+from tests.fixtures.pg_stats import entries_read
 
 pytestmark = pytest.mark.anyio
 
@@ -83,35 +84,18 @@ async def busy_session(backend: SqlStoreBackend) -> tuple[SqlSessionStore, str]:
     return store, session.id
 
 
-async def entries_read(client: Any) -> int:
-    """Index entries and table rows read so far from the event log and the inbox.
-
-    The client has one connection, so every statement of the test ran on this backend.
-    """
-    await client.fetch_one("SELECT pg_stat_force_next_flush()")
-    await client.fetch_one("SELECT 1")  # the backend flushes before it goes idle
-    await client.fetch_one("SELECT pg_stat_clear_snapshot()")
-    row = await client.fetch_one(
-        "SELECT (SELECT sum(idx_tup_read) FROM pg_stat_user_indexes WHERE relname IN ('session_events',"
-        " 'session_inbox')) + (SELECT sum(seq_tup_read) FROM pg_stat_user_tables WHERE relname IN"
-        " ('session_events', 'session_inbox')) AS n"
-    )
-    assert row is not None
-    return int(row["n"])
-
-
 async def measured_writes(store: SqlSessionStore, sid: str, client: Any, *, start: int) -> tuple[int, int]:
     """Entries read per write by WRITES promotes (of one input, then of three), then by WRITES status changes."""
     at = (await store.get(sid)).last_seq
-    before = await entries_read(client)
+    before = await entries_read(client, ("session_events", "session_inbox"))
     for i in range(WRITES):
         ids = [f"evt_in{start + k}" for k in range(3 * i, 3 * i + (1 if i % 2 == 0 else 3))]
         events = await store.promote(sid, ids, fence=0)
         assert [e.id for e in events] == ids
         assert [e.seq for e in events] == list(range(at + 1, at + len(ids) + 1))
         at += len(ids)
-    promoting = await entries_read(client) - before
-    before = await entries_read(client)
+    promoting = await entries_read(client, ("session_events", "session_inbox")) - before
+    before = await entries_read(client, ("session_events", "session_inbox"))
     for i in range(WRITES):
         count = 1 if i % 2 == 0 else 3
         session, events = await store.set_status(
@@ -120,7 +104,7 @@ async def measured_writes(store: SqlSessionStore, sid: str, client: Any, *, star
         assert [e.seq for e in events] == list(range(at + 1, at + count + 1))
         at += count
         assert session.last_seq == at
-    return promoting // WRITES, (await entries_read(client) - before) // WRITES
+    return promoting // WRITES, (await entries_read(client, ("session_events", "session_inbox")) - before) // WRITES
 
 
 @pytest.mark.parametrize("analyzed", [False, True], ids=["no-statistics", "analyzed"])
