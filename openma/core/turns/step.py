@@ -327,9 +327,8 @@ class _ModelStream:
     ``ModelError``; anything else is raised as itself. The step's own writes happen outside it."""
 
     def __init__(self, model: Model, request: ModelRequest) -> None:
-        self._events: AsyncIterator[ModelEvent] | None = None
         try:
-            self._events = model.stream(request)
+            self._events: AsyncIterator[ModelEvent] = model.stream(request)
         except ModelError:
             raise
         except OpenmaError as exc:
@@ -339,7 +338,6 @@ class _ModelStream:
         return self
 
     async def __anext__(self) -> ModelEvent:
-        assert self._events is not None
         try:
             return await self._events.__anext__()
         except ModelError:
