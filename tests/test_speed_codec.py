@@ -1,10 +1,11 @@
-"""The fast JSON path (orjson, when installed) writes exactly what the reference path does.
+"""The fast JSON path (msgspec, when installed) writes and reads exactly what the reference path does.
 
 The reference is the stdlib encoder behind the depth check (``_reference_dumps``). On any value,
 :func:`~openma.core.jsonutil.dumps` gives the same text or the same :class:`InvalidInput` (same message), and
 :func:`~openma.core.jsonutil.encode`'s bytes, when it makes them, are that text's UTF-8. Events go through
-:func:`~openma.core.events.prepare` the same way. :func:`~openma.core.jsonutil.loads` (the stdlib scanner)
-gives what ``json.loads`` gives (``repr``-equal, so ``1`` is not ``1.0``) or the same error.
+:func:`~openma.core.events.prepare` the same way. :func:`~openma.core.jsonutil.loads` (the fast decoder, then
+the stdlib for what it does not read) gives what ``json.loads`` gives (``repr``-equal, so ``1`` is not
+``1.0``) or the same error.
 """
 
 from __future__ import annotations
@@ -137,13 +138,19 @@ def test_plain_depth() -> None:
     assert plain_depth({"a": 1.5}) == -1
     assert plain_depth([(1,)]) == -1
     assert plain_depth([[[]]], limit=2) == 3
+    for key in (1, 1.5, None, True, Name("k")):  # keys must be exactly str
+        assert plain_depth({"a": {key: 1}}) == -1
 
 
-def test_the_fast_encoder_is_used_when_installed() -> None:
-    pytest.importorskip("orjson")
-    text, body = encode({"type": "t", "n": [1, True, None, "é"]})
-    assert body is not None and body.decode() == text == '{"type":"t","n":[1,true,null,"é"]}'
+def test_the_fast_codec_is_used_when_installed() -> None:
+    pytest.importorskip("msgspec")
+    assert jsonutil._fast_encode is not None and jsonutil._fast_decode is not None
+    text, body = encode({"type": "t", "n": [1, True, None, "é", 2**70]})
+    assert body is not None and body.decode() == text == f'{{"type":"t","n":[1,true,null,"é",{2**70}]}}'
     assert encode({"x": 0.5})[1] is None  # floats keep Python's repr: the reference writes them
+    assert encode({1e16: 1}) == ('{"1e+16":1}', None)  # so do keys that are not str
+    big = f'{{"n":[{2**80},{-(2**70)}]}}'
+    assert loads(big) == {"n": [2**80, -(2**70)]}  # integers past 64 bits stay exact
 
 
 def _same_loads(text: str) -> None:
