@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import ssl
 import statistics
 import subprocess
@@ -127,11 +128,17 @@ def _cpu(pid: int) -> float:
     return float(times.user + times.system)
 
 
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children (only curl finishes during a run)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _download(
     workdir: Path, up_port: int, proxy_port: int, size: int, pids: Mapping[str, int], turn: int
 ) -> dict[str, float]:
     """One download per variant (the order rotates with ``turn``): MB/s, and CPU seconds per 256 MiB of the
-    proxy and the upstream processes during it."""
+    proxy and the upstream processes during it, and of the client (curl)."""
     url = f"https://{HOST}:{up_port}/bytes/{size}"
     common = ["curl", "-sS", "-o", "/dev/null", "-w", "%{speed_download}"]
     upstream_ca = ["--cacert", str(workdir / "upstream-ca.pem")]
@@ -149,7 +156,9 @@ def _download(
     scale = (256 << 20) / size
     for name in names:
         before = {role: _cpu(pid) for role, pid in pids.items()}
+        client_before = _children_cpu()
         done = subprocess.run(variants[name], check=True, capture_output=True)
+        out[f"{name}_client_cpu"] = (_children_cpu() - client_before) * scale
         out[f"{name}_mb_s"] = float(done.stdout) / 1e6
         for role, pid in pids.items():
             out[f"{name}_{role}_cpu"] = (_cpu(pid) - before[role]) * scale
@@ -199,8 +208,20 @@ def main() -> None:
         ratio = median[f"{name}_mb_s"] / median["direct_mb_s"]
         print(
             f"download {name:6} {median[f'{name}_mb_s']:7.1f} MB/s  {ratio:.2f}x direct  CPU s per 256 MiB: "
-            f"proxy {median[f'{name}_proxy_cpu']:.2f} upstream {median[f'{name}_upstream_cpu']:.2f}"
+            f"proxy {median[f'{name}_proxy_cpu']:.2f} upstream {median[f'{name}_upstream_cpu']:.2f} "
+            f"client {median[f'{name}_client_cpu']:.2f}"
         )
+    # What the CPU alone allows: every byte costs the client, the upstream and (proxied) the proxy this much
+    # CPU; with all of it spread perfectly over the machine's cores, a download can go no faster.
+    cores = os.cpu_count() or 1
+    ceiling = {
+        name: cores * 256 / 1.048576 / sum(median[f"{name}_{role}_cpu"] for role in ("proxy", "upstream", "client"))
+        for name in ("direct", "mitm")
+    }
+    print(
+        f"CPU ceiling on {cores} cores: direct {ceiling['direct']:.0f} MB/s, mitm {ceiling['mitm']:.0f} MB/s: "
+        f"mitm at most {ceiling['mitm'] / median['direct_mb_s']:.2f}x the measured direct"
+    )
     ratios = sorted(r["mitm_mb_s"] / r["direct_mb_s"] for r in results)
     print(f"mitm/direct per run: {', '.join(f'{x:.2f}' for x in ratios)} (target >= 0.7: median)")
     print(f"load average after: {os.getloadavg()}")
