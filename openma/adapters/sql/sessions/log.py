@@ -104,7 +104,7 @@ class SqlEventLog(SessionPart):
             status_params = list(status[1])
         # No "none of the ids is logged" guard here: an id already in the log fails the insert on the log's
         # unique event-id index, which the caller treats as a retry (the unit is rolled back as a whole, the ids
-        # are looked up and only the others are written). The index probes it once per event either way.
+        # are looked up and only the others are written). The insert probes that index once per event anyway.
         statements = [
             Statement(
                 f"UPDATE sessions SET {sets} WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL{fence_sql}"
@@ -132,7 +132,9 @@ class SqlEventLog(SessionPart):
         return statements, insert_at
 
     def _dedup_guard(self, session_id: str, items: Sequence[Item]) -> tuple[str, list[Any]]:
-        """None of the ids may be in the log already: a retried write is refused by this guard, it never raises."""
+        """The "none of the ids is in the log" condition offered to an engine's one-statement append (see
+        :meth:`~openma.adapters.sql.engine.SqlEngine.fenced_append_statement`, which may use it or rely on the
+        unique event-id index instead, as the portable unit does)."""
         if not items:
             return "", []
         sql, params = self._ctx.engine.event_ids_absent(
