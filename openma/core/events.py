@@ -39,6 +39,7 @@ MAX_BATCH: Final = 1000
 MAX_EVENT_BYTES: Final = 64 * 1024 * 1024
 SPILL_CONTENT_TYPE: Final = "application/json"
 
+_EVENT_ID_MATCH: Final = EVENT_ID_RE.fullmatch
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Event types already checked (exact ``str`` only): a log holds few distinct types, so most checks are a
 # dict hit. Bounded: past the cap it is cleared and refilled.
@@ -138,7 +139,12 @@ def prepare(raw: object, *, index: int = 0, max_bytes: int = MAX_EVENT_BYTES) ->
     if type(event_type) is not str or event_type not in _CHECKED_TYPES:
         event_type = check_type(event_type, f"events[{index}].type")
     given = raw.get("id")
-    event_id = new_id("evt") if given is None else check_event_id(given, f"events[{index}].id")
+    if given is None:
+        event_id = new_id("evt")
+    elif type(given) is str and _EVENT_ID_MATCH(given) is not None:  # the common case, without building a message
+        event_id = given
+    else:
+        event_id = check_event_id(given, f"events[{index}].id")
     data = dict(raw)
     data["id"] = event_id
     where = f"events[{index}]"
@@ -148,18 +154,19 @@ def prepare(raw: object, *, index: int = 0, max_bytes: int = MAX_EVENT_BYTES) ->
             body = text.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidInput(f"{where} is not valid Unicode (lone surrogate)", field="events", index=index) from None
-    limit = min(max_bytes, MAX_EVENT_BYTES)
-    if len(body) > limit:
+    if len(body) > max_bytes or len(body) > MAX_EVENT_BYTES:
+        limit = min(max_bytes, MAX_EVENT_BYTES)
         raise InvalidInput(f"{where} is too large ({len(body)} > {limit} bytes of JSON)", field="events", index=index)
     return PreparedEvent(event_id, event_type, data, text, body)
 
 
 def prepare_batch(events: object, *, max_bytes: int = MAX_EVENT_BYTES) -> list[PreparedEvent]:
     """Check a batch, one prepared event per input (see :func:`unique` for what to store)."""
-    if isinstance(events, dict):
-        raise InvalidInput("events must be a list of event objects (wrap a single event in a list)", field="events")
-    if isinstance(events, str | bytes) or not isinstance(events, Sequence):
-        raise InvalidInput(f"events must be a list of objects, got {type(events).__name__}", field="events")
+    if type(events) is not list:  # a list is the common case; anything else is checked in full
+        if isinstance(events, dict):
+            raise InvalidInput("events must be a list of event objects (wrap a single event in a list)", field="events")
+        if isinstance(events, str | bytes) or not isinstance(events, Sequence):
+            raise InvalidInput(f"events must be a list of objects, got {type(events).__name__}", field="events")
     if len(events) > MAX_BATCH:
         raise InvalidInput(f"too many events in one call ({len(events)} > {MAX_BATCH})", field="events")
     return [prepare(raw, index=i, max_bytes=max_bytes) for i, raw in enumerate(events)]

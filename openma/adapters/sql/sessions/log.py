@@ -65,15 +65,20 @@ class SqlEventLog(SessionPart):
         fence: int | None,
         status: tuple[str, tuple[str, ...]] | None,
     ) -> tuple[list[Statement], int | None]:
-        """The write unit of an append (and of a status change); returns it and the index of the insert."""
+        """The write unit of an append (and of a status change); returns it and the index of the insert.
+
+        When the insert returns its rows (``fetch``), they are the ``seq, event_id`` of the stored events (the
+        engine's one-statement form); otherwise the first statement (the bump) returns the session's new
+        ``last_seq`` and the events took the seqs just below it, in order.
+        """
         n = len(items)
         fence_sql, fence_params = (" AND lease_epoch = ?", [fence]) if fence is not None else ("", [])
-        dedup_sql, dedup_params = self._dedup_guard(session_id, items)
         values, value_params = self._ctx.values(items)
         select = "SELECT s.tenant_id, s.id, s.last_seq - ? + v.column1, v.column2, v.column3, v.column4, v.column5, ?"
         if status is None:
             # An engine that can do the bump, the check, the notification and the insert in one statement
             # (Postgres) says so; the others run the portable unit below.
+            dedup_sql, dedup_params = self._dedup_guard(session_id, items)
             statement = self._ctx.engine.fenced_append_statement(
                 tenant_id=self.tenant_id,
                 session_id=session_id,
@@ -97,24 +102,28 @@ class SqlEventLog(SessionPart):
             set_params += [status[0], now]
             status_sql = f" AND status IN ({placeholders(len(status[1]))})"
             status_params = list(status[1])
+        # No "none of the ids is logged" guard here: an id already in the log fails the insert on the log's
+        # unique event-id index, which the caller treats as a retry (the unit is rolled back as a whole, the ids
+        # are looked up and only the others are written). The insert probes that index once per event anyway.
         statements = [
             Statement(
                 f"UPDATE sessions SET {sets} WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL{fence_sql}"
-                f"{dedup_sql}{status_sql}{' RETURNING *' if status is not None else ''}",
-                [*set_params, self.tenant_id, session_id, *fence_params, *dedup_params, *status_params],
-                fetch=status is not None,
+                f"{status_sql} RETURNING {'*' if status is not None else 'last_seq'}",
+                [*set_params, self.tenant_id, session_id, *fence_params, *status_params],
+                fetch=True,
                 expect_rows=True,
             )
         ]
         insert_at: int | None = None
         if n:
             insert_at = len(statements)
+            # The session row first (CROSS JOIN fixes the order): one lookup of it, not one per event; the seqs
+            # are known from the bump's RETURNING, so the insert returns nothing.
             statements.append(
                 Statement(
-                    f"{INSERT_EVENT}{select} FROM sessions s, (VALUES {values}) AS v"
-                    " WHERE s.tenant_id = ? AND s.id = ? RETURNING seq, event_id",
+                    f"{INSERT_EVENT}{select} FROM sessions s CROSS JOIN (VALUES {values}) AS v"
+                    " WHERE s.tenant_id = ? AND s.id = ?",
                     [n, now, *value_params, self.tenant_id, session_id],
-                    fetch=True,
                 )
             )
             notify = self._ctx.wakeups.notify_statement(EVENTS, self.tenant_id, session_id)
@@ -123,7 +132,9 @@ class SqlEventLog(SessionPart):
         return statements, insert_at
 
     def _dedup_guard(self, session_id: str, items: Sequence[Item]) -> tuple[str, list[Any]]:
-        """None of the ids may be in the log already: a retried write is refused by this guard, it never raises."""
+        """The "none of the ids is in the log" condition offered to an engine's one-statement append (see
+        :meth:`~openma.adapters.sql.engine.SqlEngine.fenced_append_statement`, which may use it or rely on the
+        unique event-id index instead, as the portable unit does)."""
         if not items:
             return "", []
         sql, params = self._ctx.engine.event_ids_absent(
@@ -168,7 +179,8 @@ class SqlEventLog(SessionPart):
                         break
                     continue
                 # The one-statement form (Postgres) has no abort: it inserts nothing when the guard fails.
-                refused = not result.committed or (insert_at is not None and not result.rows[insert_at])
+                returned = insert_at is not None and statements[insert_at].fetch
+                refused = not result.committed or (returned and not result.rows[insert_at or 0])
                 if refused:
                     definite = True
                     refusal = await self._ctx.refusal(session_id, fence, status)
@@ -194,11 +206,16 @@ class SqlEventLog(SessionPart):
                 if status is not None:
                     session_row = result.rows[0][0]
                 if insert_at is not None:
-                    by_id = {it.id: it for it in todo}
                     at = ms_to_datetime(now)  # one time for the whole unit
-                    for got in result.rows[insert_at]:
-                        it = by_id[got["event_id"]]
-                        stored[it.id] = (Event(it.id, it.type, int(got["seq"]), at, it.data), it.key)
+                    if returned:
+                        by_id = {it.id: it for it in todo}
+                        for got in result.rows[insert_at]:
+                            it = by_id[got["event_id"]]
+                            stored[it.id] = (Event(it.id, it.type, int(got["seq"]), at, it.data), it.key)
+                    else:  # the bump returned the new last seq: the events took the seqs just below it, in order
+                        first = int(result.rows[0][0]["last_seq"]) - len(todo)
+                        for k, it in enumerate(todo, 1):
+                            stored[it.id] = (Event(it.id, it.type, first + k, at, it.data), it.key)
                     self._ctx.wakeups.notify_local(EVENTS, self.tenant_id, session_id)
                 break
             else:
