@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from openma.adapters.fsspec_blobs import FsspecBlobStore
-from openma.adapters.fsspec_blobs._common import TMP_DIR
+from openma.adapters.fsspec_blobs._common import EXPIRY_DIR, TMP_DIR, marker_name, marker_time
 from openma.errors import ConfigError, Conflict, InvalidInput, NotFound
 from openma.settings import Settings
 from openma.testing.blobs import pattern
@@ -450,3 +450,10 @@ async def test_a_200_mib_object_streams_in_bounded_memory(tmp_path: Path) -> Non
     assert grew_mib < 40, f"peak RSS grew by {grew_mib:.1f} MiB for a 200 MiB object"
     assert whole == 200 * MIB
     assert (whole_kib - base_kib) / 1024 > 190  # the probe sees memory: get() of the whole object shows up
+
+
+@pytest.mark.parametrize("stamp", ["\u00b2", "0000000000001\u00b9", "\u0663", "", "12a"])
+def test_an_expiry_marker_with_a_stamp_that_is_not_ascii_digits_is_ignored(stamp: str) -> None:
+    # "²".isdigit() is true, but int() refuses it: a stray name in the expiry index is skipped, never raised
+    assert marker_time(f"{EXPIRY_DIR}{stamp}/abc") is None
+    assert marker_time(marker_name(1234, "k")) == 1234

@@ -130,6 +130,16 @@ def test_ports_narrow_an_entry() -> None:
     assert parse_rule("example.com").matches("example.com", 8080)
 
 
+@pytest.mark.parametrize("port", ["\u00b2", "\u0663", "\uff18\uff10", "1\u00b9"])
+def test_a_port_of_non_ascii_digits_is_invalid_input(port: str) -> None:
+    # str.isdigit() accepts them; int() refuses some ("²") and reads others ("٣" is 3): neither is a port
+    for parse in (lambda: parse_rule(f"example.com:{port}"), lambda: split_authority(f"example.com:{port}")):
+        with pytest.raises(InvalidInput, match="port"):
+            parse()
+    decision = decide(limited("example.com"), "example.com", port, [PUBLIC])
+    assert not decision.allowed and decision.address is None
+
+
 # -- addresses ---------------------------------------------------------------------------------------------
 
 

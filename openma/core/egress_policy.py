@@ -130,7 +130,7 @@ def normalize_host(host: str) -> str:
 
 def _port(value: str | int) -> int:
     if isinstance(value, str):
-        if not value.isdigit() or len(value) > 5:
+        if not (value.isascii() and value.isdigit()) or len(value) > 5:  # "²".isdigit(), but int() refuses it
             raise InvalidInput("port must be a number from 1 to 65535", field="port")
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:

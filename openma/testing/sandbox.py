@@ -60,7 +60,7 @@ async def _pid_in(sandbox: Sandbox, path: str) -> int:
 
     async def read() -> int | None:
         text = (await sandbox.read_file(path)).decode() if await sandbox.exists(path) else ""
-        return int(text) if text.strip().isdigit() and text.endswith("\n") else None
+        return int(text) if text.isascii() and text.strip().isdigit() and text.endswith("\n") else None
 
     pid: int = await _until(read, 15, f"a pid in {path}")
     return pid

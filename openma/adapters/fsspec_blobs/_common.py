@@ -123,7 +123,7 @@ def marker_time(name: str) -> int | None:
     if not name.startswith(EXPIRY_DIR):
         return None
     stamp = name[len(EXPIRY_DIR) :].split("/", 1)[0]
-    return int(stamp) if stamp.isdigit() else None
+    return int(stamp) if stamp.isascii() and stamp.isdigit() else None
 
 
 Source = bytes | AsyncIterator[bytes]

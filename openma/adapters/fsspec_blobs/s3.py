@@ -105,7 +105,7 @@ def _meta(key: str, response: dict[str, Any]) -> Meta:
     content_range = response.get("ContentRange")
     if isinstance(content_range, str) and "/" in content_range:
         total = content_range.rsplit("/", 1)[1]
-        if total.isdigit():
+        if total.isascii() and total.isdigit():
             size = int(total)
     created = _ms(response.get("LastModified"))
     metadata: dict[str, str] = {}
