@@ -251,6 +251,28 @@ class Event(Value):
     data: dict[str, Any]
 
 
+# Event's slots, set directly: ``event_from_row`` builds an Event in about half the time of its ``__init__``,
+# which goes through the frozen class's guarded setattr for every field.
+_EVENT_NEW = object.__new__
+_EVENT_SET = tuple(getattr(Event, name).__set__ for name in ("id", "type", "seq", "created_at", "data"))
+
+
+def event_from_row(event_id: str, type: str, seq: int, created_at: datetime, data: dict[str, Any]) -> Event:
+    """``Event(event_id, type, seq, created_at, data)``, faster: for the read path, which builds one per row.
+
+    Equal to the constructor's result in every way; ``Event`` has no validators or converters for it to skip
+    (``tests/test_speed_codec.py`` checks both).
+    """
+    event: Event = _EVENT_NEW(Event)
+    set_id, set_type, set_seq, set_at, set_data = _EVENT_SET
+    set_id(event, event_id)
+    set_type(event, type)
+    set_seq(event, seq)
+    set_at(event, created_at)
+    set_data(event, data)
+    return event
+
+
 @attrs.frozen(unsafe_hash=False)
 class InboxItem(Value):
     """An input posted to a session, waiting for (or done with) promotion into its log.

@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 
 from openma.core import events as ev
 from openma.core import jsonutil
-from openma.core.jsonutil import MAX_JSON_DEPTH, dumps, encode, loads, plain_depth
+from openma.core.jsonutil import MAX_JSON_DEPTH, dumps, encode, loads, loads_all, plain_depth
 from openma.errors import InvalidInput
+from openma.models import Event, event_from_row
 
 
 class Colour(enum.Enum):
@@ -245,3 +246,29 @@ def test_checked_types_cache_still_checks_new_types() -> None:
     for i in range(ev._CHECKED_TYPES_CAP + 10):  # the cache stays bounded
         ev.check_type(f"t{i}")
     assert len(ev._CHECKED_TYPES) <= ev._CHECKED_TYPES_CAP
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(_json, max_size=6), st.integers(min_value=0, max_value=6), st.sampled_from(["NaN", '"\\ud800"', "1e400"])
+)
+def test_loads_all_is_loads_of_each(values: list[Any], at: int, odd: str) -> None:
+    texts = [json.dumps(v, ensure_ascii=False, separators=(",", ":")) for v in values]
+    for page in (texts, [*texts[:at], odd, *texts[at:]]):  # a text the fast decoder does not read, anywhere
+        assert repr(loads_all(page)) == repr([loads(t) for t in page])
+
+
+def test_event_from_row_is_the_constructor() -> None:
+    from datetime import UTC, datetime
+
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    fast = event_from_row("evt_1", "t", 3, at, {"id": "evt_1", "type": "t"})
+    slow = Event("evt_1", "t", 3, at, {"id": "evt_1", "type": "t"})
+    assert type(fast) is Event and fast == slow and repr(fast) == repr(slow) and fast.to_dict() == slow.to_dict()
+    with pytest.raises(AttributeError):
+        fast.seq = 4  # type: ignore[misc]
+    # what the fast path would skip if the model grew it: it must stay without validators and converters
+    import attrs
+
+    assert [f.name for f in attrs.fields(Event)] == ["id", "type", "seq", "created_at", "data"]
+    assert all(f.validator is None and f.converter is None for f in attrs.fields(Event))

@@ -18,7 +18,7 @@ from openma.core import events as ev
 from openma.core import validate
 from openma.core.clock import Clock, SystemClock, ms_to_datetime
 from openma.core.ids import check_id
-from openma.core.jsonutil import MAX_JSON_DEPTH, check_json_object, dumps, loads
+from openma.core.jsonutil import MAX_JSON_DEPTH, check_json_object, dumps, loads, loads_all
 from openma.errors import (
     Conflict,
     InvalidInput,
@@ -28,7 +28,7 @@ from openma.errors import (
     ResyncRequired,
     SpillIntegrityError,
 )
-from openma.models import Event, Session, Stream
+from openma.models import Event, Session, Stream, event_from_row
 from openma.ports.blobs import BlobStore
 from openma.ports.sql import Row, SqlClient, Statement, TupleRow
 from openma.ports.telemetry import NullTelemetry, Telemetry
@@ -371,12 +371,13 @@ class SessionContext:
         times: dict[int, datetime] = {}  # events of one append share their time: build each datetime once
         out: list[Event] = []
         add = out.append
-        for r in rows:  # indexed, not unpacked: a starred unpacking builds a list per row
+        build = event_from_row
+        for r, data in zip(rows, loads_all([r[3] for r in rows]), strict=True):  # indexed, not unpacked
             ms = r[5]
             at = times.get(ms)
             if at is None:
                 at = times[ms] = ms_to_datetime(ms)
-            add(Event(r[1], r[2], int(r[0]), at, loads(r[3])))
+            add(build(r[1], r[2], int(r[0]), at, data))
         return out
 
     async def events_by_id(self, session_id: str, ids: Sequence[str]) -> dict[str, tuple[Event, str | None]]:
