@@ -22,6 +22,7 @@ import selectors
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
+import anyio
 import sniffio
 
 from openma.errors import ConfigError
@@ -140,6 +141,20 @@ def require_asyncio() -> None:
         )
 
 
+_SHIELD: list[type[anyio.CancelScope]] = []
+
+
+def shield() -> anyio.CancelScope:
+    """``anyio.CancelScope(shield=True)``, built from the running backend's class directly.
+
+    ``anyio.CancelScope(...)`` looks the async library up on every call (about half its cost); the engine
+    runs on asyncio only (:func:`require_asyncio`), so the class is found once and kept.
+    """
+    if not _SHIELD:
+        _SHIELD.append(type(anyio.CancelScope()))
+    return _SHIELD[0](shield=True)
+
+
 def idle_socket_has_news(conn: Conn) -> bool:
     """True when an idle pooled connection is closed or the server sent something since it was last used.
 
@@ -155,11 +170,18 @@ def idle_socket_has_news(conn: Conn) -> bool:
         return True
 
 
+#: One ``poll`` object per descriptor number, kept: the check of a pooled connection runs on every call.
+#: A poll object only names the number, so a number closed and reused by another socket is polled right.
+_POLLERS: dict[int, Any] = {}
+
+
 def _readable(fd: int) -> bool:
     """Whether ``fd`` has data (or EOF, or an error) waiting, without blocking; any descriptor number."""
     if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(fd, select.POLLIN | select.POLLPRI)
+        poller = _POLLERS.get(fd)
+        if poller is None:
+            poller = _POLLERS[fd] = select.poll()
+            poller.register(fd, select.POLLIN | select.POLLPRI)
         return bool(poller.poll(0))
     with selectors.DefaultSelector() as selector:  # pragma: no cover - platforms without poll(2)
         selector.register(fd, selectors.EVENT_READ)

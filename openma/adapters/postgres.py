@@ -49,11 +49,10 @@ from contextlib import asynccontextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-import anyio
-
 from openma.adapters.pg_connect import (
     INSTALL_HINT,
     TX_ACTIVE,
+    TX_IDLE,
     TX_INERROR,
     TX_INTRANS,
     UNIQUE_VIOLATION,
@@ -64,6 +63,7 @@ from openma.adapters.pg_connect import (
     load_driver,
     param_adapters,
     require_asyncio,
+    shield,
     translate,
 )
 from openma.errors import ConfigError, StorageUnavailable
@@ -308,17 +308,18 @@ class PostgresClient:
             # The last one is handed out whatever the check says: the call itself reports what is wrong.
             if attempt == self._max_checks - 1 or not idle_socket_has_news(conn):
                 return conn
-            with anyio.CancelScope(shield=True):
+            with shield():
                 await conn.close()
                 await pool.putconn(conn)  # closed: the pool drops it and opens a replacement
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _put(self, conn: Conn) -> None:
         """Give ``conn`` back, first ending whatever it was left doing (an open transaction, a cut-off command)."""
-        with anyio.CancelScope(shield=True):
-            if conn.pgconn.transaction_status == TX_ACTIVE:
+        status = conn.pgconn.transaction_status
+        with shield():
+            if status == TX_ACTIVE:
                 await conn.close()
-            else:
+            elif status != TX_IDLE:
                 await self._reset(conn)
             await self._pool.putconn(conn)
 
@@ -383,7 +384,7 @@ class PostgresClient:
             try:
                 return await self._pipelined(conn, statements)
             except Exception:
-                with anyio.CancelScope(shield=True):
+                with shield():
                     await self._after_pipeline_error(conn)
                 raise
         except Exception as exc:
@@ -463,7 +464,7 @@ class PostgresClient:
                 self._raise_if_down(exc, conn)
                 raise
             yield PostgresTransaction(self, conn)  # on an exception, _put rolls the transaction back
-            with anyio.CancelScope(shield=True):
+            with shield():
                 try:
                     await conn.execute(b"COMMIT")
                 except Exception as exc:
@@ -482,7 +483,7 @@ class PostgresClient:
         if self._closed:
             return
         self._closed = True
-        with anyio.CancelScope(shield=True):
+        with shield():
             await self._pool.close(timeout=5.0)
 
 
