@@ -6,6 +6,7 @@
   non-blocking ``poll(2)`` of its socket (never ``select(2)``, which cannot watch a descriptor numbered 1024
   or more).
 * :func:`driver_reason` is the text of a driver error with its connection secrets masked.
+* :func:`in_pipeline` runs work in pipeline mode and raises the pipeline's first error (psycopg logs none).
 * :func:`param_adapters` is how parameters go out: psycopg's defaults, but a ``list`` (a Postgres array, as
   the engine's batch append sends) in binary: a text array escapes every quote and backslash of every
   element, and a JSON document is full of quotes (for a batch of 100 events of 1 KB the text form took about
@@ -19,6 +20,7 @@ import math
 import re
 import select
 import selectors
+from collections.abc import Awaitable, Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -101,6 +103,26 @@ class PostgresDialect:
 
     def __repr__(self) -> str:
         return "PostgresDialect()"
+
+
+async def in_pipeline(conn: Conn, work: Callable[[], Awaitable[object]]) -> None:
+    """Run ``work`` in pipeline mode; raise the first error of the pipeline, without psycopg logging another.
+
+    An error raised inside psycopg's pipeline block makes it log "error ignored terminating ... pipeline
+    aborted" on leaving it; so the error is kept, the block ends normally (leaving it raises that error again,
+    or "pipeline aborted") and the first one is raised.
+    """
+    failure: Exception | None = None
+    try:
+        async with conn.pipeline():
+            try:
+                await work()
+            except Exception as exc:
+                failure = exc
+    except Exception as exc:
+        raise (failure or exc) from None
+    if failure is not None:
+        raise failure
 
 
 def load_driver() -> tuple[ModuleType, ModuleType]:

@@ -8,6 +8,8 @@ one-statement append) is the engine's, in :mod:`openma.adapters.postgres_engine`
   choosing "pg" is a :class:`~openma.errors.ConfigError` that says ``pip install 'openma[pg]'``.
 * Pooled connections are in autocommit mode and return rows as dicts (tuples for ``fetch_tuples``); a ``list``
   parameter (an array) is sent in binary. Portable SQL (``?`` placeholders) is translated once per text.
+  They are :class:`openma.adapters.pg_wait.Connection`: psycopg's, with a cheaper wait on the socket (a large
+  result arrives in many chunks, each a wait).
 * A write unit (:meth:`PostgresClient.run_batch`) is one transaction sent in as few round trips as the unit
   allows: ``BEGIN``, the statements and ``COMMIT`` go out together in pipeline mode, so a unit without an
   ``expect_rows`` check costs one round trip. A unit with checks is cut after each checked statement (one more
@@ -60,6 +62,7 @@ from openma.adapters.pg_connect import (
     connection_params,
     driver_reason,
     idle_socket_has_news,
+    in_pipeline,
     load_driver,
     param_adapters,
     require_asyncio,
@@ -118,26 +121,6 @@ def _prepare(params: Params) -> bool | None:
     return None if len(params) <= _PREPARE_MAX_PARAMS else False
 
 
-async def _in_pipeline(conn: Conn, work: Callable[[], Awaitable[object]]) -> None:
-    """Run ``work`` in pipeline mode; raise the first error of the pipeline, without psycopg logging another.
-
-    An error raised inside psycopg's pipeline block makes it log "error ignored terminating ... pipeline
-    aborted" on leaving it; so the error is kept, the block ends normally (leaving it raises that error again,
-    or "pipeline aborted") and the first one is raised.
-    """
-    failure: Exception | None = None
-    try:
-        async with conn.pipeline():
-            try:
-                await work()
-            except Exception as exc:
-                failure = exc
-    except Exception as exc:
-        raise (failure or exc) from None
-    if failure is not None:
-        raise failure
-
-
 async def _send(
     conn: Conn, segment: Sequence[Statement], cursors: list[AsyncCursor[Row]], *, begin: bool, commit: bool
 ) -> None:
@@ -171,7 +154,7 @@ class PostgresTransaction:
         cur = self._conn.cursor()
         rows = list(params)
         try:
-            await _in_pipeline(self._conn, lambda: cur.executemany(translate(sql), rows))
+            await in_pipeline(self._conn, lambda: cur.executemany(translate(sql), rows))
         except Exception as exc:
             self._client._raise_if_down(exc, self._conn)
             raise
@@ -238,6 +221,8 @@ class PostgresClient:
         psycopg, pool_module = load_driver()
         from psycopg.rows import dict_row
 
+        from openma.adapters.pg_wait import Connection
+
         conninfo = connection_params(url, settings, psycopg)
         kwargs: dict[str, Any] = {
             "autocommit": True,
@@ -247,7 +232,7 @@ class PostgresClient:
         }
         masked = mask_url(url)
         try:
-            probe = await psycopg.AsyncConnection.connect(conninfo, **kwargs)
+            probe = await Connection.connect(conninfo, **kwargs)
         except psycopg.ProgrammingError as exc:
             reason, cause = driver_reason(exc, url, conninfo)
             raise ConfigError(f"postgres_url {masked!r} is not usable: {reason}") from cause
@@ -257,6 +242,7 @@ class PostgresClient:
         await probe.close()
         pool: AsyncConnectionPool[Conn] = pool_module.AsyncConnectionPool(
             conninfo,
+            connection_class=Connection,
             kwargs=kwargs,
             min_size=settings.pg_pool_min_size,
             max_size=settings.pg_pool_max_size,
@@ -429,7 +415,7 @@ class PostgresClient:
             segment = statements[start : end + 1]
             commit = end == len(statements) - 1 and not statements[end].expect_rows
             cursors: list[AsyncCursor[Row]] = []
-            await _in_pipeline(conn, functools.partial(_send, conn, segment, cursors, begin=not begun, commit=commit))
+            await in_pipeline(conn, functools.partial(_send, conn, segment, cursors, begin=not begun, commit=commit))
             begun = True
             for st, cur in zip(segment, cursors, strict=True):
                 got = await cur.fetchall() if st.fetch else []
