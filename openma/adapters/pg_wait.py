@@ -7,7 +7,7 @@ waits once per chunk the server sends: a page of 1 000 events of 1 KB arrives in
 registrations (two ``epoll_ctl`` calls, a handle and a timer each) cost about a fifth of the client's time of
 the read. :class:`Connection` keeps the socket registered for reading from the first wait of an operation to
 its end, and arms no timer (the timer only polled for an interrupt, which asyncio delivers to the awaiting
-task anyway), so a wait costs one future.
+task anyway), so a wait costs one future and one zero-timeout ``poll(2)``.
 
 Everything else is psycopg's: a wait with a ``timeout`` runs psycopg's own loop, and an interrupted operation
 (the task cancelled, ``KeyboardInterrupt``) is handed back to psycopg's handling, which cancels the query in
@@ -37,15 +37,24 @@ _MAX_BUSY: Final = 0.005
 _last_yield = 0.0
 
 
+_POLLERS: dict[tuple[int, int], Any] = {}
+
+
 def _ready_now(fd: int, wanted: int) -> int:
-    """What of ``wanted`` the socket is ready for right now (a zero-timeout ``poll(2)``, any descriptor)."""
-    poller = select.poll()
-    poller.register(fd, (select.POLLIN if wanted & _R else 0) | (select.POLLOUT if wanted & _W else 0))
+    """What of ``wanted`` the socket is ready for right now (a zero-timeout ``poll(2)``, any descriptor).
+
+    An error or a hang-up counts as ready, so the driver reads it. The poll objects are kept per descriptor
+    number and wait kind (a poll object only names the number, so a reused number is polled right).
+    """
+    poller = _POLLERS.get((fd, wanted))
+    if poller is None:
+        poller = _POLLERS[fd, wanted] = select.poll()
+        poller.register(fd, (select.POLLIN if wanted & _R else 0) | (select.POLLOUT if wanted & _W else 0))
     ready = 0
     for _, event in poller.poll(0):
-        if event & (select.POLLIN | select.POLLERR | select.POLLHUP):
+        if event & (select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLNVAL):
             ready |= _R & wanted
-        if event & (select.POLLOUT | select.POLLERR | select.POLLHUP):
+        if event & (select.POLLOUT | select.POLLERR | select.POLLHUP | select.POLLNVAL):
             ready |= _W & wanted
     return ready
 
@@ -75,17 +84,17 @@ class _Interrupted:
 
 
 async def _drive(gen: Generator[int, int, _RV], fd: int) -> _RV:
-    """Run ``gen`` to its end, waiting on ``fd`` as it asks, the socket registered for reading throughout."""
+    """Run ``gen`` to its end, waiting on ``fd`` as it asks, the socket registered for reading throughout.
+
+    A wake-up is checked with a zero-timeout ``poll(2)`` before the generator hears of it: with the socket left
+    registered, the event loop may report a readiness the generator has already consumed.
+    """
     global _last_yield
     loop = asyncio.get_running_loop()
-    ready = 0
     future: asyncio.Future[None] | None = None
-    wanted = 0
 
-    def wakeup(state: int) -> None:
-        nonlocal ready
-        ready |= state
-        if future is not None and state & wanted and not future.done():
+    def wakeup() -> None:
+        if future is not None and not future.done():
             future.set_result(None)
 
     reading = False
@@ -108,23 +117,27 @@ async def _drive(gen: Generator[int, int, _RV], fd: int) -> _RV:
                     wanted = gen.send(now)
                     continue
             if wanted & _R and not reading:
-                loop.add_reader(fd, wakeup, _R)
+                loop.add_reader(fd, wakeup)
                 reading = True
             elif reading and not wanted & _R:
                 loop.remove_reader(fd)
                 reading = False
             if wanted & _W:
-                loop.add_writer(fd, wakeup, _W)
-            ready = 0
-            future = loop.create_future()
+                loop.add_writer(fd, wakeup)
             try:
-                await future
+                now = 0
+                while not now:
+                    future = loop.create_future()
+                    try:
+                        await future
+                    finally:
+                        future = None
+                    now = _ready_now(fd, wanted)
             finally:
-                future = None
                 _last_yield = monotonic()
                 if wanted & _W:
                     loop.remove_writer(fd)
-            wanted = gen.send(ready & wanted)
+            wanted = gen.send(now)
     except OSError as exc:
         raise OperationalError("connection socket closed") from exc
     except StopIteration as stop:
