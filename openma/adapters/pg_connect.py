@@ -6,6 +6,7 @@
   non-blocking ``poll(2)`` of its socket (never ``select(2)``, which cannot watch a descriptor numbered 1024
   or more).
 * :func:`driver_reason` is the text of a driver error with its connection secrets masked.
+* :func:`in_pipeline` runs work in pipeline mode and raises the pipeline's first error (psycopg logs none).
 * :func:`param_adapters` is how parameters go out: psycopg's defaults, but a ``list`` (a Postgres array, as
   the engine's batch append sends) in binary: a text array escapes every quote and backslash of every
   element, and a JSON document is full of quotes (for a batch of 100 events of 1 KB the text form took about
@@ -19,9 +20,11 @@ import math
 import re
 import select
 import selectors
+from collections.abc import Awaitable, Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
+import anyio
 import sniffio
 
 from openma.errors import ConfigError
@@ -102,6 +105,26 @@ class PostgresDialect:
         return "PostgresDialect()"
 
 
+async def in_pipeline(conn: Conn, work: Callable[[], Awaitable[object]]) -> None:
+    """Run ``work`` in pipeline mode; raise the first error of the pipeline, without psycopg logging another.
+
+    An error raised inside psycopg's pipeline block makes it log "error ignored terminating ... pipeline
+    aborted" on leaving it; so the error is kept, the block ends normally (leaving it raises that error again,
+    or "pipeline aborted") and the first one is raised.
+    """
+    failure: Exception | None = None
+    try:
+        async with conn.pipeline():
+            try:
+                await work()
+            except Exception as exc:
+                failure = exc
+    except Exception as exc:
+        raise (failure or exc) from None
+    if failure is not None:
+        raise failure
+
+
 def load_driver() -> tuple[ModuleType, ModuleType]:
     """``(psycopg, psycopg_pool)``, or a ``ConfigError`` naming the extra to install."""
     try:
@@ -140,6 +163,20 @@ def require_asyncio() -> None:
         )
 
 
+_SHIELD: list[type[anyio.CancelScope]] = []
+
+
+def shield() -> anyio.CancelScope:
+    """``anyio.CancelScope(shield=True)``, built from the running backend's class directly.
+
+    ``anyio.CancelScope(...)`` looks the async library up on every call (about half its cost); the engine
+    runs on asyncio only (:func:`require_asyncio`), so the class is found once and kept.
+    """
+    if not _SHIELD:
+        _SHIELD.append(type(anyio.CancelScope()))
+    return _SHIELD[0](shield=True)
+
+
 def idle_socket_has_news(conn: Conn) -> bool:
     """True when an idle pooled connection is closed or the server sent something since it was last used.
 
@@ -155,11 +192,18 @@ def idle_socket_has_news(conn: Conn) -> bool:
         return True
 
 
+#: One ``poll`` object per descriptor number, kept: the check of a pooled connection runs on every call.
+#: A poll object only names the number, so a number closed and reused by another socket is polled right.
+_POLLERS: dict[int, Any] = {}
+
+
 def _readable(fd: int) -> bool:
     """Whether ``fd`` has data (or EOF, or an error) waiting, without blocking; any descriptor number."""
     if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(fd, select.POLLIN | select.POLLPRI)
+        poller = _POLLERS.get(fd)
+        if poller is None:
+            poller = _POLLERS[fd] = select.poll()
+            poller.register(fd, select.POLLIN | select.POLLPRI)
         return bool(poller.poll(0))
     with selectors.DefaultSelector() as selector:  # pragma: no cover - platforms without poll(2)
         selector.register(fd, selectors.EVENT_READ)

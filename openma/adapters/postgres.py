@@ -8,6 +8,8 @@ one-statement append) is the engine's, in :mod:`openma.adapters.postgres_engine`
   choosing "pg" is a :class:`~openma.errors.ConfigError` that says ``pip install 'openma[pg]'``.
 * Pooled connections are in autocommit mode and return rows as dicts (tuples for ``fetch_tuples``); a ``list``
   parameter (an array) is sent in binary. Portable SQL (``?`` placeholders) is translated once per text.
+  They are :class:`openma.adapters.pg_wait.Connection`: psycopg's, with a cheaper wait on the socket (a large
+  result arrives in many chunks, each a wait).
 * A write unit (:meth:`PostgresClient.run_batch`) is one transaction sent in as few round trips as the unit
   allows: ``BEGIN``, the statements and ``COMMIT`` go out together in pipeline mode, so a unit without an
   ``expect_rows`` check costs one round trip. A unit with checks is cut after each checked statement (one more
@@ -49,11 +51,10 @@ from contextlib import asynccontextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-import anyio
-
 from openma.adapters.pg_connect import (
     INSTALL_HINT,
     TX_ACTIVE,
+    TX_IDLE,
     TX_INERROR,
     TX_INTRANS,
     UNIQUE_VIOLATION,
@@ -61,9 +62,11 @@ from openma.adapters.pg_connect import (
     connection_params,
     driver_reason,
     idle_socket_has_news,
+    in_pipeline,
     load_driver,
     param_adapters,
     require_asyncio,
+    shield,
     translate,
 )
 from openma.errors import ConfigError, StorageUnavailable
@@ -118,26 +121,6 @@ def _prepare(params: Params) -> bool | None:
     return None if len(params) <= _PREPARE_MAX_PARAMS else False
 
 
-async def _in_pipeline(conn: Conn, work: Callable[[], Awaitable[object]]) -> None:
-    """Run ``work`` in pipeline mode; raise the first error of the pipeline, without psycopg logging another.
-
-    An error raised inside psycopg's pipeline block makes it log "error ignored terminating ... pipeline
-    aborted" on leaving it; so the error is kept, the block ends normally (leaving it raises that error again,
-    or "pipeline aborted") and the first one is raised.
-    """
-    failure: Exception | None = None
-    try:
-        async with conn.pipeline():
-            try:
-                await work()
-            except Exception as exc:
-                failure = exc
-    except Exception as exc:
-        raise (failure or exc) from None
-    if failure is not None:
-        raise failure
-
-
 async def _send(
     conn: Conn, segment: Sequence[Statement], cursors: list[AsyncCursor[Row]], *, begin: bool, commit: bool
 ) -> None:
@@ -171,7 +154,7 @@ class PostgresTransaction:
         cur = self._conn.cursor()
         rows = list(params)
         try:
-            await _in_pipeline(self._conn, lambda: cur.executemany(translate(sql), rows))
+            await in_pipeline(self._conn, lambda: cur.executemany(translate(sql), rows))
         except Exception as exc:
             self._client._raise_if_down(exc, self._conn)
             raise
@@ -238,6 +221,8 @@ class PostgresClient:
         psycopg, pool_module = load_driver()
         from psycopg.rows import dict_row
 
+        from openma.adapters.pg_wait import Connection
+
         conninfo = connection_params(url, settings, psycopg)
         kwargs: dict[str, Any] = {
             "autocommit": True,
@@ -247,7 +232,7 @@ class PostgresClient:
         }
         masked = mask_url(url)
         try:
-            probe = await psycopg.AsyncConnection.connect(conninfo, **kwargs)
+            probe = await Connection.connect(conninfo, **kwargs)
         except psycopg.ProgrammingError as exc:
             reason, cause = driver_reason(exc, url, conninfo)
             raise ConfigError(f"postgres_url {masked!r} is not usable: {reason}") from cause
@@ -257,6 +242,7 @@ class PostgresClient:
         await probe.close()
         pool: AsyncConnectionPool[Conn] = pool_module.AsyncConnectionPool(
             conninfo,
+            connection_class=Connection,
             kwargs=kwargs,
             min_size=settings.pg_pool_min_size,
             max_size=settings.pg_pool_max_size,
@@ -308,17 +294,18 @@ class PostgresClient:
             # The last one is handed out whatever the check says: the call itself reports what is wrong.
             if attempt == self._max_checks - 1 or not idle_socket_has_news(conn):
                 return conn
-            with anyio.CancelScope(shield=True):
+            with shield():
                 await conn.close()
                 await pool.putconn(conn)  # closed: the pool drops it and opens a replacement
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _put(self, conn: Conn) -> None:
         """Give ``conn`` back, first ending whatever it was left doing (an open transaction, a cut-off command)."""
-        with anyio.CancelScope(shield=True):
-            if conn.pgconn.transaction_status == TX_ACTIVE:
+        status = conn.pgconn.transaction_status
+        with shield():
+            if status == TX_ACTIVE:
                 await conn.close()
-            else:
+            elif status != TX_IDLE:
                 await self._reset(conn)
             await self._pool.putconn(conn)
 
@@ -383,7 +370,7 @@ class PostgresClient:
             try:
                 return await self._pipelined(conn, statements)
             except Exception:
-                with anyio.CancelScope(shield=True):
+                with shield():
                     await self._after_pipeline_error(conn)
                 raise
         except Exception as exc:
@@ -428,7 +415,7 @@ class PostgresClient:
             segment = statements[start : end + 1]
             commit = end == len(statements) - 1 and not statements[end].expect_rows
             cursors: list[AsyncCursor[Row]] = []
-            await _in_pipeline(conn, functools.partial(_send, conn, segment, cursors, begin=not begun, commit=commit))
+            await in_pipeline(conn, functools.partial(_send, conn, segment, cursors, begin=not begun, commit=commit))
             begun = True
             for st, cur in zip(segment, cursors, strict=True):
                 got = await cur.fetchall() if st.fetch else []
@@ -463,7 +450,7 @@ class PostgresClient:
                 self._raise_if_down(exc, conn)
                 raise
             yield PostgresTransaction(self, conn)  # on an exception, _put rolls the transaction back
-            with anyio.CancelScope(shield=True):
+            with shield():
                 try:
                     await conn.execute(b"COMMIT")
                 except Exception as exc:
@@ -482,7 +469,7 @@ class PostgresClient:
         if self._closed:
             return
         self._closed = True
-        with anyio.CancelScope(shield=True):
+        with shield():
             await self._pool.close(timeout=5.0)
 
 

@@ -36,6 +36,7 @@ without the ``pg`` extra imports everything the SQLite engine needs.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
@@ -94,6 +95,30 @@ def as_columns(count: int, values_sql: str, params: Sequence[Any]) -> tuple[str,
     return f"unnest({unnest}) AS v({names})", [*params[:head], *columns]
 
 
+@functools.lru_cache(maxsize=256)
+def _fenced_append_sql(guard_sql: str, insert_sql: str, source: str) -> str:
+    """The text of the one-statement append, built once per shape (it runs on every append)."""
+    return (
+        "WITH s AS (UPDATE sessions SET last_seq = last_seq + ? WHERE tenant_id = ? AND id = ?"
+        f" AND deleted_at IS NULL{guard_sql} RETURNING tenant_id, id, last_seq),"
+        " w AS (SELECT pg_notify(?, ?) AS n FROM s) "
+        f"{insert_sql} FROM s, w, {source} RETURNING seq, event_id"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _inbox_post_sql(live_sql: str, insert_sql: str, source: str, runnable_sql: str) -> str:
+    """The text of the one-statement post, built once per shape."""
+    return (
+        "WITH s AS (UPDATE sessions SET last_inbox_pos = last_inbox_pos + ? WHERE tenant_id = ? AND id = ?"
+        f"{live_sql} RETURNING tenant_id, id, last_inbox_pos),"
+        f" i AS ({insert_sql} FROM s, {source} RETURNING pos, event_id),"
+        f" r AS ({runnable_sql}),"
+        " w AS (SELECT pg_notify(?, ?) AS n FROM s) "
+        "SELECT i.pos, i.event_id FROM i, w"
+    )
+
+
 class PostgresLike(SqlClient, Protocol):
     """A Postgres client (or a wrapper of one): a SqlClient that tells its connection string."""
 
@@ -150,12 +175,7 @@ class PostgresEngine(SqlEngine):
         """
         rows = as_columns(count, values_sql, insert_params) if count > ARRAY_ROWS else None
         source, source_params = rows or (f"(VALUES {values_sql}) AS v", list(insert_params))
-        sql = (
-            "WITH s AS (UPDATE sessions SET last_seq = last_seq + ? WHERE tenant_id = ? AND id = ?"
-            f" AND deleted_at IS NULL{guard_sql} RETURNING tenant_id, id, last_seq),"
-            " w AS (SELECT pg_notify(?, ?) AS n FROM s) "
-            f"{insert_sql} FROM s, w, {source} RETURNING seq, event_id"
-        )
+        sql = _fenced_append_sql(guard_sql, insert_sql, source)
         params = [
             count,
             tenant_id,
@@ -186,14 +206,7 @@ class PostgresEngine(SqlEngine):
         """
         rows = as_columns(count, values_sql, insert_params) if count > ARRAY_ROWS else None
         source, source_params = rows or (f"(VALUES {values_sql}) AS v", list(insert_params))
-        sql = (
-            "WITH s AS (UPDATE sessions SET last_inbox_pos = last_inbox_pos + ? WHERE tenant_id = ? AND id = ?"
-            f"{live_sql} RETURNING tenant_id, id, last_inbox_pos),"
-            f" i AS ({insert_sql} FROM s, {source} RETURNING pos, event_id),"
-            f" r AS ({runnable_sql}),"
-            " w AS (SELECT pg_notify(?, ?) AS n FROM s) "
-            "SELECT i.pos, i.event_id FROM i, w"
-        )
+        sql = _inbox_post_sql(live_sql, insert_sql, source, runnable_sql)
         params = [
             count,
             tenant_id,
