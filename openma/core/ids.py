@@ -7,7 +7,6 @@ and one millisecond the random part is incremented, so ids minted by one process
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import re
@@ -19,7 +18,10 @@ from openma.errors import InvalidInput
 
 _ALPHABET: Final = "0123456789abcdefghjkmnpqrstvwxyz"
 _RANDOM_BITS: Final = 80
-_FROM_B32: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET)
+# Two digits for every 10-bit value: the 26 digits of a body are 13 lookups (about a third of the time of
+# base64.b32encode, which is pure Python, and its translation).
+_PAIRS: Final = tuple(a + b for a in _ALPHABET for b in _ALPHABET)
+_PAIR_SHIFTS: Final = tuple(range(120, -1, -10))
 
 #: Known prefixes, by the kind of thing they name.
 PREFIXES: Final[dict[str, str]] = {
@@ -43,12 +45,10 @@ _last_ms = -1
 _last_rand = 0
 
 
-def _encode(value: int, length: int) -> str:
-    out = []
-    for _ in range(length):
-        out.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(out))
+def _body(value: int) -> str:
+    """The 26 base32 digits (Crockford's alphabet) of ``0 <= value < 2**130``, most significant first."""
+    pairs = _PAIRS
+    return "".join([pairs[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
 def new_id(prefix: str, *, now_ms: int | None = None) -> str:
@@ -63,10 +63,8 @@ def new_id(prefix: str, *, now_ms: int | None = None) -> str:
             rand = int.from_bytes(os.urandom(10), "big")
             if ms > _last_ms:
                 _last_ms, _last_rand = ms, rand
-    # The 130 bits of the body (48 of time, 80 random, two leading zeros) are the last 26 of 32 base32 digits
-    # of a 160-bit integer; b32encode does the digits in C, the table maps them to Crockford's alphabet.
-    body = base64.b32encode(((ms << _RANDOM_BITS) | rand).to_bytes(20, "big")).decode("ascii")
-    return f"{prefix}_{body[6:].translate(_FROM_B32)}"
+    # The 130 bits of the body: two leading zeros, 48 of time, 80 random.
+    return f"{prefix}_{_body((ms << _RANDOM_BITS) | rand)}"
 
 
 def check_id(value: object, prefix: str, *, what: str = "id") -> str:
@@ -96,4 +94,4 @@ def derived_id(prefix: str, *parts: str) -> str:
     event-id de-duplication turns the retry into a no-op. It has the id format but not the time order.
     """
     digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=17).digest()
-    return f"{prefix}_{_encode(int.from_bytes(digest, 'big') >> 6, 26)}"
+    return f"{prefix}_{_body(int.from_bytes(digest, 'big') >> 6)}"
