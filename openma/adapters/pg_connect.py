@@ -192,19 +192,38 @@ def idle_socket_has_news(conn: Conn) -> bool:
         return True
 
 
-#: One ``poll`` object per descriptor number, kept: the check of a pooled connection runs on every call.
-#: A poll object only names the number, so a number closed and reused by another socket is polled right.
-_POLLERS: dict[int, Any] = {}
+#: The wait kinds of :func:`ready_now`: psycopg's ``Wait.R`` / ``Wait.W`` (and ``Ready``) values.
+READ: Final = 1
+WRITE: Final = 2
+#: One ``poll`` object per descriptor number and wait kind, kept: the check of a pooled connection runs on every
+#: call, and a pooled connection's waits on every chunk it receives (``pg_wait.py``). A poll object only names
+#: the number, so a number closed and reused by another socket is polled right.
+_POLLERS: dict[tuple[int, int], Any] = {}
+
+
+def ready_now(fd: int, wanted: int) -> int:
+    """What of ``wanted`` (:data:`READ` / :data:`WRITE` bits) ``fd`` is ready for right now: a zero-timeout
+    ``poll(2)``, for any descriptor number (needs ``select.poll``).
+
+    An error or a hang-up counts as ready, so the driver reads it.
+    """
+    poller = _POLLERS.get((fd, wanted))
+    if poller is None:
+        poller = _POLLERS[fd, wanted] = select.poll()
+        poller.register(fd, (select.POLLIN if wanted & READ else 0) | (select.POLLOUT if wanted & WRITE else 0))
+    ready = 0
+    for _, event in poller.poll(0):
+        if event & (select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLNVAL):
+            ready |= READ & wanted
+        if event & (select.POLLOUT | select.POLLERR | select.POLLHUP | select.POLLNVAL):
+            ready |= WRITE & wanted
+    return ready
 
 
 def _readable(fd: int) -> bool:
     """Whether ``fd`` has data (or EOF, or an error) waiting, without blocking; any descriptor number."""
     if hasattr(select, "poll"):
-        poller = _POLLERS.get(fd)
-        if poller is None:
-            poller = _POLLERS[fd] = select.poll()
-            poller.register(fd, select.POLLIN | select.POLLPRI)
-        return bool(poller.poll(0))
+        return bool(ready_now(fd, READ))
     with selectors.DefaultSelector() as selector:  # pragma: no cover - platforms without poll(2)
         selector.register(fd, selectors.EVENT_READ)
         return bool(selector.select(0))

@@ -19,7 +19,6 @@ Imported when a client opens (the driver is there by then), never at import time
 from __future__ import annotations
 
 import asyncio
-import select
 from collections.abc import Generator
 from time import monotonic
 from typing import Any, Final, TypeVar, cast
@@ -27,36 +26,16 @@ from typing import Any, Final, TypeVar, cast
 from psycopg import AsyncConnection, OperationalError
 from psycopg.rows import Row
 
+from openma.adapters.pg_connect import READ as _R
+from openma.adapters.pg_connect import WRITE as _W
+from openma.adapters.pg_connect import ready_now as _ready_now
+
 __all__ = ["Connection"]
 
 _RV = TypeVar("_RV")
-_R: Final = 1  # psycopg's Wait.R / Ready.R (the selectors' EVENT_READ)
-_W: Final = 2  # psycopg's Wait.W / Ready.W (EVENT_WRITE)
 #: Longest run of operations that never had to wait before the event loop gets a turn (as psycopg does).
 _MAX_BUSY: Final = 0.005
 _last_yield = 0.0
-
-
-_POLLERS: dict[tuple[int, int], Any] = {}
-
-
-def _ready_now(fd: int, wanted: int) -> int:
-    """What of ``wanted`` the socket is ready for right now (a zero-timeout ``poll(2)``, any descriptor).
-
-    An error or a hang-up counts as ready, so the driver reads it. The poll objects are kept per descriptor
-    number and wait kind (a poll object only names the number, so a reused number is polled right).
-    """
-    poller = _POLLERS.get((fd, wanted))
-    if poller is None:
-        poller = _POLLERS[fd, wanted] = select.poll()
-        poller.register(fd, (select.POLLIN if wanted & _R else 0) | (select.POLLOUT if wanted & _W else 0))
-    ready = 0
-    for _, event in poller.poll(0):
-        if event & (select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLNVAL):
-            ready |= _R & wanted
-        if event & (select.POLLOUT | select.POLLERR | select.POLLHUP | select.POLLNVAL):
-            ready |= _W & wanted
-    return ready
 
 
 class _Interrupted:
