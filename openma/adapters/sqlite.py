@@ -348,17 +348,16 @@ class SqliteClient:
         try:
             if unit.outcome is None:
                 group, self._queued = self._queued, []
-                outcomes: list[BatchResult | BaseException]
-                # Shielded: the outcomes belong to every caller of the group, not only to this one.
-                with anyio.CancelScope(shield=True):
-                    try:
-                        outcomes = await self._call(
-                            self._writer, self._writer.group, [u.statements for u in group], self._deadline()
-                        )
-                    except Exception as exc:
-                        outcomes = [exc] * len(group)
-                for member, outcome in zip(group, outcomes, strict=True):
-                    member.outcome = outcome
+                if len(group) == 1:
+                    # Alone, the outcome is only this caller's: no shield (a cancelled caller's unit still runs
+                    # to its end in the writer thread, before anything queued after it).
+                    unit.outcome = (await self._run_group(group))[0]
+                else:
+                    # Shielded: the outcomes belong to every caller of the group, not only to this one.
+                    with anyio.CancelScope(shield=True):
+                        outcomes = await self._run_group(group)
+                    for member, outcome in zip(group, outcomes, strict=True):
+                        member.outcome = outcome
         finally:
             self._write_lock.release()
         done = unit.outcome
@@ -368,6 +367,16 @@ class SqliteClient:
                 raise _storage_error(done, self.path) from done
             raise done
         return done
+
+    async def _run_group(self, group: list[_Unit]) -> list[BatchResult | BaseException]:
+        """The outcomes of ``group``, run on the writer (one exception for all when the call itself failed)."""
+        try:
+            outcomes: list[BatchResult | BaseException] = await self._call(
+                self._writer, self._writer.group, [u.statements for u in group], self._deadline()
+            )
+        except Exception as exc:
+            return [exc] * len(group)
+        return outcomes
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         result = await self.run_batch([Statement(sql, params)])

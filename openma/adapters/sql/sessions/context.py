@@ -7,12 +7,14 @@ Each port of :mod:`openma.ports.sessions` is one part class in its own module, b
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Final, NamedTuple
 
 import anyio
 
+from openma.adapters.sql.engine import SqlEngine
 from openma.adapters.sql.wakeups import SessionWakeups
 from openma.core import events as ev
 from openma.core import validate
@@ -66,6 +68,12 @@ class Item(NamedTuple):
     text: str
     key: str | None
     data: dict[str, Any]
+
+
+@functools.lru_cache(maxsize=64)
+def values_sql(count: int) -> str:
+    """``(?, ?, ?, ?, ?)`` rows for ``count`` items (the same string object each time: a cached statement key)."""
+    return ", ".join(["(?, ?, ?, ?, ?)"] * count)
 
 
 def check_fence(fence: object) -> int | None:
@@ -171,6 +179,10 @@ class SessionContext:
         self.max_event_bytes = min(max_event_bytes, ev.MAX_EVENT_BYTES)  # a fixed cap, whatever spill_bytes is
         #: The engine's hooks (one-statement append, notifications), through the shared wake-ups.
         self.engine = self.wakeups.engine
+        #: Whether the engine has a one-statement append (it overrides the hook, whose default says "no"): the
+        #: log then builds the statement's dedup guard, which the portable unit does not use.
+        hook = getattr(type(self.engine), "fenced_append_statement", None)
+        self.one_statement_append = hook is not SqlEngine.fenced_append_statement
         #: Where failures this store recovers from are reported (``silent_catch``).
         self.telemetry: Telemetry = telemetry or NullTelemetry()
 
@@ -248,7 +260,7 @@ class SessionContext:
         return done
 
     def values(self, items: Sequence[Item]) -> tuple[str, list[Any]]:
-        values = ", ".join(["(?, ?, ?, ?, ?)"] * len(items))
+        values = values_sql(len(items))
         params: list[Any] = []
         extend = params.extend
         for k, it in enumerate(items, 1):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from openma.adapters.sql.sessions.context import (
     ALL_SEQS,
@@ -38,8 +39,31 @@ from openma.errors import (
     NotFound,
     StorageUnavailable,
 )
-from openma.models import Event, Page
+from openma.models import Event, Page, event_from_row
 from openma.ports.sql import Row, Statement, TupleRow
+
+_FENCE_SQL: Final = " AND lease_epoch = ?"
+_BUMP: Final = (
+    "UPDATE sessions SET last_seq = last_seq + ? WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL"
+    " RETURNING last_seq"
+)
+_BUMP_FENCED: Final = (
+    "UPDATE sessions SET last_seq = last_seq + ? WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL"
+    f"{_FENCE_SQL} RETURNING last_seq"
+)
+#: The select list of the new rows: the bumped session ``s`` and the values ``v`` (seq, id, type, text, blob key).
+_SELECT_NEW: Final = (
+    "SELECT s.tenant_id, s.id, s.last_seq - ? + v.column1, v.column2, v.column3, v.column4, v.column5, ?"
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(values: str) -> str:
+    """The portable unit's insert of the rows ``values`` (its text depends only on how many there are)."""
+    return (
+        f"{INSERT_EVENT}{_SELECT_NEW} FROM sessions s CROSS JOIN (VALUES {values}) AS v"
+        " WHERE s.tenant_id = ? AND s.id = ?"
+    )
 
 
 class SqlEventLog(SessionPart):
@@ -72,60 +96,50 @@ class SqlEventLog(SessionPart):
         ``last_seq`` and the events took the seqs just below it, in order.
         """
         n = len(items)
-        fence_sql, fence_params = (" AND lease_epoch = ?", [fence]) if fence is not None else ("", [])
+        fence_params = [fence] if fence is not None else []
         values, value_params = self._ctx.values(items)
-        select = "SELECT s.tenant_id, s.id, s.last_seq - ? + v.column1, v.column2, v.column3, v.column4, v.column5, ?"
         if status is None:
             # An engine that can do the bump, the check, the notification and the insert in one statement
             # (Postgres) says so; the others run the portable unit below.
-            dedup_sql, dedup_params = self._dedup_guard(session_id, items)
-            statement = self._ctx.engine.fenced_append_statement(
-                tenant_id=self.tenant_id,
-                session_id=session_id,
-                count=n,
-                guard_sql=fence_sql,
-                guard_params=fence_params,
-                insert_sql=INSERT_EVENT + select,
-                values_sql=values,
-                insert_params=[n, now, *value_params],
-                dedup_sql=dedup_sql,
-                dedup_params=dedup_params,
-            )
-            if statement is not None:
-                return [statement], 0
-        sets = "last_seq = last_seq + ?"
-        set_params: list[Any] = [n]
-        status_sql = ""
-        status_params: list[Any] = []
-        if status is not None:
-            sets += ", status = ?, updated_at = ?"
-            set_params += [status[0], now]
-            status_sql = f" AND status IN ({placeholders(len(status[1]))})"
-            status_params = list(status[1])
+            if self._ctx.one_statement_append:
+                dedup_sql, dedup_params = self._dedup_guard(session_id, items)
+                statement = self._ctx.engine.fenced_append_statement(
+                    tenant_id=self.tenant_id,
+                    session_id=session_id,
+                    count=n,
+                    guard_sql=_FENCE_SQL if fence is not None else "",
+                    guard_params=fence_params,
+                    insert_sql=INSERT_EVENT + _SELECT_NEW,
+                    values_sql=values,
+                    insert_params=[n, now, *value_params],
+                    dedup_sql=dedup_sql,
+                    dedup_params=dedup_params,
+                )
+                if statement is not None:
+                    return [statement], 0
+            bump = _BUMP_FENCED if fence is not None else _BUMP
+            statements = [Statement(bump, [n, self.tenant_id, session_id, *fence_params], fetch=True, expect_rows=True)]
+        else:
+            placeholders_sql = placeholders(len(status[1]))
+            fence_sql = _FENCE_SQL if fence is not None else ""
+            statements = [
+                Statement(
+                    "UPDATE sessions SET last_seq = last_seq + ?, status = ?, updated_at = ? WHERE tenant_id = ?"
+                    f" AND id = ? AND deleted_at IS NULL{fence_sql} AND status IN ({placeholders_sql}) RETURNING *",
+                    [n, status[0], now, self.tenant_id, session_id, *fence_params, *status[1]],
+                    fetch=True,
+                    expect_rows=True,
+                )
+            ]
         # No "none of the ids is logged" guard here: an id already in the log fails the insert on the log's
         # unique event-id index, which the caller treats as a retry (the unit is rolled back as a whole, the ids
         # are looked up and only the others are written). The insert probes that index once per event anyway.
-        statements = [
-            Statement(
-                f"UPDATE sessions SET {sets} WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL{fence_sql}"
-                f"{status_sql} RETURNING {'*' if status is not None else 'last_seq'}",
-                [*set_params, self.tenant_id, session_id, *fence_params, *status_params],
-                fetch=True,
-                expect_rows=True,
-            )
-        ]
         insert_at: int | None = None
         if n:
             insert_at = len(statements)
             # The session row first (CROSS JOIN fixes the order): one lookup of it, not one per event; the seqs
             # are known from the bump's RETURNING, so the insert returns nothing.
-            statements.append(
-                Statement(
-                    f"{INSERT_EVENT}{select} FROM sessions s CROSS JOIN (VALUES {values}) AS v"
-                    " WHERE s.tenant_id = ? AND s.id = ?",
-                    [n, now, *value_params, self.tenant_id, session_id],
-                )
-            )
+            statements.append(Statement(_insert_sql(values), [n, now, *value_params, self.tenant_id, session_id]))
             notify = self._ctx.wakeups.notify_statement(EVENTS, self.tenant_id, session_id)
             if notify is not None:
                 statements.append(notify)
@@ -211,11 +225,11 @@ class SqlEventLog(SessionPart):
                         by_id = {it.id: it for it in todo}
                         for got in result.rows[insert_at]:
                             it = by_id[got["event_id"]]
-                            stored[it.id] = (Event(it.id, it.type, int(got["seq"]), at, it.data), it.key)
+                            stored[it.id] = (event_from_row(it.id, it.type, int(got["seq"]), at, it.data), it.key)
                     else:  # the bump returned the new last seq: the events took the seqs just below it, in order
                         first = int(result.rows[0][0]["last_seq"]) - len(todo)
                         for k, it in enumerate(todo, 1):
-                            stored[it.id] = (Event(it.id, it.type, first + k, at, it.data), it.key)
+                            stored[it.id] = (event_from_row(it.id, it.type, first + k, at, it.data), it.key)
                     self._ctx.wakeups.notify_local(EVENTS, self.tenant_id, session_id)
                 break
             else:
