@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from openma.adapters import sqlite_group
@@ -98,3 +100,49 @@ def test_a_group_whose_transaction_is_lost_runs_each_unit_alone(tmp_path: Path) 
     assert isinstance(out[1], sqlite3.Error)
     assert c.execute("SELECT k FROM t").fetchall() == [("a",)]
     c.close()
+
+
+
+async def test_a_cancelled_lone_unit_frees_the_writer_at_once_and_still_runs_whole_first(tmp_path: Path) -> None:
+    """A unit alone on the writer runs unshielded: its caller can be cancelled while the unit waits in the
+    writer thread, and the writer lock is free for the next caller at once; the thread still runs the cancelled
+    caller's unit to its end, before the next caller's."""
+    client = await _client(tmp_path)
+    holding = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:  # occupies the writer thread until the test lets go
+        holding.set()
+        release.wait(30)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client._writer.worker.call, hold)
+            assert await anyio.to_thread.run_sync(holding.wait, 30)
+            scope = anyio.CancelScope()
+
+            async def cancelled() -> None:
+                with scope:
+                    await client.run_batch(_unit("first"))
+
+            tg.start_soon(cancelled)
+            with anyio.fail_after(10):
+                while not client._write_lock.locked():  # the unit is submitted to the (busy) writer thread
+                    await anyio.lowlevel.checkpoint()
+                scope.cancel()
+                while client._write_lock.locked():  # free at once, while the thread still holds on
+                    await anyio.lowlevel.checkpoint()
+            assert not release.is_set()
+            second: list[BatchResult] = []
+
+            async def after() -> None:
+                second.append(await client.run_batch(_unit("second")))
+
+            tg.start_soon(after)
+            release.set()
+        assert second and second[0].committed
+        rows = await client.fetch_all("SELECT k FROM t ORDER BY rowid")
+        assert [r["k"] for r in rows] == ["taken", "first", "second"]
+    finally:
+        release.set()
+        await client.aclose()
