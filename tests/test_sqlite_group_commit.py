@@ -102,7 +102,6 @@ def test_a_group_whose_transaction_is_lost_runs_each_unit_alone(tmp_path: Path) 
     c.close()
 
 
-
 async def test_a_cancelled_lone_unit_frees_the_writer_at_once_and_still_runs_whole_first(tmp_path: Path) -> None:
     """A unit alone on the writer runs unshielded: its caller can be cancelled while the unit waits in the
     writer thread, and the writer lock is free for the next caller at once; the thread still runs the cancelled
