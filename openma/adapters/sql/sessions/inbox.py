@@ -32,6 +32,13 @@ from openma.ports.sql import Row, Statement
 
 #: The session takes new input: live (not deleted), not archived, not terminated.
 _LIVE: Final = " AND deleted_at IS NULL AND archived_at IS NULL AND status <> 'terminated'"
+#: The head of a post's insert: the bumped session as ``s`` (its new ``last_inbox_pos``), the inputs as ``v``
+#: (``column1`` is the input's 1-based index in the post); parameters: the count, then the time twice.
+_INSERT_INBOX: Final = (
+    "INSERT INTO session_inbox (tenant_id, session_id, pos, event_id, type, data, blob_key, state, seq, created_at,"
+    " updated_at) SELECT s.tenant_id, s.id, s.last_inbox_pos - ? + v.column1, v.column2, v.column3, v.column4,"
+    " v.column5, 'pending', NULL, ?, ?"
+)
 
 
 class SqlInbox(SessionPart):
@@ -75,9 +82,7 @@ class SqlInbox(SessionPart):
                 if not todo:
                     break
                 now = self._ctx.clock.now_ms()
-                one = self._one_statement_post(session_id, todo, now)
-                statements = [one] if one is not None else self._post_unit(session_id, todo, now)
-                inserted_at = 0 if one is not None else 1
+                statements, one = self._post_statements(session_id, todo, now)
                 try:
                     result = await self._ctx.db.run_batch(statements)
                 except StorageUnavailable:
@@ -86,12 +91,14 @@ class SqlInbox(SessionPart):
                     if not self._ctx.db.dialect.is_unique_violation(exc):
                         definite = True
                         raise
+                    # Nothing of the unit was written. An id already in the inbox is a retry: return it as it
+                    # is and write only the others.
                     found = await self._inbox_by_id(session_id, [it.id for it in todo])
                     if not found and collided:
                         definite = True
                         raise
-                    # A position taken by a racing post (the session came back to life between the lock and
-                    # the insert, so the lock was not held) is retried once; an id already there is a retry.
+                    # No id was there: a position was taken (or the colliding input was removed in between by
+                    # retention); the unit is tried once more.
                     collided = not found
                     rows = list(found.values())
                     for item, row in zip(await self._inbox_items(rows), rows, strict=True):
@@ -99,28 +106,24 @@ class SqlInbox(SessionPart):
                     todo = [it for it in todo if it.id not in found]
                     continue
                 definite = True
-                inserted = result.rows[inserted_at]
-                # The session takes no input: nothing written (the one-statement form refuses a known id by raising).
-                if not inserted and (one is not None or not result.rowcounts[0]):
+                # The session takes no input: nothing was written (the portable unit aborted at its bump; the
+                # one-statement form inserted nothing).
+                if not result.committed or (one and not result.rows[0]):
                     raise await self._post_refusal(session_id)
                 at = ms_to_datetime(now)
-                by_id = {it.id: it for it in todo}
-                for got in inserted:
-                    it = by_id.pop(got["event_id"])
-                    stored[it.id] = (
-                        InboxItem(it.id, it.type, int(got["pos"]), "pending", it.data, None, at, at),
-                        it.key,
-                    )
-                if inserted:
-                    self._ctx.wakeups.notify_local(INBOX, self.tenant_id, session_id)
-                if by_id:  # posted before (a retry): return them as they are
-                    found = await self._inbox_by_id(session_id, list(by_id))
-                    rows = list(found.values())
-                    for item, row in zip(await self._inbox_items(rows), rows, strict=True):
-                        stored[item.event_id] = (item, row["blob_key"])
-                    todo = [it for it in todo if it.id not in stored]
-                    if todo:  # removed in between (retention): post them again
-                        continue
+                if one:
+                    by_id = {it.id: it for it in todo}
+                    for got in result.rows[0]:
+                        it = by_id[got["event_id"]]
+                        stored[it.id] = (
+                            InboxItem(it.id, it.type, int(got["pos"]), "pending", it.data, None, at, at),
+                            it.key,
+                        )
+                else:  # the bump returned the new last position: the inputs took the positions just below it
+                    first = int(result.rows[0][0]["last_inbox_pos"]) - len(todo)
+                    for k, it in enumerate(todo, 1):
+                        stored[it.id] = (InboxItem(it.id, it.type, first + k, "pending", it.data, None, at, at), it.key)
+                self._ctx.wakeups.notify_local(INBOX, self.tenant_id, session_id)
                 todo = []
                 break
             else:
@@ -132,38 +135,45 @@ class SqlInbox(SessionPart):
                 await self._ctx.drop_blobs(k for k in written if k not in keep)
         return [stored[p.id][0] for p in prepared]
 
-    def _post_unit(self, session_id: str, todo: Sequence[Item], now: int) -> list[Statement]:
-        """The portable write unit of a post of ``todo``; the insert is its second statement."""
+    def _post_statements(self, session_id: str, todo: Sequence[Item], now: int) -> tuple[list[Statement], bool]:
+        """The write unit of a post of ``todo`` and whether it is the engine's one statement (Postgres).
+
+        Either way the unit writes every input of ``todo`` or nothing: the session takes no input (the portable
+        unit aborts at its bump, the one statement returns no rows), or an id is in the inbox already (the
+        unique event-id index fails it with a unique violation, and the caller treats that as a retry).
+        """
+        n = len(todo)
         values, value_params = self._ctx.values(todo)
-        # Lock the session row, insert the ids not in the inbox yet (the insert's snapshot is taken
-        # with the lock held, so it sees every earlier post), then move the counter past what was
-        # inserted: a retried post inserts nothing and raises nothing, and positions stay gapless.
-        # No statement of the unit waits on another's answer (the lock's row count is read after the
-        # commit, and the insert checks the session itself), so an engine that pipelines a unit sends
-        # it in one round trip.
+        one = self._ctx.engine.inbox_post_statement(
+            tenant_id=self.tenant_id,
+            session_id=session_id,
+            count=n,
+            live_sql=_LIVE,
+            insert_sql=_INSERT_INBOX,
+            values_sql=values,
+            insert_params=[n, now, now, *value_params],
+            # What mark_runnable_statement does, for a session known to be live with pending input.
+            runnable_sql="INSERT INTO session_runnable (tenant_id, session_id, since) SELECT s.tenant_id, s.id, ?"
+            " FROM s ON CONFLICT (tenant_id, session_id) DO NOTHING",
+            runnable_params=[now],
+        )
+        if one is not None:
+            return [one], True
+        # The portable unit, in the append's shape: bump the session's counter by n (only while it takes
+        # input; the bump's lock orders concurrent posts) and read the new value back, insert the inputs at the
+        # positions just below it (the session row first: one lookup of it, not one per input), then mark the
+        # session runnable. Positions stay gapless: the unit inserts all n inputs or fails whole.
         statements = [
             Statement(
-                f"UPDATE sessions SET last_inbox_pos = last_inbox_pos WHERE tenant_id = ? AND id = ?{_LIVE}",
-                (self.tenant_id, session_id),
-            ),
-            Statement(
-                "INSERT INTO session_inbox (tenant_id, session_id, pos, event_id, type, data, blob_key, state,"
-                " seq, created_at, updated_at) SELECT s.tenant_id, s.id,"
-                " s.last_inbox_pos + row_number() OVER (ORDER BY v.column1),"
-                " v.column2, v.column3, v.column4, v.column5, 'pending', NULL, ?, ?"
-                f" FROM sessions s, (VALUES {values}) AS v WHERE s.tenant_id = ? AND s.id = ?"
-                f"{_LIVE.replace(' AND ', ' AND s.')}"
-                " AND NOT EXISTS (SELECT 1 FROM session_inbox i WHERE i.tenant_id = s.tenant_id"
-                " AND i.session_id = s.id AND i.event_id = v.column2)"
-                " RETURNING pos, event_id",
-                [now, now, *value_params, self.tenant_id, session_id],
+                f"UPDATE sessions SET last_inbox_pos = last_inbox_pos + ? WHERE tenant_id = ? AND id = ?{_LIVE}"
+                " RETURNING last_inbox_pos",
+                (n, self.tenant_id, session_id),
                 fetch=True,
+                expect_rows=True,
             ),
             Statement(
-                "UPDATE sessions SET last_inbox_pos = last_inbox_pos + (SELECT COUNT(*) FROM session_inbox i"
-                " WHERE i.tenant_id = sessions.tenant_id AND i.session_id = sessions.id"
-                " AND i.pos > sessions.last_inbox_pos) WHERE tenant_id = ? AND id = ?",
-                (self.tenant_id, session_id),
+                f"{_INSERT_INBOX} FROM sessions s CROSS JOIN (VALUES {values}) AS v WHERE s.tenant_id = ? AND s.id = ?",
+                [n, now, now, *value_params, self.tenant_id, session_id],
             ),
             # Pending input makes the session runnable, in this same unit (see .schedules).
             mark_runnable_statement(self.tenant_id, session_id, now),
@@ -171,26 +181,7 @@ class SqlInbox(SessionPart):
         notify = self._ctx.wakeups.notify_statement(INBOX, self.tenant_id, session_id)
         if notify is not None:
             statements.append(notify)
-        return statements
-
-    def _one_statement_post(self, session_id: str, items: Sequence[Item], now: int) -> Statement | None:
-        """The engine's one-statement post of ``items`` (Postgres), or ``None`` for the portable unit."""
-        values, value_params = self._ctx.values(items)
-        return self._ctx.engine.inbox_post_statement(
-            tenant_id=self.tenant_id,
-            session_id=session_id,
-            count=len(items),
-            live_sql=_LIVE,
-            insert_sql="INSERT INTO session_inbox (tenant_id, session_id, pos, event_id, type, data, blob_key, state,"
-            " seq, created_at, updated_at) SELECT s.tenant_id, s.id, s.last_inbox_pos - ? + v.column1,"
-            " v.column2, v.column3, v.column4, v.column5, 'pending', NULL, ?, ?",
-            values_sql=values,
-            insert_params=[len(items), now, now, *value_params],
-            # What mark_runnable_statement does, for a session known to be live with pending input.
-            runnable_sql="INSERT INTO session_runnable (tenant_id, session_id, since) SELECT s.tenant_id, s.id, ?"
-            " FROM s ON CONFLICT (tenant_id, session_id) DO NOTHING",
-            runnable_params=[now],
-        )
+        return statements, False
 
     async def _post_refusal(self, session_id: str) -> OpenmaError:
         row = await self._ctx.row(session_id)

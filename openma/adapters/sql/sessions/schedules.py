@@ -27,13 +27,12 @@ WAKEUP_COLUMNS: Final = (
 
 
 def mark_runnable_statement(tenant_id: str, session_id: str, now_ms: int) -> Statement:
-    """The statement a post runs in its write unit: mark the session runnable if it has pending input."""
+    """The statement a post runs in its write unit, after its checked bump and its insert: mark the session
+    runnable (the bump found it live and not terminated, and the insert gave it pending input)."""
     return Statement(
-        "INSERT INTO session_runnable (tenant_id, session_id, since) SELECT ?, ?, ? WHERE EXISTS (SELECT 1"
-        " FROM session_inbox i WHERE i.tenant_id = ? AND i.session_id = ? AND i.state = 'pending')"
-        " AND EXISTS (SELECT 1 FROM sessions s WHERE s.tenant_id = ? AND s.id = ? AND s.deleted_at IS NULL"
-        " AND s.status <> 'terminated') ON CONFLICT (tenant_id, session_id) DO NOTHING",
-        (tenant_id, session_id, now_ms, tenant_id, session_id, tenant_id, session_id),
+        "INSERT INTO session_runnable (tenant_id, session_id, since) VALUES (?, ?, ?)"
+        " ON CONFLICT (tenant_id, session_id) DO NOTHING",
+        (tenant_id, session_id, now_ms),
     )
 
 
