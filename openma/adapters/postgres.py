@@ -96,13 +96,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from psycopg import AsyncConnection, AsyncCursor
+    from psycopg import AsyncCursor
     from psycopg_pool import AsyncConnectionPool
 
+    from openma.adapters.pg_wait import Connection
     from openma.adapters.postgres_engine import PostgresEngine
     from openma.adapters.sql.backend import SqlStoreBackend
 
-    Conn = AsyncConnection[Row]
+    Conn = Connection[Row]
 
 #: The advisory lock that serializes migrators on one database (``b"openma.m"`` as a signed 64-bit integer).
 MIGRATION_LOCK_KEY: Final = int.from_bytes(b"openma.m", "big", signed=True)
@@ -400,7 +401,8 @@ class PostgresClient:
 
     async def _single(self, conn: Conn, st: Statement) -> BatchResult:
         """One statement in autocommit is its own transaction; one that changed nothing wrote nothing."""
-        cur = await conn.execute(translate(st.sql), st.params, prepare=_prepare(st.params))
+        cur = conn.kept_cursor()
+        await cur.execute(translate(st.sql), st.params, prepare=_prepare(st.params))
         got = await cur.fetchall() if st.fetch else []
         count = len(got) if st.fetch else cur.rowcount
         aborted = 0 if st.expect_rows and count == 0 else None
