@@ -2,8 +2,9 @@
 
 The client keeps the last connection given back for its next call (no pool checkout and return on a run of
 calls), unless a task waits for the pool; a kept connection that the server dropped is replaced, every 1 000th
-return goes through the pool, and closing the client closes it. A one-event append is one operation on the
-connection (one round trip) and runs as a statement prepared in the server.
+return goes through the pool, and closing the client closes it. A lone statement of a write unit runs on a
+cursor kept per connection. A one-event append is one operation on the connection (one round trip) and runs as
+a statement prepared in the server.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from openma.adapters import postgres
 from openma.adapters.pg_wait import Connection
 from openma.adapters.postgres import PostgresClient
 from openma.adapters.sql.backend import SqlStoreBackend
+from openma.ports.sql import Statement
 from openma.ports.tenancy import TenantRef
 from openma.settings import Settings
 
@@ -171,3 +173,18 @@ async def test_a_one_event_append_is_one_round_trip_of_a_prepared_statement(
         assert row is not None and row["n"] == 1
     finally:
         await backend.aclose()
+
+
+async def test_the_kept_cursor_serves_one_statement_units_after_a_failure_and_keeps_earlier_rows(
+    client: PostgresClient,
+) -> None:
+    await client.execute("CREATE TABLE kept_t (id int PRIMARY KEY, v text)")
+    insert = "INSERT INTO kept_t (id, v) VALUES (?, ?) RETURNING id, v"
+    first = await client.run_batch([Statement(insert, [1, "a"], fetch=True)])
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        await client.run_batch([Statement(insert, [1, "b"], fetch=True)])
+    second = await client.run_batch([Statement(insert, [2, "c"], fetch=True)])
+    assert first.rows == [[{"id": 1, "v": "a"}]] and second.rows == [[{"id": 2, "v": "c"}]]
+    kept = client._hot
+    assert kept is not None and kept.kept_cursor() is kept.kept_cursor()
+    assert await client.fetch_all("SELECT id, v FROM kept_t ORDER BY id") == [{"id": 1, "v": "a"}, {"id": 2, "v": "c"}]
