@@ -20,7 +20,7 @@ import math
 import re
 import select
 import selectors
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -32,9 +32,9 @@ from openma.redact import mask_url, redact_secrets
 from openma.settings import Settings
 
 if TYPE_CHECKING:
-    from psycopg import AsyncConnection
+    from psycopg import AsyncConnection, AsyncCursor
 
-    from openma.ports.sql import Row
+    from openma.ports.sql import Params, Row, Statement
 
     Conn = AsyncConnection[Row]
 
@@ -63,6 +63,12 @@ _TOKENS: Final = re.compile(
     """,
     re.S | re.X,
 )
+#: Statements with more parameters than this (batches: an ``IN`` list or ``VALUES`` row per item) are never
+#: prepared. Their text differs with every batch size anyway, and Postgres soon settles a prepared statement on
+#: a generic plan costed while the table was small: for the append's dedup check (``event_id IN (...)``) that
+#: plan scanned the session's events, and batches of 100 slowed down about 3x within 9 000 events of one
+#: session. Unprepared, each batch is planned for its own values and stays flat.
+PREPARE_MAX_PARAMS: Final = 32
 _KEEPALIVES: Final = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 
 
@@ -123,6 +129,23 @@ async def in_pipeline(conn: Conn, work: Callable[[], Awaitable[object]]) -> None
         raise (failure or exc) from None
     if failure is not None:
         raise failure
+
+
+def prepare_flag(params: Params) -> bool | None:
+    """psycopg's ``prepare=`` for ``params``: its default (prepare after a few runs), or never for a batch."""
+    return None if len(params) <= PREPARE_MAX_PARAMS else False
+
+
+async def send_segment(
+    conn: Conn, segment: Sequence[Statement], cursors: list[AsyncCursor[Row]], *, begin: bool, commit: bool
+) -> None:
+    """Queue one segment of a write unit on a connection in pipeline mode (its cursors go to ``cursors``)."""
+    if begin:
+        await conn.execute(b"BEGIN", ())
+    for st in segment:
+        cursors.append(await conn.execute(translate(st.sql), st.params, prepare=prepare_flag(st.params)))
+    if commit:
+        await conn.execute(b"COMMIT", ())
 
 
 def load_driver() -> tuple[ModuleType, ModuleType]:

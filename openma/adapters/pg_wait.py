@@ -23,7 +23,7 @@ from collections.abc import Generator
 from time import monotonic
 from typing import Any, Final, TypeVar, cast
 
-from psycopg import AsyncConnection, OperationalError
+from psycopg import AsyncConnection, AsyncCursor, OperationalError
 from psycopg.rows import Row
 
 from openma.adapters.pg_connect import READ as _R
@@ -128,7 +128,20 @@ async def _drive(gen: Generator[int, int, _RV], fd: int) -> _RV:
 
 
 class Connection(AsyncConnection[Row]):
-    """psycopg's ``AsyncConnection`` with the cheaper wait (see the module docstring); nothing else differs."""
+    """psycopg's ``AsyncConnection`` with the cheaper wait (see the module docstring) and a kept cursor."""
+
+    _kept_cursor: AsyncCursor[Row] | None = None
+
+    def kept_cursor(self) -> AsyncCursor[Row]:
+        """One cursor of this connection, kept across calls, for results read whole at once (a write unit's).
+
+        ``execute`` on the connection builds a new cursor (and its map of adapters) every time. A cursor holds
+        its last result until its next ``execute``, so results that may be large should not go through it.
+        """
+        cur = self._kept_cursor
+        if cur is None or cur.closed:
+            cur = self._kept_cursor = self.cursor()
+        return cur
 
     async def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
         timeout = kwargs.get("timeout", args[1] if len(args) > 1 else None)

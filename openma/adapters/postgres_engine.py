@@ -56,7 +56,7 @@ from openma.settings import Settings
 __all__ = ["ARRAY_ROWS", "PostgresEngine", "as_columns", "open_store_backend"]
 
 #: Batches of more rows than this are sent as arrays (see the module docstring). At this size the ``VALUES``
-#: form has more parameters than the client prepares (``_PREPARE_MAX_PARAMS``).
+#: form has more parameters than the client prepares (``pg_connect.PREPARE_MAX_PARAMS``).
 ARRAY_ROWS: Final = 4
 
 
