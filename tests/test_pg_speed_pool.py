@@ -26,9 +26,6 @@ from openma.settings import Settings
 
 pytestmark = pytest.mark.anyio
 
-AGENT = "agt_01h0000000000000000000000z"
-ENVIRONMENT = "env_01h0000000000000000000000z"
-
 
 @pytest.fixture
 def anyio_backend() -> str:
@@ -148,7 +145,10 @@ async def test_a_one_event_append_is_one_round_trip_of_a_prepared_statement(
         tenant = await backend.tenants.create(name="t")
         store = backend.sessions(TenantRef(tenant.id))
         session = await store.create(
-            agent_id=AGENT, environment_id=ENVIRONMENT, agent_snapshot={}, environment_snapshot={}
+            agent_id="agt_01h0000000000000000000000z",
+            environment_id="env_01h0000000000000000000000z",
+            agent_snapshot={},
+            environment_snapshot={},
         )
         for n in range(6):  # psycopg prepares a statement on its fifth run
             await store.append(session.id, [{"type": "x.event", "n": n}])

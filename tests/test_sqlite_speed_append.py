@@ -4,7 +4,6 @@ ids are looked up and only the others are written). Same outcomes as before, on 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,9 @@ import pytest
 from openma.adapters.sql.backend import SqlStoreBackend
 from openma.adapters.sql.sessions import SqlSessionStore
 from openma.errors import LeaseLost
-from openma.ports.sql import BatchResult, Statement
 from openma.ports.tenancy import TenantRef
 from tests.fixtures.engines import open_sqlite_backend
+from tests.fixtures.units import spy_sqlite_units
 
 pytestmark = pytest.mark.anyio
 
@@ -95,16 +94,7 @@ async def test_a_stale_fence_writes_nothing(store_backend: SqlStoreBackend) -> N
 async def test_the_sqlite_unit_is_a_bump_returning_last_seq_and_an_insert_returning_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from openma.adapters import sqlite as sqlite_client
-
-    units: list[Sequence[Statement]] = []
-    real = sqlite_client.run_unit
-
-    def spy(c: Any, statements: Sequence[Statement]) -> BatchResult:
-        units.append(statements)
-        return real(c, statements)
-
-    monkeypatch.setattr(sqlite_client, "run_unit", spy)
+    units = spy_sqlite_units(monkeypatch)
     backend = await open_sqlite_backend(tmp_path / "u.db")
     try:
         session_id, store = await _session(backend)

@@ -8,7 +8,7 @@ and spilled blobs are kept only for what was stored."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,9 +25,9 @@ from openma.adapters.sql.sessions import SqlSessionStore
 from openma.errors import Conflict, NotFound
 from openma.models import InboxItem
 from openma.ports.blobs import BlobStore
-from openma.ports.sql import BatchResult, Statement
 from openma.ports.tenancy import TenantRef
 from tests.fixtures.engines import open_backend, open_sqlite_backend
+from tests.fixtures.units import spy_sqlite_units
 
 T = TypeVar("T")
 
@@ -212,16 +212,7 @@ def test_concurrent_posts_of_one_id_store_it_once(h: Harness) -> None:
 async def test_the_sqlite_unit_is_a_bump_returning_the_position_an_insert_and_the_mark(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from openma.adapters import sqlite as sqlite_client
-
-    units: list[Sequence[Statement]] = []
-    real = sqlite_client.run_unit
-
-    def spy(c: Any, statements: Sequence[Statement]) -> BatchResult:
-        units.append(statements)
-        return real(c, statements)
-
-    monkeypatch.setattr(sqlite_client, "run_unit", spy)
+    units = spy_sqlite_units(monkeypatch)
     backend = await open_sqlite_backend(tmp_path / "u.db")
     try:
         tenant = await backend.tenants.create(name="t")
