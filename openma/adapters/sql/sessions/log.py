@@ -43,14 +43,10 @@ from openma.models import Event, Page, event_from_row
 from openma.ports.sql import Row, Statement, TupleRow
 
 _FENCE_SQL: Final = " AND lease_epoch = ?"
-_BUMP: Final = (
-    "UPDATE sessions SET last_seq = last_seq + ? WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL"
-    " RETURNING last_seq"
-)
-_BUMP_FENCED: Final = (
-    "UPDATE sessions SET last_seq = last_seq + ? WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL"
-    f"{_FENCE_SQL} RETURNING last_seq"
-)
+#: The session to bump: live, by tenant and id (parameters: the tenant, the session).
+_LIVE_SESSION: Final = " WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL"
+_BUMP: Final = f"UPDATE sessions SET last_seq = last_seq + ?{_LIVE_SESSION} RETURNING last_seq"
+_BUMP_FENCED: Final = f"UPDATE sessions SET last_seq = last_seq + ?{_LIVE_SESSION}{_FENCE_SQL} RETURNING last_seq"
 #: The select list of the new rows: the bumped session ``s`` and the values ``v`` (seq, id, type, text, blob key).
 _SELECT_NEW: Final = (
     "SELECT s.tenant_id, s.id, s.last_seq - ? + v.column1, v.column2, v.column3, v.column4, v.column5, ?"
@@ -120,12 +116,11 @@ class SqlEventLog(SessionPart):
             bump = _BUMP_FENCED if fence is not None else _BUMP
             statements = [Statement(bump, [n, self.tenant_id, session_id, *fence_params], fetch=True, expect_rows=True)]
         else:
-            placeholders_sql = placeholders(len(status[1]))
             fence_sql = _FENCE_SQL if fence is not None else ""
             statements = [
                 Statement(
-                    "UPDATE sessions SET last_seq = last_seq + ?, status = ?, updated_at = ? WHERE tenant_id = ?"
-                    f" AND id = ? AND deleted_at IS NULL{fence_sql} AND status IN ({placeholders_sql}) RETURNING *",
+                    f"UPDATE sessions SET last_seq = last_seq + ?, status = ?, updated_at = ?{_LIVE_SESSION}"
+                    f"{fence_sql} AND status IN ({placeholders(len(status[1]))}) RETURNING *",
                     [n, status[0], now, self.tenant_id, session_id, *fence_params, *status[1]],
                     fetch=True,
                     expect_rows=True,
