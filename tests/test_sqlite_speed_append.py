@@ -107,6 +107,7 @@ async def test_the_sqlite_unit_is_a_bump_returning_last_seq_and_an_insert_return
         assert "NOT EXISTS" not in bump.sql  # the unique index is the dedup, not a probe per id first
         assert insert.sql.startswith("INSERT INTO session_events") and "RETURNING" not in insert.sql
         assert not insert.fetch
-        assert "CROSS JOIN" in insert.sql  # the session row is looked up once, not once per event
+        # A plain multi-row VALUES whose seq reads the bumped counter: no join with a VALUES table.
+        assert " VALUES (?1, ?2, (SELECT last_seq FROM sessions WHERE" in insert.sql and "JOIN" not in insert.sql
     finally:
         await backend.aclose()

@@ -227,7 +227,8 @@ async def test_the_sqlite_unit_is_a_bump_returning_the_position_an_insert_and_th
         bump, insert, mark = unit
         assert bump.sql.endswith("RETURNING last_inbox_pos") and bump.fetch and bump.expect_rows
         assert insert.sql.startswith("INSERT INTO session_inbox") and "RETURNING" not in insert.sql
-        assert not insert.fetch and "CROSS JOIN" in insert.sql
+        assert not insert.fetch and "JOIN" not in insert.sql
+        assert " VALUES (?1, ?2, (SELECT last_inbox_pos FROM sessions WHERE" in insert.sql
         assert "NOT EXISTS" not in insert.sql  # the unique index is the dedup, not a probe per id
         assert mark.sql.startswith("INSERT INTO session_runnable")
         assert await store.is_runnable(made.id)

@@ -22,6 +22,8 @@ Contract for an engine (each hook's docstring has the details):
   notify, insert), or ``None`` to use the portable multi-statement write unit.
 * :meth:`SqlEngine.inbox_post_statement`: one statement doing a whole post into a session's inbox (bump the
   inbox counter, insert, mark the session runnable, notify), or ``None`` to use the portable write unit.
+* :meth:`SqlEngine.rows_below_counter`: the insert of a write unit's new rows at the positions just below a
+  session counter the unit has bumped (the log's seqs, the inbox's positions).
 * :meth:`SqlEngine.event_id_key`, :meth:`SqlEngine.event_ids_absent`, :meth:`SqlEngine.event_id_rows`: lookups
   by event id in the log or the inbox (one row's key; the guard of a write unit that refuses ids already
   there; the rows of given ids), in a form this engine's planner serves from the unique event-id index.
@@ -36,6 +38,7 @@ one-statement append); an engine overrides only what it does better.
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Sequence
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -194,6 +197,32 @@ class SqlEngine(abc.ABC):
         """
         return None
 
+    def rows_below_counter(
+        self,
+        *,
+        head: str,
+        counter: str,
+        tenant_id: str,
+        session_id: str,
+        count: int,
+        rows: Sequence[Any],
+        tail: Sequence[Any],
+    ) -> Statement:
+        """The insert of ``count`` new rows that take the positions just below the session's ``counter``.
+
+        The write unit has already added ``count`` to ``sessions.<counter>`` of ``(tenant_id, session_id)``, so the
+        rows take ``counter - count + 1`` to ``counter``, in order. ``head`` is ``INSERT INTO table (columns)``
+        whose columns are: tenant id, session id, the position, four columns of each row's own, then one
+        column per value of ``tail`` (the same for every row). ``rows`` is flat, five values per row: its
+        1-based index in the unit, then its four values. The statement returns nothing.
+
+        The default reads the session row once and joins it with the rows as ``(VALUES ...)``; an engine
+        whose planner makes that join costly overrides it.
+        """
+        return Statement(
+            _below_counter_sql(head, counter, count, len(tail)), [count, *tail, *rows, tenant_id, session_id]
+        )
+
     def event_id_key(self, alias: str, id_sql: str) -> str:
         """The condition that ``alias`` (a row of the event log or the inbox) has the key ``(?, ?, id_sql)``.
 
@@ -234,6 +263,15 @@ class SqlEngine(abc.ABC):
     def is_unique_violation(self, exc: BaseException) -> bool:
         """True when ``exc`` is this engine's unique or primary-key violation."""
         return self.dialect.is_unique_violation(exc)
+
+
+@functools.lru_cache(maxsize=128)
+def _below_counter_sql(head: str, counter: str, count: int, tail: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?)"] * count)
+    return (
+        f"{head} SELECT s.tenant_id, s.id, s.{counter} - ? + v.column1, v.column2, v.column3, v.column4, v.column5"
+        f"{', ?' * tail} FROM sessions s CROSS JOIN (VALUES {values}) AS v WHERE s.tenant_id = ? AND s.id = ?"
+    )
 
 
 def engine_of(source: SqlEngine | SqlClient) -> SqlEngine:

@@ -39,6 +39,11 @@ _INSERT_INBOX: Final = (
     " updated_at) SELECT s.tenant_id, s.id, s.last_inbox_pos - ? + v.column1, v.column2, v.column3, v.column4,"
     " v.column5, 'pending', NULL, ?, ?"
 )
+#: The head of the portable unit's insert (see :meth:`~openma.adapters.sql.engine.SqlEngine.rows_below_counter`).
+_INBOX_HEAD: Final = (
+    "INSERT INTO session_inbox (tenant_id, session_id, pos, event_id, type, data, blob_key, state, seq, created_at,"
+    " updated_at)"
+)
 
 
 class SqlInbox(SessionPart):
@@ -161,8 +166,8 @@ class SqlInbox(SessionPart):
             return [one], True
         # The portable unit, in the append's shape: bump the session's counter by n (only while it takes
         # input; the bump's lock orders concurrent posts) and read the new value back, insert the inputs at the
-        # positions just below it (the session row first: one lookup of it, not one per input), then mark the
-        # session runnable. Positions stay gapless: the unit inserts all n inputs or fails whole.
+        # positions just below it, then mark the session runnable. Positions stay gapless: the unit inserts all
+        # n inputs or fails whole.
         statements = [
             Statement(
                 f"UPDATE sessions SET last_inbox_pos = last_inbox_pos + ? WHERE tenant_id = ? AND id = ?{_LIVE}"
@@ -171,9 +176,14 @@ class SqlInbox(SessionPart):
                 fetch=True,
                 expect_rows=True,
             ),
-            Statement(
-                f"{_INSERT_INBOX} FROM sessions s CROSS JOIN (VALUES {values}) AS v WHERE s.tenant_id = ? AND s.id = ?",
-                [n, now, now, *value_params, self.tenant_id, session_id],
+            self._ctx.engine.rows_below_counter(
+                head=_INBOX_HEAD,
+                counter="last_inbox_pos",
+                tenant_id=self.tenant_id,
+                session_id=session_id,
+                count=n,
+                rows=value_params,
+                tail=("pending", None, now, now),
             ),
             # Pending input makes the session runnable, in this same unit (see .schedules).
             mark_runnable_statement(self.tenant_id, session_id, now),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -48,18 +47,11 @@ _LIVE_SESSION: Final = " WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL"
 _BUMP: Final = f"UPDATE sessions SET last_seq = last_seq + ?{_LIVE_SESSION} RETURNING last_seq"
 _BUMP_FENCED: Final = f"UPDATE sessions SET last_seq = last_seq + ?{_LIVE_SESSION}{_FENCE_SQL} RETURNING last_seq"
 #: The select list of the new rows: the bumped session ``s`` and the values ``v`` (seq, id, type, text, blob key).
+#: The head of the portable unit's insert (see :meth:`~openma.adapters.sql.engine.SqlEngine.rows_below_counter`).
+_EVENT_HEAD: Final = INSERT_EVENT.rstrip()
 _SELECT_NEW: Final = (
     "SELECT s.tenant_id, s.id, s.last_seq - ? + v.column1, v.column2, v.column3, v.column4, v.column5, ?"
 )
-
-
-@functools.lru_cache(maxsize=64)
-def _insert_sql(values: str) -> str:
-    """The portable unit's insert of the rows ``values`` (its text depends only on how many there are)."""
-    return (
-        f"{INSERT_EVENT}{_SELECT_NEW} FROM sessions s CROSS JOIN (VALUES {values}) AS v"
-        " WHERE s.tenant_id = ? AND s.id = ?"
-    )
 
 
 class SqlEventLog(SessionPart):
@@ -132,9 +124,18 @@ class SqlEventLog(SessionPart):
         insert_at: int | None = None
         if n:
             insert_at = len(statements)
-            # The session row first (CROSS JOIN fixes the order): one lookup of it, not one per event; the seqs
-            # are known from the bump's RETURNING, so the insert returns nothing.
-            statements.append(Statement(_insert_sql(values), [n, now, *value_params, self.tenant_id, session_id]))
+            # The seqs are known from the bump's RETURNING, so the insert returns nothing.
+            statements.append(
+                self._ctx.engine.rows_below_counter(
+                    head=_EVENT_HEAD,
+                    counter="last_seq",
+                    tenant_id=self.tenant_id,
+                    session_id=session_id,
+                    count=n,
+                    rows=value_params,
+                    tail=(now,),
+                )
+            )
             notify = self._ctx.wakeups.notify_statement(EVENTS, self.tenant_id, session_id)
             if notify is not None:
                 statements.append(notify)
